@@ -1,0 +1,441 @@
+"""The Postgres backend: every read and write Shoal makes, over one asyncpg pool.
+
+`Backend` is the driver boundary: the worker runtime, the client and the
+operator call its methods and never see SQL. Each method is one statement or
+one short transaction, so a lost connection never leaves half a change.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from shoal import dag
+from shoal.backend import migrate as migrations
+from shoal.backend.models import (
+    Backlog,
+    ClaimedTask,
+    CommandRecord,
+    DeadLetter,
+    DeadLetterFilter,
+    HeartbeatReply,
+    NewTask,
+    Outcome,
+    StepStatus,
+    TaskRow,
+    WorkerIdentity,
+    WorkerRow,
+    WorkflowStatus,
+)
+from shoal.backend.queries import Queries
+from shoal.errors import BackendUnavailable, InvalidCommand, InvalidInput, NotFound
+
+SCHEMA_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+FINAL_WORKFLOW_STATES = frozenset({"cancelled", "succeeded", "failed"})
+
+
+def check_schema(schema: str) -> str:
+    if not SCHEMA_PATTERN.match(schema):
+        raise InvalidInput(f"invalid schema name {schema!r}: use lower-case letters, digits, _")
+    return schema
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    """jsonb parameters are JSON text (encoded once, by `_json`); results are decoded."""
+    await conn.set_type_codec("jsonb", encoder=str, decoder=json.loads,
+                              schema="pg_catalog", format="text")
+
+
+async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
+    """One connection with Shoal's codecs; unreachable or refused → BackendUnavailable."""
+    try:
+        conn = await asyncpg.connect(dsn, **kwargs)
+    except Exception as exc:
+        raise unavailable(dsn, exc) from exc
+    await _init_connection(conn)
+    return conn
+
+
+def unavailable(dsn: str, exc: BaseException) -> BackendUnavailable:
+    """A BackendUnavailable that says why, without leaking the password."""
+    where = re.sub(r"//([^:@/]+):[^@/]*@", r"//\1:***@", dsn)
+    refused = asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
+    if isinstance(exc, refused):
+        return BackendUnavailable(f"database refused the credentials for {where}: {exc}")
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return BackendUnavailable(f"database does not exist at {where}: {exc}")
+    if isinstance(exc, OSError | TimeoutError | asyncpg.CannotConnectNowError):
+        return BackendUnavailable(f"cannot reach the database at {where}: {exc}")
+    return BackendUnavailable(f"cannot connect to the database at {where}: {exc}")
+
+
+def _json(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} is not JSON-serialisable: {exc}") from None
+
+
+class Backend:
+    """Shoal's Postgres schema and every query over it."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str, schema: str) -> None:
+        self.pool = pool
+        self.dsn = dsn
+        self.queries = Queries(check_schema(schema))
+
+    @classmethod
+    async def connect(cls, dsn: str, *, schema: str = "shoal", min_size: int = 1,
+                      max_size: int = 10) -> Backend:
+        """Open a pool; raises BackendUnavailable with the reason when it cannot."""
+        check_schema(schema)
+        try:
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+                                             init=_init_connection, timeout=10)
+        except Exception as exc:
+            raise unavailable(dsn, exc) from exc
+        return cls(pool, dsn, schema)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def migrate(self, aging_seconds: float | None = None) -> list[int]:
+        """Create or upgrade the schema; see `shoal.backend.migrate`."""
+        async with self.pool.acquire() as conn:
+            return await migrations.migrate(conn, self.queries, aging_seconds)
+
+    async def aging_seconds(self) -> float:
+        return float(await self.pool.fetchval(self.queries.aging_interval))
+
+    # -- tasks -----------------------------------------------------------------
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[int]:
+        """Insert tasks in one statement with one NOTIFY per namespace; return their ids.
+
+        A task whose idempotency key already exists in its namespace is not
+        inserted again; the existing task's id is returned in its place.
+        """
+        if not tasks:
+            return []
+        for t in tasks:
+            if any("," in tag or not tag for tag in t.tags):
+                raise InvalidInput(f"task {t.name!r}: invalid tags {list(t.tags)!r}")
+            if t.max_attempts < 1:
+                raise InvalidInput(f"task {t.name!r}: max_attempts must be at least 1")
+        payloads = [_json(t.payload, f"payload of task {t.name!r}") for t in tasks]
+        rows = await self.pool.fetch(
+            self.queries.enqueue,
+            [t.namespace for t in tasks], [t.name for t in tasks], payloads,
+            [t.priority for t in tasks], [",".join(t.tags) for t in tasks],
+            [t.delay_seconds for t in tasks], [t.max_attempts for t in tasks],
+            [_millis(t.timeout_seconds) for t in tasks], [t.idempotency_key for t in tasks])
+        by_key = {r["idempotency_key"]: r["id"] for r in rows if r["idempotency_key"]}
+        inserted = iter(r["id"] for r in rows if not r["idempotency_key"])
+        missing: dict[str, list[str]] = {}
+        for t in tasks:
+            if t.idempotency_key and t.idempotency_key not in by_key:
+                missing.setdefault(t.namespace, []).append(t.idempotency_key)
+        for namespace, keys in missing.items():
+            for r in await self.pool.fetch(self.queries.existing_keys, namespace, keys):
+                by_key[r["idempotency_key"]] = r["id"]
+        return [by_key[t.idempotency_key] if t.idempotency_key else next(inserted)
+                for t in tasks]
+
+    async def claim(self, worker: WorkerIdentity, limit: int,
+                    lease_seconds: float) -> list[ClaimedTask]:
+        """Lease up to `limit` claimable tasks to `worker` (see queries.claim)."""
+        rows = await self.pool.fetch(
+            self.queries.claim, worker.namespace, list(worker.task_names), list(worker.tags),
+            limit, lease_seconds, worker.id)
+        return [ClaimedTask(
+            id=r["id"], name=r["name"], payload=r["payload"], attempt=r["attempts"],
+            max_attempts=r["max_attempts"], lease_token=r["lease_token"],
+            timeout_seconds=r["timeout_ms"] / 1000 if r["timeout_ms"] else None,
+            workflow_id=r["workflow_id"], step=r["step"], enqueued_at=r["enqueued_at"],
+            run_at=r["run_at"]) for r in rows]
+
+    async def report(self, outcomes: Sequence[Outcome]) -> set[int]:
+        """Record finished attempts; return the ids whose report was accepted.
+
+        A report is accepted only with the task's current lease token, so a
+        worker that lost its lease cannot overwrite the new holder's result.
+        Workflow steps are recorded in one transaction with the workflow's
+        next steps, so a crash never leaves a DAG stuck between two steps.
+        """
+        plain = [o for o in outcomes if o.workflow_id is None]
+        steps = [o for o in outcomes if o.workflow_id is not None]
+        accepted: set[int] = set()
+        if plain:
+            async with self.pool.acquire() as conn:
+                accepted |= await self._report(conn, plain)
+        if steps:
+            async with self.pool.acquire() as conn, conn.transaction():
+                done = await self._report(conn, steps)
+                accepted |= done
+                for workflow_id in sorted({o.workflow_id for o in steps
+                                           if o.task_id in done and o.workflow_id}):
+                    await self._advance(conn, workflow_id)
+        return accepted
+
+    async def _report(self, conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> set[int]:
+        q = self.queries
+        ok = [o for o in outcomes if o.error is None and not o.cancelled]
+        failed = [o for o in outcomes if o.error is not None and not o.cancelled]
+        cancelled = [o for o in outcomes if o.cancelled]
+        accepted: set[int] = set()
+        if ok:
+            rows = await conn.fetch(q.complete, [o.task_id for o in ok],
+                                    [o.lease_token for o in ok],
+                                    [_json(o.result, "task result") for o in ok])
+            accepted |= {r["id"] for r in rows}
+        if failed:
+            rows = await conn.fetch(q.fail, [o.task_id for o in failed],
+                                    [o.lease_token for o in failed],
+                                    [o.error for o in failed],
+                                    [o.retry_in_seconds for o in failed])
+            accepted |= {r["id"] for r in rows}
+        if cancelled:
+            rows = await conn.fetch(q.cancelled, [o.task_id for o in cancelled],
+                                    [o.lease_token for o in cancelled],
+                                    [o.error or "cancelled" for o in cancelled])
+            accepted |= {r["id"] for r in rows}
+        return accepted
+
+    async def release(self, leases: Sequence[tuple[int, int]]) -> set[int]:
+        """Hand (task id, lease token) pairs back as ready now, without using up an attempt."""
+        if not leases:
+            return set()
+        rows = await self.pool.fetch(self.queries.release, [i for i, _ in leases],
+                                     [t for _, t in leases])
+        return {r["id"] for r in rows}
+
+    async def heartbeat(self, worker: WorkerIdentity, leases: Sequence[tuple[int, int]],
+                        lease_seconds: float, in_flight: int, draining: bool) -> HeartbeatReply:
+        """Extend every lease held and refresh the worker's liveness row, in one statement."""
+        rows = await self.pool.fetch(
+            self.queries.heartbeat, [i for i, _ in leases], [t for _, t in leases],
+            lease_seconds, worker.id, worker.pool, worker.pod_name, worker.namespace,
+            list(worker.tags), list(worker.task_names), worker.concurrency, in_flight, draining)
+        return HeartbeatReply(held=frozenset(r["id"] for r in rows),
+                              cancel=frozenset(r["id"] for r in rows if r["cancel"]))
+
+    async def remove_worker(self, worker_id: str) -> None:
+        await self.pool.execute(self.queries.remove_worker, worker_id)
+
+    async def get_task(self, task_id: int) -> TaskRow:
+        row = await self.pool.fetchrow(self.queries.get_task, task_id)
+        if row is None:
+            raise NotFound(f"no task with id {task_id}")
+        return TaskRow(**dict(row))
+
+    # -- maintenance -------------------------------------------------------------
+
+    async def reap_expired(self, limit: int = 1000) -> int:
+        """Make tasks with expired leases claimable again (or dead); return how many."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(self.queries.reap_expired, limit)
+            for namespace in {r["namespace"] for r in rows if r["state"] == "ready"}:
+                await conn.execute(self.queries.notify_tasks, namespace)
+            for workflow_id in sorted({r["workflow_id"] for r in rows if r["workflow_id"]}):
+                await self._advance(conn, workflow_id)
+        return len(rows)
+
+    async def reap_workers(self, stale_seconds: float) -> list[str]:
+        rows = await self.pool.fetch(self.queries.reap_workers, stale_seconds)
+        return [r["id"] for r in rows]
+
+    async def prune(self, retention_seconds: float, limit: int = 10_000) -> tuple[int, int]:
+        """Delete finished plain tasks and finished workflows older than the retention."""
+        tasks = await self.pool.execute(self.queries.prune_tasks, retention_seconds, limit)
+        workflows = await self.pool.execute(self.queries.prune_workflows, retention_seconds,
+                                            limit)
+        return int(tasks.split()[-1]), int(workflows.split()[-1])
+
+    # -- dead letters --------------------------------------------------------------
+
+    async def dead_letters(self, where: DeadLetterFilter, limit: int = 100) -> list[DeadLetter]:
+        rows = await self.pool.fetch(self.queries.list_dead, *_dead_args(where), limit)
+        return [DeadLetter(**dict(r)) for r in rows]
+
+    async def count_dead_letters(self, where: DeadLetterFilter) -> int:
+        return int(await self.pool.fetchval(self.queries.count_dead, *_dead_args(where)))
+
+    async def retry_dead_letters(self, where: DeadLetterFilter) -> int:
+        """Make matching dead letters ready with fresh attempts; failed workflows resume."""
+        row = await self.pool.fetchrow(self.queries.retry_dead, *_dead_args(where))
+        return int(row["retried"])
+
+    # -- workflows -----------------------------------------------------------------
+
+    async def submit_workflow(self, spec: dag.WorkflowSpec, *, name: str,
+                              namespace: str = "default", key: str | None = None,
+                              workflow_id: UUID | None = None) -> UUID:
+        """Create a workflow instance and its steps; idempotent by `key`.
+
+        The DAG is validated first; an invalid one raises InvalidWorkflow and
+        writes nothing. A second call with the same key returns the first id.
+        """
+        dag.validate(spec)
+        q = self.queries
+        roots = {s.name for s in spec.steps if not s.depends_on}
+        payloads = [_json(dag.resolve_input(s.input, spec.input, {}) if s.name in roots
+                          else None, f"input of step {s.name!r}") for s in spec.steps]
+        async with self.pool.acquire() as conn, conn.transaction():
+            new_id = await conn.fetchval(
+                q.insert_workflow, workflow_id or uuid.uuid4(), key, name, namespace,
+                _json(spec.model_dump(mode="json", by_alias=True), "workflow spec"),
+                _json(spec.input, "workflow input"))
+            if new_id is None:
+                return await conn.fetchval(q.workflow_by_key, key)
+            await conn.execute(
+                q.insert_steps, namespace, new_id,
+                [s.name for s in spec.steps], [s.task for s in spec.steps], payloads,
+                ["ready" if s.name in roots else "blocked" for s in spec.steps],
+                [spec.priority if s.priority is None else s.priority for s in spec.steps],
+                [",".join(spec.tags if s.tags is None else s.tags) for s in spec.steps],
+                [s.retries + 1 for s in spec.steps],
+                [_millis(s.timeout_seconds) for s in spec.steps])
+            await conn.execute(q.notify_tasks, namespace)
+            await conn.execute(q.notify_workflow, str(new_id))
+            return new_id
+
+    async def _advance(self, conn: asyncpg.Connection, workflow_id: UUID) -> None:
+        """Start the steps that became ready and settle the workflow's state.
+
+        Runs inside the caller's transaction, under the workflow row's lock.
+        """
+        q = self.queries
+        wf = await conn.fetchrow(q.lock_workflow, workflow_id)
+        if wf is None:
+            return
+        rows = await conn.fetch(q.workflow_steps, workflow_id)
+        states = {r["step"]: r["state"] for r in rows}
+        state, message = wf["state"], wf["message"]
+        if state in ("running", "paused"):
+            spec = dag.WorkflowSpec.model_validate(wf["spec"])
+            outputs = {r["step"]: r["result"] for r in rows if r["state"] == "succeeded"}
+            templates = {s.name: s.input for s in spec.steps}
+            ready, payloads = [], []
+            for step in dag.ready_steps(spec, states):
+                try:
+                    payloads.append(_json(dag.resolve_input(templates[step], wf["input"],
+                                                            outputs), f"input of {step!r}"))
+                    ready.append(step)
+                except InvalidInput as exc:
+                    states[step] = "dead"
+                    message = f"step {step!r} cannot start: {exc}"
+            if ready:
+                for r in await conn.fetch(q.unblock_steps, workflow_id, ready, payloads):
+                    await conn.execute(q.notify_tasks, r["namespace"])
+                states.update(dict.fromkeys(ready, "ready"))
+            result = dag.outcome(states)
+            if result == "failed":
+                dead = [r for r in rows if r["state"] == "dead"]
+                message = message or (f"step {dead[0]['step']!r} failed: {dead[0]['error']}"
+                                      if dead else "a step failed")
+                await conn.execute(q.cancel_pending_steps, workflow_id,
+                                   "workflow failed: " + message)
+                state = "failed"
+            elif result == "succeeded":
+                state, message = "succeeded", None
+        elif state == "cancelling" and not any(s == "running" for s in states.values()):
+            state = "cancelled"
+        if (state, message) != (wf["state"], wf["message"]):
+            await conn.execute(q.set_workflow_state, workflow_id, state, message)
+        await conn.execute(q.notify_workflow, str(workflow_id))
+
+    async def command(self, workflow_id: UUID, command: str, *, actor: str,
+                      reason: str = "", request_id: str | None = None) -> CommandRecord:
+        """Pause, resume or cancel a workflow; idempotent, recorded with who/why/when.
+
+        Repeating a command the state already satisfies is recorded as not
+        applied; a command with a request id seen before returns the first
+        record. Resuming or pausing a finished or cancelled workflow raises
+        InvalidCommand.
+        """
+        if command not in ("pause", "resume", "cancel"):
+            raise InvalidCommand(f"unknown command {command!r}: use pause, resume or cancel")
+        q = self.queries
+        async with self.pool.acquire() as conn, conn.transaction():
+            wf = await conn.fetchrow(q.lock_workflow, workflow_id)
+            if wf is None:
+                raise NotFound(f"no workflow with id {workflow_id}")
+            if request_id is not None:
+                seen = await conn.fetchrow(q.command_by_request, workflow_id, request_id)
+                if seen is not None:
+                    return CommandRecord(**dict(seen))
+            state = wf["state"]
+            target = _command_target(command, state)
+            if target != state:
+                if target in ("cancelling", "cancelled"):
+                    await conn.execute(q.cancel_pending_steps, workflow_id,
+                                       f"workflow cancelled by {actor}")
+                    running = await conn.fetch(q.workflow_steps, workflow_id)
+                    if not any(r["state"] == "running" for r in running):
+                        target = "cancelled"
+                    await conn.execute(q.notify_control, str(workflow_id))
+                await conn.execute(q.set_workflow_state, workflow_id, target,
+                                   f"{command} by {actor}" + (f": {reason}" if reason else ""))
+                if target == "running":
+                    await conn.execute(q.notify_tasks, wf["namespace"])
+                await conn.execute(q.notify_workflow, str(workflow_id))
+            record = await conn.fetchrow(q.record_command, workflow_id, command, actor, reason,
+                                         request_id, target != state)
+            return CommandRecord(**dict(record))
+
+    async def workflow_status(self, workflow_id: UUID) -> WorkflowStatus:
+        q = self.queries
+        async with self.pool.acquire() as conn:
+            wf = await conn.fetchrow(q.get_workflow, workflow_id)
+            if wf is None:
+                raise NotFound(f"no workflow with id {workflow_id}")
+            steps = await conn.fetch(q.workflow_steps, workflow_id)
+            commands = await conn.fetch(q.workflow_commands, workflow_id)
+        return WorkflowStatus(
+            id=wf["id"], key=wf["key"], name=wf["name"], namespace=wf["namespace"],
+            state=wf["state"], message=wf["message"], created_at=wf["created_at"],
+            updated_at=wf["updated_at"], finished_at=wf["finished_at"],
+            steps=[StepStatus(name=s["step"], task=s["name"], state=s["state"],
+                              attempts=s["attempts"], max_attempts=s["max_attempts"],
+                              output=s["result"], error=s["error"], started_at=s["started_at"],
+                              finished_at=s["finished_at"]) for s in steps],
+            commands=[CommandRecord(**dict(c)) for c in commands])
+
+    async def workflow_id_by_key(self, key: str) -> UUID | None:
+        return await self.pool.fetchval(self.queries.workflow_by_key, key)
+
+    # -- what the operator reads ---------------------------------------------------
+
+    async def backlog(self, namespace: str, tags: Iterable[str],
+                      task_names: Iterable[str] | None = None) -> Backlog:
+        names = list(task_names) if task_names is not None else None
+        row = await self.pool.fetchrow(self.queries.backlog, namespace, list(tags), names or None)
+        return Backlog(ready=row["ready"], running=row["running"], waiting=row["waiting"],
+                       dead=row["dead"])
+
+    async def pool_workers(self, pool: str) -> list[WorkerRow]:
+        rows = await self.pool.fetch(self.queries.pool_workers, pool)
+        return [WorkerRow(**dict(r)) for r in rows]
+
+
+def _millis(seconds: float | None) -> int | None:
+    return None if seconds is None else max(1, round(seconds * 1000))
+
+
+def _dead_args(where: DeadLetterFilter) -> tuple[Any, ...]:
+    return where.task_name, where.namespace, where.workflow_id, where.task_id
+
+
+def _command_target(command: str, state: str) -> str:
+    """The state a command leads to from `state`; raise when it is not allowed."""
+    if command == "cancel":
+        return state if state in FINAL_WORKFLOW_STATES or state == "cancelling" else "cancelling"
+    if state in FINAL_WORKFLOW_STATES or state == "cancelling":
+        raise InvalidCommand(f"cannot {command} a workflow that is {state}")
+    return "paused" if command == "pause" else "running"

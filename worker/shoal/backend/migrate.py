@@ -1,0 +1,52 @@
+"""Schema migrations: ordered .sql files applied once each, under a lock.
+
+`migrate()` is idempotent and safe when many processes run it at once: a
+transaction-scoped advisory lock keyed by the schema name serialises them,
+and each file is applied with its version row in the same transaction.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+import asyncpg
+
+from shoal.backend.queries import Queries
+
+DEFAULT_AGING_SECONDS = 300.0
+_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql template) for every migration shipped, in order."""
+    found = []
+    for entry in resources.files("shoal.backend.migrations").iterdir():
+        match = _FILE.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), entry.read_text()))
+    return sorted(found)
+
+
+async def migrate(conn: asyncpg.Connection, queries: Queries,
+                  aging_seconds: float | None = None) -> list[int]:
+    """Bring the schema up to date; return the versions applied now.
+
+    `aging_seconds` sets how long a task waits to gain one priority point;
+    when None, an existing setting is kept (default 5 minutes).
+    """
+    applied_now = []
+    async with conn.transaction():
+        await conn.execute(queries.bootstrap)
+        done = {r["version"] for r in await conn.fetch(queries.applied_versions)}
+        has_sort_key = await conn.fetchval(queries.sort_key_function_exists)
+        if aging_seconds is not None or not has_sort_key:
+            seconds = DEFAULT_AGING_SECONDS if aging_seconds is None else aging_seconds
+            await conn.execute(queries.sort_key_definition(seconds))
+        for version, name, template in migrations():
+            if version in done:
+                continue
+            await conn.execute(template.replace("{schema}", queries.schema))
+            await conn.execute(queries.record_migration, version, name)
+            applied_now.append(version)
+    return applied_now

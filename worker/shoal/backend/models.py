@@ -1,0 +1,192 @@
+"""Plain records the backend returns; no behaviour, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A task to enqueue."""
+
+    name: str
+    payload: Any = None
+    namespace: str = "default"
+    priority: int = 0
+    tags: tuple[str, ...] = ()
+    delay_seconds: float = 0.0
+    max_attempts: int = 1
+    timeout_seconds: float | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedTask:
+    """A task leased to this worker; `lease_token` fences its result."""
+
+    id: int
+    name: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    lease_token: int
+    timeout_seconds: float | None
+    workflow_id: UUID | None
+    step: str | None
+    enqueued_at: datetime
+    run_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a worker reports for one task it held."""
+
+    task_id: int
+    lease_token: int
+    workflow_id: UUID | None = None
+    result: Any = None
+    error: str | None = None
+    retry_in_seconds: float | None = None  # with error: None means dead letter
+    cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerIdentity:
+    """Who a worker is, as its liveness row shows it."""
+
+    id: str
+    namespace: str
+    tags: tuple[str, ...]
+    task_names: tuple[str, ...]
+    concurrency: int
+    pool: str | None = None
+    pod_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReply:
+    """Leases still held after a heartbeat, and those whose work must be cancelled."""
+
+    held: frozenset[int]
+    cancel: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Tasks a pool can serve: ready now, running, waiting (delayed or paused), dead."""
+
+    ready: int
+    running: int
+    waiting: int
+    dead: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    id: str
+    pool: str | None
+    pod_name: str | None
+    namespace: str
+    tags: list[str]
+    task_names: list[str]
+    concurrency: int
+    in_flight: int
+    draining: bool
+    started_at: datetime
+    last_seen: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    id: int
+    namespace: str
+    name: str
+    payload: Any
+    state: str
+    priority: int
+    tags: list[str]
+    run_at: datetime
+    enqueued_at: datetime
+    attempts: int
+    max_attempts: int
+    lease_token: int
+    worker_id: str | None
+    workflow_id: UUID | None
+    step: str | None
+    result: Any
+    error: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    namespace: str
+    name: str
+    payload: Any
+    attempts: int
+    max_attempts: int
+    error: str | None
+    workflow_id: UUID | None
+    step: str | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    """Selects dead letters; unset fields match everything."""
+
+    task_name: str | None = None
+    namespace: str | None = None
+    workflow_id: UUID | None = None
+    task_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepStatus:
+    name: str
+    task: str
+    state: str
+    attempts: int
+    max_attempts: int
+    output: Any
+    error: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    id: int
+    command: str
+    actor: str
+    reason: str
+    request_id: str | None
+    applied: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowStatus:
+    """A workflow instance as the backend sees it."""
+
+    id: UUID
+    key: str | None
+    name: str
+    namespace: str
+    state: str
+    message: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    steps: list[StepStatus] = field(default_factory=list)
+    commands: list[CommandRecord] = field(default_factory=list)
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """(succeeded steps, all steps)."""
+        return sum(s.state == "succeeded" for s in self.steps), len(self.steps)

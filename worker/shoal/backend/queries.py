@@ -1,0 +1,401 @@
+"""Every SQL statement Shoal runs, in one place.
+
+Statements are templates over `{schema}`; `Queries(schema)` renders them once.
+Nothing outside the backend layer writes SQL.
+"""
+
+from __future__ import annotations
+
+
+class Queries:
+    """The statements of this class, rendered for one schema.
+
+    Class attributes are templates over `{schema}`; an instance holds them
+    rendered, so `Queries("shoal").claim` is ready to run.
+    """
+
+    # -- schema management ------------------------------------------------------
+
+    bootstrap = """
+    SELECT pg_advisory_xact_lock(hashtext('shoal.migrate.' || '{schema}'));
+    CREATE SCHEMA IF NOT EXISTS {schema};
+    CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+        version    integer PRIMARY KEY,
+        name       text NOT NULL,
+        applied_at timestamptz NOT NULL DEFAULT now()
+    );
+    """
+
+    applied_versions = "SELECT version FROM {schema}.schema_migrations ORDER BY version"
+
+    record_migration = "INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"
+
+    sort_key_function_exists = """
+    SELECT EXISTS (
+        SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = '{schema}' AND p.proname = 'sort_key')
+    """
+
+    # The aging interval is baked into an inlinable SQL function so every write
+    # computes the same claim order and the claim needs no per-row arithmetic.
+    define_sort_key = """
+    CREATE OR REPLACE FUNCTION {schema}.sort_key(run_at timestamptz, priority integer)
+    RETURNS timestamptz LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$ SELECT run_at - priority * interval '{aging_seconds} seconds' $$
+    """
+
+    aging_interval = """
+    SELECT substring(prosrc FROM 'interval ''([0-9.]+) seconds''')::float8
+    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname = '{schema}' AND p.proname = 'sort_key'
+    """
+
+    # -- tasks ---------------------------------------------------------------------
+
+    enqueue = """
+    WITH rows AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::text[],
+                             $6::float8[], $7::int[], $8::int[], $9::text[])
+            AS r(namespace, name, payload, priority, tags, delay_s, max_attempts, timeout_ms, key)
+    ), inserted AS (
+        INSERT INTO {schema}.tasks
+            (namespace, name, payload, priority, tags, run_at, sort_key,
+             max_attempts, timeout_ms, idempotency_key)
+        SELECT r.namespace, r.name, r.payload, r.priority,
+               CASE WHEN r.tags = '' THEN '{}'::text[] ELSE string_to_array(r.tags, ',') END,
+               now() + r.delay_s * interval '1 second',
+               {schema}.sort_key(now() + r.delay_s * interval '1 second', r.priority),
+               r.max_attempts, r.timeout_ms, r.key
+        FROM rows r
+        ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING id, namespace, idempotency_key
+    )
+    SELECT i.id, i.idempotency_key,
+           (SELECT count(pg_notify('{schema}_tasks', n.namespace))
+            FROM (SELECT DISTINCT namespace FROM inserted) n) AS notified
+    FROM inserted i
+    """
+
+    existing_keys = """
+    SELECT id, idempotency_key FROM {schema}.tasks
+    WHERE namespace = $1 AND idempotency_key = ANY($2::text[])
+    """
+
+    # Claim: ready, due, registered name, tags a subset of the worker's, workflow
+    # running (or none), oldest effective priority first; skip rows others hold.
+    claim = """
+    WITH candidates AS (
+        SELECT t.id
+        FROM {schema}.tasks t
+        WHERE t.state = 'ready'
+          AND t.namespace = $1
+          AND t.run_at <= now()
+          AND t.name = ANY($2::text[])
+          AND t.tags <@ $3::text[]
+          AND (t.workflow_id IS NULL OR EXISTS (
+                SELECT 1 FROM {schema}.workflows w
+                WHERE w.id = t.workflow_id AND w.state = 'running'))
+        ORDER BY t.sort_key, t.id
+        LIMIT $4
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE {schema}.tasks t
+    SET state = 'running',
+        attempts = t.attempts + 1,
+        lease_token = t.lease_token + 1,
+        lease_expires_at = now() + $5::float8 * interval '1 second',
+        worker_id = $6,
+        started_at = now()
+    FROM candidates c
+    WHERE t.id = c.id
+    RETURNING t.id, t.name, t.payload, t.attempts, t.max_attempts, t.lease_token, t.timeout_ms,
+              t.workflow_id, t.step, t.enqueued_at, t.run_at
+    """
+
+    # Fenced: only the holder of the current lease token may finish a task.
+    complete = """
+    UPDATE {schema}.tasks t
+    SET state = 'succeeded', result = r.result, error = NULL, finished_at = now(),
+        lease_expires_at = NULL
+    FROM unnest($1::bigint[], $2::bigint[], $3::jsonb[]) AS r(id, token, result)
+    WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
+    RETURNING t.id, t.workflow_id
+    """
+
+    # retry_in_s NULL: the task is dead; otherwise it is ready again after the delay.
+    fail = """
+    UPDATE {schema}.tasks t
+    SET state = CASE WHEN r.retry_in_s IS NULL THEN 'dead' ELSE 'ready' END::{schema}.task_state,
+        error = r.error,
+        run_at = CASE WHEN r.retry_in_s IS NULL THEN t.run_at
+                      ELSE now() + r.retry_in_s * interval '1 second' END,
+        sort_key = CASE WHEN r.retry_in_s IS NULL THEN t.sort_key
+                        ELSE {schema}.sort_key(now() + r.retry_in_s * interval '1 second', t.priority) END,
+        finished_at = CASE WHEN r.retry_in_s IS NULL THEN now() END,
+        lease_expires_at = NULL,
+        worker_id = NULL
+    FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[]) AS r(id, token, error, retry_in_s)
+    WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
+    RETURNING t.id, t.workflow_id, t.state::text
+    """
+
+    cancelled = """
+    UPDATE {schema}.tasks t
+    SET state = 'cancelled', error = r.error, finished_at = now(), lease_expires_at = NULL
+    FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS r(id, token, error)
+    WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
+    RETURNING t.id, t.workflow_id
+    """
+
+    # A drained task goes back to the front of the line; the interrupted attempt
+    # does not count against max_attempts.
+    release = """
+    UPDATE {schema}.tasks t
+    SET state = 'ready', attempts = greatest(t.attempts - 1, 0), lease_expires_at = NULL,
+        worker_id = NULL
+    FROM unnest($1::bigint[], $2::bigint[]) AS r(id, token)
+    WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
+    RETURNING t.id, (SELECT pg_notify('{schema}_tasks', t.namespace)) IS NULL
+    """
+
+    # One statement extends every lease a worker holds and refreshes its liveness
+    # row; the answer lists the leases still held and which must be cancelled.
+    heartbeat = """
+    WITH beat AS (
+        UPDATE {schema}.tasks t
+        SET lease_expires_at = now() + $3::float8 * interval '1 second'
+        FROM unnest($1::bigint[], $2::bigint[]) AS r(id, token)
+        WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
+        RETURNING t.id, t.workflow_id
+    ), alive AS (
+        INSERT INTO {schema}.workers
+            (id, pool, pod_name, namespace, tags, task_names, concurrency, in_flight, draining)
+        VALUES ($4, $5, $6, $7, $8::text[], $9::text[], $10, $11, $12)
+        ON CONFLICT (id) DO UPDATE
+        SET last_seen = now(), in_flight = EXCLUDED.in_flight, draining = EXCLUDED.draining
+        RETURNING 1
+    )
+    SELECT b.id, coalesce(w.state IN ('cancelling', 'cancelled'), false) AS cancel
+    FROM beat b LEFT JOIN {schema}.workflows w ON w.id = b.workflow_id
+    """
+
+    remove_worker = "DELETE FROM {schema}.workers WHERE id = $1"
+
+    # Expired leases: back to ready (keeping their place in line) or, when their
+    # attempts are used up, dead.
+    reap_expired = """
+    WITH expired AS (
+        SELECT id FROM {schema}.tasks
+        WHERE state = 'running' AND lease_expires_at < now()
+        ORDER BY lease_expires_at
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE {schema}.tasks t
+    SET state = CASE WHEN t.attempts >= t.max_attempts THEN 'dead' ELSE 'ready' END::{schema}.task_state,
+        error = 'lease expired: worker ' || coalesce(t.worker_id, '?') || ' stopped heartbeating',
+        finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
+        lease_expires_at = NULL,
+        worker_id = NULL
+    FROM expired e
+    WHERE t.id = e.id
+    RETURNING t.id, t.namespace, t.workflow_id, t.state::text
+    """
+
+    notify_tasks = "SELECT pg_notify('{schema}_tasks', $1)"
+
+    reap_workers = """
+    DELETE FROM {schema}.workers WHERE last_seen < now() - $1::float8 * interval '1 second'
+    RETURNING id
+    """
+
+    prune_tasks = """
+    DELETE FROM {schema}.tasks WHERE id IN (
+        SELECT id FROM {schema}.tasks
+        WHERE state IN ('succeeded', 'cancelled') AND workflow_id IS NULL
+          AND finished_at < now() - $1::float8 * interval '1 second'
+        LIMIT $2)
+    """
+
+    prune_workflows = """
+    DELETE FROM {schema}.workflows WHERE id IN (
+        SELECT id FROM {schema}.workflows
+        WHERE finished_at < now() - $1::float8 * interval '1 second'
+        LIMIT $2)
+    """
+
+    get_task = """
+    SELECT id, namespace, name, payload, state::text, priority, tags, run_at, enqueued_at, attempts,
+           max_attempts, lease_token, worker_id, workflow_id, step, result, error, started_at,
+           finished_at
+    FROM {schema}.tasks WHERE id = $1
+    """
+
+    # -- dead letters ----------------------------------------------------------------
+
+    dead_filter = """
+    state = 'dead'
+    AND ($1::text IS NULL OR name = $1)
+    AND ($2::text IS NULL OR namespace = $2)
+    AND ($3::uuid IS NULL OR workflow_id = $3)
+    AND ($4::bigint IS NULL OR id = $4)
+    """
+
+    list_dead = """
+    SELECT id, namespace, name, payload, attempts, max_attempts, error, workflow_id, step, finished_at
+    FROM {schema}.tasks WHERE """ + dead_filter + """
+    ORDER BY finished_at DESC, id DESC LIMIT $5
+    """
+
+    count_dead = "SELECT count(*) FROM {schema}.tasks WHERE " + dead_filter
+
+    # A retried dead letter gets a fresh set of attempts and runs now.
+    retry_dead = """
+    WITH retried AS (
+        UPDATE {schema}.tasks
+        SET state = 'ready', attempts = 0, run_at = now(), sort_key = {schema}.sort_key(now(), priority),
+            finished_at = NULL, error = NULL, worker_id = NULL
+        WHERE """ + dead_filter + """
+        RETURNING id, namespace, workflow_id
+    ), revived AS (
+        UPDATE {schema}.workflows w
+        SET state = 'running', message = NULL, finished_at = NULL, updated_at = now()
+        WHERE w.state = 'failed' AND w.id IN (SELECT workflow_id FROM retried)
+        RETURNING w.id
+    )
+    SELECT
+        (SELECT count(*) FROM retried) AS retried,
+        (SELECT count(pg_notify('{schema}_tasks', n.namespace))
+         FROM (SELECT DISTINCT namespace FROM retried) n) AS notified,
+        (SELECT count(pg_notify('{schema}_workflows', id::text)) FROM revived) AS revived
+    """
+
+    # -- workflows -------------------------------------------------------------------
+
+    insert_workflow = """
+    INSERT INTO {schema}.workflows (id, key, name, namespace, spec, input)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (key) DO NOTHING
+    RETURNING id
+    """
+
+    workflow_by_key = "SELECT id FROM {schema}.workflows WHERE key = $1"
+
+    insert_steps = """
+    INSERT INTO {schema}.tasks
+        (namespace, name, payload, state, priority, tags, sort_key, max_attempts, timeout_ms,
+         workflow_id, step)
+    SELECT $1, r.name, r.payload, r.state::{schema}.task_state, r.priority,
+           CASE WHEN r.tags = '' THEN '{}'::text[] ELSE string_to_array(r.tags, ',') END,
+           {schema}.sort_key(now(), r.priority), r.max_attempts, r.timeout_ms, $2, r.step
+    FROM unnest($3::text[], $4::text[], $5::jsonb[], $6::text[], $7::int[], $8::text[],
+                $9::int[], $10::int[])
+        AS r(step, name, payload, state, priority, tags, max_attempts, timeout_ms)
+    """
+
+    lock_workflow = """
+    SELECT id, key, name, namespace, spec, input, state, message, created_at, updated_at, finished_at
+    FROM {schema}.workflows WHERE id = $1 FOR UPDATE
+    """
+
+    get_workflow = """
+    SELECT id, key, name, namespace, spec, input, state, message, created_at, updated_at, finished_at
+    FROM {schema}.workflows WHERE id = $1
+    """
+
+    workflow_steps = """
+    SELECT id, step, name, state::text, attempts, max_attempts, result, error, started_at,
+           finished_at
+    FROM {schema}.tasks WHERE workflow_id = $1 ORDER BY id
+    """
+
+    unblock_steps = """
+    UPDATE {schema}.tasks t
+    SET state = 'ready', payload = r.payload, run_at = now(),
+        sort_key = {schema}.sort_key(now(), t.priority)
+    FROM unnest($2::text[], $3::jsonb[]) AS r(step, payload)
+    WHERE t.workflow_id = $1 AND t.step = r.step AND t.state = 'blocked'
+    RETURNING t.namespace
+    """
+
+    cancel_pending_steps = """
+    UPDATE {schema}.tasks
+    SET state = 'cancelled', finished_at = now(), error = $2
+    WHERE workflow_id = $1 AND state IN ('blocked', 'ready')
+    """
+
+    set_workflow_state = """
+    UPDATE {schema}.workflows
+    SET state = $2, message = $3, updated_at = now(),
+        finished_at = CASE WHEN $2 IN ('cancelled', 'succeeded', 'failed') THEN now() END
+    WHERE id = $1
+    """
+
+    notify_workflow = "SELECT pg_notify('{schema}_workflows', $1::text)"
+
+    notify_control = "SELECT pg_notify('{schema}_control', $1::text)"
+
+    record_command = """
+    INSERT INTO {schema}.workflow_commands (workflow_id, command, actor, reason, request_id, applied)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    RETURNING id, command, actor, reason, request_id, applied, created_at
+    """
+
+    command_by_request = """
+    SELECT id, command, actor, reason, request_id, applied, created_at
+    FROM {schema}.workflow_commands WHERE workflow_id = $1 AND request_id = $2
+    """
+
+    workflow_commands = """
+    SELECT id, command, actor, reason, request_id, applied, created_at
+    FROM {schema}.workflow_commands WHERE workflow_id = $1 ORDER BY id
+    """
+
+    # -- what the operator reads -------------------------------------------------------
+
+    # Backlog a pool can serve: tasks in its namespace whose tags are a subset of
+    # the pool's tags and (when the pool lists them) whose names it runs.
+    backlog = """
+    SELECT
+        count(*) FILTER (WHERE t.state = 'ready' AND t.run_at <= now() AND runnable) AS ready,
+        count(*) FILTER (WHERE t.state = 'running') AS running,
+        count(*) FILTER (WHERE t.state = 'ready' AND (t.run_at > now() OR NOT runnable)) AS waiting,
+        count(*) FILTER (WHERE t.state = 'dead') AS dead
+    FROM {schema}.tasks t
+    LEFT JOIN LATERAL (
+        SELECT t.workflow_id IS NULL OR EXISTS (
+            SELECT 1 FROM {schema}.workflows w WHERE w.id = t.workflow_id AND w.state = 'running')
+        AS runnable) r ON true
+    WHERE t.state IN ('ready', 'running', 'dead')
+      AND t.namespace = $1
+      AND t.tags <@ $2::text[]
+      AND ($3::text[] IS NULL OR t.name = ANY($3::text[]))
+    """
+
+    pool_workers = """
+    SELECT id, pool, pod_name, namespace, tags, task_names, concurrency, in_flight, draining,
+           started_at, last_seen
+    FROM {schema}.workers WHERE pool = $1 ORDER BY id
+    """
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        for name, template in vars(Queries).items():
+            if isinstance(template, str) and not name.startswith("_") :
+                setattr(self, name, template.replace("{schema}", schema))
+
+    def sort_key_definition(self, aging_seconds: float) -> str:
+        """The `sort_key` function with the given aging interval baked in."""
+        return self.define_sort_key.replace("{aging_seconds}", f"{aging_seconds:g}")
+
+    @property
+    def tasks_channel(self) -> str:
+        return f"{self.schema}_tasks"
+
+    @property
+    def workflows_channel(self) -> str:
+        return f"{self.schema}_workflows"
+
+    @property
+    def control_channel(self) -> str:
+        return f"{self.schema}_control"
