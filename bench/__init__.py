@@ -1,0 +1,1 @@
+"""Throughput and latency benchmark of Shoal against other Postgres task queues."""

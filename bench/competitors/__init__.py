@@ -1,0 +1,1 @@
+"""Adapters for the competing Postgres-backed task queues."""

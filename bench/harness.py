@@ -1,0 +1,377 @@
+"""Common workload and measurement for the queue benchmark (issue 2).
+
+One *cell* = one system with W worker processes in a fresh database:
+
+1. throughput: N no-op tasks are enqueued up front, the W worker processes are
+   started and released together; tasks/s = N / (first handler start ->
+   every task started and durably completed according to the system's tables);
+2. idle latency: the same, now idle, workers get tasks enqueued one at a time;
+   enqueue-to-start latency = handler start wall time - enqueue wall time.
+
+Handlers record ``(task id, start time)`` lines in a per-process file, so the
+harness counts runs per task id: duplicates = runs - distinct ids, missing =
+enqueued ids that never ran. Postgres keeps ``synchronous_commit`` on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Protocol, TypedDict
+
+import asyncpg
+
+ENV_RECORD = "BENCH_RECORD_FILE"
+ENV_READY = "BENCH_READY_FILE"
+ENV_GO = "BENCH_GO_FILE"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Payload(TypedDict):
+    """Task payload: the harness-assigned id and the enqueue wall time."""
+
+    id: int
+    ts: float
+
+
+class System(Protocol):
+    """What each adapter implements (harness side; workers are subprocesses)."""
+
+    name: str
+
+    async def setup(self, dsn: str) -> None:
+        """Install the system's schema in the fresh database and open clients."""
+
+    async def enqueue_many(self, payloads: Sequence[Payload]) -> None:
+        """Enqueue many no-op tasks using the system's bulk API where it has one."""
+
+    async def enqueue_one(self, payload: Payload) -> None:
+        """Enqueue a single no-op task (idle-latency phase)."""
+
+    async def outstanding(self) -> int | None:
+        """Tasks not yet durably completed, or None if the system can't tell."""
+
+    def worker_argv(self, dsn: str) -> list[str]:
+        """Command line of one worker process."""
+
+    async def close(self) -> None:
+        """Close clients opened by ``setup``."""
+
+
+# --------------------------------------------------------------------------
+# Worker side: used inside worker processes.
+
+
+class Recorder:
+    """Appends one ``<task id> <start time>`` line per handler run."""
+
+    def __init__(self) -> None:
+        self._file: IO[str] = open(os.environ[ENV_RECORD], "a", buffering=1)  # noqa: SIM115
+
+    def record(self, task_id: int) -> None:
+        """Record that the handler for ``task_id`` started now."""
+        self._file.write(f"{task_id} {time.time():.6f}\n")
+
+
+def worker_barrier() -> None:
+    """Signal readiness, then block until the harness releases all workers."""
+    Path(os.environ[ENV_READY]).touch()
+    go = Path(os.environ[ENV_GO])
+    while not go.exists():
+        time.sleep(0.002)
+
+
+# --------------------------------------------------------------------------
+# Postgres server.
+
+
+def _pg_bindir(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True)
+        if (Path(out.stdout.strip()) / "initdb").exists():
+            return Path(out.stdout.strip())
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not candidates:
+        raise RuntimeError("no initdb found: pass --pg-bin or --dsn")
+    return Path(candidates[-1]).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def throwaway_postgres(pg_bin: str | None = None) -> Iterator[str]:
+    """Run a temporary trust-auth Postgres server; yield the admin DSN.
+
+    initdb refuses to run as root, so as root the server runs as ``postgres``.
+    """
+    bindir = _pg_bindir(pg_bin)
+    tmp = Path(tempfile.mkdtemp(prefix="shoal-bench-pg-"))
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(tmp, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    data, port = tmp / "data", _free_port()
+    subprocess.run(
+        [*prefix, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
+    opts = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c max_connections=300"
+    pg_ctl = [*prefix, str(bindir / "pg_ctl"), "-D", str(data)]
+    subprocess.run(
+        [*pg_ctl, "-o", opts, "-l", str(tmp / "log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], check=False, capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def dsn_for(admin_dsn: str, database: str) -> str:
+    """The admin DSN with its database name replaced."""
+    base, _, _ = admin_dsn.rpartition("/")
+    return f"{base}/{database}"
+
+
+async def recreate_database(admin_dsn: str, database: str) -> str:
+    """Drop and create ``database``; return its DSN."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await conn.close()
+    return dsn_for(admin_dsn, database)
+
+
+async def drop_database(admin_dsn: str, database: str) -> None:
+    """Drop ``database`` (forcing out leftover sessions)."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+# --------------------------------------------------------------------------
+# Measurement.
+
+
+@dataclasses.dataclass
+class CellConfig:
+    """Sizes and limits of one cell."""
+
+    tasks: int
+    idle_tasks: int
+    idle_spacing: float
+    deadline: float
+
+
+@dataclasses.dataclass
+class CellResult:
+    """What one cell measured."""
+
+    system: str
+    workers: int
+    tasks: int
+    enqueue_per_s: float = 0.0
+    tasks_per_s: float = 0.0
+    idle_p50_ms: float | None = None
+    idle_p99_ms: float | None = None
+    duplicates: int = 0
+    missing: int = 0
+    note: str = ""
+
+
+class _Records:
+    """Incrementally reads the per-process record files of one cell."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._offsets: dict[Path, int] = {}
+        self.runs: list[tuple[int, float]] = []
+
+    def poll(self) -> None:
+        for path in self.directory.glob("rec-*.txt"):
+            offset = self._offsets.get(path, 0)
+            with path.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            self._offsets[path] = offset + len(complete)
+            for line in complete.decode().splitlines():
+                task_id, ts = line.split()
+                self.runs.append((int(task_id), float(ts)))
+
+    def distinct(self, ids: range) -> int:
+        return len({i for i, _ in self.runs if i in ids})
+
+
+class _Workers:
+    """W worker subprocesses, started together through the ready/go barrier."""
+
+    def __init__(self, argv: list[str], count: int, directory: Path) -> None:
+        self.directory = directory
+        self.go = directory / "go"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        for index in range(count):
+            env = {
+                **os.environ,
+                ENV_RECORD: str(directory / f"rec-{index}.txt"),
+                ENV_READY: str(directory / f"ready-{index}"),
+                ENV_GO: str(self.go),
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
+                ),
+            }
+            log = (directory / f"worker-{index}.log").open("wb")
+            self.procs.append(
+                subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+            )
+
+    async def release(self, timeout: float = 60.0) -> None:
+        """Wait until every worker reported ready, then let them all go."""
+        end = time.monotonic() + timeout
+        while len(list(self.directory.glob("ready-*"))) < len(self.procs):
+            if any(p.poll() is not None for p in self.procs):
+                raise RuntimeError(f"a worker exited early; see {self.directory}/worker-*.log")
+            if time.monotonic() > end:
+                raise RuntimeError("workers did not become ready in time")
+            await asyncio.sleep(0.01)
+        self.go.touch()
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs)
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM every worker, then SIGKILL those still running after ``timeout``."""
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        end = time.monotonic() + timeout
+        while any(p.poll() is None for p in self.procs) and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Inclusive-method percentile (q in 0..100)."""
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1]
+
+
+async def _wait_done(
+    system: System, records: _Records, ids: range, workers: _Workers, deadline: float
+) -> bool:
+    """Wait until all ``ids`` ran and the system reports nothing outstanding."""
+    while time.monotonic() < deadline:
+        records.poll()
+        if records.distinct(ids) >= len(ids):
+            outstanding = await system.outstanding()
+            if not outstanding:
+                return True
+            await asyncio.sleep(0.005)
+        else:
+            if not workers.alive():
+                return False
+            await asyncio.sleep(0.02)
+    return False
+
+
+async def run_cell(
+    system: System, admin_dsn: str, workers: int, config: CellConfig, workdir: Path
+) -> CellResult:
+    """Run the throughput then the idle-latency phase of one cell."""
+    result = CellResult(system.name, workers, config.tasks)
+    database = f"bench_{system.name}_w{workers}"
+    dsn = await recreate_database(admin_dsn, database)
+    directory = workdir / database
+    directory.mkdir(parents=True)
+    await system.setup(dsn)
+    pool: _Workers | None = None
+    try:
+        bulk = range(config.tasks)
+        started = time.time()
+        await system.enqueue_many([Payload(id=i, ts=started) for i in bulk])
+        result.enqueue_per_s = config.tasks / (time.time() - started)
+
+        pool = _Workers(system.worker_argv(dsn), workers, directory)
+        await pool.release()
+        records = _Records(directory)
+        drained = await _wait_done(
+            system, records, bulk, pool, time.monotonic() + config.deadline
+        )
+        end = time.time()
+        starts = [ts for i, ts in records.runs if i in bulk]
+        if starts:
+            window = max(max(starts), end if drained else max(starts)) - min(starts)
+            done = len({i for i, _ in records.runs if i in bulk})
+            result.tasks_per_s = done / window if window > 0 else 0.0
+        if not drained:
+            result.note = f"throughput phase incomplete after {config.deadline:.0f}s"
+        else:
+            await asyncio.sleep(0.5)  # let the workers go idle
+            idle = range(config.tasks, config.tasks + config.idle_tasks)
+            enqueued_at: dict[int, float] = {}
+            for i in idle:
+                enqueued_at[i] = time.time()
+                await system.enqueue_one(Payload(id=i, ts=enqueued_at[i]))
+                await asyncio.sleep(config.idle_spacing)
+            if not await _wait_done(
+                system, records, idle, pool, time.monotonic() + config.deadline
+            ):
+                result.note = "idle phase incomplete"
+            latencies = sorted(
+                (ts - enqueued_at[i]) * 1000 for i, ts in records.runs if i in enqueued_at
+            )
+            if latencies:
+                result.idle_p50_ms = percentile(latencies, 50)
+                result.idle_p99_ms = percentile(latencies, 99)
+    finally:
+        if pool is not None:
+            await pool.stop()
+        await system.close()
+    final = _Records(directory)
+    final.poll()
+    expected = range(config.tasks + (config.idle_tasks if not result.note else 0))
+    counts = Counter(i for i, _ in final.runs)
+    result.duplicates = sum(counts.values()) - len(counts)
+    result.missing = sum(1 for i in expected if i not in counts)
+    await drop_database(admin_dsn, database)
+    return result
+
+
+def python_argv(module: str, *args: str) -> list[str]:
+    """argv running ``python -m module args`` with this interpreter."""
+    return [sys.executable, "-m", module, *args]
