@@ -19,6 +19,7 @@ from shoal.backend.models import (
     WorkerRow,
     WorkflowStatus,
 )
+from shoal.backend.notifications import Subscription
 
 __all__ = [
     "Backend",
@@ -31,6 +32,7 @@ __all__ = [
     "NewTask",
     "Outcome",
     "StepStatus",
+    "Subscription",
     "TaskRow",
     "WorkerIdentity",
     "WorkerRow",
