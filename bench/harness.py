@@ -40,6 +40,8 @@ ENV_RECORD = "BENCH_RECORD_FILE"
 ENV_READY = "BENCH_READY_FILE"
 ENV_GO = "BENCH_GO_FILE"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT = 60.0  # seconds for all workers of a cell to import and connect
+STOP_GRACE = 15.0  # seconds between SIGTERM and SIGKILL
 
 
 class Payload(TypedDict):
@@ -256,28 +258,26 @@ class _Workers:
                 subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
             )
 
-    async def release(self, timeout: float = 60.0) -> None:
+    async def release(self) -> None:
         """Wait until every worker reported ready, then let them all go."""
-        end = time.monotonic() + timeout
-        while len(list(self.directory.glob("ready-*"))) < len(self.procs):
-            if any(p.poll() is not None for p in self.procs):
-                raise RuntimeError(f"a worker exited early; see {self.directory}/worker-*.log")
-            if time.monotonic() > end:
-                raise RuntimeError("workers did not become ready in time")
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(READY_TIMEOUT):
+            while len(list(self.directory.glob("ready-*"))) < len(self.procs):
+                if any(p.poll() is not None for p in self.procs):
+                    raise RuntimeError(f"a worker exited early; see {self.directory}/worker-*.log")
+                await asyncio.sleep(0.01)
         self.go.touch()
 
     def alive(self) -> bool:
         return all(p.poll() is None for p in self.procs)
 
-    async def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM every worker, then SIGKILL those still running after ``timeout``."""
+    async def stop(self) -> None:
+        """SIGTERM every worker; SIGKILL those still running after STOP_GRACE seconds."""
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        end = time.monotonic() + timeout
-        while any(p.poll() is None for p in self.procs) and time.monotonic() < end:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_GRACE):
+                await asyncio.gather(*(asyncio.to_thread(p.wait) for p in self.procs))
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
@@ -329,9 +329,7 @@ async def run_cell(
         pool = _Workers(system.worker_argv(dsn), workers, directory)
         await pool.release()
         records = _Records(directory)
-        drained = await _wait_done(
-            system, records, bulk, pool, time.monotonic() + config.deadline
-        )
+        drained = await _wait_done(system, records, bulk, pool, time.monotonic() + config.deadline)
         end = time.time()
         starts = [ts for i, ts in records.runs if i in bulk]
         if starts:
