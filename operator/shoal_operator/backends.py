@@ -1,0 +1,98 @@
+"""One shared asyncpg `Backend` per (DSN, schema) for the whole operator.
+
+Every WorkerPool (and Workflow) that points at the same database shares one
+small connection pool. `backend_for_pool` resolves a pool's Secret into a DSN
+and guarantees one of: a connected Backend, or an error that says what to fix
+— `PoolNotFound`, `DatabaseSecretError` (Secret missing, key missing,
+not a postgresql:// URL) or `BackendUnavailable` (unreachable, refused). No
+message ever contains a password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+
+from shoal.backend import Backend
+from shoal_operator.errors import DatabaseSecretError, PoolNotFound
+from shoal_operator.kube import KubeError, kube, secret_path, workerpool_path
+from shoal_operator.pools.spec import Database, PoolSpec
+
+_backends: dict[tuple[str, str], Backend] = {}
+_locks: dict[tuple[str, str], asyncio.Lock] = {}
+_default_schema = "shoal"
+
+
+def set_default_schema(schema: str) -> None:
+    """The schema for resources that name none (`shoal operator --schema`)."""
+    global _default_schema
+    _default_schema = schema
+
+
+def schema_of(database: Database) -> str:
+    """The schema a resource's database settings select."""
+    return database.schema_ or _default_schema
+
+
+async def backend_for(dsn: str, schema: str) -> Backend:
+    """The shared Backend for (dsn, schema), connected on first use; BackendUnavailable if not."""
+    key = (dsn, schema)
+    lock = _locks.setdefault(key, asyncio.Lock())
+    async with lock:
+        backend = _backends.get(key)
+        if backend is None:
+            backend = await Backend.connect(dsn, schema=schema, min_size=1, max_size=4)
+            _backends[key] = backend
+        return backend
+
+
+async def read_dsn(namespace: str, database: Database) -> str:
+    """The DSN stored in the pool's database Secret, checked for shape (not reachability)."""
+    ref = database.secret_ref
+    where = f"Secret {namespace}/{ref.name}"
+    try:
+        secret = await (await kube()).get(secret_path(namespace, ref.name))
+    except KubeError as exc:
+        if exc.not_found:
+            raise DatabaseSecretError(f"{where} does not exist") from None
+        raise DatabaseSecretError(f"cannot read {where}: {exc}") from None
+    encoded = (secret.get("data") or {}).get(ref.key)
+    if encoded is None:
+        keys = ", ".join(sorted(secret.get("data") or {})) or "none"
+        raise DatabaseSecretError(f"{where} has no key {ref.key!r} (keys: {keys})")
+    try:
+        dsn = base64.b64decode(encoded, validate=True).decode("utf-8").strip()
+    except (binascii.Error, UnicodeDecodeError):
+        raise DatabaseSecretError(f"{where} key {ref.key!r} is not UTF-8 text") from None
+    if not dsn.startswith(("postgresql://", "postgres://")):
+        raise DatabaseSecretError(
+            f"{where} key {ref.key!r} is not a DSN: expected postgresql://user:pass@host/db")
+    return dsn
+
+
+async def backend_for_spec(namespace: str, spec: PoolSpec) -> Backend:
+    """The shared Backend of a parsed pool spec."""
+    dsn = await read_dsn(namespace, spec.database)
+    return await backend_for(dsn, schema_of(spec.database))
+
+
+async def backend_for_pool(namespace: str, pool_name: str) -> Backend:
+    """The shared Backend of WorkerPool `namespace/pool_name`.
+
+    Raises PoolNotFound, InvalidPoolSpec, DatabaseSecretError or BackendUnavailable.
+    """
+    try:
+        body = await (await kube()).get(workerpool_path(namespace, pool_name))
+    except KubeError as exc:
+        if exc.not_found:
+            raise PoolNotFound(f"WorkerPool {namespace}/{pool_name} does not exist") from None
+        raise
+    return await backend_for_spec(namespace, PoolSpec.from_body(body.get("spec") or {}))
+
+
+async def close_all() -> None:
+    """Close every shared Backend (operator shutdown)."""
+    backends = list(_backends.values())
+    _backends.clear()
+    await asyncio.gather(*(b.close() for b in backends), return_exceptions=True)

@@ -1,0 +1,125 @@
+"""A small JSON client for the Kubernetes API, shared by the whole operator.
+
+kopf watches and posts Events with its own client; the operator's own reads
+and writes (Deployments, Pods, Secrets, CR status) go through `Kube`, one
+`kubernetes_asyncio` ApiClient loaded from the in-cluster service account or,
+outside a cluster, from `$KUBECONFIG`. Objects are plain dicts, exactly what
+the API server sends; any non-2xx answer raises `KubeError` with its status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from kubernetes_asyncio import client, config
+
+FIELD_MANAGER = "shoal-operator"
+GROUP = "shoal.dev"
+VERSION = "v1alpha1"
+
+Obj = dict[str, Any]
+
+
+class KubeError(Exception):
+    """The API server answered with an error status (404, 409, 422...)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+
+class Kube:
+    """GET/PATCH/POST/DELETE of API paths with JSON bodies; returns decoded objects."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+
+    async def request(self, method: str, path: str, *, body: Any = None,
+                      query: Mapping[str, str] | None = None,
+                      content_type: str = "application/json") -> Obj:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        response = await self.api.call_api(
+            path, method, query_params=list((query or {}).items()), header_params=headers,
+            body=body, auth_settings=["BearerToken"], _preload_content=False,
+            _return_http_data_only=True, _request_timeout=30)
+        try:
+            raw = await response.read()
+        finally:
+            response.release()
+        data: Obj = json.loads(raw) if raw else {}
+        if not 200 <= response.status <= 299:
+            raise KubeError(response.status, str(data.get("reason", response.reason)),
+                            str(data.get("message", raw[:200])))
+        return data
+
+    async def get(self, path: str, query: Mapping[str, str] | None = None) -> Obj:
+        return await self.request("GET", path, query=query)
+
+    async def merge_patch(self, path: str, patch: Obj) -> Obj:
+        return await self.request("PATCH", path, body=patch,
+                                  content_type="application/merge-patch+json")
+
+    async def apply(self, path: str, manifest: Obj) -> Obj:
+        """Server-side apply as the operator's field manager, taking over conflicts."""
+        return await self.request("PATCH", path, body=manifest,
+                                  query={"fieldManager": FIELD_MANAGER, "force": "true"},
+                                  content_type="application/apply-patch+yaml")
+
+    async def delete(self, path: str) -> Obj:
+        return await self.request("DELETE", path)
+
+
+def workerpool_path(namespace: str, name: str = "") -> str:
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/workerpools"
+    return f"{base}/{quote(name)}" if name else base
+
+
+def deployment_path(namespace: str, name: str = "") -> str:
+    base = f"/apis/apps/v1/namespaces/{quote(namespace)}/deployments"
+    return f"{base}/{quote(name)}" if name else base
+
+
+def pods_path(namespace: str, name: str = "") -> str:
+    base = f"/api/v1/namespaces/{quote(namespace)}/pods"
+    return f"{base}/{quote(name)}" if name else base
+
+
+def secret_path(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{quote(namespace)}/secrets/{quote(name)}"
+
+
+_kube: Kube | None = None
+_lock = asyncio.Lock()
+
+
+async def kube() -> Kube:
+    """The operator's shared client, created on first use."""
+    global _kube
+    async with _lock:
+        if _kube is None:
+            if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+                config.load_incluster_config()
+            else:
+                await config.load_kube_config()
+            _kube = Kube(client.ApiClient())
+        return _kube
+
+
+async def close() -> None:
+    """Close the shared client (operator shutdown)."""
+    global _kube
+    async with _lock:
+        if _kube is not None:
+            await _kube.api.close()
+            _kube = None

@@ -1,0 +1,107 @@
+"""`shoal operator`: argument parsing and the kopf run of every handler module.
+
+Importing a handler module registers its handlers with kopf; adding a
+resource kind to the operator is one import line below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import kopf
+
+import shoal_operator.pools.handlers  # noqa: F401  (registers WorkerPool handlers)
+from shoal_operator import backends, kube, metrics
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """What `shoal operator` was asked to do; handlers get it as `memo.config`."""
+
+    namespaces: tuple[str, ...]
+    all_namespaces: bool
+    liveness_port: int
+    metrics_port: int
+    schema: str
+    recheck_seconds: float
+    peering: str | None
+    verbose: bool
+
+
+def parse_args(argv: list[str]) -> OperatorConfig:
+    parser = argparse.ArgumentParser(
+        prog="shoal operator",
+        description="Run the Shoal operator: WorkerPool and Workflow custom resources.")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--namespace", "-n", action="append", dest="namespaces", default=[],
+                       metavar="NS", help="watch this namespace (repeatable; globs allowed)")
+    where.add_argument("--all-namespaces", "-A", action="store_true",
+                       help="watch every namespace (needs cluster-wide RBAC)")
+    parser.add_argument("--liveness-port", type=int, default=8080,
+                        help="serve GET /healthz on this port (0: off; default 8080)")
+    parser.add_argument("--metrics-port", type=int, default=9090,
+                        help="serve Prometheus /metrics on this port (0: off; default 9090)")
+    parser.add_argument("--schema", default="shoal",
+                        help="database schema for resources that name none (default shoal)")
+    parser.add_argument("--recheck-interval", type=float, default=10.0, metavar="SECONDS",
+                        help="re-evaluate every pool at least this often (default 10)")
+    parser.add_argument("--peering", default=None, metavar="NAME",
+                        help="coordinate with other operator replicas through this "
+                             "KopfPeering object (default: standalone)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    if args.recheck_interval <= 0:
+        parser.error("--recheck-interval must be positive")
+    return OperatorConfig(
+        namespaces=tuple(args.namespaces), all_namespaces=args.all_namespaces,
+        liveness_port=args.liveness_port, metrics_port=args.metrics_port, schema=args.schema,
+        recheck_seconds=args.recheck_interval, peering=args.peering, verbose=args.verbose)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: object) -> None:
+    """kopf settings: state kept in annotations, only warnings posted as Events by kopf."""
+    config: OperatorConfig = memo.config
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix="kopf.shoal.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="kopf.shoal.dev", key="last-handled-configuration")
+    settings.persistence.finalizer = "kopf.shoal.dev/finalizer"
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    if config.peering:
+        settings.peering.name = config.peering
+        settings.peering.mandatory = True
+    else:
+        settings.peering.standalone = True
+
+
+@kopf.on.cleanup()
+async def shutdown(**_: object) -> None:
+    """Close the shared database pools and the API client."""
+    await backends.close_all()
+    await kube.close()
+
+
+async def run(config: OperatorConfig) -> None:
+    backends.set_default_schema(config.schema)
+    liveness = (f"http://0.0.0.0:{config.liveness_port}/healthz"
+                if config.liveness_port else None)
+    await kopf.operator(
+        clusterwide=config.all_namespaces, namespaces=config.namespaces,
+        standalone=config.peering is None, peering_name=config.peering,
+        liveness_endpoint=liveness, memo=kopf.Memo(config=config))
+
+
+def main(argv: list[str]) -> int:
+    """Run until SIGINT/SIGTERM; return the process exit code."""
+    config = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if config.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics.start(config.metrics_port)
+    asyncio.run(run(config))
+    return 0

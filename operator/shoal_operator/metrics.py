@@ -1,0 +1,46 @@
+"""Prometheus metrics of the operator, served on `--metrics-port` at /metrics."""
+
+from __future__ import annotations
+
+import contextlib
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+
+POOL = ("namespace", "pool")
+
+backlog = Gauge("shoal_workerpool_backlog",
+                "Tasks the pool can serve, by state (ready, running, waiting, dead)",
+                [*POOL, "state"])
+desired_replicas = Gauge("shoal_workerpool_desired_replicas",
+                         "Replicas the scaler decided for the pool", POOL)
+scaler_errors = Counter("shoal_scaler_errors_total",
+                        "Failed scaler evaluations, by reason", [*POOL, "reason"])
+scale_latency = Histogram("shoal_scaler_evaluation_seconds",
+                          "Time from a wake-up (enqueue or re-check) to a finished evaluation",
+                          POOL, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+reconciles = Counter("shoal_reconcile_total", "Reconciles by kind and result",
+                     ["kind", "result"])
+reconcile_seconds = Histogram("shoal_reconcile_duration_seconds", "Reconcile duration by kind",
+                              ["kind"])
+build_info = Info("shoal_build", "Shoal operator build information")
+
+
+def start(port: int, host: str = "0.0.0.0") -> None:
+    """Serve /metrics in a background thread; port 0 disables it."""
+    try:
+        build_info.info({"version": version("shoal")})
+    except PackageNotFoundError:
+        build_info.info({"version": "unknown"})
+    if port:
+        start_http_server(port, addr=host)
+
+
+def forget_pool(namespace: str, pool: str) -> None:
+    """Drop a deleted pool's series so dashboards do not show ghosts."""
+    removals = [(backlog, (namespace, pool, state))
+                for state in ("ready", "running", "waiting", "dead")]
+    removals.append((desired_replicas, (namespace, pool)))
+    for metric, labels in removals:
+        with contextlib.suppress(KeyError):
+            metric.remove(*labels)

@@ -1,0 +1,302 @@
+"""The autoscaler: event-driven scaling of every WorkerPool in auto mode.
+
+Two small services:
+
+- `NotifyHub` keeps one LISTEN connection (a `Subscription`) per distinct
+  (DSN, schema) for the whole operator and wakes every pool that serves the
+  task namespace named in an enqueue notification. After a reconnect it wakes
+  all of that database's pools, so nothing enqueued meanwhile is missed.
+- `PoolScaler` (one per WorkerPool, run as a kopf daemon) evaluates when woken
+  — within a second of an enqueue burst — and at least every re-check
+  interval, as a safety net. Each evaluation reads the backlog, asks the pure
+  `scaler.decide`, marks pod-deletion costs from the worker liveness rows
+  before lowering replicas (idle pods go first), patches the Deployment, and
+  reports status conditions, an Event per scale decision or backend error,
+  and metrics. A failed read never changes replicas except to the fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import kopf
+
+from shoal.backend import Backend, Backlog, Subscription
+from shoal.errors import BackendUnavailable, ShoalError
+from shoal_operator import backends, metrics
+from shoal_operator.conditions import Condition, make_condition, now_rfc3339
+from shoal_operator.errors import DatabaseSecretError, InvalidPoolSpec
+from shoal_operator.kube import KubeError, deployment_path, kube, pods_path
+from shoal_operator.pools.deployment import selector_string
+from shoal_operator.pools.scaler import (
+    Decision,
+    Observation,
+    ScalerState,
+    decide,
+    deletion_costs,
+)
+from shoal_operator.pools.spec import PoolSpec, is_paused
+from shoal_operator.pools.status import patch_status
+
+log = logging.getLogger(__name__)
+
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+MIN_EVALUATION_GAP = 0.1  # seconds between evaluations: a burst coalesces into one
+ERROR_EVENT_REPEAT = 60.0  # a persisting backend error is re-posted at most this often
+READ_ERRORS = (ShoalError, OSError, TimeoutError, asyncpg.PostgresError,
+               asyncpg.InterfaceError, KubeError)
+
+
+@dataclass
+class _Listener:
+    subscription: Subscription
+    task: asyncio.Task[None]
+    waiters: dict[str, set[asyncio.Event]] = field(default_factory=dict)
+
+
+class NotifyHub:
+    """One LISTEN connection per (DSN, schema); wakes pools by task namespace."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[tuple[str, str], _Listener] = {}
+
+    def register(self, backend: Backend, task_namespace: str, wake: asyncio.Event) -> None:
+        key = (backend.dsn, backend.queries.schema)
+        listener = self._listeners.get(key)
+        if listener is None:
+            waiters: dict[str, set[asyncio.Event]] = {}
+
+            def on_notify(_channel: str, payload: str) -> None:
+                for event in waiters.get(payload, ()):
+                    event.set()
+
+            def on_connect() -> None:
+                for events in waiters.values():
+                    for event in events:
+                        event.set()
+
+            sub = Subscription(backend.dsn, [backend.queries.tasks_channel], on_notify,
+                               on_connect)
+            listener = _Listener(sub, asyncio.create_task(sub.run(), name=f"listen:{key[1]}"),
+                                 waiters)
+            self._listeners[key] = listener
+        listener.waiters.setdefault(task_namespace, set()).add(wake)
+
+    def unregister(self, wake: asyncio.Event) -> None:
+        """Stop waking `wake`; close a database's connection when no pool needs it."""
+        for key, listener in list(self._listeners.items()):
+            for events in listener.waiters.values():
+                events.discard(wake)
+            if not any(listener.waiters.values()):
+                listener.task.cancel()
+                del self._listeners[key]
+
+
+hub = NotifyHub()
+_scalers: dict[tuple[str, str], PoolScaler] = {}
+
+
+def wake(namespace: str, name: str) -> None:
+    """Ask the pool's scaler to evaluate now (after a spec change)."""
+    scaler = _scalers.get((namespace, name))
+    if scaler is not None:
+        scaler.wake.set()
+
+
+class PoolScaler:
+    """Scales one WorkerPool's Deployment; see the module docstring for guarantees."""
+
+    def __init__(self, body: kopf.Body, recheck_seconds: float) -> None:
+        self.body = body  # kopf's live view: always the latest known object
+        self.namespace: str = body.metadata["namespace"]
+        self.name: str = body.metadata["name"]
+        self.recheck_seconds = recheck_seconds
+        self.wake = asyncio.Event()
+        self.state: ScalerState | None = None
+        self.listening: tuple[str, str, str] | None = None
+        self.last_error: tuple[str, float] | None = None
+
+    async def run(self, stopped: kopf.DaemonStopped) -> None:
+        _scalers[(self.namespace, self.name)] = self
+        try:
+            while not stopped:
+                started = time.monotonic()
+                await self.evaluate()
+                metrics.scale_latency.labels(self.namespace, self.name).observe(
+                    time.monotonic() - started)
+                await asyncio.sleep(MIN_EVALUATION_GAP)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout=self.recheck_seconds)
+                self.wake.clear()
+        finally:
+            hub.unregister(self.wake)
+            _scalers.pop((self.namespace, self.name), None)
+
+    async def evaluate(self) -> None:
+        """One evaluation; every failure becomes a condition and an Event, never a crash."""
+        try:
+            spec = PoolSpec.from_body(self.body.get("spec") or {})
+        except InvalidPoolSpec as exc:
+            await self._report_error("InvalidSpec", str(exc), None)
+            return
+        try:
+            backend = await backends.backend_for_spec(self.namespace, spec)
+        except DatabaseSecretError as exc:
+            await self._report_error("SecretInvalid", str(exc), spec)
+            return
+        except BackendUnavailable as exc:
+            await self._report_error("Unreachable", str(exc), spec)
+            return
+        self._listen(backend, spec.tasks.namespace)
+        try:
+            backlog = await backend.backlog(spec.tasks.namespace, spec.tasks.tags,
+                                            spec.tasks.names or None)
+        except READ_ERRORS as exc:
+            await self._report_error("QueryFailed", f"cannot read the backlog: {exc}", spec)
+            return
+        self._record_backlog(backlog)
+        if self.last_error is not None:
+            self.last_error = None
+            kopf.event(self.body, type="Normal", reason="BackendReachable",
+                       message="the backend answers again")
+        reachable = make_condition("BackendReachable", True, "BacklogRead",
+                                   "the backlog was read from the backend")
+        if spec.scaling.mode == "manual":
+            await patch_status(self.namespace, self.name, {
+                "backlog": _backlog_status(backlog), "mode": "manual",
+                "paused": False, "desiredReplicas": spec.replicas or 0,
+            }, [reachable,
+                make_condition("ScalingActive", False, "ManualMode",
+                               "spec.replicas (the scale subresource) sets the replicas"),
+                make_condition("ScalingLimited", False, "ManualMode", "")])
+            self.state = None
+            return
+        await self._scale(spec, backend, backlog, reachable)
+
+    async def _scale(self, spec: PoolSpec, backend: Backend, backlog: Backlog,
+                     reachable: Condition) -> None:
+        deployment = await self._deployment()
+        if deployment is None:
+            return  # the reconciler (re)creates it; the next evaluation scales it
+        current = int(deployment["spec"].get("replicas", 1))
+        now = time.monotonic()
+        paused = is_paused(self.body.metadata.get("annotations"))
+        state = self.state or ScalerState.starting(now, current)
+        decision = decide(spec.scaling, spec.target_per_replica,
+                          Observation(now, current, backlog.ready + backlog.running, paused),
+                          state)
+        self.state = decision.state
+        await self._apply(decision, current, backend)
+        await self._report(decision, current, backlog, reachable, paused)
+
+    async def _apply(self, decision: Decision, current: int, backend: Backend) -> None:
+        if decision.desired == current:
+            return
+        if decision.desired < current:
+            await self._mark_deletion_costs(backend)
+        await (await kube()).merge_patch(deployment_path(self.namespace, self.name),
+                                         {"spec": {"replicas": decision.desired}})
+        kopf.event(self.body, type="Normal", reason=decision.reason, message=decision.message)
+        log.info("%s/%s: %s", self.namespace, self.name, decision.message)
+
+    async def _report(self, decision: Decision, current: int, backlog: Backlog,
+                      reachable: Condition, paused: bool) -> None:
+        fields: dict[str, Any] = {
+            "desiredReplicas": decision.desired, "backlog": _backlog_status(backlog),
+            "mode": "auto", "paused": paused, "selector": selector_string(self.name)}
+        if decision.desired != current:
+            fields |= {"lastScaleTime": now_rfc3339(), "lastScaleReason": decision.message}
+        active = (make_condition("ScalingActive", True, "ValidBacklog", decision.message)
+                  if decision.active else
+                  make_condition("ScalingActive", False, decision.reason, decision.message))
+        limited = make_condition("ScalingLimited", decision.limited, decision.limit_reason,
+                                 decision.message if decision.limited else
+                                 "the desired count is within the limits")
+        metrics.desired_replicas.labels(self.namespace, self.name).set(decision.desired)
+        await patch_status(self.namespace, self.name, fields, [reachable, active, limited])
+
+    async def _deployment(self) -> Mapping[str, Any] | None:
+        try:
+            return await (await kube()).get(deployment_path(self.namespace, self.name))
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
+
+    async def _mark_deletion_costs(self, backend: Backend) -> None:
+        """Idle pods get the lowest deletion cost, so the ReplicaSet removes them first."""
+        k = await kube()
+        pods = await k.get(pods_path(self.namespace),
+                           {"labelSelector": selector_string(self.name)})
+        items = {p["metadata"]["name"]: p for p in pods.get("items", [])
+                 if not p["metadata"].get("deletionTimestamp")}
+        costs = deletion_costs(items, await backend.pool_workers(self.name))
+        patches = []
+        for pod, cost in costs.items():
+            annotations = items[pod]["metadata"].get("annotations") or {}
+            if annotations.get(DELETION_COST) != str(cost):
+                patches.append(k.merge_patch(pods_path(self.namespace, pod), {
+                    "metadata": {"annotations": {DELETION_COST: str(cost)}}}))
+        results = await asyncio.gather(*patches, return_exceptions=True)
+        for result in results:
+            if isinstance(result, KubeError) and not result.not_found:
+                raise result
+
+    def _listen(self, backend: Backend, task_namespace: str) -> None:
+        key = (backend.dsn, backend.queries.schema, task_namespace)
+        if self.listening != key:
+            hub.unregister(self.wake)
+            hub.register(backend, task_namespace, self.wake)
+            self.listening = key
+
+    def _record_backlog(self, backlog: Backlog) -> None:
+        for state, value in _backlog_status(backlog).items():
+            metrics.backlog.labels(self.namespace, self.name, state).set(value)
+
+    async def _report_error(self, reason: str, message: str, spec: PoolSpec | None) -> None:
+        """A condition and (on change, or once a minute) a Warning Event; replicas held
+        unless the fallback applies."""
+        metrics.scaler_errors.labels(self.namespace, self.name, reason).inc()
+        now = time.monotonic()
+        if (self.last_error is None or self.last_error[0] != message
+                or now - self.last_error[1] >= ERROR_EVENT_REPEAT):
+            kopf.event(self.body, type="Warning", reason=reason, message=message)
+            self.last_error = (message, now)
+        log.warning("%s/%s: %s", self.namespace, self.name, message)
+        conditions = [make_condition("BackendReachable", False, reason, message),
+                      make_condition("ScalingActive", False, reason, message)]
+        if spec is not None and spec.scaling.mode == "auto":
+            await self._fallback(spec)
+        await patch_status(self.namespace, self.name, {}, conditions)
+
+    async def _fallback(self, spec: PoolSpec) -> None:
+        deployment = await self._deployment()
+        if deployment is None:
+            return
+        current = int(deployment["spec"].get("replicas", 1))
+        now = time.monotonic()
+        paused = is_paused(self.body.metadata.get("annotations"))
+        decision = decide(spec.scaling, spec.target_per_replica,
+                          Observation(now, current, None, paused),
+                          self.state or ScalerState.starting(now, current))
+        self.state = decision.state
+        if decision.desired != current:
+            await (await kube()).merge_patch(deployment_path(self.namespace, self.name),
+                                             {"spec": {"replicas": decision.desired}})
+            kopf.event(self.body, type="Warning", reason=decision.reason,
+                       message=decision.message)
+            await patch_status(self.namespace, self.name, {
+                "desiredReplicas": decision.desired, "lastScaleTime": now_rfc3339(),
+                "lastScaleReason": decision.message})
+
+
+def _backlog_status(backlog: Backlog) -> dict[str, int]:
+    return {"ready": backlog.ready, "running": backlog.running, "waiting": backlog.waiting,
+            "dead": backlog.dead}

@@ -1,0 +1,154 @@
+"""kopf handlers of WorkerPool: the owned Deployment, its repair, status and the scaler.
+
+- create/update/resume: apply the desired Deployment (server-side apply, the
+  operator's field manager) and wake the scaler; an invalid spec becomes
+  Ready=False with reason InvalidSpec and a Warning Event, never a retry loop.
+- the Deployment watcher: a deleted or edited Deployment is re-applied
+  (Warning Event DeploymentRepaired); otherwise its replica counts and the
+  Ready condition are copied to the pool's status.
+- a daemon per pool runs its `PoolScaler` until the pool is deleted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from shoal_operator import backends, kube, metrics
+from shoal_operator.conditions import make_condition
+from shoal_operator.errors import InvalidPoolSpec
+from shoal_operator.kube import GROUP, VERSION, KubeError, deployment_path, workerpool_path
+from shoal_operator.pools import autoscaler, status
+from shoal_operator.pools.deployment import (
+    MANAGED_BY,
+    POOL_LABEL,
+    desired_deployment,
+    drifted,
+    ready_condition,
+    selector_string,
+)
+from shoal_operator.pools.spec import PoolSpec
+
+Obj = Mapping[str, Any]
+
+
+async def _current_replicas(namespace: str, name: str, pool: Obj, spec: PoolSpec) -> int:
+    """Manual mode: spec.replicas. Auto mode: what the scaler last set, else minReplicas."""
+    scaling = spec.scaling
+    if scaling.mode == "manual":
+        return spec.replicas if spec.replicas is not None else scaling.min_replicas
+    try:
+        existing = await (await kube.kube()).get(deployment_path(namespace, name))
+        return int(existing["spec"].get("replicas", scaling.min_replicas))
+    except KubeError as exc:
+        if not exc.not_found:
+            raise
+    last = (pool.get("status") or {}).get("desiredReplicas")
+    wanted = scaling.min_replicas if last is None else int(last)
+    return min(max(wanted, scaling.min_replicas), scaling.max_replicas)
+
+
+async def _apply(pool: Obj, spec: PoolSpec, replicas: int) -> Obj:
+    meta = pool["metadata"]
+    manifest = desired_deployment(pool, spec, replicas=replicas,
+                                  schema=backends.schema_of(spec.database))
+    return await (await kube.kube()).apply(deployment_path(meta["namespace"], meta["name"]),
+                                           manifest)
+
+
+@kopf.on.resume(GROUP, VERSION, "workerpools")
+@kopf.on.create(GROUP, VERSION, "workerpools")
+@kopf.on.update(GROUP, VERSION, "workerpools")
+async def reconcile_pool(body: kopf.Body, name: str, namespace: str, **_: Any) -> None:
+    """Apply the pool's Deployment; report InvalidSpec instead of retrying bad input."""
+    started = time.monotonic()
+    generation = body.metadata.get("generation")
+    try:
+        spec = PoolSpec.from_body(body.get("spec") or {})
+    except InvalidPoolSpec as exc:
+        metrics.reconciles.labels("WorkerPool", "invalid").inc()
+        kopf.event(body, type="Warning", reason="InvalidSpec", message=str(exc))
+        await status.patch_status(namespace, name, {"observedGeneration": generation}, [
+            make_condition("Ready", False, "InvalidSpec", str(exc), generation=generation)])
+        return
+    try:
+        replicas = await _current_replicas(namespace, name, body, spec)
+        await _apply(body, spec, replicas)
+    except KubeError as exc:
+        metrics.reconciles.labels("WorkerPool", "error").inc()
+        kopf.event(body, type="Warning", reason="DeploymentFailed", message=str(exc))
+        if exc.status in (400, 403, 422):
+            raise kopf.PermanentError(f"cannot apply the Deployment: {exc}") from exc
+        raise kopf.TemporaryError(f"cannot apply the Deployment: {exc}", delay=5) from exc
+    await status.patch_status(namespace, name, {
+        "observedGeneration": generation, "selector": selector_string(name),
+        "mode": spec.scaling.mode})
+    autoscaler.wake(namespace, name)
+    metrics.reconciles.labels("WorkerPool", "ok").inc()
+    metrics.reconcile_seconds.labels("WorkerPool").observe(time.monotonic() - started)
+
+
+@kopf.daemon(GROUP, VERSION, "workerpools", cancellation_timeout=5.0)
+async def scale_pool(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo,
+                     name: str, namespace: str, **_: Any) -> None:
+    """The pool's scaler, for as long as the pool exists."""
+    try:
+        await autoscaler.PoolScaler(body, memo.config.recheck_seconds).run(stopped)
+    finally:
+        if body.metadata.get("deletionTimestamp"):
+            metrics.forget_pool(namespace, name)
+            status.forget(namespace, name)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=dict(MANAGED_BY))
+async def watch_deployment(event: kopf.RawEvent, body: kopf.Body, namespace: str,
+                           **_: Any) -> None:
+    """Repair a deleted or edited pool Deployment; otherwise mirror its status."""
+    pool_name = (body.metadata.get("labels") or {}).get(POOL_LABEL)
+    if not pool_name:
+        return
+    started = time.monotonic()
+    try:
+        pool = await (await kube.kube()).get(workerpool_path(namespace, pool_name))
+    except KubeError as exc:
+        if exc.not_found:
+            return
+        raise
+    if pool["metadata"].get("deletionTimestamp"):
+        return
+    owners = [o.get("uid") for o in body.metadata.get("ownerReferences") or []]
+    if pool["metadata"]["uid"] not in owners:
+        return  # a Deployment of an older pool of the same name, being collected
+    try:
+        spec = PoolSpec.from_body(pool.get("spec") or {})
+    except InvalidPoolSpec:
+        return  # reconcile_pool reports it
+    deleted = event.get("type") == "DELETED"
+    replicas = (await _current_replicas(namespace, pool_name, pool, spec) if deleted
+                else int(body.get("spec", {}).get("replicas", 0)))
+    if spec.scaling.mode == "manual":
+        replicas = await _current_replicas(namespace, pool_name, pool, spec)
+    desired = desired_deployment(pool, spec, replicas=replicas,
+                                 schema=backends.schema_of(spec.database))
+    if deleted or drifted(desired["spec"], body.get("spec")) or drifted(
+            desired["metadata"]["labels"], body.metadata.get("labels")):
+        what = "was deleted" if deleted else "drifted from the pool's spec"
+        await _apply(pool, spec, replicas)
+        kopf.event(pool, type="Warning", reason="DeploymentRepaired",
+                   message=f"Deployment {namespace}/{pool_name} {what}; re-applied it")
+        metrics.reconciles.labels("Deployment", "repaired").inc()
+    else:
+        metrics.reconciles.labels("Deployment", "synced").inc()
+    if deleted:
+        return
+    ready, reason, message = ready_condition(body)
+    st = body.get("status") or {}
+    generation = pool["metadata"].get("generation")
+    await status.patch_status(namespace, pool_name, {
+        "replicas": int(st.get("replicas") or 0),
+        "readyReplicas": int(st.get("readyReplicas") or 0),
+    }, [make_condition("Ready", ready, reason, message, generation=generation)])
+    metrics.reconcile_seconds.labels("Deployment").observe(time.monotonic() - started)
