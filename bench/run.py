@@ -37,7 +37,7 @@ def load_system(name: str) -> System | str:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        return f"{name}: not available ({exc})"
+        return f"{name}: not available yet ({exc})"
     unavailable: Callable[[], str | None] | None = getattr(module, "unavailable", None)
     reason = unavailable() if unavailable else None
     if reason:
