@@ -135,7 +135,10 @@ def throwaway_postgres(pg_bin: str | None = None) -> Iterator[str]:
     if os.geteuid() == 0:
         user = pwd.getpwnam("postgres")
         os.chown(tmp, user.pw_uid, user.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
+        runuser = shutil.which("runuser", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+        if runuser is None:
+            raise RuntimeError("running as root needs runuser to start Postgres as 'postgres'")
+        prefix = [runuser, "-u", "postgres", "--"]
     data, port = tmp / "data", _free_port()
     subprocess.run(
         [*prefix, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
