@@ -397,15 +397,31 @@ class Backend:
                 raise NotFound(f"no workflow with id {workflow_id}")
             steps = await conn.fetch(q.workflow_steps, workflow_id)
             commands = await conn.fetch(q.workflow_commands, workflow_id)
-        return WorkflowStatus(
-            id=wf["id"], key=wf["key"], name=wf["name"], namespace=wf["namespace"],
-            state=wf["state"], message=wf["message"], created_at=wf["created_at"],
-            updated_at=wf["updated_at"], finished_at=wf["finished_at"],
-            steps=[StepStatus(name=s["step"], task=s["name"], state=s["state"],
-                              attempts=s["attempts"], max_attempts=s["max_attempts"],
-                              output=s["result"], error=s["error"], started_at=s["started_at"],
-                              finished_at=s["finished_at"]) for s in steps],
-            commands=[CommandRecord(**dict(c)) for c in commands])
+        return _workflow_status(wf, steps, commands)
+
+    async def workflow_statuses(self, ids: Sequence[UUID]) -> dict[UUID, WorkflowStatus]:
+        """The status of each existing workflow among `ids`, read in three statements.
+
+        Ids with no workflow (pruned, never created) are absent from the result.
+        """
+        if not ids:
+            return {}
+        q = self.queries
+        unique = list(dict.fromkeys(ids))
+        async with self.pool.acquire() as conn, conn.transaction(readonly=True,
+                                                                 isolation="repeatable_read"):
+            workflows = await conn.fetch(q.get_workflows, unique)
+            steps = await conn.fetch(q.workflows_steps, unique)
+            commands = await conn.fetch(q.workflows_commands, unique)
+        steps_of: dict[UUID, list[asyncpg.Record]] = {}
+        for s in steps:
+            steps_of.setdefault(s["workflow_id"], []).append(s)
+        commands_of: dict[UUID, list[asyncpg.Record]] = {}
+        for c in commands:
+            commands_of.setdefault(c["workflow_id"], []).append(c)
+        return {wf["id"]: _workflow_status(wf, steps_of.get(wf["id"], []),
+                                           commands_of.get(wf["id"], []))
+                for wf in workflows}
 
     async def workflow_id_by_key(self, key: str) -> UUID | None:
         return await self.pool.fetchval(self.queries.workflow_by_key, key)
@@ -422,6 +438,22 @@ class Backend:
     async def pool_workers(self, pool: str) -> list[WorkerRow]:
         rows = await self.pool.fetch(self.queries.pool_workers, pool)
         return [WorkerRow(**dict(r)) for r in rows]
+
+
+def _workflow_status(wf: asyncpg.Record, steps: Sequence[asyncpg.Record],
+                     commands: Sequence[asyncpg.Record]) -> WorkflowStatus:
+    return WorkflowStatus(
+        id=wf["id"], key=wf["key"], name=wf["name"], namespace=wf["namespace"],
+        state=wf["state"], message=wf["message"], created_at=wf["created_at"],
+        updated_at=wf["updated_at"], finished_at=wf["finished_at"],
+        steps=[StepStatus(name=s["step"], task=s["name"], state=s["state"],
+                          attempts=s["attempts"], max_attempts=s["max_attempts"],
+                          output=s["result"], error=s["error"], started_at=s["started_at"],
+                          finished_at=s["finished_at"]) for s in steps],
+        commands=[CommandRecord(id=c["id"], command=c["command"], actor=c["actor"],
+                                reason=c["reason"], request_id=c["request_id"],
+                                applied=c["applied"], created_at=c["created_at"])
+                  for c in commands])
 
 
 def _millis(seconds: float | None) -> int | None:

@@ -351,6 +351,23 @@ class Queries:
     FROM {schema}.workflow_commands WHERE workflow_id = $1 ORDER BY id
     """
 
+    # Many workflows at once: the operator's status sync reads a batch per round.
+    get_workflows = """
+    SELECT id, key, name, namespace, spec, input, state, message, created_at, updated_at, finished_at
+    FROM {schema}.workflows WHERE id = ANY($1::uuid[])
+    """
+
+    workflows_steps = """
+    SELECT workflow_id, id, step, name, state::text, attempts, max_attempts, result, error,
+           started_at, finished_at
+    FROM {schema}.tasks WHERE workflow_id = ANY($1::uuid[]) ORDER BY workflow_id, id
+    """
+
+    workflows_commands = """
+    SELECT workflow_id, id, command, actor, reason, request_id, applied, created_at
+    FROM {schema}.workflow_commands WHERE workflow_id = ANY($1::uuid[]) ORDER BY workflow_id, id
+    """
+
     # -- what the operator reads -------------------------------------------------------
 
     # Backlog a pool can serve: tasks in its namespace whose tags are a subset of

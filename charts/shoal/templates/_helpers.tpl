@@ -1,0 +1,56 @@
+{{- define "shoal.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "shoal.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "shoal.labels" -}}
+{{ include "shoal.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "shoal.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "shoal.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* What the operator does in a namespace it serves: no more. */}}
+{{- define "shoal.namespacedRules" -}}
+- apiGroups: [shoal.dev]
+  resources: [workerpools, workflows]
+  verbs: [get, list, watch, patch]
+- apiGroups: [shoal.dev]
+  resources: [workerpools/status, workflows/status]
+  verbs: [get, patch]
+# Owner references with blockOwnerDeletion on the pool's Deployment.
+- apiGroups: [shoal.dev]
+  resources: [workerpools/finalizers, workflows/finalizers]
+  verbs: [update]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch]
+# Pod deletion cost (idle pods first) before a scale-down.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, patch]
+# The DSN of each pool's database Secret; never listed or watched.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}
