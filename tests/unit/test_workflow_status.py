@@ -1,0 +1,109 @@
+"""Backend WorkflowStatus → CR status: phases, progress, bounds, stable conditions."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from shoal.backend import CommandRecord, StepStatus, WorkflowStatus
+from shoal_operator.conditions import make_condition
+from shoal_operator.workflows.status import MAX_OUTPUT, cr_status, merge_patch
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+WID = uuid.UUID(int=7)
+
+
+def step(name: str, state: str, output=None, error=None, started=None) -> StepStatus:
+    return StepStatus(name=name, task="echo", state=state, attempts=1, max_attempts=1,
+                      output=output, error=error, started_at=started,
+                      finished_at=None)
+
+
+def backend(state: str, steps: list[StepStatus], **kw) -> WorkflowStatus:
+    return WorkflowStatus(id=WID, key="uid", name="ns/wf", namespace="default", state=state,
+                          message=kw.pop("message", None), created_at=T0, updated_at=T0,
+                          finished_at=kw.pop("finished_at", None), steps=steps, **kw)
+
+
+def by_type(status):
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def test_running_progress_and_times():
+    s = cr_status(backend("running", [step("a", "succeeded", {"v": 1}, started=T0),
+                                      step("b", "running", started=T0 + timedelta(seconds=1)),
+                                      step("c", "blocked")]),
+                  previous=None, sinks=["c"], generation=2, now=T0)
+    assert s["phase"] == "Running"
+    assert s["progress"] == "1/3"
+    assert s["observedGeneration"] == 2
+    assert s["startedAt"] == "2026-01-01T00:00:00Z"
+    assert "finishedAt" not in s and "output" not in s
+    assert [x["state"] for x in s["steps"]] == ["succeeded", "running", "blocked"]
+    conds = by_type(s)
+    assert conds["Accepted"]["status"] == "True"
+    assert conds["Paused"]["status"] == "False"
+    assert conds["Finished"]["reason"] == "InProgress"
+
+
+def test_succeeded_output_of_single_and_many_sinks():
+    steps = [step("a", "succeeded", {"v": 1}), step("b", "succeeded", "B")]
+    one = cr_status(backend("succeeded", steps, finished_at=T0), previous=None, sinks=["b"])
+    assert one["phase"] == "Succeeded"
+    assert one["output"] == '"B"'
+    assert by_type(one)["Finished"]["reason"] == "Succeeded"
+    many = cr_status(backend("succeeded", steps), previous=None, sinks=["a", "b"])
+    assert many["output"] == '{"a":{"v":1},"b":"B"}'
+
+
+def test_bounded_output_and_errors():
+    huge = "x" * 100_000
+    s = cr_status(backend("failed", [step("a", "dead", error=huge), step("b", "succeeded", huge)],
+                          message=huge), previous=None, sinks=["b"])
+    assert len(s["output"]) <= MAX_OUTPUT
+    assert s["output"].endswith("more characters)")
+    assert len(s["steps"][0]["error"]) <= 256
+    assert len(s["message"]) <= 1024
+    assert s["phase"] == "Failed"
+
+
+def test_identical_input_gives_identical_status_and_keeps_transition_times():
+    wf = backend("paused", [step("a", "running")], message="pause by kubectl-annotate")
+    first = cr_status(wf, previous=None, now=T0)
+    later = cr_status(wf, previous=first, now=T0 + timedelta(hours=1))
+    assert later == first
+    assert merge_patch(first, later) == {}
+    assert by_type(first)["Paused"]["message"] == "pause by kubectl-annotate"
+    resumed = cr_status(replace(wf, state="running"), previous=first, now=T0 + timedelta(hours=1))
+    assert by_type(resumed)["Paused"]["lastTransitionTime"] == "2026-01-01T01:00:00Z"
+    assert by_type(resumed)["Accepted"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+
+
+def test_commands_are_acknowledged_and_bounded():
+    cmds = [CommandRecord(id=i, command="pause" if i % 2 else "resume", actor=f"kubectl-{i}",
+                          reason="", request_id=f"uid/x/{i}", applied=True, created_at=T0)
+            for i in range(1, 9)]
+    s = cr_status(backend("paused", [step("a", "ready")], commands=cmds), previous=None)
+    assert len(s["commands"]) == 5
+    assert s["commands"][-1] == {"command": "resume", "by": "kubectl-8",
+                                 "at": "2026-01-01T00:00:00Z", "applied": True,
+                                 "requestId": "uid/x/8"}
+    assert s["paused"] is True and s["phase"] == "Paused"
+
+
+def test_refused_before_submission():
+    note = make_condition("Accepted", False, "InvalidSpec", "dependency cycle: a -> b -> a",
+                          now=T0)
+    s = cr_status(None, previous=None, notes=[note], generation=1)
+    assert s["phase"] == "Failed"
+    assert s["message"] == "dependency cycle: a -> b -> a"
+    waiting = make_condition("Accepted", False, "PoolNotFound", "WorkerPool x/p does not exist")
+    assert cr_status(None, previous=None, notes=[waiting])["phase"] == "Pending"
+    # Handler-owned conditions survive a restart: the previous status carries them.
+    again = cr_status(None, previous=s)
+    assert again["phase"] == "Failed" and again["observedGeneration"] == 1
+
+
+def test_merge_patch_removes_vanished_keys_but_not_kopf_state():
+    assert merge_patch({"a": 1, "b": 2, "kopf": {}}, {"a": 1, "c": 3}) == {"b": None, "c": 3}
