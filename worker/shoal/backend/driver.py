@@ -126,7 +126,7 @@ class Backend:
         for t in tasks:
             if any("," in tag or not tag for tag in t.tags):
                 raise InvalidInput(f"task {t.name!r}: invalid tags {list(t.tags)!r}")
-            if t.max_attempts < 1:
+            if t.max_attempts is not None and t.max_attempts < 1:
                 raise InvalidInput(f"task {t.name!r}: max_attempts must be at least 1")
         payloads = [_json(t.payload, f"payload of task {t.name!r}") for t in tasks]
         rows = await self.pool.fetch(
@@ -152,7 +152,8 @@ class Backend:
         """Lease up to `limit` claimable tasks to `worker` (see queries.claim)."""
         rows = await self.pool.fetch(
             self.queries.claim, worker.namespace, list(worker.task_names), list(worker.tags),
-            limit, lease_seconds, worker.id)
+            limit, lease_seconds, worker.id,
+            list(worker.max_attempts) or [1] * len(worker.task_names))
         return [ClaimedTask(
             id=r["id"], name=r["name"], payload=r["payload"], attempt=r["attempts"],
             max_attempts=r["max_attempts"], lease_token=r["lease_token"],
@@ -192,7 +193,7 @@ class Backend:
         if ok:
             rows = await conn.fetch(q.complete, [o.task_id for o in ok],
                                     [o.lease_token for o in ok],
-                                    [_json(o.result, "task result") for o in ok])
+                                    [o.result_json for o in ok])
             accepted |= {r["id"] for r in rows}
         if failed:
             rows = await conn.fetch(q.fail, [o.task_id for o in failed],

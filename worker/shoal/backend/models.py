@@ -18,7 +18,7 @@ class NewTask:
     priority: int = 0
     tags: tuple[str, ...] = ()
     delay_seconds: float = 0.0
-    max_attempts: int = 1
+    max_attempts: int | None = None  # None: the handler's retries decide at claim time
     timeout_seconds: float | None = None
     idempotency_key: str | None = None
 
@@ -47,7 +47,7 @@ class Outcome:
     task_id: int
     lease_token: int
     workflow_id: UUID | None = None
-    result: Any = None
+    result_json: str = "null"  # the handler's result, already encoded as JSON text
     error: str | None = None
     retry_in_seconds: float | None = None  # with error: None means dead letter
     cancelled: bool = False
@@ -62,6 +62,7 @@ class WorkerIdentity:
     tags: tuple[str, ...]
     task_names: tuple[str, ...]
     concurrency: int
+    max_attempts: tuple[int, ...] = ()  # per task name: used when the producer set none
     pool: str | None = None
     pod_name: str | None = None
 

@@ -102,12 +102,13 @@ class Queries:
     UPDATE {schema}.tasks t
     SET state = 'running',
         attempts = t.attempts + 1,
+        max_attempts = coalesce(t.max_attempts, d.max_attempts),
         lease_token = t.lease_token + 1,
         lease_expires_at = now() + $5::float8 * interval '1 second',
         worker_id = $6,
         started_at = now()
-    FROM candidates c
-    WHERE t.id = c.id
+    FROM candidates c, unnest($2::text[], $7::int[]) AS d(name, max_attempts)
+    WHERE t.id = c.id AND d.name = t.name
     RETURNING t.id, t.name, t.payload, t.attempts, t.max_attempts, t.lease_token, t.timeout_ms,
               t.workflow_id, t.step, t.enqueued_at, t.run_at
     """
@@ -192,9 +193,9 @@ class Queries:
         FOR UPDATE SKIP LOCKED
     )
     UPDATE {schema}.tasks t
-    SET state = CASE WHEN t.attempts >= t.max_attempts THEN 'dead' ELSE 'ready' END::{schema}.task_state,
+    SET state = CASE WHEN t.attempts >= coalesce(t.max_attempts, 1) THEN 'dead' ELSE 'ready' END::{schema}.task_state,
         error = 'lease expired: worker ' || coalesce(t.worker_id, '?') || ' stopped heartbeating',
-        finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
+        finished_at = CASE WHEN t.attempts >= coalesce(t.max_attempts, 1) THEN now() END,
         lease_expires_at = NULL,
         worker_id = NULL
     FROM expired e

@@ -39,7 +39,7 @@ CREATE TABLE {schema}.tasks (
     sort_key         timestamptz NOT NULL,
     enqueued_at      timestamptz NOT NULL DEFAULT now(),
     attempts         integer NOT NULL DEFAULT 0,
-    max_attempts     integer NOT NULL DEFAULT 1 CHECK (max_attempts >= 1),
+    max_attempts     integer CHECK (max_attempts >= 1),  -- NULL: the handler's retries decide
     timeout_ms       integer CHECK (timeout_ms > 0),
     lease_token      bigint NOT NULL DEFAULT 0,   -- fencing token, bumped by every claim
     lease_expires_at timestamptz,

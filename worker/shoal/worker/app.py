@@ -1,0 +1,187 @@
+"""The task registry users write against: `App` and its `@app.task` decorator.
+
+    app = App()
+
+    @app.task("resize", retries=5, timeout="30s")
+    async def resize(image: ResizeInput, ctx: TaskContext) -> ResizeOutput: ...
+
+A handler takes the task's payload as its first argument. When that argument
+is annotated with a pydantic model, the payload is validated into it (a payload
+that does not fit fails the task at once, without retries); a pydantic model
+returned is stored as JSON. A parameter annotated `TaskContext` receives the
+attempt's context. Sync handlers run in a thread pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+from uuid import UUID
+
+from pydantic import BaseModel, ValidationError
+
+from shoal.dag import TAG_PATTERN
+from shoal.errors import InvalidInput, UnknownTask
+from shoal.units import parse_duration
+
+TASK_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.:]{0,199}$")
+
+
+class PermanentError(Exception):
+    """Raise from a handler to fail the task now, without retries (it becomes a dead letter)."""
+
+
+@dataclass
+class TaskContext:
+    """What a handler may know about the attempt it runs."""
+
+    task_id: int
+    name: str
+    attempt: int
+    max_attempts: int
+    workflow_id: UUID | None = None
+    step: str | None = None
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the attempt must stop: its workflow was cancelled, its lease lost,
+        or the worker is draining. Sync handlers should poll it in long loops."""
+        return self.cancel_event.is_set()
+
+
+Handler = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class TaskDefinition:
+    """A registered task: its handler and its retry, timeout and routing defaults."""
+
+    name: str
+    handler: Handler
+    retries: int = 0
+    timeout: float | None = None
+    priority: int = 0
+    tags: tuple[str, ...] = ()
+    backoff: float = 1.0
+    max_backoff: float = 300.0
+    input_model: type[BaseModel] | None = None
+    context_param: str | None = None
+    is_async: bool = True
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retries + 1
+
+    def validate_payload(self, payload: Any) -> Any:
+        """The handler's argument for `payload`; raises InvalidInput when it does not fit."""
+        if self.input_model is None:
+            return payload
+        try:
+            return self.input_model.model_validate(payload)
+        except ValidationError as exc:
+            raise InvalidInput(f"payload for task {self.name!r} is invalid: {exc}") from None
+
+    def call(self, payload: Any, ctx: TaskContext) -> Any:
+        """Call the handler (a coroutine for async handlers)."""
+        argument = self.validate_payload(payload)
+        if self.context_param is None:
+            return self.handler(argument)
+        return self.handler(argument, **{self.context_param: ctx})
+
+
+def encode_result(value: Any) -> Any:
+    """A handler's return value as JSON-ready data (pydantic models are dumped)."""
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+class App:
+    """A set of task definitions, by name."""
+
+    def __init__(self, name: str = "shoal") -> None:
+        self.name = name
+        self.tasks: dict[str, TaskDefinition] = {}
+
+    def task(self, name: str | None = None, *, retries: int = 0,
+             timeout: str | float | None = None, priority: int = 0,
+             tags: tuple[str, ...] | list[str] = (), backoff: str | float = "1s",
+             max_backoff: str | float = "5m") -> Callable[[Handler], Handler]:
+        """Register the decorated function as task `name` (default: the function's name)."""
+
+        def register(fn: Handler) -> Handler:
+            task_name = name or fn.__name__
+            if task_name in self.tasks:
+                raise ValueError(f"task {task_name!r} is registered twice")
+            if retries < 0:
+                raise ValueError(f"task {task_name!r}: retries must be >= 0")
+            self.tasks[task_name] = _definition(
+                task_name, fn, retries=retries,
+                timeout=parse_duration(timeout) if timeout is not None else None,
+                priority=priority, tags=tuple(check_tags(tags)),
+                backoff=parse_duration(backoff), max_backoff=parse_duration(max_backoff))
+            return fn
+
+        return register
+
+    def get(self, name: str) -> TaskDefinition:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tasks)) or "none"
+            raise UnknownTask(f"unknown task {name!r}; registered tasks: {known}") from None
+
+
+def _definition(name: str, fn: Handler, **options: Any) -> TaskDefinition:
+    if not TASK_NAME_PATTERN.match(name):
+        raise ValueError(f"invalid task name {name!r}")
+    params = list(inspect.signature(fn).parameters.values())
+    if not params:
+        raise ValueError(f"task {name!r}: the handler must take the payload as first argument")
+    hints = get_type_hints(fn)
+    payload_type = hints.get(params[0].name)
+    input_model = (payload_type if inspect.isclass(payload_type)
+                   and issubclass(payload_type, BaseModel) else None)
+    context_param = next((p.name for p in params[1:] if hints.get(p.name) is TaskContext), None)
+    return TaskDefinition(name=name, handler=fn, input_model=input_model,
+                          context_param=context_param,
+                          is_async=inspect.iscoroutinefunction(fn), **options)
+
+
+def check_tags(tags: list[str] | tuple[str, ...]) -> list[str]:
+    """The tags, unchanged; raises InvalidInput when one is not a valid tag."""
+    bad = [t for t in tags if not re.match(TAG_PATTERN, t)]
+    if bad:
+        raise InvalidInput(f"invalid tag(s) {bad!r}: use letters, digits, '-', '_' and '.'")
+    return list(tags)
+
+
+def load_app(reference: str) -> App:
+    """Import `module:attr` or `path/to/file.py:attr` and return the App it names."""
+    target, sep, attr = reference.rpartition(":")
+    if not sep or not target or not attr:
+        raise InvalidInput(f"--app {reference!r}: use MODULE:APP or path/to/file.py:APP")
+    try:
+        if target.endswith(".py"):
+            path = Path(target).resolve()
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            if spec is None or spec.loader is None or not path.exists():
+                raise InvalidInput(f"--app {reference!r}: no such file {path}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = module
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except ImportError as exc:
+        raise InvalidInput(f"--app {reference!r}: cannot import {target!r}: {exc}") from None
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise InvalidInput(f"--app {reference!r}: {attr!r} in {target!r} is not a shoal.App")
+    return app

@@ -1,0 +1,416 @@
+"""The pooled worker: claims tasks in batches and runs up to `concurrency` at once.
+
+Guarantees:
+- A task runs only while this worker holds its lease; every lease is extended
+  by one heartbeat statement every `claim_ttl / 2`. When a heartbeat shows a
+  lease lost (or its workflow cancelled), the handler is cancelled.
+- Every result is reported with the lease token it was claimed with, so a
+  result reported after the lease moved on is refused by the backend.
+- Results that cannot be reported (database down) are kept and reported after
+  reconnecting; calls to the database back off exponentially up to 5 s.
+- `stop()` drains: no new claims, in-flight work gets `drain_timeout` to
+  finish, what is left is cancelled and released for another worker at once,
+  and the liveness row is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from shoal.backend import Backend, ClaimedTask, Outcome, Subscription, WorkerIdentity
+from shoal.errors import InvalidInput
+from shoal.policy import next_delay
+from shoal.worker import metrics
+from shoal.worker.app import App, PermanentError, TaskContext, TaskDefinition, encode_result
+from shoal.worker.config import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError)
+MAX_BACKOFF = 5.0
+
+
+@dataclass
+class Execution:
+    """One attempt this worker is running."""
+
+    task: ClaimedTask
+    context: TaskContext
+    future: asyncio.Task[None] | None = None
+    stop_reason: str | None = None  # cancelled | lease_lost | drain
+
+
+class Backoff:
+    """Bounded exponential delays for retrying database calls."""
+
+    def __init__(self, first: float = 0.05, cap: float = MAX_BACKOFF) -> None:
+        self.first, self.cap, self.current = first, cap, first
+
+    def reset(self) -> None:
+        self.current = self.first
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.current * (0.5 + random.random() / 2))
+        self.current = min(self.current * 2, self.cap)
+
+
+class Worker:
+    """Runs an App's tasks from the backend until `stop()`; see the module docstring."""
+
+    def __init__(self, app: App, config: WorkerConfig) -> None:
+        names = tuple(config.tasks) if config.tasks is not None else tuple(sorted(app.tasks))
+        for name in names:
+            app.get(name)  # raises UnknownTask for a name the app lacks
+        if not names:
+            raise InvalidInput("the app registers no tasks")
+        self.app = app
+        self.config = config
+        self.identity = WorkerIdentity(
+            id=config.worker_id, namespace=config.namespace, tags=config.tags,
+            task_names=names, concurrency=config.concurrency, pool=config.pool,
+            max_attempts=tuple(app.get(name).max_attempts for name in names),
+            pod_name=config.pod_name)
+        self.backend: Backend | None = None
+        self.executions: dict[int, Execution] = {}
+        self.held: dict[int, ClaimedTask] = {}  # claimed and not yet reported
+        self.outbox: list[Outcome] = []
+        self.report_lock = asyncio.Lock()
+        self.releases: list[tuple[int, int]] = []
+        self.busy = 0
+        self.stopping = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.slot_free = asyncio.Event()
+        self.report_due = asyncio.Event()
+        self.beat_due = asyncio.Event()
+        self.last_db_ok = 0.0
+        self.threads = ThreadPoolExecutor(max_workers=config.concurrency,
+                                          thread_name_prefix="shoal-task")
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Begin a graceful drain; `run()` returns when it is done."""
+        if not self.stopping.is_set():
+            log.info("draining: no new claims; %d in flight", len(self.executions))
+            self.stopping.set()
+            self.wake.set()
+            self.slot_free.set()
+            self.beat_due.set()
+
+    async def run(self) -> None:
+        """Claim and run tasks until `stop()`, then drain and return."""
+        self.backend = await Backend.connect(self.config.dsn, schema=self.config.db_schema,
+                                             min_size=1, max_size=4)
+        q = self.backend.queries
+        listener = Subscription(self.config.dsn, [q.tasks_channel, q.control_channel],
+                                self._on_notify, on_connect=self.wake.set)
+        services: list[Callable[[], Awaitable[None]]] = [
+            listener.run, self._report_loop, self._heartbeat_loop, self._reaper_loop]
+        if self.config.metrics_port:
+            services.append(metrics.MetricsServer(self.config.metrics_host,
+                                                  self.config.metrics_port, self.ready).run)
+        background = [asyncio.create_task(s(), name=s.__qualname__) for s in services]
+        try:
+            await self._beat()  # register the liveness row before the first claim
+            await self._claim_loop()
+            await self._drain()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            self.threads.shutdown(wait=False, cancel_futures=True)
+            with contextlib.suppress(*DATABASE_ERRORS):
+                await self.backend.remove_worker(self.identity.id)
+            await self.backend.close()
+
+    def ready(self) -> bool:
+        """Reached the database within one claim TTL and not draining."""
+        recent = time.monotonic() - self.last_db_ok < self.config.claim_ttl
+        return recent and not self.stopping.is_set()
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if not channel.endswith("_tasks"):
+            self.beat_due.set()  # a control message: learn of cancels at once
+            return
+        namespace, _, wait = payload.partition(" ")
+        if namespace == self.config.namespace:
+            self._wake_in(float(wait or 0))
+
+    def _wake_in(self, seconds: float) -> None:
+        if seconds <= 0:
+            self.wake.set()
+        else:
+            asyncio.get_running_loop().call_later(seconds, self.wake.set)
+
+    # -- claiming -------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        assert self.backend is not None
+        backoff = Backoff()
+        while not self.stopping.is_set():
+            free = self.config.concurrency - self.busy
+            if free <= 0:
+                self.slot_free.clear()
+                await self.slot_free.wait()
+                continue
+            want = min(self.config.batch_size, free)
+            self.wake.clear()
+            try:
+                claimed = await self.backend.claim(self.identity, want, self.config.claim_ttl)
+            except DATABASE_ERRORS as exc:
+                metrics.DB_ERRORS.labels("claim").inc()
+                log.warning("claim failed: %s", exc)
+                await backoff.wait()
+                continue
+            backoff.reset()
+            self.last_db_ok = time.monotonic()
+            for task in claimed:
+                self._start(task)
+            if len(claimed) < want:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), self.config.poll_interval)
+
+    def _start(self, task: ClaimedTask) -> None:
+        definition = self.app.get(task.name)
+        context = TaskContext(task_id=task.id, name=task.name, attempt=task.attempt,
+                              max_attempts=task.max_attempts, workflow_id=task.workflow_id,
+                              step=task.step)
+        execution = Execution(task, context)
+        self.executions[task.id] = execution
+        self.held[task.id] = task
+        self.busy += 1
+        metrics.CLAIMED.labels(task.name).inc()
+        metrics.IN_FLIGHT.inc()
+        metrics.CLAIM_LATENCY.observe(max(0.0, time.time() - task.run_at.timestamp()))
+        execution.future = asyncio.create_task(self._execute(execution, definition))
+
+    # -- running ----------------------------------------------------------------------
+
+    async def _execute(self, execution: Execution, definition: TaskDefinition) -> None:
+        task, ctx = execution.task, execution.context
+        started = time.monotonic()
+        outcome: Outcome | None = None
+        try:
+            value = await self._call(definition, task, ctx)
+        except asyncio.CancelledError:
+            ctx.cancel_event.set()
+            outcome = self._on_stopped(execution)
+            if execution.stop_reason is None:
+                raise
+        except (PermanentError, InvalidInput) as exc:
+            outcome = self._failure(definition, task, f"{type(exc).__name__}: {exc}", False)
+        except TimeoutError:
+            timeout = task.timeout_seconds or definition.timeout
+            outcome = self._failure(definition, task, f"timed out after {timeout:g}s", True)
+        except Exception as exc:
+            outcome = self._failure(definition, task, f"{type(exc).__name__}: {exc}", True)
+        else:
+            try:
+                result = json.dumps(encode_result(value), allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                outcome = self._failure(definition, task, f"result is not JSON: {exc}", False)
+            else:
+                outcome = Outcome(task.id, task.lease_token, task.workflow_id,
+                                  result_json=result)
+        finally:
+            metrics.DURATION.labels(task.name).observe(time.monotonic() - started)
+            del self.executions[task.id]
+            self.busy -= 1
+            self.slot_free.set()
+            if outcome is not None:
+                self.outbox.append(outcome)
+                self.report_due.set()
+            elif execution.stop_reason != "drain":
+                self._forget(task.id)
+
+    async def _call(self, definition: TaskDefinition, task: ClaimedTask,
+                    ctx: TaskContext) -> Any:
+        timeout = task.timeout_seconds or definition.timeout
+        if definition.is_async:
+            work: Awaitable[Any] = definition.call(task.payload, ctx)
+        else:
+            loop = asyncio.get_running_loop()
+            work = loop.run_in_executor(self.threads, definition.call, task.payload, ctx)
+        return await (asyncio.wait_for(work, timeout) if timeout else work)
+
+    def _on_stopped(self, execution: Execution) -> Outcome | None:
+        task = execution.task
+        if execution.stop_reason == "cancelled":
+            return Outcome(task.id, task.lease_token, task.workflow_id, cancelled=True,
+                           error="cancelled: the workflow was cancelled")
+        if execution.stop_reason == "drain":
+            self.releases.append((task.id, task.lease_token))
+        elif execution.stop_reason == "lease_lost":
+            metrics.LEASES_LOST.inc()
+        return None
+
+    def _failure(self, definition: TaskDefinition, task: ClaimedTask, error: str,
+                 retryable: bool) -> Outcome:
+        delay = next_delay(task.attempt, task.max_attempts, retryable=retryable,
+                           base=definition.backoff, cap=definition.max_backoff)
+        log.warning("task %s #%d attempt %d/%d failed: %s", task.name, task.id, task.attempt,
+                    task.max_attempts, error)
+        return Outcome(task.id, task.lease_token, task.workflow_id, error=error[:4000],
+                       retry_in_seconds=delay)
+
+    def _forget(self, task_id: int) -> ClaimedTask | None:
+        task = self.held.pop(task_id, None)
+        if task is not None:
+            metrics.IN_FLIGHT.dec()
+        return task
+
+    # -- reporting -----------------------------------------------------------------------
+
+    async def _report_loop(self) -> None:
+        """Reports finished attempts in batches as they come; retries with backoff."""
+        backoff = Backoff()
+        while True:
+            await self.report_due.wait()
+            self.report_due.clear()
+            if await self._report_once():
+                backoff.reset()
+            else:
+                self.report_due.set()
+                await backoff.wait()
+
+    async def _report_once(self) -> bool:
+        """Report everything in the outbox; on failure keep it there and return False."""
+        assert self.backend is not None
+        async with self.report_lock:
+            batch, self.outbox = self.outbox, []
+            if not batch:
+                return True
+            try:
+                accepted = await self.backend.report(batch)
+            except DATABASE_ERRORS as exc:
+                metrics.DB_ERRORS.labels("report").inc()
+                log.warning("report of %d results failed, will retry: %s", len(batch), exc)
+                self.outbox = batch + self.outbox
+                return False
+            self.last_db_ok = time.monotonic()
+            for outcome in batch:
+                task = self._forget(outcome.task_id)
+                name = task.name if task else "unknown"
+                if outcome.task_id in accepted:
+                    metrics.FINISHED.labels(name, _kind(outcome)).inc()
+                    if outcome.error and outcome.retry_in_seconds is not None:
+                        self._wake_in(outcome.retry_in_seconds)  # due from the report on
+                else:
+                    metrics.LEASES_LOST.inc()
+                    log.warning("result for task %s #%d refused: its lease moved on", name,
+                                outcome.task_id)
+            return True
+
+    # -- heartbeats --------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        """Extends every held lease each claim_ttl/2, or at once when poked."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.beat_due.wait(), self.config.claim_ttl / 2)
+            self.beat_due.clear()
+            try:
+                await self._beat()
+            except DATABASE_ERRORS as exc:
+                metrics.DB_ERRORS.labels("heartbeat").inc()
+                log.warning("heartbeat failed: %s", exc)
+                await asyncio.sleep(min(1.0, self.config.claim_ttl / 10))
+                self.beat_due.set()
+
+    async def _beat(self) -> None:
+        assert self.backend is not None
+        leases = [(task.id, task.lease_token) for task in self.held.values()]
+        reply = await self.backend.heartbeat(
+            self.identity, leases, self.config.claim_ttl, in_flight=len(leases),
+            draining=self.stopping.is_set())
+        self.last_db_ok = time.monotonic()
+        for task_id, _token in leases:
+            execution = self.executions.get(task_id)
+            if execution is None or execution.stop_reason is not None:
+                continue
+            if task_id not in reply.held:
+                log.warning("lease on task #%d lost; cancelling its handler", task_id)
+                self._interrupt(execution, "lease_lost")
+            elif task_id in reply.cancel:
+                log.info("task #%d: workflow cancelled; cancelling its handler", task_id)
+                self._interrupt(execution, "cancelled")
+
+    def _interrupt(self, execution: Execution, reason: str) -> None:
+        execution.stop_reason = reason
+        execution.context.cancel_event.set()
+        if execution.future is not None:
+            execution.future.cancel()
+
+    # -- maintenance -------------------------------------------------------------------
+
+    async def _reaper_loop(self) -> None:
+        """Reclaims expired leases, forgets stale workers and prunes old finished tasks."""
+        assert self.backend is not None
+        interval = max(0.5, self.config.claim_ttl / 2)
+        last_prune = 0.0
+        while True:
+            await asyncio.sleep(interval * (0.75 + random.random() / 2))
+            try:
+                reclaimed = await self.backend.reap_expired()
+                if reclaimed:
+                    metrics.RECLAIMED.inc(reclaimed)
+                    log.info("reclaimed %d tasks with expired leases", reclaimed)
+                if time.monotonic() - last_prune > 60:
+                    await self.backend.reap_workers(stale_seconds=3 * self.config.claim_ttl)
+                    await self.backend.prune(self.config.retention)
+                    last_prune = time.monotonic()
+            except DATABASE_ERRORS as exc:
+                metrics.DB_ERRORS.labels("maintenance").inc()
+                log.warning("maintenance failed: %s", exc)
+
+    # -- draining ------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        assert self.backend is not None
+        self.beat_due.set()
+        running = [e.future for e in self.executions.values() if e.future is not None]
+        if running:
+            _done, pending = await asyncio.wait(running, timeout=self.config.drain_timeout)
+            if pending:
+                log.warning("drain timeout: releasing %d unfinished tasks", len(pending))
+                for execution in list(self.executions.values()):
+                    self._interrupt(execution, "drain")
+                await asyncio.wait(pending, timeout=5)
+        deadline = time.monotonic() + max(5.0, self.config.drain_timeout)
+        backoff = Backoff()
+        while time.monotonic() < deadline:
+            reported = await self._report_once()  # waits for a report already in flight
+            try:
+                released = await self.backend.release(self.releases)
+            except DATABASE_ERRORS as exc:
+                log.warning("release failed, retrying: %s", exc)
+                released = None
+            if released is not None:
+                for task_id, _token in self.releases:
+                    self._forget(task_id)
+                self.releases = []
+            if reported and released is not None and not self.outbox:
+                log.info("drained")
+                return
+            await backoff.wait()
+        log.error("drain gave up: %d results unreported, %d leases unreleased; they will be "
+                  "retried after their lease expires", len(self.outbox), len(self.releases))
+
+
+def _kind(outcome: Outcome) -> str:
+    if outcome.cancelled:
+        return "cancelled"
+    if outcome.error is None:
+        return "succeeded"
+    return "dead" if outcome.retry_in_seconds is None else "retried"
