@@ -16,7 +16,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["PostgresServer", "find_postgres_bin", "free_port"]
+__all__ = ["ExternalPostgres", "PostgresServer", "create_database", "find_postgres_bin",
+           "free_port"]
 
 
 def free_port() -> int:
@@ -89,9 +90,7 @@ class PostgresServer:
 
     def create_database(self, name: str) -> str:
         """Create a database and return its DSN."""
-        self._run(self.bin / "createdb", "-h", "127.0.0.1", "-p", str(self.port),
-                  "-U", "postgres", name)
-        return self.dsn_for(name)
+        return create_database(self.dsn, name)
 
     def destroy(self) -> None:
         """Stop the server and remove every file it had."""
@@ -103,3 +102,27 @@ class PostgresServer:
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
+
+
+def create_database(admin_dsn: str, name: str) -> str:
+    """Create database `name` on the server of `admin_dsn` (with psql); return its DSN."""
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"unsafe database name {name!r}")
+    psql = find_postgres_bin() / "psql"
+    subprocess.run([str(psql), admin_dsn, "-v", "ON_ERROR_STOP=1", "-qc",
+                    f'CREATE DATABASE "{name}"'], check=True, capture_output=True, text=True)
+    base, _, _ = admin_dsn.rpartition("/")
+    return f"{base}/{name}"
+
+
+class ExternalPostgres:
+    """A server someone else runs (`SHOAL_TEST_DSN`); it cannot be restarted from here."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    def create_database(self, name: str) -> str:
+        return create_database(self.dsn, name)
+
+    def restart(self, mode: str = "immediate") -> None:
+        raise RuntimeError("cannot restart an external PostgreSQL (SHOAL_TEST_DSN)")
