@@ -35,7 +35,7 @@ def find_postgres_bin() -> Path:
         return candidates[-1].parent
     on_path = shutil.which("initdb")
     if not on_path:
-        raise RuntimeError("PostgreSQL server binaries not found: install postgresql (initdb, pg_ctl)")
+        raise RuntimeError("PostgreSQL server binaries not found: install postgresql")
     return Path(on_path).parent
 
 
