@@ -1,0 +1,69 @@
+"""KubeAccess: what a test needs to talk to a cluster with the pinned kubectl and helm."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class KubeAccess:
+    """A cluster's kubeconfig and server URL, plus runners for kubectl and helm.
+
+    ``helm_home`` isolates helm's cache/config/data from the user's own.
+    """
+
+    kubeconfig: Path
+    server: str
+    kubectl_bin: Path
+    helm_bin: Path
+    helm_home: Path
+
+    @classmethod
+    def from_kubeconfig(
+        cls, kubeconfig: Path, kubectl_bin: Path, helm_bin: Path, helm_home: Path
+    ) -> KubeAccess:
+        """Access to the cluster of ``kubeconfig``'s current context."""
+        config: dict[str, Any] = yaml.safe_load(kubeconfig.read_text())
+        context = next(c for c in config["contexts"] if c["name"] == config["current-context"])
+        cluster = next(c for c in config["clusters"] if c["name"] == context["context"]["cluster"])
+        return cls(kubeconfig, cluster["cluster"]["server"], kubectl_bin, helm_bin, helm_home)
+
+    def env(self) -> dict[str, str]:
+        """Environment for kubectl/helm: this cluster's kubeconfig, isolated helm dirs."""
+        env = dict(os.environ)
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
+            env[var] = str(self.helm_home / var.removeprefix("HELM_").removesuffix("_HOME").lower())
+        return env
+
+    def run(
+        self, binary: Path, *args: str, input: str | None = None, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``binary`` against this cluster; text output captured, 120 s timeout."""
+        return subprocess.run(
+            [str(binary), *args],
+            env=self.env(),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=check,
+        )
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """``kubectl <args>`` against this cluster (the pinned release's kubectl)."""
+        return self.run(self.kubectl_bin, *args, input=input, check=check)
+
+    def helm(
+        self, *args: str, input: str | None = None, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """``helm <args>`` against this cluster."""
+        return self.run(self.helm_bin, *args, input=input, check=check)

@@ -1,0 +1,70 @@
+"""LocalCluster: the control plane plus the node agent that plays the kubelet."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.cluster.controlplane import ControlPlane
+
+NODE_NAME = "shoal-local"
+NODE_AGENT_MODULE = "tests.cluster.node_agent"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def node_agent_available() -> bool:
+    """True if the node agent module exists in this checkout."""
+    return importlib.util.find_spec(NODE_AGENT_MODULE) is not None
+
+
+@dataclass(eq=False)
+class LocalCluster(ControlPlane):
+    """A :class:`ControlPlane` with one Node, ``shoal-local``, run by the node agent.
+
+    After :meth:`start` returns, the Node is registered and Ready, so Pods get
+    scheduled and run. Without the node agent module the cluster starts without
+    a Node (and says so with a warning).
+    """
+
+    node_name: str = NODE_NAME
+
+    def start(self) -> None:
+        """Start the control plane, then the node agent; wait for the Node to be Ready."""
+        t0 = time.monotonic()
+        super().start()
+        if not node_agent_available():
+            warnings.warn(
+                f"{NODE_AGENT_MODULE} not found: cluster has no node, Pods will stay Pending",
+                stacklevel=2,
+            )
+            return
+        try:
+            self.spawn(
+                "node-agent",
+                [
+                    sys.executable,
+                    "-m",
+                    NODE_AGENT_MODULE,
+                    "--kubeconfig",
+                    str(self.kubeconfig),
+                    "--node-name",
+                    self.node_name,
+                ],
+                cwd=REPO_ROOT,
+            )
+            self._wait(f"Node {self.node_name} Ready", self._node_ready)
+        except BaseException:
+            self.stop()
+            raise
+        print(f"cluster with node {self.node_name} ready in {time.monotonic() - t0:.1f}s")
+
+    def _node_ready(self) -> bool:
+        node = self.api_get(f"/api/v1/nodes/{self.node_name}")
+        if not isinstance(node, dict):
+            return False
+        conditions = node.get("status", {}).get("conditions", [])
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
