@@ -1,0 +1,357 @@
+"""The node agent plays the kubelet: real Deployments, ReplicaSets, env, probes, deletion.
+
+Every test runs in its own namespace of the session's LocalCluster; the Pods'
+containers are local processes started by tests.cluster.node_agent, so the test
+can talk to them on their podIP and see the files they write.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.cluster.access import KubeAccess
+
+pytestmark = pytest.mark.kube
+
+Json = dict[str, Any]
+T = TypeVar("T")
+
+NODE = "shoal-local"
+
+# A tiny HTTP server: answers on $(POD_IP):8080 with its T_* environment as JSON.
+ENV_SERVER = """
+import http.server, json, os, sys
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        env = {k: v for k, v in os.environ.items() if k.startswith("T_")}
+        body = json.dumps(env).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), Handler).serve_forever()
+"""
+
+# Ignores SIGTERM (but records it) and writes a heartbeat every 0.1 s until killed.
+STUBBORN = """
+import os, pathlib, signal, time
+
+folder = pathlib.Path(os.environ["MARKERS"]) / os.environ["POD_NAME"]
+folder.mkdir(parents=True, exist_ok=True)
+(folder / "pid").write_text(str(os.getpid()))
+
+def on_term(signum, frame):
+    (folder / "term").write_text(repr(time.time()))
+
+signal.signal(signal.SIGTERM, on_term)
+while True:
+    tmp = folder / "alive.tmp"
+    tmp.write_text(repr(time.time()))
+    os.replace(tmp, folder / "alive")
+    time.sleep(0.1)
+"""
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
+    """Poll `probe` until it returns a truthy value; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+def get(kube: KubeAccess, *args: str) -> Json | None:
+    """`kubectl get ... -o json`, or None if the object does not exist."""
+    result = kube.kubectl("get", *args, "-o", "json")
+    if result.returncode != 0:
+        assert "NotFound" in result.stderr, result.stderr
+        return None
+    found: Json = json.loads(result.stdout)
+    return found
+
+
+def apply(kube: KubeAccess, namespace: str, *objects: Json) -> None:
+    """`kubectl apply` the objects in `namespace`."""
+    manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
+    kube.kubectl("apply", "-n", namespace, "-f", "-", input=manifest, check=True)
+
+
+def pods(kube: KubeAccess, namespace: str, selector: str) -> list[Json]:
+    listing = get(kube, "pods", "-n", namespace, "-l", selector)
+    assert listing is not None
+    items: list[Json] = listing["items"]
+    return items
+
+
+def condition(obj: Json, kind: str) -> str | None:
+    for cond in obj.get("status", {}).get("conditions") or []:
+        if cond["type"] == kind:
+            return str(cond["status"])
+    return None
+
+
+def container_status(pod: Json | None) -> Json:
+    statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or [{}]
+    first: Json = statuses[0]
+    return first
+
+
+def ready_pods(kube: KubeAccess, namespace: str, selector: str, count: int) -> list[Json]:
+    """Wait until exactly `count` pods match, all Ready and none terminating."""
+
+    def probe() -> list[Json] | None:
+        found = pods(kube, namespace, selector)
+        live = [p for p in found if not p["metadata"].get("deletionTimestamp")]
+        if len(found) == count and all(condition(p, "Ready") == "True" for p in live):
+            return live
+        return None
+
+    return wait_for(f"{count} Ready pods with {selector}", probe, timeout=90)
+
+
+def env_var(name: str, **source: Any) -> Json:
+    return {"name": name, "valueFrom": source}
+
+
+def field(path: str) -> Json:
+    return {"fieldRef": {"fieldPath": path}}
+
+
+def deployment(name: str, replicas: int, container: Json, grace: int = 30) -> Json:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": {"note": "hello"}},
+                "spec": {"terminationGracePeriodSeconds": grace, "containers": [container]},
+            },
+        },
+    }
+
+
+def pod(name: str, container: Json, restart_policy: str = "Always") -> Json:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"restartPolicy": restart_policy, "terminationGracePeriodSeconds": 2,
+                 "containers": [container]},
+    }
+
+
+def python(name: str, code: str, *args: str, **extra: Any) -> Json:
+    return {"name": name, "image": "shoal-test/python", "command": ["python", "-c", code],
+            "args": list(args), **extra}
+
+
+@pytest.fixture
+def namespace(kube: KubeAccess) -> Iterator[str]:
+    """A fresh namespace (with its default ServiceAccount), deleted afterwards."""
+    name = f"node-{uuid.uuid4().hex[:8]}"
+    kube.kubectl("create", "namespace", name, check=True)
+    wait_for("default ServiceAccount", lambda: get(kube, "serviceaccount", "default", "-n", name))
+    yield name
+    kube.kubectl("delete", "namespace", name, "--wait=false")
+
+
+def test_node_is_ready_with_server_version_and_renews_its_lease(kube: KubeAccess) -> None:
+    node = wait_for("Node without taints",
+                    lambda: (n := get(kube, "node", NODE)) and not n["spec"].get("taints") and n)
+    assert condition(node, "Ready") == "True"
+    version = json.loads(kube.kubectl("version", "-o", "json", check=True).stdout)
+    assert node["status"]["nodeInfo"]["kubeletVersion"] == version["serverVersion"]["gitVersion"]
+    assert {"type": "InternalIP", "address": "127.0.0.1"} in node["status"]["addresses"]
+    assert int(node["status"]["allocatable"]["pods"]) > 0
+
+    def renew_time() -> str | None:
+        lease = get(kube, "lease", NODE, "-n", "kube-node-lease")
+        return lease["spec"]["renewTime"] if lease else None
+
+    first = wait_for("node Lease", renew_time)
+    wait_for("Lease renewal", lambda: (t := renew_time()) and t != first, timeout=30)
+
+
+def test_deployment_pods_serve_on_their_pod_ip_with_env(kube: KubeAccess, namespace: str) -> None:
+    secret_value = "s3cret-" + uuid.uuid4().hex[:6]
+    apply(
+        kube, namespace,
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+         "data": {"password": base64.b64encode(secret_value.encode()).decode()}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"},
+         "data": {"mode": "fast", "LEVEL": "3"}},
+    )
+    container = python(
+        "web", ENV_SERVER, "$(POD_IP)", "8080",
+        envFrom=[{"configMapRef": {"name": "settings"}, "prefix": "T_CM_"}],
+        env=[
+            env_var("POD_IP", **field("status.podIP")),
+            env_var("T_SECRET", secretKeyRef={"name": "creds", "key": "password"}),
+            env_var("T_MODE", configMapKeyRef={"name": "settings", "key": "mode"}),
+            env_var("T_POD_NAME", **field("metadata.name")),
+            env_var("T_NAMESPACE", **field("metadata.namespace")),
+            env_var("T_UID", **field("metadata.uid")),
+            env_var("T_APP", **field("metadata.labels['app']")),
+            env_var("T_NOTE", **field("metadata.annotations['note']")),
+            env_var("T_NODE", **field("spec.nodeName")),
+            env_var("T_HOST_IP", **field("status.hostIP")),
+            env_var("T_CPU_MILLIS", resourceFieldRef={"resource": "requests.cpu",
+                                                      "divisor": "1m"}),
+            {"name": "T_WHERE", "value": "$(T_POD_NAME)@$(T_NODE) $$(T_NODE) $(UNSET)"},
+        ],
+        resources={"requests": {"cpu": "50m"}},
+        ports=[{"name": "http", "containerPort": 8080}],
+        readinessProbe={"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+    )
+    apply(kube, namespace, deployment("web", 2, container))
+
+    running = ready_pods(kube, namespace, "app=web", 2)
+    wait_for("Deployment readyReplicas=2",
+             lambda: (d := get(kube, "deployment", "web", "-n", namespace))
+             and d["status"].get("readyReplicas") == 2)
+    replicasets = get(kube, "replicasets", "-n", namespace, "-l", "app=web")
+    assert replicasets is not None and len(replicasets["items"]) == 1
+    replicaset = replicasets["items"][0]
+    assert replicaset["metadata"]["ownerReferences"][0]["name"] == "web"
+
+    ips = {p["status"]["podIP"] for p in running}
+    assert len(ips) == 2 and all(ip.startswith("127.") and ip != "127.0.0.1" for ip in ips)
+    for item in running:
+        meta, status = item["metadata"], item["status"]
+        assert meta["ownerReferences"][0]["name"] == replicaset["metadata"]["name"]
+        assert status["phase"] == "Running" and status["hostIP"] == "127.0.0.1"
+        assert status["podIPs"] == [{"ip": status["podIP"]}]
+        web = container_status(item)
+        assert web["ready"] and web["started"] and "running" in web["state"]
+        assert web["image"] == "shoal-test/python" and web["containerID"]
+        url = f"http://{status['podIP']}:8080/"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            env = json.loads(response.read())
+        assert env == {
+            "T_CM_mode": "fast", "T_CM_LEVEL": "3",
+            "T_SECRET": secret_value, "T_MODE": "fast",
+            "T_POD_NAME": meta["name"], "T_NAMESPACE": namespace, "T_UID": meta["uid"],
+            "T_APP": "web", "T_NOTE": "hello", "T_NODE": NODE, "T_HOST_IP": "127.0.0.1",
+            "T_CPU_MILLIS": "50",
+            "T_WHERE": f"{meta['name']}@{NODE} $(T_NODE) $(UNSET)",
+        }
+
+
+def test_scale_down_removes_cheapest_pod_after_its_grace_period(
+    kube: KubeAccess, namespace: str, tmp_path: Path
+) -> None:
+    grace = 4
+    container = python(
+        "stubborn", STUBBORN,
+        env=[{"name": "MARKERS", "value": str(tmp_path)},
+             env_var("POD_NAME", **field("metadata.name"))],
+    )
+    apply(kube, namespace, deployment("stubborn", 3, container, grace=grace))
+    running = ready_pods(kube, namespace, "app=stubborn", 3)
+    names = sorted(p["metadata"]["name"] for p in running)
+    for name in names:
+        wait_for(f"{name} heartbeat", lambda n=name: (tmp_path / n / "alive").exists())
+    victim, survivors = names[0], names[1:]
+    for name in names:
+        cost = "-100" if name == victim else "100"
+        kube.kubectl("annotate", "pod", name, "-n", namespace,
+                     f"controller.kubernetes.io/pod-deletion-cost={cost}", check=True)
+
+    kube.kubectl("scale", "deployment", "stubborn", "-n", namespace, "--replicas=2", check=True)
+    wait_for(f"{victim} to vanish", lambda: get(kube, "pod", victim, "-n", namespace) is None,
+             timeout=grace + 30)
+
+    folder = tmp_path / victim
+    termed, last_alive = float((folder / "term").read_text()), float((folder / "alive").read_text())
+    assert grace - 1 <= last_alive - termed <= grace + 3, (termed, last_alive)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int((folder / "pid").read_text()), 0)
+    for name in survivors:
+        assert not (tmp_path / name / "term").exists()
+        survivor = get(kube, "pod", name, "-n", namespace)
+        assert survivor is not None and condition(survivor, "Ready") == "True"
+
+
+def test_failing_container_shows_exit_code_and_restarts(kube: KubeAccess, namespace: str) -> None:
+    crash = python("crash", "import sys; print('boom'); sys.exit(3)")
+    apply(kube, namespace, pod("crashy", crash))
+
+    def crash_looping() -> Json | None:
+        status = container_status(get(kube, "pod", "crashy", "-n", namespace))
+        waiting = status.get("state", {}).get("waiting", {})
+        return status if waiting.get("reason") == "CrashLoopBackOff" else None
+
+    status = wait_for("CrashLoopBackOff", crash_looping)
+    assert status["restartCount"] >= 1 and not status["ready"]
+    assert status["lastState"]["terminated"]["exitCode"] == 3
+    assert status["lastState"]["terminated"]["reason"] == "Error"
+    crashy = get(kube, "pod", "crashy", "-n", namespace)
+    assert crashy is not None and crashy["status"]["phase"] == "Running"
+
+
+def test_run_once_pods_end_succeeded_or_failed(kube: KubeAccess, namespace: str) -> None:
+    for name, code in (("ok", 0), ("bad", 7)):
+        spec = pod(name, python("main", f"raise SystemExit({code})"), restart_policy="Never")
+        apply(kube, namespace, spec)
+    for name, phase, code, reason in (("ok", "Succeeded", 0, "Completed"),
+                                      ("bad", "Failed", 7, "Error")):
+        done = wait_for(f"{name} {phase}",
+                        lambda n=name, p=phase: (found := get(kube, "pod", n, "-n", namespace))
+                        and found["status"].get("phase") == p and found)
+        terminated = container_status(done)["state"]["terminated"]
+        assert terminated["exitCode"] == code and terminated["reason"] == reason
+        assert container_status(done)["restartCount"] == 0
+        assert condition(done, "Ready") == "False"
+
+
+def test_missing_secret_waits_then_starts(kube: KubeAccess, namespace: str) -> None:
+    sleeper = python("main", "import time; time.sleep(3600)",
+                     env=[env_var("TOKEN", secretKeyRef={"name": "late", "key": "token"})])
+    apply(kube, namespace, pod("patient", sleeper))
+
+    def waiting_reason() -> str | None:
+        state = container_status(get(kube, "pod", "patient", "-n", namespace)).get("state", {})
+        return state.get("waiting", {}).get("reason")
+
+    wait_for("CreateContainerConfigError",
+             lambda: waiting_reason() == "CreateContainerConfigError")
+    kube.kubectl("create", "secret", "generic", "late", "-n", namespace,
+                 "--from-literal=token=abc", check=True)
+    ready_pods(kube, namespace, "app=patient", 1)
+
+
+def test_failing_liveness_probe_restarts_the_container(kube: KubeAccess, namespace: str) -> None:
+    sleeper = python(
+        "main", "import time; time.sleep(3600)",
+        livenessProbe={"exec": {"command": ["python", "-c", "raise SystemExit(1)"]},
+                       "periodSeconds": 1, "failureThreshold": 2},
+    )
+    apply(kube, namespace, pod("unwell", sleeper))
+    status = wait_for(
+        "a restart after liveness failures",
+        lambda: (s := container_status(get(kube, "pod", "unwell", "-n", namespace)))
+        and s.get("restartCount", 0) >= 1 and s)
+    # SIGTERM ends the sleeping python process: 128 + 15
+    assert status["lastState"]["terminated"]["exitCode"] == 143
