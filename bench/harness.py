@@ -1,12 +1,16 @@
 """Common workload and measurement for the queue benchmark (issue 2).
 
-One *cell* = one system with W worker processes in a fresh database:
+One *cell* = one system with W worker processes, two phases, each in a fresh
+database on the same server with freshly started workers:
 
-1. throughput: N no-op tasks are enqueued up front, the W worker processes are
-   started and released together; tasks/s = N / (first handler start ->
-   every task started and durably completed according to the system's tables);
-2. idle latency: the same, now idle, workers get tasks enqueued one at a time;
-   enqueue-to-start latency = handler start wall time - enqueue wall time.
+1. throughput: N no-op tasks are enqueued up front, then the W worker
+   processes are released together; tasks/s = tasks done / (first handler
+   start -> every task started and durably completed according to the
+   system's own tables). A phase that hits the deadline reports the rate it
+   sustained and how many tasks it finished;
+2. idle latency: with the W workers idle and waiting, tasks are enqueued one
+   at a time; enqueue-to-start latency = handler start wall time - enqueue
+   wall time, reported as p50/p99.
 
 Handlers record ``(task id, start time)`` lines in a per-process file, so the
 harness counts runs per task id: duplicates = runs - distinct ids, missing =
@@ -30,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Protocol, TypedDict
 
@@ -42,6 +46,7 @@ ENV_GO = "BENCH_GO_FILE"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 60.0  # seconds for all workers of a cell to import and connect
 STOP_GRACE = 15.0  # seconds between SIGTERM and SIGKILL
+IDLE_SETTLE = 1.0  # seconds the released workers get to start listening before the idle phase
 
 
 class Payload(TypedDict):
@@ -55,6 +60,9 @@ class System(Protocol):
     """What each adapter implements (harness side; workers are subprocesses)."""
 
     name: str
+    # Cap on tasks per throughput cell for systems whose enqueue alone would
+    # exceed the run's time budget (None: no cap).
+    max_tasks: int | None
 
     async def setup(self, dsn: str) -> None:
         """Install the system's schema in the fresh database and open clients."""
@@ -312,64 +320,92 @@ async def _wait_done(
     return False
 
 
-async def run_cell(
-    system: System, admin_dsn: str, workers: int, config: CellConfig, workdir: Path
-) -> CellResult:
-    """Run the throughput then the idle-latency phase of one cell."""
-    result = CellResult(system.name, workers, config.tasks)
-    database = f"bench_{system.name}_w{workers}"
+@contextlib.asynccontextmanager
+async def _fresh_run(
+    system: System, admin_dsn: str, database: str, workers: int, workdir: Path
+) -> AsyncIterator[tuple[_Workers, _Records, Path]]:
+    """Fresh database with the system set up, and W (not yet released) workers."""
     dsn = await recreate_database(admin_dsn, database)
     directory = workdir / database
     directory.mkdir(parents=True)
     await system.setup(dsn)
     pool: _Workers | None = None
     try:
-        bulk = range(config.tasks)
-        started = time.time()
-        await system.enqueue_many([Payload(id=i, ts=started) for i in bulk])
-        result.enqueue_per_s = config.tasks / (time.time() - started)
-
         pool = _Workers(system.worker_argv(dsn), workers, directory)
-        await pool.release()
-        records = _Records(directory)
-        drained = await _wait_done(system, records, bulk, pool, time.monotonic() + config.deadline)
-        end = time.time()
-        starts = [ts for i, ts in records.runs if i in bulk]
-        if starts:
-            window = max(max(starts), end if drained else max(starts)) - min(starts)
-            done = len({i for i, _ in records.runs if i in bulk})
-            result.tasks_per_s = done / window if window > 0 else 0.0
-        if not drained:
-            result.note = f"throughput phase incomplete after {config.deadline:.0f}s"
-        else:
-            await asyncio.sleep(0.5)  # let the workers go idle
-            idle = range(config.tasks, config.tasks + config.idle_tasks)
-            enqueued_at: dict[int, float] = {}
-            for i in idle:
-                enqueued_at[i] = time.time()
-                await system.enqueue_one(Payload(id=i, ts=enqueued_at[i]))
-                await asyncio.sleep(config.idle_spacing)
-            if not await _wait_done(
-                system, records, idle, pool, time.monotonic() + config.deadline
-            ):
-                result.note = "idle phase incomplete"
-            latencies = sorted(
-                (ts - enqueued_at[i]) * 1000 for i, ts in records.runs if i in enqueued_at
-            )
-            if latencies:
-                result.idle_p50_ms = percentile(latencies, 50)
-                result.idle_p99_ms = percentile(latencies, 99)
+        yield pool, _Records(directory), directory
     finally:
         if pool is not None:
             await pool.stop()
         await system.close()
-    final = _Records(directory)
-    final.poll()
-    expected = range(config.tasks + (config.idle_tasks if not result.note else 0))
-    counts = Counter(i for i, _ in final.runs)
-    result.duplicates = sum(counts.values()) - len(counts)
-    result.missing = sum(1 for i in expected if i not in counts)
-    await drop_database(admin_dsn, database)
+        await drop_database(admin_dsn, database)
+
+
+def _count_runs(directory: Path, expected: range, result: CellResult, *, complete: bool) -> None:
+    """Add duplicate runs and (for a phase that completed) missing ids to ``result``."""
+    records = _Records(directory)
+    records.poll()
+    counts = Counter(i for i, _ in records.runs)
+    result.duplicates += sum(counts.values()) - len(counts)
+    if complete:
+        result.missing += sum(1 for i in expected if i not in counts)
+
+
+async def _throughput_phase(
+    system: System, admin_dsn: str, result: CellResult, config: CellConfig, workdir: Path
+) -> None:
+    database = f"bench_{system.name}_w{result.workers}_tput"
+    ids = range(result.tasks)
+    async with _fresh_run(system, admin_dsn, database, result.workers, workdir) as run:
+        pool, records, directory = run
+        started = time.time()
+        await system.enqueue_many([Payload(id=i, ts=started) for i in ids])
+        result.enqueue_per_s = len(ids) / (time.time() - started)
+        await pool.release()
+        drained = await _wait_done(system, records, ids, pool, time.monotonic() + config.deadline)
+        end = time.time()
+        starts = [ts for i, ts in records.runs if i in ids]
+        done = records.distinct(ids)
+        if starts:
+            last = end if drained else max(starts)
+            window = last - min(starts)
+            result.tasks_per_s = done / window if window > 0 else 0.0
+        if not drained:
+            result.note = f"only {done:,} of {len(ids):,} done in {config.deadline:.0f}s"
+    _count_runs(directory, ids, result, complete=drained)
+
+
+async def _idle_phase(
+    system: System, admin_dsn: str, result: CellResult, config: CellConfig, workdir: Path
+) -> None:
+    database = f"bench_{system.name}_w{result.workers}_idle"
+    ids = range(config.idle_tasks)
+    enqueued_at: dict[int, float] = {}
+    async with _fresh_run(system, admin_dsn, database, result.workers, workdir) as run:
+        pool, records, directory = run
+        await pool.release()
+        await asyncio.sleep(IDLE_SETTLE)
+        for i in ids:
+            enqueued_at[i] = time.time()
+            await system.enqueue_one(Payload(id=i, ts=enqueued_at[i]))
+            await asyncio.sleep(config.idle_spacing)
+        drained = await _wait_done(system, records, ids, pool, time.monotonic() + config.deadline)
+        latencies = sorted((ts - enqueued_at[i]) * 1000 for i, ts in records.runs if i in ids)
+        if latencies:
+            result.idle_p50_ms = percentile(latencies, 50)
+            result.idle_p99_ms = percentile(latencies, 99)
+        if not drained:
+            result.note = "; ".join(filter(None, [result.note, "idle phase incomplete"]))
+    _count_runs(directory, ids, result, complete=drained)
+
+
+async def run_cell(
+    system: System, admin_dsn: str, workers: int, config: CellConfig, workdir: Path
+) -> CellResult:
+    """Throughput phase, then idle-latency phase, each in its own fresh database."""
+    tasks = min(config.tasks, system.max_tasks or config.tasks)
+    result = CellResult(system.name, workers, tasks)
+    await _throughput_phase(system, admin_dsn, result, config, workdir)
+    await _idle_phase(system, admin_dsn, result, config, workdir)
     return result
 
 

@@ -138,7 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--idle-tasks", type=int, default=200)
     parser.add_argument("--idle-spacing-ms", type=float, default=15.0)
     parser.add_argument(
-        "--deadline", type=float, default=30.0, help="seconds allowed per phase of a cell"
+        "--deadline", type=float, default=20.0, help="seconds allowed per phase of a cell"
     )
     parser.add_argument("--dsn", help="admin DSN of an existing server (default: throwaway)")
     parser.add_argument("--pg-bin", help="Postgres bin directory for the throwaway server")

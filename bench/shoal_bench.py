@@ -51,6 +51,7 @@ class ShoalSystem:
     """Harness side of the Shoal adapter."""
 
     name = "shoal"
+    max_tasks: int | None = None
 
     def __init__(self, concurrency: int = CONCURRENCY, batch_size: int = BATCH_SIZE) -> None:
         self.concurrency = concurrency

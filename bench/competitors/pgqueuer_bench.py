@@ -21,6 +21,7 @@ class PgQueuerSystem:
     """Harness side of the PgQueuer adapter."""
 
     name = "pgqueuer"
+    max_tasks: int | None = None
 
     def __init__(self, batch_size: int = BATCH_SIZE) -> None:
         self.batch_size = batch_size

@@ -38,6 +38,7 @@ class ProcrastinateSystem:
     """Harness side of the procrastinate adapter."""
 
     name = "procrastinate"
+    max_tasks: int | None = None
 
     def __init__(self, concurrency: int = CONCURRENCY) -> None:
         self.concurrency = concurrency

@@ -39,6 +39,9 @@ class SayiirSystem:
     """Harness side of the sayiir adapter."""
 
     name = "sayiir"
+    # One submit round trip per task and tens of tasks/s: larger cells would
+    # spend minutes enqueueing what the deadline never lets it run.
+    max_tasks: int | None = 2_000
 
     def __init__(self, poll_interval: float = POLL_INTERVAL) -> None:
         self.poll_interval = poll_interval
