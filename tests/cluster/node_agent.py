@@ -554,7 +554,8 @@ class PodWorker:
         if previous is None or previous[0] != status:
             self.transitions[kind] = (status, timestamp())
         condition: Json = {"type": kind, "status": status, "lastProbeTime": None,
-                           "lastTransitionTime": self.transitions[kind][1]}
+                           "lastTransitionTime": self.transitions[kind][1],
+                           "observedGeneration": self.pod["metadata"].get("generation", 1)}
         if not ok and reason:
             condition.update(reason=reason, message=message)
         return condition
@@ -591,6 +592,7 @@ class PodWorker:
                   if c["type"] not in KUBELET_CONDITIONS]
         status: Json = {**current, **self._addresses(), "phase": phase,
                         "startTime": self.start_time,
+                        "observedGeneration": self.pod["metadata"].get("generation", 1),
                         "conditions": [*others, *self._conditions(phase, others)],
                         "containerStatuses": [c.status() for c in self.containers]}
         if self.init_containers:

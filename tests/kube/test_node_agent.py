@@ -355,3 +355,20 @@ def test_failing_liveness_probe_restarts_the_container(kube: KubeAccess, namespa
         and s.get("restartCount", 0) >= 1 and s)
     # SIGTERM ends the sleeping python process: 128 + 15
     assert status["lastState"]["terminated"]["exitCode"] == 143
+
+
+def test_init_containers_run_first_and_in_order(kube: KubeAccess, namespace: str,
+                                                tmp_path: Path) -> None:
+    log = tmp_path / "order"
+    step = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+    spec = pod("ordered", python("main", step, str(log), "main"), restart_policy="Never")
+    spec["spec"]["initContainers"] = [python(f"init-{i}", step, str(log), f"init-{i}")
+                                      for i in (1, 2)]
+    apply(kube, namespace, spec)
+    done = wait_for("ordered Succeeded",
+                    lambda: (found := get(kube, "pod", "ordered", "-n", namespace))
+                    and found["status"].get("phase") == "Succeeded" and found)
+    assert log.read_text().split() == ["init-1", "init-2", "main"]
+    assert condition(done, "Initialized") == "True"
+    for status in done["status"]["initContainerStatuses"]:
+        assert status["state"]["terminated"]["reason"] == "Completed"
