@@ -244,7 +244,7 @@ class Container:
                     stdin=asyncio.subprocess.DEVNULL, stdout=output,
                     stderr=asyncio.subprocess.STDOUT, start_new_session=True,
                     preexec_fn=_die_with_agent)
-            except OSError as error:
+            except (OSError, ValueError) as error:
                 self._set(state={"terminated": {
                     "exitCode": 128, "reason": "StartError", "message": str(error),
                     "startedAt": timestamp(), "finishedAt": timestamp()}}, ready=False)
@@ -455,6 +455,8 @@ class PodWorker:
             if error.status == 404:
                 return None
             raise ConfigError(f"cannot read {resource} {name}: {error.reason}") from error
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise ConfigError(f"cannot read {resource} {name}: {error}") from error
 
     def pod_with_addresses(self) -> Json:
         """The Pod with this node's view of its addresses (for fieldRef)."""
@@ -782,9 +784,15 @@ class Agent:
                      pod["metadata"]["name"])
             worker = self.workers[pod["metadata"]["uid"]] = PodWorker(self, pod)
             self.running.add(worker)
-            worker.task.add_done_callback(lambda _: self.running.discard(worker))
+            worker.task.add_done_callback(self._worker_done)
         else:
             worker.update(pod)
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        """Drop a finished worker; a crash is a bug in this agent: log it loudly."""
+        self.running = {w for w in self.running if w.task is not task}
+        if not task.cancelled() and task.exception() is not None:
+            log.error("pod worker crashed", exc_info=task.exception())
 
     def _forget(self, uid: str) -> None:
         worker = self.workers.pop(uid, None)
