@@ -65,6 +65,21 @@ class Backoff:
         self.current = min(self.current * 2, self.cap)
 
 
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to `seconds` for `event`; True when it is set.
+
+    Not `asyncio.wait_for(event.wait(), ...)`: on Python 3.11 that swallows a
+    cancellation arriving just as the event is set, so a loop using it could
+    never be stopped (stop() sets the event and then cancels the loop).
+    """
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        done, _ = await asyncio.wait({waiter}, timeout=seconds)
+    finally:
+        waiter.cancel()
+    return bool(done)
+
+
 class Worker:
     """Runs an App's tasks from the backend until `stop()`; see the module docstring."""
 
@@ -178,8 +193,7 @@ class Worker:
             for task in claimed:
                 self._start(task)
             if len(claimed) < want:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), self.config.poll_interval)
+                await wait_event(self.wake, self.config.poll_interval)
 
     def _start(self, task: ClaimedTask) -> None:
         definition = self.app.get(task.name)
@@ -317,8 +331,7 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         """Extends every held lease each claim_ttl/2, or at once when poked."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.beat_due.wait(), self.config.claim_ttl / 2)
+            await wait_event(self.beat_due, self.config.claim_ttl / 2)
             self.beat_due.clear()
             try:
                 await self._beat()
