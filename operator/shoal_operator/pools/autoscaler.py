@@ -128,7 +128,11 @@ class PoolScaler:
         try:
             while not stopped:
                 started = time.monotonic()
-                await self.evaluate()
+                try:
+                    await self.evaluate()
+                except READ_ERRORS as exc:  # the API server or database blinked: next round
+                    metrics.scaler_errors.labels(self.namespace, self.name, "Error").inc()
+                    log.warning("%s/%s: evaluation failed: %s", self.namespace, self.name, exc)
                 metrics.scale_latency.labels(self.namespace, self.name).observe(
                     time.monotonic() - started)
                 await asyncio.sleep(MIN_EVALUATION_GAP)

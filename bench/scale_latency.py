@@ -1,0 +1,174 @@
+"""Scale latency: from a burst of enqueues to the Deployment's new replica count.
+
+Starts a local cluster (or uses $SHOAL_TEST_KUBECONFIG), a Postgres server and
+`shoal operator`, creates a WorkerPool (minReplicas 1, concurrency 2), then for
+each round enqueues a burst of `sleep` tasks and measures, by polling the API
+every 20 ms:
+
+- enqueue -> Deployment spec.replicas changed to the computed count;
+- enqueue -> that many Ready pods (real `shoal worker` processes).
+
+Between rounds the backlog drains and the pool scales back to 1. Target: the
+replica change in under 2 s (KEDA's default polling interval alone is 30 s).
+
+    .venv/bin/python -m bench.scale_latency [--rounds 5] [--burst 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from kubernetes_asyncio import client, config
+
+from shoal.backend import Backend, NewTask
+from shoal_operator.kube import Kube, KubeError, deployment_path
+from tests.cluster.access import KubeAccess
+from tests.cluster.build import build_all, helm_bin_dir, k8s_bin_dir
+from tests.cluster.local import LocalCluster
+from tests.cluster.postgres import PostgresServer
+from tests.operator.harness import OperatorProcess, apply, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+NAMESPACE = "bench-scale"
+POLL = 0.02
+
+
+@contextlib.contextmanager
+def cluster_access(home: Path) -> Iterator[KubeAccess]:
+    external = os.environ.get("SHOAL_TEST_KUBECONFIG")
+    if external:
+        build_all()
+        yield KubeAccess.from_kubeconfig(
+            Path(external), k8s_bin_dir() / "kubectl", helm_bin_dir() / "helm", home
+        )
+        return
+    with LocalCluster() as cluster:
+        yield KubeAccess(cluster.kubeconfig, cluster.server, cluster.kubectl, cluster.helm, home)
+
+
+async def replicas_and_ready(k: Kube) -> tuple[int, int]:
+    try:
+        dep = await k.get(deployment_path(NAMESPACE, "bench"))
+    except KubeError:
+        return 0, 0
+    return int(dep["spec"]["replicas"]), int((dep.get("status") or {}).get("readyReplicas") or 0)
+
+
+async def until(k: Kube, want_replicas: int, want_ready: int | None, within: float) -> float:
+    """Poll until the Deployment wants `want_replicas` (and has `want_ready` Ready pods)."""
+    async with asyncio.timeout(within):
+        while True:
+            replicas, ready = await replicas_and_ready(k)
+            if replicas == want_replicas and (want_ready is None or ready >= want_ready):
+                return time.monotonic()
+            await asyncio.sleep(POLL)
+
+
+async def measure(kube: KubeAccess, dsn: str, rounds: int, burst: int) -> list[tuple[float, float]]:
+    await config.load_kube_config(config_file=str(kube.kubeconfig))
+    k = Kube(client.ApiClient())
+    backend = await Backend.connect(dsn)
+    results = []
+    try:
+        target = math.ceil(burst / 2)
+        for i in range(rounds):
+            await until(k, 1, 1, 120)
+            start = time.monotonic()
+            await backend.enqueue(
+                [NewTask("sleep", {"seconds": 4}, namespace=NAMESPACE) for _ in range(burst)]
+            )
+            scaled = await until(k, target, None, 30)
+            ready = await until(k, target, target, 60)
+            results.append((scaled - start, ready - start))
+            print(
+                f"round {i + 1}: replicas 1 -> {target} after {scaled - start:.3f}s, "
+                f"{target} Ready pods after {ready - start:.3f}s",
+                flush=True,
+            )
+    finally:
+        await backend.close()
+        await k.api.close()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--burst", type=int, default=8, help="tasks per burst (concurrency 2)")
+    args = parser.parse_args()
+    with (
+        tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp,
+        cluster_access(Path(tmp)) as kube,
+        PostgresServer() as pg,
+    ):
+        dsn = pg.create_database("bench")
+
+        async def migrate() -> None:
+            b = await Backend.connect(dsn)
+            await b.migrate()
+            await b.close()
+
+        asyncio.run(migrate())
+        assert kube.kubectl("apply", "-f", str(REPO / "crds")).returncode == 0
+        kube.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        operator = OperatorProcess(kube, Path(tmp) / "operator.log").start()
+        try:
+            kube.kubectl("create", "namespace", NAMESPACE)
+            kube.kubectl(
+                "create", "secret", "generic", "pg", "-n", NAMESPACE, f"--from-literal=dsn={dsn}"
+            )
+            apply(
+                kube,
+                {
+                    "apiVersion": "shoal.dev/v1alpha1",
+                    "kind": "WorkerPool",
+                    "metadata": {"name": "bench", "namespace": NAMESPACE},
+                    "spec": {
+                        "app": f"{REPO}/examples/tasks.py:app",
+                        "template": {"image": "shoal:dev"},
+                        "database": {"secretRef": {"name": "pg"}},
+                        "tasks": {"namespace": NAMESPACE},
+                        "concurrency": 2,
+                        "claimTTL": "4s",
+                        "drainTimeout": "10s",
+                        "scaling": {
+                            "minReplicas": 1,
+                            "maxReplicas": 20,
+                            "scaleDownStabilization": "2s",
+                            "scaleUp": {"pods": 20, "period": "1s"},
+                        },
+                    },
+                },
+            )
+            wait_for(
+                lambda: kube.kubectl("get", "deploy", "bench", "-n", NAMESPACE).returncode == 0,
+                30,
+                "the Deployment",
+            )
+            results = asyncio.run(measure(kube, dsn, args.rounds, args.burst))
+        finally:
+            operator.stop()
+    to_replicas = [r for r, _ in results]
+    to_ready = [r for _, r in results]
+    print(
+        f"enqueue -> new replica count: median {statistics.median(to_replicas):.3f}s, "
+        f"max {max(to_replicas):.3f}s (target < 2 s)"
+    )
+    print(
+        f"enqueue -> Ready pods:        median {statistics.median(to_ready):.3f}s, "
+        f"max {max(to_ready):.3f}s"
+    )
+    return 0 if max(to_replicas) < 2 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""What operator end-to-end tests share: the operator as a process, kubectl JSON, waiting.
+
+`OperatorProcess` runs `shoal operator --all-namespaces` against a cluster's
+kubeconfig, exactly as the chart's Deployment would (minus the image), and
+keeps its log in a file so a failing test can show it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tests.cluster.access import KubeAccess
+from tests.cluster.postgres import free_port
+
+T = TypeVar("T")
+VENV_BIN = Path(sys.executable).parent
+
+
+class OperatorProcess:
+    """`shoal operator` as a subprocess; `start()` returns once /healthz answers."""
+
+    def __init__(self, kube: KubeAccess, log_path: Path, *extra: str) -> None:
+        self.kube = kube
+        self.log_path = log_path
+        self.liveness_port = free_port()
+        self.metrics_port = free_port()
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        env = self.kube.env() | {"PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        argv = [str(VENV_BIN / "shoal"), "operator", "--all-namespaces",
+                "--liveness-port", str(self.liveness_port),
+                "--metrics-port", str(self.metrics_port), *self.extra]
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._healthy, 60, "the operator's /healthz")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"operator exited {self.proc.returncode}:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=5) as r:
+            return r.read().decode()
+
+    def log_tail(self, lines: int = 80) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str,
+             interval: float = 0.1) -> T:
+    """Poll `check` until it returns something truthy; fail saying `what` did not happen."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+
+
+def get_json(kube: KubeAccess, *args: str) -> Any:
+    """`kubectl get ... -o json`, decoded; None when the object does not exist."""
+    result = kube.kubectl("get", *args, "-o", "json")
+    if result.returncode != 0:
+        if "NotFound" in result.stderr:
+            return None
+        raise AssertionError(f"kubectl get {' '.join(args)}: {result.stderr}")
+    return json.loads(result.stdout)
+
+
+def apply(kube: KubeAccess, manifest: dict[str, Any] | str) -> None:
+    text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+    result = kube.kubectl("apply", "-f", "-", input=text)
+    assert result.returncode == 0, result.stderr
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_:
+            return dict(c)
+    return None
+
+
+def events_for(kube: KubeAccess, namespace: str, name: str) -> list[dict[str, Any]]:
+    """Events whose involved object is `name` in `namespace`, oldest first."""
+    found = get_json(kube, "events", "-n", namespace,
+                     "--field-selector", f"involvedObject.name={name}") or {"items": []}
+    return sorted(found["items"], key=lambda e: e.get("lastTimestamp") or e.get("eventTime")
+                  or "")

@@ -1,0 +1,250 @@
+"""WorkerPool end to end: a real control plane, real Postgres, real worker processes.
+
+The node agent runs each worker Pod's `shoal worker` as a local process, so
+scale-ups start real workers and scale-downs SIGTERM them (they drain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.backend import Backend, NewTask
+from tests.cluster.access import KubeAccess
+from tests.operator.harness import (
+    OperatorProcess,
+    apply,
+    condition,
+    events_for,
+    get_json,
+    wait_for,
+)
+
+pytestmark = pytest.mark.kube
+
+REPO = Path(__file__).resolve().parents[2]
+APP = f"{REPO}/examples/tasks.py:app"
+
+
+@pytest.fixture
+def namespace(kube: KubeAccess) -> Iterator[str]:
+    name = f"wp-{uuid.uuid4().hex[:8]}"
+    assert kube.kubectl("create", "namespace", name).returncode == 0
+    yield name
+    kube.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture
+async def backend(operator_db: str) -> AsyncIterator[Backend]:
+    b = await Backend.connect(operator_db)
+    yield b
+    await b.close()
+
+
+def create_secret(kube: KubeAccess, namespace: str, dsn: str, name: str = "pg") -> None:
+    kube.kubectl("delete", "secret", name, "-n", namespace, "--ignore-not-found")
+    result = kube.kubectl("create", "secret", "generic", name, "-n", namespace,
+                          f"--from-literal=dsn={dsn}")
+    assert result.returncode == 0, result.stderr
+
+
+def pool(name: str, namespace: str, secret: str = "pg", replicas: int | None = None,
+         **scaling: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "app": APP, "template": {"image": "shoal:dev"},
+        "database": {"secretRef": {"name": secret}},
+        "tasks": {"namespace": namespace}, "concurrency": 2, "claimTTL": "4s",
+        "drainTimeout": "20s",
+        "scaling": {"minReplicas": 1, "maxReplicas": 5, "scaleDownStabilization": "6s"}
+        | scaling,
+    }
+    if replicas is not None:
+        spec["replicas"] = replicas
+    return {"apiVersion": "shoal.dev/v1alpha1", "kind": "WorkerPool",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def deployment(kube: KubeAccess, namespace: str, name: str) -> dict[str, Any] | None:
+    return get_json(kube, "deployment", name, "-n", namespace)
+
+
+def ready_pods(kube: KubeAccess, namespace: str, name: str) -> list[str]:
+    pods = get_json(kube, "pods", "-n", namespace, "-l", f"shoal.dev/pool={name}")
+    return sorted(p["metadata"]["name"] for p in pods["items"]
+                  if not p["metadata"].get("deletionTimestamp")
+                  and any(c["type"] == "Ready" and c["status"] == "True"
+                          for c in p.get("status", {}).get("conditions", [])))
+
+
+def live_pods(kube: KubeAccess, namespace: str, name: str) -> list[str]:
+    pods = get_json(kube, "pods", "-n", namespace, "-l", f"shoal.dev/pool={name}")
+    return sorted(p["metadata"]["name"] for p in pods["items"])
+
+
+def wp(kube: KubeAccess, namespace: str, name: str) -> dict[str, Any]:
+    return get_json(kube, "workerpool", name, "-n", namespace)
+
+
+def test_crd_rejects_min_above_max(kube: KubeAccess, crds: None, namespace: str) -> None:
+    result = kube.kubectl("apply", "-f", "-",
+                          input=json.dumps(pool("bad", namespace, minReplicas=5, maxReplicas=2)))
+    assert result.returncode != 0
+    assert "minReplicas must not exceed scaling.maxReplicas" in result.stderr
+
+
+def test_pool_becomes_a_ready_deployment(kube: KubeAccess, shoal_operator: OperatorProcess,
+                                         operator_db: str, namespace: str) -> None:
+    create_secret(kube, namespace, operator_db)
+    apply(kube, pool("web", namespace))
+    dep = wait_for(lambda: deployment(kube, namespace, "web"), 30, "the Deployment")
+    owner = dep["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("WorkerPool", "web", True)
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "--pool" in container["args"] and APP in container["args"]
+    wait_for(lambda: len(ready_pods(kube, namespace, "web")) == 1, 60, "one Ready worker pod")
+    obj = wait_for(lambda: (o := wp(kube, namespace, "web"))
+                   and (condition(o, "Ready") or {}).get("status") == "True" and o, 30,
+                   "Ready=True on the pool")
+    assert obj["status"]["readyReplicas"] == 1
+    assert obj["status"]["selector"] == "shoal.dev/pool=web"
+    assert (condition(obj, "BackendReachable") or {}).get("status") == "True"
+    assert (condition(obj, "Ready") or {}).get("observedGeneration") == obj["metadata"][
+        "generation"]
+    table = kube.kubectl("get", "wp", "-n", namespace).stdout
+    assert table.split()[:8] == ["NAME", "MODE", "DESIRED", "READY", "BACKLOG", "PAUSED",
+                                 "STATUS", "AGE"], table
+    assert "AllReplicasReady" in table
+
+
+async def test_burst_scales_up_then_idle_pods_go_first(
+        kube: KubeAccess, shoal_operator: OperatorProcess, operator_db: str,
+        namespace: str, backend: Backend) -> None:
+    create_secret(kube, namespace, operator_db)
+    apply(kube, pool("burst", namespace))
+    await asyncio.to_thread(wait_for, lambda: len(ready_pods(kube, namespace, "burst")) == 1,
+                            60, "one Ready worker pod")
+    # One long task (claimed first: higher priority) and seven short ones:
+    # 8 tasks / concurrency 2 = 4 replicas.
+    [long_id] = await backend.enqueue([NewTask("sleep", {"seconds": 25}, namespace=namespace,
+                                               priority=10)])
+    short_ids = await backend.enqueue([NewTask("sleep", {"seconds": 3}, namespace=namespace)
+                                       for _ in range(7)])
+    enqueued = time.monotonic()
+    await asyncio.to_thread(
+        wait_for, lambda: deployment(kube, namespace, "burst")["spec"]["replicas"] == 4,
+        10, "4 replicas")
+    scale_up_seconds = time.monotonic() - enqueued
+    assert scale_up_seconds < 3, scale_up_seconds
+    await asyncio.to_thread(wait_for, lambda: len(ready_pods(kube, namespace, "burst")) == 4,
+                            60, "4 Ready worker pods")
+    events = [e["reason"] for e in events_for(kube, namespace, "burst")]
+    assert "ScaledUp" in events
+
+    # The long task's worker is the busy pod that must survive the scale-down.
+    long_task = await backend.get_task(long_id)
+    assert long_task.state == "running", long_task
+    busy_pod = long_task.worker_id
+    assert busy_pod in live_pods(kube, namespace, "burst")
+
+    await asyncio.to_thread(
+        wait_for, lambda: deployment(kube, namespace, "burst")["spec"]["replicas"] == 1,
+        40, "the scale-down to minReplicas")
+    survivors = await asyncio.to_thread(
+        wait_for, lambda: (p := live_pods(kube, namespace, "burst")) and len(p) == 1 and p,
+        40, "one pod left")
+    assert survivors == [busy_pod]
+    assert (await backend.get_task(long_id)).state == "running"  # never interrupted
+
+    async def all_done() -> list[Any]:
+        while True:
+            tasks = [await backend.get_task(i) for i in [long_id, *short_ids]]
+            if all(t.state == "succeeded" for t in tasks):
+                return tasks
+            await asyncio.sleep(0.5)
+
+    tasks = await asyncio.wait_for(all_done(), 60)
+    # Each ran to completion exactly once: no lease was lost, none was re-run.
+    assert [t.attempts for t in tasks] == [1] * 8
+    assert tasks[0].worker_id == busy_pod
+    obj = wp(kube, namespace, "burst")
+    assert obj["status"]["desiredReplicas"] == 1
+    assert "ScaledDown" in [e["reason"] for e in events_for(kube, namespace, "burst")]
+    metrics = shoal_operator.metrics()
+    assert f'shoal_workerpool_desired_replicas{{namespace="{namespace}",pool="burst"}} 1.0' \
+        in metrics
+    assert "shoal_workerpool_backlog{" in metrics and "shoal_build_info{" in metrics
+
+
+def test_deleted_deployment_is_repaired(kube: KubeAccess, shoal_operator: OperatorProcess,
+                                        operator_db: str, namespace: str) -> None:
+    create_secret(kube, namespace, operator_db)
+    apply(kube, pool("fixme", namespace))
+    first = wait_for(lambda: deployment(kube, namespace, "fixme"), 30, "the Deployment")
+    assert kube.kubectl("delete", "deployment", "fixme", "-n", namespace,
+                        "--wait=false").returncode == 0
+    again = wait_for(lambda: (d := deployment(kube, namespace, "fixme"))
+                     and d["metadata"]["uid"] != first["metadata"]["uid"] and d, 30,
+                     "a new Deployment")
+    assert again["spec"]["replicas"] == 1
+    # An edit of an owned field is reverted too.
+    kube.kubectl("patch", "deployment", "fixme", "-n", namespace, "--type=json", "-p",
+                 '[{"op":"replace","path":"/spec/template/spec/containers/0/image",'
+                 '"value":"evil:1"}]')
+    wait_for(lambda: deployment(kube, namespace, "fixme")["spec"]["template"]["spec"][
+        "containers"][0]["image"] == "shoal:dev", 30, "the image edit reverted")
+    reasons = [e["reason"] for e in events_for(kube, namespace, "fixme")]
+    assert reasons.count("DeploymentRepaired") >= 2, reasons
+    wait_for(lambda: len(ready_pods(kube, namespace, "fixme")) == 1, 60, "a Ready pod again")
+
+
+def test_bad_secret_gives_condition_and_event(kube: KubeAccess,
+                                              shoal_operator: OperatorProcess,
+                                              namespace: str) -> None:
+    apply(kube, pool("nosecret", namespace, secret="pg", minReplicas=1))
+
+    def backend_condition(reason: str) -> dict[str, Any] | None:
+        c = condition(wp(kube, namespace, "nosecret"), "BackendReachable")
+        return c if c and c["status"] == "False" and c["reason"] == reason else None
+
+    c = wait_for(lambda: backend_condition("SecretInvalid"), 30, "SecretInvalid")
+    assert f"Secret {namespace}/pg does not exist" in c["message"]
+    create_secret(kube, namespace, "not a dsn")
+    wait_for(lambda: (c := backend_condition("SecretInvalid")) and "is not a DSN" in c[
+        "message"], 30, "the malformed-DSN message")
+    create_secret(kube, namespace, "postgresql://app:hunter2@127.0.0.1:1/nowhere")
+    c = wait_for(lambda: backend_condition("Unreachable"), 30, "Unreachable")
+    assert "cannot reach" in c["message"] and "hunter2" not in c["message"]
+    warnings = [e for e in events_for(kube, namespace, "nosecret") if e["type"] == "Warning"]
+    assert {"SecretInvalid", "Unreachable"} <= {e["reason"] for e in warnings}
+    assert not any("hunter2" in e["message"] for e in warnings)
+    # No scaling from garbage: the Deployment keeps minReplicas, the operator keeps running.
+    assert deployment(kube, namespace, "nosecret")["spec"]["replicas"] == 1
+    assert "desiredReplicas" not in wp(kube, namespace, "nosecret").get("status", {})
+    assert shoal_operator.proc is not None and shoal_operator.proc.poll() is None
+
+
+def test_manual_mode_follows_kubectl_scale(kube: KubeAccess, shoal_operator: OperatorProcess,
+                                           operator_db: str, namespace: str) -> None:
+    create_secret(kube, namespace, operator_db)
+    apply(kube, pool("manual", namespace, replicas=1, mode="manual"))
+    wait_for(lambda: len(ready_pods(kube, namespace, "manual")) == 1, 60, "one Ready pod")
+    result = kube.kubectl("scale", "wp", "manual", "-n", namespace, "--replicas=3")
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: deployment(kube, namespace, "manual")["spec"]["replicas"] == 3, 15,
+             "3 replicas on the Deployment")
+    wait_for(lambda: len(ready_pods(kube, namespace, "manual")) == 3, 60, "3 Ready pods")
+    obj = wait_for(lambda: (o := wp(kube, namespace, "manual"))
+                   and o["status"].get("readyReplicas") == 3 and o, 30, "status 3 ready")
+    assert (condition(obj, "ScalingActive") or {}).get("reason") == "ManualMode"
+    scale = json.loads(kube.kubectl("get", "--raw", f"/apis/shoal.dev/v1alpha1/namespaces/"
+                                    f"{namespace}/workerpools/manual/scale").stdout)
+    assert scale["spec"]["replicas"] == 3 and scale["status"]["selector"] == \
+        "shoal.dev/pool=manual"

@@ -1,0 +1,355 @@
+"""Workflow CRs end to end: real API server, real Postgres, real `shoal worker` processes.
+
+The operator runs as `shoal operator` (the session fixture); workers of the demo
+app (`examples/tasks.py:app`) run as plain subprocesses serving the pool's task
+namespace. The tests read the backend through `Backend` to check what really
+happened (instances, step states, recorded commands), and the CRs through kubectl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from shoal.backend import Backend, WorkflowStatus
+from tests.cluster.access import KubeAccess
+from tests.operator.harness import (
+    VENV_BIN,
+    OperatorProcess,
+    apply,
+    condition,
+    events_for,
+    get_json,
+    wait_for,
+)
+
+pytestmark = pytest.mark.kube
+
+REPO = Path(__file__).resolve().parents[2]
+NS = "wf-e2e"
+POOL = "demo"
+TASK_NS = "wf-tasks"
+
+
+@pytest.fixture(scope="module")
+def pool(kube: KubeAccess, operator_db: str, shoal_operator: OperatorProcess) -> str:
+    """Namespace, database Secret and a WorkerPool (manual, 0 replicas: workers run below)."""
+    kube.kubectl("create", "namespace", NS)
+    apply(kube, {"apiVersion": "v1", "kind": "Secret",
+                 "metadata": {"name": "db", "namespace": NS},
+                 "stringData": {"dsn": operator_db}})
+    apply(kube, {"apiVersion": "shoal.dev/v1alpha1", "kind": "WorkerPool",
+                 "metadata": {"name": POOL, "namespace": NS},
+                 "spec": {"app": "examples/tasks.py:app", "template": {"image": "shoal:dev"},
+                          "database": {"secretRef": {"name": "db"}},
+                          "tasks": {"namespace": TASK_NS},
+                          "replicas": 0, "scaling": {"mode": "manual"}}})
+    return POOL
+
+
+@pytest.fixture(scope="module")
+def workers(operator_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Two `shoal worker` processes of the demo app on the pool's task namespace."""
+    log = tmp_path_factory.mktemp("workers") / "workers.log"
+    procs = []
+    with log.open("ab") as out:
+        for i in range(2):
+            procs.append(subprocess.Popen(
+                [str(VENV_BIN / "shoal"), "worker", "--app", "examples/tasks.py:app",
+                 "--dsn", operator_db, "--namespace", TASK_NS, "--concurrency", "4",
+                 "--metrics-port", "0", "--claim-ttl", "10s", "--worker-id", f"e2e-{i}"],
+                cwd=REPO, stdout=out, stderr=subprocess.STDOUT))
+    yield
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+@pytest.fixture
+async def backend(operator_db: str) -> AsyncIterator[Backend]:
+    b = await Backend.connect(operator_db, max_size=2)
+    yield b
+    await b.close()
+
+
+def workflow(name: str, steps: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "shoal.dev/v1alpha1", "kind": "Workflow",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"poolRef": POOL, "steps": steps, **spec}}
+
+
+def get_wf(kube: KubeAccess, name: str) -> dict[str, Any] | None:
+    found: dict[str, Any] | None = get_json(kube, "workflow", name, "-n", NS)
+    return found
+
+
+def wait_phase(kube: KubeAccess, name: str, phase: str, timeout: float = 30) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        obj = get_wf(kube, name)
+        return obj if obj and (obj.get("status") or {}).get("phase") == phase else None
+    return wait_for(check, timeout, f"Workflow {name} to be {phase}")
+
+
+def annotate(kube: KubeAccess, name: str, *pairs: str) -> None:
+    result = kube.kubectl("annotate", "workflow", name, "-n", NS, "--overwrite", *pairs)
+    assert result.returncode == 0, result.stderr
+
+
+async def instance(backend: Backend, kube: KubeAccess, name: str) -> UUID:
+    obj = get_wf(kube, name)
+    assert obj is not None
+    found = await backend.workflow_id_by_key(obj["metadata"]["uid"])
+    assert found is not None, f"no backend instance for {name}"
+    return found
+
+
+async def wait_backend(backend: Backend, workflow_id: UUID, what: str, check: Any,
+                       within: float = 20) -> WorkflowStatus:
+    deadline = time.monotonic() + within
+    status = None
+    while time.monotonic() < deadline:
+        status = await backend.workflow_status(workflow_id)
+        if check(status):
+            return status
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}: {status}")
+
+
+def step_state(status: WorkflowStatus, name: str) -> str:
+    return next(s.state for s in status.steps if s.name == name)
+
+
+async def test_three_steps_succeed_with_outputs_flowing(kube: KubeAccess, pool: str,
+                                                        workers: None, backend: Backend):
+    apply(kube, workflow("chain", [
+        {"name": "a", "task": "echo", "input": {"n": "${workflow.input.n}"}},
+        {"name": "b", "task": "echo", "dependsOn": ["a"], "input": {"m": "${steps.a.output.n}"}},
+        {"name": "c", "task": "echo", "dependsOn": ["b"],
+         "input": {"text": "got ${steps.b.output.m} from ${steps.a.output.n}"}},
+    ], input={"n": 42}))
+    obj = wait_phase(kube, "chain", "Succeeded")
+    status = obj["status"]
+    assert status["progress"] == "3/3"
+    assert json.loads(status["output"]) == {"text": "got 42 from 42"}
+    assert [s["state"] for s in status["steps"]] == ["succeeded"] * 3
+    assert status["finishedAt"] >= status["startedAt"]
+    assert condition(obj, "Finished")["reason"] == "Succeeded"
+    assert condition(obj, "Accepted")["status"] == "True"
+    assert obj["metadata"]["labels"]["shoal.dev/phase"] == "Succeeded"
+    assert status["workflowId"] == str(await instance(backend, kube, "chain"))
+    table = kube.kubectl("get", "workflows", "-n", NS, "chain").stdout
+    assert table.split("\n")[0].split() == ["NAME", "PHASE", "PROGRESS", "PAUSED", "AGE"]
+    assert table.split("\n")[1].split()[:4] == ["chain", "Succeeded", "3/3", "false"]
+    wide = kube.kubectl("get", "wf", "-n", NS, "chain", "-o", "wide").stdout
+    assert "MESSAGE" in wide and "POOL" in wide
+    selected = kube.kubectl("get", "shoal", "-n", NS, "-l", "shoal.dev/phase=Succeeded",
+                            "-o", "name").stdout
+    assert "workflow.shoal.dev/chain" in selected
+
+
+async def test_pause_stops_new_steps_and_resume_continues(kube: KubeAccess, pool: str,
+                                                          workers: None, backend: Backend):
+    apply(kube, workflow("pausable", [
+        {"name": "long", "task": "sleep", "input": {"seconds": 2}},
+        {"name": "next", "task": "noop", "dependsOn": ["long"]},
+    ]))
+    wait_phase(kube, "pausable", "Running")
+    wid = await instance(backend, kube, "pausable")
+    await wait_backend(backend, wid, "step long running",
+                       lambda s: step_state(s, "long") == "running")
+    t0 = time.monotonic()
+    annotate(kube, "pausable", "pause=true")
+    await wait_backend(backend, wid, "paused", lambda s: s.state == "paused", within=5)
+    paused_after = time.monotonic() - t0
+    assert paused_after < 1.0, f"paused after {paused_after:.2f}s"
+    # The running step finishes; the next one does not start while paused.
+    await wait_backend(backend, wid, "long succeeded",
+                       lambda s: step_state(s, "long") == "succeeded", within=10)
+    await asyncio.sleep(1.5)
+    status = await backend.workflow_status(wid)
+    assert status.state == "paused"
+    assert next(s for s in status.steps if s.name == "next").attempts == 0
+    obj = wait_phase(kube, "pausable", "Paused")
+    assert obj["status"]["paused"] is True
+    assert condition(obj, "Paused")["status"] == "True"
+    ack = obj["status"]["commands"][-1]
+    assert ack["command"] == "pause" and ack["applied"] is True
+    assert ack["by"].startswith("kubectl-annotate (pause=true)")
+    annotate(kube, "pausable", "pause=false")
+    obj = wait_phase(kube, "pausable", "Succeeded")
+    assert [c["command"] for c in obj["status"]["commands"]] == ["pause", "resume"]
+
+
+async def test_cancel_stops_a_long_step_cooperatively(kube: KubeAccess, pool: str,
+                                                      workers: None, backend: Backend):
+    apply(kube, workflow("cancellable", [
+        {"name": "long", "task": "sleep", "input": {"seconds": 120}},
+        {"name": "after", "task": "noop", "dependsOn": ["long"]},
+    ]))
+    wait_phase(kube, "cancellable", "Running")
+    wid = await instance(backend, kube, "cancellable")
+    await wait_backend(backend, wid, "step long running",
+                       lambda s: step_state(s, "long") == "running")
+    t0 = time.monotonic()
+    annotate(kube, "cancellable", "shoal.dev/cancel=true")
+    obj = wait_phase(kube, "cancellable", "Cancelled", timeout=20)
+    assert time.monotonic() - t0 < 15
+    assert [s["state"] for s in obj["status"]["steps"]] == ["cancelled", "cancelled"]
+    assert condition(obj, "Finished")["reason"] == "Cancelled"
+    # Cancel is irreversible: cancel=false is refused with an Event and a condition.
+    annotate(kube, "cancellable", "shoal.dev/cancel=false")
+    refused = wait_for(lambda: (c := condition(get_wf(kube, "cancellable"), "AnnotationsValid"))
+                       and c["status"] == "False" and c, 15, "AnnotationsValid=False")
+    assert "cannot undo a cancel" in refused["message"]
+    wait_for(lambda: [e for e in events_for(kube, NS, "cancellable")
+                      if e["reason"] == "InvalidAnnotation" and e["type"] == "Warning"],
+             15, "a Warning Event InvalidAnnotation")
+    assert (await backend.workflow_status(wid)).state == "cancelled"
+
+
+async def test_bad_annotation_value_is_refused_without_a_command(
+        kube: KubeAccess, pool: str, workers: None, backend: Backend):
+    apply(kube, workflow("maybe", [{"name": "long", "task": "sleep",
+                                    "input": {"seconds": 3}}]))
+    wait_phase(kube, "maybe", "Running")
+    annotate(kube, "maybe", "pause=maybe")
+    refused = wait_for(lambda: (c := condition(get_wf(kube, "maybe"), "AnnotationsValid"))
+                       and c["status"] == "False" and c, 15, "AnnotationsValid=False")
+    assert refused["message"] == ("annotation pause='maybe' is not understood: use pause=true "
+                                  "or pause=false")
+    events = wait_for(lambda: [e for e in events_for(kube, NS, "maybe")
+                               if e["reason"] == "InvalidAnnotation"], 15, "the Event")
+    assert events[0]["type"] == "Warning"
+    status = await backend.workflow_status(await instance(backend, kube, "maybe"))
+    assert status.commands == []
+    wait_phase(kube, "maybe", "Succeeded")
+
+
+async def test_cycle_is_refused_with_a_clear_condition(kube: KubeAccess, pool: str,
+                                                       backend: Backend):
+    apply(kube, workflow("loop", [
+        {"name": "a", "task": "noop", "dependsOn": ["c"]},
+        {"name": "b", "task": "noop", "dependsOn": ["a"]},
+        {"name": "c", "task": "noop", "dependsOn": ["b"]},
+    ]))
+    obj = wait_phase(kube, "loop", "Failed")
+    accepted = condition(obj, "Accepted")
+    assert accepted["status"] == "False" and accepted["reason"] == "InvalidSpec"
+    assert accepted["message"] == "dependency cycle: a -> c -> b -> a"
+    assert obj["status"]["message"] == accepted["message"]
+    events = events_for(kube, NS, "loop")
+    assert [e["message"] for e in events if e["reason"] == "InvalidSpec"]
+    assert await backend.workflow_id_by_key(obj["metadata"]["uid"]) is None
+
+
+def test_schema_and_cel_refuse_what_they_can(kube: KubeAccess, pool: str):
+    dup = workflow("dup", [{"name": "a", "task": "noop"}, {"name": "a", "task": "echo"}])
+    result = kube.kubectl("apply", "-f", "-", input=json.dumps(dup))
+    assert result.returncode != 0 and "step names must be unique" in result.stderr
+    no_pool = workflow("nopool", [{"name": "a", "task": "noop"}])
+    del no_pool["spec"]["poolRef"]
+    result = kube.kubectl("apply", "-f", "-", input=json.dumps(no_pool))
+    assert result.returncode != 0 and "poolRef" in result.stderr
+
+
+def test_spec_is_immutable_once_started(kube: KubeAccess, pool: str, workers: None):
+    apply(kube, workflow("frozen", [{"name": "a", "task": "noop"}]))
+    wait_for(lambda: ((get_wf(kube, "frozen") or {}).get("status") or {}).get("workflowId"),
+             30, "the instance id in status")
+    result = kube.kubectl("patch", "workflow", "frozen", "-n", NS, "--type=merge",
+                          "-p", json.dumps({"spec": {"priority": 5}}))
+    assert result.returncode != 0
+    assert "spec is immutable once the workflow has started" in result.stderr
+
+
+async def test_operator_restart_loses_no_command_and_makes_no_duplicate(
+        kube: KubeAccess, pool: str, workers: None, backend: Backend,
+        shoal_operator: OperatorProcess):
+    apply(kube, workflow("restart", [
+        {"name": "first", "task": "sleep", "input": {"seconds": 1}},
+        {"name": "second", "task": "noop", "dependsOn": ["first"]},
+    ]))
+    obj = wait_phase(kube, "restart", "Running")
+    uid = obj["metadata"]["uid"]
+    wid = await instance(backend, kube, "restart")
+    for value, phase in (("true", "Paused"), ("false", "Succeeded")):
+        assert shoal_operator.proc is not None
+        shoal_operator.proc.kill()  # SIGKILL: no cleanup, no last words
+        shoal_operator.proc.wait()
+        annotate(kube, "restart", f"pause={value}")  # while no operator runs
+        shoal_operator.start()
+        wait_phase(kube, "restart", phase, timeout=60)
+    status = await backend.workflow_status(wid)
+    ours = [(c.command, c.request_id) for c in status.commands]
+    assert ours == [("pause", f"{uid}/pause/1"), ("resume", f"{uid}/resume/2")]
+    assert await backend.workflow_id_by_key(uid) == wid
+
+
+async def test_create_survives_an_operator_killed_mid_submit(
+        kube: KubeAccess, pool: str, workers: None, backend: Backend,
+        shoal_operator: OperatorProcess):
+    """Killed right after a create, the restarted operator finds the same instance."""
+    name = f"kill-{uuid.uuid4().hex[:6]}"
+    apply(kube, workflow(name, [{"name": "a", "task": "noop"}]))
+    await asyncio.sleep(0.3)
+    assert shoal_operator.proc is not None
+    shoal_operator.proc.kill()
+    shoal_operator.proc.wait()
+    shoal_operator.start()
+    obj = wait_phase(kube, name, "Succeeded", timeout=60)
+    assert obj["status"]["workflowId"] == str(await instance(backend, kube, name))
+
+
+async def test_delete_cancels_the_instance(kube: KubeAccess, pool: str, workers: None,
+                                           backend: Backend):
+    apply(kube, workflow("doomed", [{"name": "long", "task": "sleep",
+                                     "input": {"seconds": 120}}]))
+    wait_phase(kube, "doomed", "Running")
+    wid = await instance(backend, kube, "doomed")
+    await wait_backend(backend, wid, "step long running",
+                       lambda s: step_state(s, "long") == "running")
+    result = kube.kubectl("delete", "workflow", "doomed", "-n", NS, "--timeout=30s")
+    assert result.returncode == 0, result.stderr
+    assert get_wf(kube, "doomed") is None
+    status = await wait_backend(backend, wid, "cancelled", lambda s: s.state == "cancelled")
+    assert status.steps[0].state == "cancelled"
+    assert status.commands[-1].actor == f"Workflow {NS}/doomed deleted"
+
+
+async def test_delete_goes_through_when_the_backend_is_unreachable(
+        kube: KubeAccess, pool: str, workers: None):
+    """Bounded retries, then a Warning Event, and the CR is gone."""
+    apply(kube, {"apiVersion": "v1", "kind": "Secret",
+                 "metadata": {"name": "nowhere", "namespace": NS},
+                 "stringData": {"dsn": "postgresql://shoal@127.0.0.1:9/none"}})
+    apply(kube, {"apiVersion": "shoal.dev/v1alpha1", "kind": "WorkerPool",
+                 "metadata": {"name": "nowhere", "namespace": NS},
+                 "spec": {"app": "examples/tasks.py:app", "template": {"image": "shoal:dev"},
+                          "database": {"secretRef": {"name": "nowhere"}},
+                          "replicas": 0, "scaling": {"mode": "manual"}}})
+    spec = workflow("stranded", [{"name": "a", "task": "noop"}])
+    spec["spec"]["poolRef"] = "nowhere"
+    apply(kube, spec)
+    refused = wait_for(lambda: (c := condition(get_wf(kube, "stranded"), "Accepted"))
+                       and c["status"] == "False" and c, 30, "Accepted=False")
+    assert refused["reason"] == "BackendUnavailable"
+    assert get_wf(kube, "stranded")["status"]["phase"] == "Pending"
+    t0 = time.monotonic()
+    result = kube.kubectl("delete", "workflow", "stranded", "-n", NS, "--timeout=90s")
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - t0 < 90
+    events = events_for(kube, NS, "stranded")
+    assert [e for e in events if e["reason"] == "CancelFailed" and e["type"] == "Warning"]
