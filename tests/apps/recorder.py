@@ -1,0 +1,124 @@
+"""Test handlers that leave evidence: every run appends JSON lines to the log file named
+in its payload, so tests count handler runs across processes without trusting the
+database they test. Load with `--app tests/apps/recorder.py:app`.
+
+Events: `start` when a run begins, `done` when it returns, `cancelled` when it is
+cancelled, `failed` when it raises on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from shoal import App, PermanentError, TaskContext
+
+app = App("recorder")
+
+
+class Run(BaseModel):
+    log: str
+    sleep: float = 0.0
+    fast_flag: str | None = None  # when this file exists, the sleep is skipped
+    ok_flag: str | None = None  # `flaky`: fails until this file exists
+
+
+def note(run: Run, ctx: TaskContext, event: str, **extra: Any) -> None:
+    line = json.dumps({"event": event, "task": ctx.task_id, "attempt": ctx.attempt,
+                       "pid": os.getpid(), "t": time.time(), **extra})
+    with open(run.log, "a") as f:  # one small O_APPEND write: lines never interleave
+        f.write(line + "\n")
+
+
+def sleep_for(run: Run) -> float:
+    return 0.0 if flag_set(run.fast_flag) else run.sleep
+
+
+def flag_set(path: str | None) -> bool:
+    return bool(path) and Path(path).exists()  # type: ignore[arg-type]
+
+
+@app.task("record", retries=5, backoff="50ms")
+async def record(run: Run, ctx: TaskContext) -> dict[str, int]:
+    note(run, ctx, "start")
+    try:
+        seconds = sleep_for(run)
+        if seconds:
+            await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        note(run, ctx, "cancelled")
+        raise
+    note(run, ctx, "done")
+    return {"pid": os.getpid(), "attempt": ctx.attempt}
+
+
+@app.task("record-sync", retries=5, backoff="50ms")
+def record_sync(run: Run, ctx: TaskContext) -> dict[str, str]:
+    note(run, ctx, "start", thread=threading.current_thread().name)
+    deadline = time.monotonic() + sleep_for(run)
+    while time.monotonic() < deadline and not ctx.cancelled:
+        time.sleep(0.01)
+    note(run, ctx, "cancelled" if ctx.cancelled else "done")
+    return {"thread": threading.current_thread().name}
+
+
+@app.task("flaky", retries=2, backoff="200ms")
+async def flaky(run: Run, ctx: TaskContext) -> str:
+    note(run, ctx, "start")
+    if not flag_set(run.ok_flag):
+        note(run, ctx, "failed")
+        raise RuntimeError(f"flaky task {ctx.task_id} failed attempt {ctx.attempt}")
+    note(run, ctx, "done")
+    return "recovered"
+
+
+@app.task("permanent", retries=5)
+async def permanent(run: Run, ctx: TaskContext) -> None:
+    note(run, ctx, "start")
+    raise PermanentError("this input can never work")
+
+
+@app.task("stall", retries=1, timeout="300ms", backoff="50ms")
+async def stall(run: Run, ctx: TaskContext) -> None:
+    note(run, ctx, "start")
+    await asyncio.sleep(run.sleep)
+    note(run, ctx, "done")
+
+
+@app.task("unjsonable")
+async def unjsonable(run: Run) -> Any:
+    return {"when": object()}
+
+
+class AddInput(BaseModel):
+    a: int
+    b: int
+
+
+class AddOutput(BaseModel):
+    sum: int
+
+
+@app.task("add")
+async def add(payload: AddInput) -> AddOutput:
+    return AddOutput(sum=payload.a + payload.b)
+
+
+@app.task("echo")
+async def echo(payload: Any) -> Any:
+    return payload
+
+
+def runs(log: str | Path) -> list[dict[str, Any]]:
+    """Every event in a log file, in order written."""
+    path = Path(log)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]

@@ -1,0 +1,5 @@
+"""Fixtures of the backend tests (a migrated database per test)."""
+
+from tests.support import backend, log, spawn
+
+__all__ = ["backend", "log", "spawn"]
