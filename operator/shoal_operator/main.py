@@ -15,6 +15,7 @@ import kopf
 
 import shoal_operator.pools.handlers  # noqa: F401  (registers WorkerPool handlers)
 from shoal_operator import backends, kube, metrics
+from shoal_operator.workflows import handlers as _workflows  # noqa: F401  (registers them)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,278 @@
+"""Keeping thousands of Workflow CRs' status equal to their backend instances.
+
+`WorkflowRegistry` is the operator's memory of every Workflow CR it watches
+(fed by kopf's watch events, so it costs no extra API call): where its
+instance lives and what its status says. `StatusSync` is the one writer of
+Workflow status: it listens to the backend's workflow notifications, collects
+the CRs they touch for a short window, reads their instances in batches and
+patches only the CRs whose status changed. (Finished history is pruned by the
+workers, per their `--retention`.)
+
+Why one writer: the status is a pure function of the backend's state and the
+handlers' notes (conditions only an operator can judge: InvalidSpec,
+PoolNotFound, an invalid annotation), so nothing else races to patch it, and
+an identical result is never patched again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+from uuid import UUID
+
+from shoal.backend import Backend, Subscription
+from shoal.errors import ShoalError
+from shoal_operator.backends import backend_for_spec
+from shoal_operator.conditions import Condition
+from shoal_operator.errors import PoolNotFound
+from shoal_operator.kube import KubeError, kube, workerpool_path
+from shoal_operator.pools.spec import PoolSpec
+from shoal_operator.workflows.spec import GROUP, PLURAL, VERSION
+from shoal_operator.workflows.status import FINAL_PHASES, PHASE_LABEL, cr_status, merge_patch
+
+log = logging.getLogger(__name__)
+
+
+def workflow_path(namespace: str, name: str, subresource: str = "") -> str:
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}/{quote(name)}"
+    return f"{path}/{subresource}" if subresource else path
+
+
+async def pool_backend(namespace: str, pool: str) -> tuple[PoolSpec, Backend]:
+    """The WorkerPool's parsed spec and its shared Backend.
+
+    Raises PoolNotFound, InvalidPoolSpec, DatabaseSecretError or BackendUnavailable.
+    """
+    try:
+        body = await (await kube()).get(workerpool_path(namespace, pool))
+    except KubeError as exc:
+        if exc.not_found:
+            raise PoolNotFound(f"WorkerPool {namespace}/{pool} does not exist") from None
+        raise
+    spec = PoolSpec.from_body(body.get("spec") or {})
+    return spec, await backend_for_spec(namespace, spec)
+
+
+def _sinks(spec: Mapping[str, Any]) -> tuple[str, ...]:
+    steps = [s for s in spec.get("steps") or () if isinstance(s, Mapping)]
+    needed = {d for s in steps for d in s.get("dependsOn") or ()}
+    return tuple(str(s.get("name")) for s in steps if s.get("name") not in needed)
+
+
+@dataclass
+class Tracked:
+    """What the operator remembers of one Workflow CR (small: no spec, no full body)."""
+
+    uid: str
+    namespace: str
+    name: str
+    pool: str
+    sinks: tuple[str, ...]
+    status: dict[str, Any]               # as last seen on the server
+    phase_label: str | None
+    workflow_id: UUID | None = None
+    backend: Backend | None = None
+    generation: int | None = None        # the generation the instance (or refusal) is of
+    notes: dict[str, Condition] = field(default_factory=dict)
+    written: dict[str, Any] | None = None  # the status this operator last wrote
+
+    @property
+    def final(self) -> bool:
+        return (self.written or self.status).get("phase") in FINAL_PHASES
+
+
+class WorkflowRegistry:
+    """Every Workflow CR in view, by uid and by backend workflow id."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Tracked] = {}
+        self.by_workflow: dict[UUID, str] = {}
+
+    def observe(self, body: Mapping[str, Any]) -> Tracked:
+        """Record the CR as a watch event shows it; returns its entry."""
+        meta = body.get("metadata") or {}
+        uid = str(meta["uid"])
+        status = dict(body.get("status") or {})
+        label = (meta.get("labels") or {}).get(PHASE_LABEL)
+        entry = self.entries.get(uid)
+        if entry is None:
+            entry = Tracked(uid=uid, namespace=str(meta.get("namespace")),
+                            name=str(meta.get("name")), pool="", sinks=(), status=status,
+                            phase_label=label)
+            self.entries[uid] = entry
+        spec = body.get("spec") or {}
+        entry.pool = str(spec.get("poolRef") or "")
+        entry.sinks = _sinks(spec)
+        entry.status = status
+        entry.phase_label = label
+        if entry.generation is None and "observedGeneration" in status:
+            entry.generation = int(status["observedGeneration"])
+        if entry.workflow_id is None and status.get("workflowId"):
+            self.attach(entry, UUID(str(status["workflowId"])))
+        return entry
+
+    def attach(self, entry: Tracked, workflow_id: UUID, backend: Backend | None = None) -> None:
+        entry.workflow_id = workflow_id
+        if backend is not None:
+            entry.backend = backend
+        self.by_workflow[workflow_id] = entry.uid
+
+    def forget(self, uid: str) -> None:
+        entry = self.entries.pop(uid, None)
+        if entry is not None and entry.workflow_id is not None:
+            self.by_workflow.pop(entry.workflow_id, None)
+
+
+class StatusSync:
+    """Writes each Workflow CR's status and phase label from its backend instance.
+
+    Guarantees: a backend change (NOTIFY on the workflows channel) reaches the
+    CR within about `window` seconds plus one batch; any number of changes to
+    one CR within a window cost at most one status patch (and one label patch
+    when the phase changed); a status equal to the last one written is never
+    patched; after a LISTEN connection is (re)established every CR of that
+    backend is re-read (nothing announced while nobody listened is lost); and
+    every unfinished CR is re-read every `resync` seconds as a safety net.
+    At most `concurrency` patches are in flight at once.
+    """
+
+    def __init__(self, registry: WorkflowRegistry, *, window: float = 0.2,
+                 resync: float = 120.0, concurrency: int = 8, batch: int = 500) -> None:
+        self.registry = registry
+        self.window = window
+        self.resync = resync
+        self.batch = batch
+        self._limit = asyncio.Semaphore(concurrency)
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._listeners: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.patches = 0  # status + label patches sent, for benchmarks and tests
+
+    @property
+    def backends(self) -> list[Backend]:
+        seen = {id(e.backend): e.backend for e in self.registry.entries.values() if e.backend}
+        return list(seen.values())
+
+    def mark(self, uids: Iterable[str]) -> None:
+        """Have these CRs' status re-read and, if changed, patched in the next round."""
+        self._dirty.update(uids)
+        if self._dirty:
+            self._wake.set()
+
+    def watch(self, backend: Backend) -> None:
+        """Listen to `backend`'s workflow notifications (once per database and schema)."""
+        key = (backend.dsn, backend.queries.schema)
+        if key in self._listeners:
+            return
+
+        def notified(_channel: str, payload: str) -> None:
+            with contextlib.suppress(ValueError):
+                uid = self.registry.by_workflow.get(UUID(payload))
+                if uid is not None:
+                    self.mark([uid])
+
+        def connected() -> None:
+            self.mark(e.uid for e in self.registry.entries.values() if e.backend is backend)
+
+        listener = Subscription(backend.dsn, [backend.queries.workflows_channel], notified,
+                                connected)
+        self._listeners[key] = asyncio.create_task(listener.run(), name=f"workflow-listen-{key[1]}")
+
+    async def run(self) -> None:
+        """Rounds until cancelled: wait for a change (or the resync period), coalesce, write."""
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.resync)
+            except TimeoutError:
+                self.mark(e.uid for e in self.registry.entries.values() if not e.final)
+            await asyncio.sleep(self.window)
+            self._wake.clear()
+            dirty, self._dirty = self._dirty, set()
+            try:
+                await self.sync(dirty)
+            except Exception:  # one bad round must not stop the service
+                log.exception("workflow status sync round failed; retrying those CRs")
+                self.mark(dirty)
+                await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        for task in self._listeners.values():
+            task.cancel()
+        await asyncio.gather(*self._listeners.values(), return_exceptions=True)
+        self._listeners.clear()
+
+    async def sync(self, uids: Iterable[str]) -> None:
+        """Read the instances of `uids` in batches and patch every CR whose status changed."""
+        entries = [e for u in uids if (e := self.registry.entries.get(u)) is not None]
+        await self._resolve(entries)
+        groups: dict[int, list[Tracked]] = {}
+        writes = []
+        for e in entries:
+            if e.backend is not None and e.workflow_id is not None:
+                groups.setdefault(id(e.backend), []).append(e)
+            elif e.notes:  # refused or waiting: the handlers' notes are the status
+                writes.append(self._write(e, None))
+        for group in groups.values():
+            backend = group[0].backend
+            assert backend is not None
+            for start in range(0, len(group), self.batch):
+                chunk = group[start:start + self.batch]
+                statuses = await backend.workflow_statuses([e.workflow_id for e in chunk
+                                                            if e.workflow_id])
+                writes.extend(self._write(e, statuses[e.workflow_id]) for e in chunk
+                              if e.workflow_id in statuses)
+        await asyncio.gather(*writes)
+
+    async def _resolve(self, entries: list[Tracked]) -> None:
+        """Find the backend (and instance id) of CRs seen on the server but not yet here."""
+        pools: dict[tuple[str, str], Backend | None] = {}
+        for e in entries:
+            if e.backend is not None or not e.pool:
+                continue
+            key = (e.namespace, e.pool)
+            if key not in pools:
+                try:
+                    pools[key] = (await pool_backend(*key))[1]
+                except (ShoalError, KubeError) as exc:
+                    log.debug("workflow %s/%s: no backend yet: %s", e.namespace, e.name, exc)
+                    pools[key] = None
+            backend = pools[key]
+            if backend is None:
+                continue
+            e.backend = backend
+            self.watch(backend)
+            if e.workflow_id is None:
+                found = await backend.workflow_id_by_key(e.uid)
+                if found is not None:
+                    self.registry.attach(e, found)
+
+    async def _write(self, e: Tracked, backend_status: Any) -> None:
+        base = e.written if e.written is not None else e.status
+        new = cr_status(backend_status, previous=base, notes=list(e.notes.values()),
+                        sinks=e.sinks, generation=e.generation)
+        patch = merge_patch(base, new)
+        async with self._limit:
+            try:
+                client = await kube()
+                if patch:
+                    await client.merge_patch(workflow_path(e.namespace, e.name, "status"),
+                                             {"status": patch})
+                    self.patches += 1
+                e.written = new
+                phase = new.get("phase")
+                if phase and phase != e.phase_label:
+                    await client.merge_patch(workflow_path(e.namespace, e.name),
+                                             {"metadata": {"labels": {PHASE_LABEL: phase}}})
+                    self.patches += 1
+                    e.phase_label = phase
+            except KubeError as exc:
+                if exc.not_found:
+                    self.registry.forget(e.uid)
+                    return
+                log.warning("cannot update Workflow %s/%s status: %s", e.namespace, e.name, exc)
+                self.mark([e.uid])
