@@ -97,6 +97,10 @@ def signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+class NoCommandError(Exception):
+    """The container names no command (this node has no images to take one from)."""
+
+
 class PodIPs:
     """Hands out loopback addresses from a network, round-robin, one per pod."""
 
@@ -182,8 +186,8 @@ class Container:
         while not self.stop_event.is_set():
             try:
                 argv, env = await self._prepare()
-            except ConfigError as error:
-                reason = ("CreateContainerError" if "command" in str(error)
+            except (ConfigError, NoCommandError) as error:
+                reason = ("CreateContainerError" if isinstance(error, NoCommandError)
                           else "CreateContainerConfigError")
                 self._waiting(reason, str(error))
                 await self._sleep(CONFIG_RETRY_SECONDS)
@@ -223,7 +227,7 @@ class Container:
         argv = [expand(part, spec_env) for part in
                 [*(self.spec.get("command") or []), *(self.spec.get("args") or [])]]
         if not argv:
-            raise ConfigError("container has no command: this node runs commands, not images")
+            raise NoCommandError("container has no command: this node runs commands, not images")
         env = {key: os.environ[key] for key in ("HOME", "LANG", "LC_ALL", "TZ", "USER")
                if key in os.environ}
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
