@@ -268,8 +268,18 @@ class Backend:
         return int(await self.pool.fetchval(self.queries.count_dead, *_dead_args(where)))
 
     async def retry_dead_letters(self, where: DeadLetterFilter) -> int:
-        """Make matching dead letters ready with fresh attempts; failed workflows resume."""
-        row = await self.pool.fetchrow(self.queries.retry_dead, *_dead_args(where))
+        """Make matching dead letters ready with fresh attempts; failed workflows resume.
+
+        A revived workflow's steps that its failure cancelled wait again, and those
+        whose dependencies already succeeded start at once.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(self.queries.retry_dead, *_dead_args(where))
+            revived = sorted(row["revived_ids"] or [])
+            if revived:
+                await conn.execute(self.queries.reblock_cancelled_steps, revived)
+                for workflow_id in revived:
+                    await self._advance(conn, workflow_id)
         return int(row["retried"])
 
     # -- workflows -----------------------------------------------------------------

@@ -268,7 +268,16 @@ class Queries:
         (SELECT count(*) FROM retried) AS retried,
         (SELECT count(pg_notify('{schema}_tasks', n.namespace))
          FROM (SELECT DISTINCT namespace FROM retried) n) AS notified,
-        (SELECT count(pg_notify('{schema}_workflows', id::text)) FROM revived) AS revived
+        (SELECT count(pg_notify('{schema}_workflows', id::text)) FROM revived) AS revived,
+        (SELECT array_agg(id) FROM revived) AS revived_ids
+    """
+
+    # A failed workflow cancelled its pending steps; when it revives they wait again
+    # (only a failure cancels steps of a workflow that stays able to run).
+    reblock_cancelled_steps = """
+    UPDATE {schema}.tasks
+    SET state = 'blocked', error = NULL, finished_at = NULL
+    WHERE workflow_id = ANY($1::uuid[]) AND state = 'cancelled'
     """
 
     # -- workflows -------------------------------------------------------------------
