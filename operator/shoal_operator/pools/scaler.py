@@ -139,7 +139,8 @@ def decide(scaling: Scaling, target: int, obs: Observation, state: ScalerState) 
         desired = min(current, max(r for _, r in recs))
         if desired > bounded:
             reason = "Stabilizing"
-            why += f"; scale-down to {bounded} waits for the {window:g}s stabilization window"
+            why += (f"; the {window:g}s stabilization window holds {desired} "
+                    f"(the load alone needs {bounded})")
 
     if desired > current:
         since = obs.now - scaling.scale_up.period_seconds
