@@ -9,11 +9,13 @@ What it guarantees, kubelet-like:
   renewed every 10 s and its conditions refreshed every minute, so the node
   lifecycle controller never marks it NotReady or taints it.
 - Every Pod bound to the node (spec.nodeName) gets its own loopback address
-  (127/8 all routes to `lo` on Linux) as podIP, and each container's
-  command + args runs as a local process in its own process group: no image,
-  the project's environment (the venv's bin folder first on PATH), the Pod's
-  env resolved as the kubelet does (see `node_env`). Programs must bind to their
-  podIP (`fieldRef: status.podIP`), since pods share the host's network.
+  as podIP (127/8 all routes to `lo` on Linux), from a 127.0.X.0/24 that no
+  other agent on this machine holds (concurrent clusters never share a podIP).
+  Each container's command + args runs as a local process in its own process
+  group: no image, the project's environment (the venv's bin folder first on
+  PATH), the Pod's env resolved as the kubelet does (see `node_env`). Programs
+  must bind to their podIP (`fieldRef: status.podIP`): pods share the host's
+  network.
 - Status goes through pods/status: phase, conditions, container states, exit
   codes, restart counts; readiness, liveness and startup probes (httpGet,
   tcpSocket, exec); restarts per restartPolicy with the kubelet's back-off.
@@ -35,10 +37,12 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import ipaddress
 import logging
 import os
 import platform
+import random
 import signal
 import sys
 import tempfile
@@ -47,7 +51,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -101,10 +105,32 @@ class NoCommandError(Exception):
     """The container names no command (this node has no images to take one from)."""
 
 
+def claim_pod_network() -> tuple[ipaddress.IPv4Network, TextIO]:
+    """Claim a 127.0.X.0/24 no other agent on this machine holds (X >= 1).
+
+    The claim is an flock on a file in the temp dir, held as long as the
+    returned file stays open (so, for the agent's life), so concurrent
+    clusters never hand the same podIP to two pods.
+    """
+    folder = Path(tempfile.gettempdir()) / "shoal-pod-networks"
+    folder.mkdir(exist_ok=True)
+    start = random.randrange(1, 256)
+    for block in [*range(start, 256), *range(1, start)]:
+        lock = (folder / f"127.0.{block}.0").open("a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        return ipaddress.IPv4Network(f"127.0.{block}.0/24"), lock
+    raise RuntimeError("every 127.0.X.0/24 pod network is taken by another node agent")
+
+
 class PodIPs:
     """Hands out loopback addresses from a network, round-robin, one per pod."""
 
     def __init__(self, network: ipaddress.IPv4Network) -> None:
+        self.network = network
         self.free = list(network.hosts())
         self.used: set[str] = set()
 
@@ -659,7 +685,13 @@ class Agent:
         self.node_name: str = args.node_name
         self.version = version
         self.host_ip = "127.0.0.1"
-        self.pod_ips = PodIPs(ipaddress.IPv4Network(args.pod_network))
+        # Holding the claim (an open, locked file) is what reserves the network.
+        self.network_claim: TextIO | None = None
+        if args.pod_network:
+            network = ipaddress.IPv4Network(args.pod_network)
+        else:
+            network, self.network_claim = claim_pod_network()
+        self.pod_ips = PodIPs(network)
         self.log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix=f"{self.node_name}-pods-"))
         self.backoff_base: float = args.backoff_base
         self.backoff_max: float = args.backoff_max
@@ -841,7 +873,8 @@ class Agent:
         """Register, then keep the node alive and its pods running until cancelled."""
         await self.register()
         await self._renew_lease()
-        log.info("node %s ready; container output under %s", self.node_name, self.log_dir)
+        log.info("node %s ready; pod IPs from %s; container output under %s",
+                 self.node_name, self.pod_ips.network, self.log_dir)
         await asyncio.gather(self.heartbeat(), self.watch_pods())
 
     async def shutdown(self) -> None:
@@ -894,8 +927,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--node-name", default="shoal-local")
-    parser.add_argument("--pod-network", default="127.0.16.0/20",
-                        help="loopback network pod IPs come from")
+    parser.add_argument("--pod-network",
+                        help="loopback network pod IPs come from (default: a free 127.0.X.0/24)")
     parser.add_argument("--log-dir", help="container output folder (default: a new temp dir)")
     parser.add_argument("--cpu", default="32")
     parser.add_argument("--memory", default="64Gi")
