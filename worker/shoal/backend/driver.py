@@ -147,13 +147,19 @@ class Backend:
         return [by_key[t.idempotency_key] if t.idempotency_key else next(inserted)
                 for t in tasks]
 
-    async def claim(self, worker: WorkerIdentity, limit: int,
-                    lease_seconds: float) -> list[ClaimedTask]:
-        """Lease up to `limit` claimable tasks to `worker` (see queries.claim)."""
+    async def claim(self, worker: WorkerIdentity, limit: int, lease_seconds: float, *,
+                    durable: bool = False) -> list[ClaimedTask]:
+        """Lease up to `limit` claimable tasks to `worker` (see queries.claim).
+
+        With `durable=False` the claim's commit does not wait for the WAL
+        flush: after a database crash the lease may be gone and the task run
+        again (at least once), but a stale holder's report is still refused.
+        """
         rows = await self.pool.fetch(
             self.queries.claim, worker.namespace, list(worker.task_names), list(worker.tags),
             limit, lease_seconds, worker.id,
-            list(worker.max_attempts) or [1] * len(worker.task_names))
+            list(worker.max_attempts) or [1] * len(worker.task_names),
+            "on" if durable else "off")
         return [ClaimedTask(
             id=r["id"], name=r["name"], payload=r["payload"], attempt=r["attempts"],
             max_attempts=r["max_attempts"], lease_token=r["lease_token"],
@@ -161,11 +167,13 @@ class Backend:
             workflow_id=r["workflow_id"], step=r["step"], enqueued_at=r["enqueued_at"],
             run_at=r["run_at"]) for r in rows]
 
-    async def report(self, outcomes: Sequence[Outcome]) -> set[int]:
+    async def report(self, outcomes: Sequence[Outcome], *,
+                     worker_id: str | None = None) -> set[int]:
         """Record finished attempts; return the ids whose report was accepted.
 
-        A report is accepted only with the task's current lease token, so a
-        worker that lost its lease cannot overwrite the new holder's result.
+        A report is accepted only with the task's current lease token (and,
+        when given, by the worker holding it), so a worker that lost its lease
+        cannot overwrite the new holder's result.
         Workflow steps are recorded in one transaction with the workflow's
         next steps, so a crash never leaves a DAG stuck between two steps.
         """
@@ -174,17 +182,18 @@ class Backend:
         accepted: set[int] = set()
         if plain:
             async with self.pool.acquire() as conn:
-                accepted |= await self._report(conn, plain)
+                accepted |= await self._report(conn, plain, worker_id)
         if steps:
             async with self.pool.acquire() as conn, conn.transaction():
-                done = await self._report(conn, steps)
+                done = await self._report(conn, steps, worker_id)
                 accepted |= done
                 for workflow_id in sorted({o.workflow_id for o in steps
                                            if o.task_id in done and o.workflow_id}):
                     await self._advance(conn, workflow_id)
         return accepted
 
-    async def _report(self, conn: asyncpg.Connection, outcomes: Sequence[Outcome]) -> set[int]:
+    async def _report(self, conn: asyncpg.Connection, outcomes: Sequence[Outcome],
+                      worker_id: str | None) -> set[int]:
         q = self.queries
         ok = [o for o in outcomes if o.error is None and not o.cancelled]
         failed = [o for o in outcomes if o.error is not None and not o.cancelled]
@@ -193,27 +202,28 @@ class Backend:
         if ok:
             rows = await conn.fetch(q.complete, [o.task_id for o in ok],
                                     [o.lease_token for o in ok],
-                                    [o.result_json for o in ok])
+                                    [o.result_json for o in ok], worker_id)
             accepted |= {r["id"] for r in rows}
         if failed:
             rows = await conn.fetch(q.fail, [o.task_id for o in failed],
                                     [o.lease_token for o in failed],
                                     [o.error for o in failed],
-                                    [o.retry_in_seconds for o in failed])
+                                    [o.retry_in_seconds for o in failed], worker_id)
             accepted |= {r["id"] for r in rows}
         if cancelled:
             rows = await conn.fetch(q.cancelled, [o.task_id for o in cancelled],
                                     [o.lease_token for o in cancelled],
-                                    [o.error or "cancelled" for o in cancelled])
+                                    [o.error or "cancelled" for o in cancelled], worker_id)
             accepted |= {r["id"] for r in rows}
         return accepted
 
-    async def release(self, leases: Sequence[tuple[int, int]]) -> set[int]:
+    async def release(self, leases: Sequence[tuple[int, int]], *,
+                      worker_id: str | None = None) -> set[int]:
         """Hand (task id, lease token) pairs back as ready now, without using up an attempt."""
         if not leases:
             return set()
         rows = await self.pool.fetch(self.queries.release, [i for i, _ in leases],
-                                     [t for _, t in leases])
+                                     [t for _, t in leases], worker_id)
         return {r["id"] for r in rows}
 
     async def heartbeat(self, worker: WorkerIdentity, leases: Sequence[tuple[int, int]],

@@ -83,10 +83,15 @@ class Queries:
 
     # Claim: ready, due, registered name, tags a subset of the worker's, workflow
     # running (or none), oldest effective priority first; skip rows others hold.
+    # $8 is this transaction's synchronous_commit: a lease is soft state (it
+    # expires by itself), so by default its commit does not wait for the disk;
+    # fencing by worker id and token keeps a claim lost in a crash harmless.
     claim = """
-    WITH candidates AS (
+    WITH commit_mode AS MATERIALIZED (
+        SELECT set_config('synchronous_commit', $8, true)
+    ), candidates AS (
         SELECT t.id
-        FROM {schema}.tasks t
+        FROM {schema}.tasks t, commit_mode
         WHERE t.state = 'ready'
           AND t.namespace = $1
           AND t.run_at <= now()
@@ -97,7 +102,7 @@ class Queries:
                 WHERE w.id = t.workflow_id AND w.state = 'running'))
         ORDER BY t.sort_key, t.id
         LIMIT $4
-        FOR UPDATE SKIP LOCKED
+        FOR UPDATE OF t SKIP LOCKED
     )
     UPDATE {schema}.tasks t
     SET state = 'running',
@@ -113,13 +118,15 @@ class Queries:
               t.workflow_id, t.step, t.enqueued_at, t.run_at
     """
 
-    # Fenced: only the holder of the current lease token may finish a task.
+    # Fenced: only the holder of the current lease (token, and worker id when
+    # given) may finish a task.
     complete = """
     UPDATE {schema}.tasks t
     SET state = 'succeeded', result = r.result, error = NULL, finished_at = now(),
         lease_expires_at = NULL
     FROM unnest($1::bigint[], $2::bigint[], $3::jsonb[]) AS r(id, token, result)
     WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
+      AND ($4::text IS NULL OR t.worker_id = $4)
     RETURNING t.id, t.workflow_id
     """
 
@@ -137,6 +144,7 @@ class Queries:
         worker_id = NULL
     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[]) AS r(id, token, error, retry_in_s)
     WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
+      AND ($5::text IS NULL OR t.worker_id = $5)
     RETURNING t.id, t.workflow_id, t.state::text
     """
 
@@ -145,6 +153,7 @@ class Queries:
     SET state = 'cancelled', error = r.error, finished_at = now(), lease_expires_at = NULL
     FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS r(id, token, error)
     WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
+      AND ($4::text IS NULL OR t.worker_id = $4)
     RETURNING t.id, t.workflow_id
     """
 
@@ -156,6 +165,7 @@ class Queries:
         worker_id = NULL
     FROM unnest($1::bigint[], $2::bigint[]) AS r(id, token)
     WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
+      AND ($3::text IS NULL OR t.worker_id = $3)
     RETURNING t.id, (SELECT pg_notify('{schema}_tasks', t.namespace)) IS NULL
     """
 

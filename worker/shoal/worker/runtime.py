@@ -182,7 +182,8 @@ class Worker:
             want = min(self.config.batch_size, free)
             self.wake.clear()
             try:
-                claimed = await self.backend.claim(self.identity, want, self.config.claim_ttl)
+                claimed = await self.backend.claim(self.identity, want, self.config.claim_ttl,
+                                                   durable=self.config.durable_claims)
             except DATABASE_ERRORS as exc:
                 metrics.DB_ERRORS.labels("claim").inc()
                 log.warning("claim failed: %s", exc)
@@ -306,7 +307,7 @@ class Worker:
             if not batch:
                 return True
             try:
-                accepted = await self.backend.report(batch)
+                accepted = await self.backend.report(batch, worker_id=self.identity.id)
             except DATABASE_ERRORS as exc:
                 metrics.DB_ERRORS.labels("report").inc()
                 log.warning("report of %d results failed, will retry: %s", len(batch), exc)
@@ -405,7 +406,8 @@ class Worker:
         while time.monotonic() < deadline:
             reported = await self._report_once()  # waits for a report already in flight
             try:
-                released = await self.backend.release(self.releases)
+                released = await self.backend.release(self.releases,
+                                                      worker_id=self.identity.id)
             except DATABASE_ERRORS as exc:
                 log.warning("release failed, retrying: %s", exc)
                 released = None
