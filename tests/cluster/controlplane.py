@@ -172,6 +172,7 @@ class ControlPlane:
     pki: Pki = field(init=False)
     components: list[Component] = field(default_factory=list, init=False)
     _ssl: ssl.SSLContext = field(init=False)
+    _sa_keys: CertFiles = field(init=False)
 
     @property
     def kubectl(self) -> Path:
@@ -208,9 +209,21 @@ class ControlPlane:
         except BaseException:
             self.stop()
             raise
-        print(f"control plane ready in {time.monotonic() - t0:.1f}s at {self.server}", flush=True)
+        elapsed = time.monotonic() - t0
+        print(f"{type(self).__name__} ready in {elapsed:.1f}s at {self.server}", flush=True)
 
     def _start(self) -> None:
+        self._start_api_server()
+        # Everything after the API server starts at once; then wait for all of it.
+        for what, ready in self._start_controllers() + self._start_extras():
+            self._wait(what, ready)
+
+    def _start_extras(self) -> list[tuple[str, Callable[[], bool]]]:
+        """Hook: start more processes once the API server is ready; return readiness checks."""
+        return []
+
+    def _start_api_server(self) -> None:
+        """Start etcd and kube-apiserver; return once ``/readyz`` is green."""
         self.workdir = Path(tempfile.mkdtemp(prefix="shoal-k8s-"))
         (self.workdir / "logs").mkdir()
         pki = self.pki = Pki(self.workdir / "pki")
@@ -245,7 +258,7 @@ class ControlPlane:
             ),
             ip_addresses=("127.0.0.1", SERVICE_IP),
         )
-        sa = pki.signing_key("service-account")
+        sa = self._sa_keys = pki.signing_key("service-account")
         admin = pki.issue("admin", "shoal-admin", organizations=("system:masters",))
         self.kubeconfig = self.workdir / "admin.kubeconfig"
         write_kubeconfig(self.kubeconfig, self.server, pki.ca.cert, admin, "shoal-admin")
@@ -275,6 +288,10 @@ class ControlPlane:
         )
         self._wait("kube-apiserver /readyz", lambda: self.api_get("/readyz") is not None)
 
+    def _start_controllers(self) -> list[tuple[str, Callable[[], bool]]]:
+        """Start the controller manager and scheduler; return their readiness checks."""
+        assert self.workdir is not None
+        sa, pki = self._sa_keys, self.pki
         kcm_port, sched_port = free_port(), free_port()
         kcm_kubeconfig = self._component_kubeconfig("kube-controller-manager")
         self._spawn(
@@ -310,12 +327,16 @@ class ControlPlane:
                 "--profiling=false",
             ],
         )
-        self._wait("kube-controller-manager /healthz", lambda: _healthz(kcm_port))
-        self._wait("kube-scheduler /healthz", lambda: _healthz(sched_port))
-        self._wait(
-            "default ServiceAccount",
-            lambda: self.api_get("/api/v1/namespaces/default/serviceaccounts/default") is not None,
-        )
+        return [
+            ("kube-controller-manager /healthz", lambda: _healthz(kcm_port)),
+            ("kube-scheduler /healthz", lambda: _healthz(sched_port)),
+            (
+                "default ServiceAccount",
+                lambda: (
+                    self.api_get("/api/v1/namespaces/default/serviceaccounts/default") is not None
+                ),
+            ),
+        ]
 
     def stop(self) -> None:
         """Stop every component (last started first) and remove the work directory.

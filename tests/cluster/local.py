@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,42 +25,35 @@ def node_agent_available() -> bool:
 class LocalCluster(ControlPlane):
     """A :class:`ControlPlane` with one Node, ``shoal-local``, run by the node agent.
 
-    After :meth:`start` returns, the Node is registered and Ready, so Pods get
-    scheduled and run. Without the node agent module the cluster starts without
+    After :meth:`start` returns, the Node is also registered and Ready, so Pods
+    get scheduled and run. Without the node agent module the cluster starts without
     a Node (and says so with a warning).
     """
 
     node_name: str = NODE_NAME
 
-    def start(self) -> None:
-        """Start the control plane, then the node agent; wait for the Node to be Ready."""
-        t0 = time.monotonic()
-        super().start()
+    def _start_extras(self) -> list[tuple[str, Callable[[], bool]]]:
+        """Start the node agent alongside the controllers; ready once its Node is Ready."""
         if not node_agent_available():
             warnings.warn(
                 f"{NODE_AGENT_MODULE} not found: cluster has no node, Pods will stay Pending",
                 stacklevel=2,
             )
-            return
-        try:
-            self.spawn(
-                "node-agent",
-                [
-                    sys.executable,
-                    "-m",
-                    NODE_AGENT_MODULE,
-                    "--kubeconfig",
-                    str(self.kubeconfig),
-                    "--node-name",
-                    self.node_name,
-                ],
-                cwd=REPO_ROOT,
-            )
-            self._wait(f"Node {self.node_name} Ready", self._node_ready)
-        except BaseException:
-            self.stop()
-            raise
-        print(f"cluster with node {self.node_name} ready in {time.monotonic() - t0:.1f}s")
+            return []
+        self.spawn(
+            "node-agent",
+            [
+                sys.executable,
+                "-m",
+                NODE_AGENT_MODULE,
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--node-name",
+                self.node_name,
+            ],
+            cwd=REPO_ROOT,
+        )
+        return [(f"Node {self.node_name} Ready", self._node_ready)]
 
     def _node_ready(self) -> bool:
         node = self.api_get(f"/api/v1/nodes/{self.node_name}")
