@@ -26,9 +26,12 @@ What it guarantees, kubelet-like:
   the agent stops every container and exits; children also get SIGKILL if the
   agent itself dies.
 
-Container output goes to `<log dir>/<namespace>_<pod>_<uid>/<container>/<restart>.log`;
-the agent logs each path. Volumes, `kubectl logs/exec` and images are not
-supported.
+Volumes (emptyDir, secret, configMap, downwardAPI, projected with the
+ServiceAccount token, hostPath) are bind-mounted in a private mount namespace
+per container (see `node_volumes`), so in-cluster clients work. Container
+output goes to `<log dir>/<namespace>_<pod>_<uid>/<container>/<restart>.log`;
+the agent logs each path. Images, persistent volumes and `kubectl logs/exec`
+are not supported.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import logging
 import os
 import platform
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -58,6 +62,7 @@ import aiohttp
 
 from tests.cluster.node_api import MERGE_PATCH, ApiException, Json, KubeApi
 from tests.cluster.node_env import ConfigError, build_env, expand
+from tests.cluster.node_volumes import mount_command, write_volumes
 
 log = logging.getLogger("shoal.node_agent")
 
@@ -196,7 +201,8 @@ class Container:
         if "terminated" in self.state:
             self.last_state = self.state
 
-    def _waiting(self, reason: str, message: str) -> None:
+    def waiting(self, reason: str, message: str) -> None:
+        """Report the container as not started, for `reason`."""
         self._retire_state()
         self._set(state={"waiting": {"reason": reason, "message": message}},
                   ready=False, started=False)
@@ -215,7 +221,7 @@ class Container:
             except (ConfigError, NoCommandError) as error:
                 reason = ("CreateContainerError" if isinstance(error, NoCommandError)
                           else "CreateContainerConfigError")
-                self._waiting(reason, str(error))
+                self.waiting(reason, str(error))
                 await self._sleep(CONFIG_RETRY_SECONDS)
                 continue
             if self.stop_event.is_set():
@@ -229,7 +235,7 @@ class Container:
             delay, self.backoff = self.backoff, min(
                 max(self.backoff * 2, self.pod.agent.backoff_base), self.pod.agent.backoff_max)
             if delay:
-                self._waiting("CrashLoopBackOff",
+                self.waiting("CrashLoopBackOff",
                               f"back-off {delay:g}s restarting failed container={self.name} "
                               f"pod={self.pod.name}_{self.pod.namespace}({self.pod.uid})")
                 await self._sleep(delay)
@@ -254,6 +260,8 @@ class Container:
                 [*(self.spec.get("command") or []), *(self.spec.get("args") or [])]]
         if not argv:
             raise NoCommandError("container has no command: this node runs commands, not images")
+        if agent.unshare:
+            argv = mount_command(argv, self.spec, self.pod.volumes, agent.unshare)
         env = {key: os.environ[key] for key in ("HOME", "LANG", "LC_ALL", "TZ", "USER")
                if key in os.environ}
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
@@ -404,6 +412,10 @@ class Container:
         return False
 
     async def _exec_probe(self, command: list[str]) -> bool:
+        """Run `command` with the container's env, inside its mount namespace if it has one."""
+        nsenter = self.pod.agent.nsenter
+        if nsenter and self.proc and self.spec.get("volumeMounts"):
+            command = [nsenter, f"--mount=/proc/{self.proc.pid}/ns/mnt", "--", *command]
         proc = await asyncio.create_subprocess_exec(
             *command, env=self.env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
@@ -433,6 +445,7 @@ class PodWorker:
         self.seen_terminal = status.get("phase") in ("Succeeded", "Failed")
         self.pod_ip: str | None = None
         self.holds_ip = False
+        self.volumes: dict[str, Path] = {}
         self.start_time: str = status.get("startTime") or timestamp()
         self.initialized = not self.init_containers
         self.init_failed = False
@@ -512,6 +525,7 @@ class PodWorker:
                                for c in [*self.init_containers, *self.containers]))
         await life
         self._release_ip()
+        shutil.rmtree(self.log_dir / "volumes", ignore_errors=True)
         if self.gone or self.agent.stopping:
             self.writer.cancel()
             return
@@ -537,7 +551,7 @@ class PodWorker:
 
     async def _lifecycle(self) -> None:
         """Init containers one by one, then all containers, until they are done."""
-        if self.seen_terminal:
+        if self.seen_terminal or not await self._write_volumes():
             return
         for container in self.init_containers:
             code = await container.run()
@@ -551,6 +565,37 @@ class PodWorker:
         self.changed()
         await asyncio.gather(*(c.run() for c in self.containers))
         self._release_ip()
+
+    async def _write_volumes(self) -> bool:
+        """Write the pod's volumes, retrying while a source is missing; False if deleted."""
+        while not self.deleting.is_set():
+            try:
+                self.volumes = await write_volumes(self.pod, self.log_dir / "volumes",
+                                                   self.fetch, self.request_token)
+                return True
+            except ConfigError as error:
+                for container in [*self.init_containers, *self.containers]:
+                    container.waiting("ContainerCreating", f"MountVolume.SetUp failed: {error}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.deleting.wait(), CONFIG_RETRY_SECONDS)
+        return False
+
+    async def request_token(self, projection: Json) -> str:
+        """A ServiceAccount token bound to this Pod (the TokenRequest API)."""
+        account = self.pod["spec"].get("serviceAccountName") or "default"
+        spec: Json = {"boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
+                                         "name": self.name, "uid": self.uid},
+                      "expirationSeconds": projection.get("expirationSeconds", 3607)}
+        if projection.get("audience"):
+            spec["audiences"] = [projection["audience"]]
+        try:
+            review = await self.agent.api.request(
+                "POST", f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{account}/token",
+                body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                      "spec": spec})
+        except (ApiException, aiohttp.ClientError, TimeoutError) as error:
+            raise ConfigError(f"no token for serviceaccount {account}: {error}") from error
+        return str(review["status"]["token"])
 
     async def _final_delete(self) -> None:
         """The kubelet's last word: delete the Pod with grace 0 so it vanishes."""
@@ -707,6 +752,8 @@ class Agent:
         self.node_uid = ""
         self.lease: Json | None = None
         self.http = aiohttp.ClientSession()
+        self.unshare: str | None = None
+        self.nsenter = shutil.which("nsenter")
 
     # Node -------------------------------------------------------------------
 
@@ -869,8 +916,21 @@ class Agent:
                 log.warning("pod watch interrupted: %s", error)
                 await asyncio.sleep(1)
 
+    async def _detect_mount_namespaces(self) -> None:
+        """Use `unshare --mount` for volumes if this machine allows it (else no volumes)."""
+        unshare = shutil.which("unshare")
+        if unshare:
+            proc = await asyncio.create_subprocess_exec(
+                unshare, "--mount", "--propagation", "private", "true",
+                stderr=asyncio.subprocess.DEVNULL)
+            if await proc.wait() == 0:
+                self.unshare = unshare
+                return
+        log.warning("no private mount namespaces here: pod volumes are not mounted")
+
     async def run(self) -> None:
         """Register, then keep the node alive and its pods running until cancelled."""
+        await self._detect_mount_namespaces()
         await self.register()
         await self._renew_lease()
         log.info("node %s ready; pod IPs from %s; container output under %s",

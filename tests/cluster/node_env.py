@@ -20,7 +20,10 @@ from decimal import Decimal
 
 from tests.cluster.node_api import Json
 
-__all__ = ["ConfigError", "Fetch", "build_env", "expand", "parse_quantity"]
+__all__ = [
+    "ConfigError", "Fetch", "build_env", "expand", "field_value", "parse_quantity",
+    "resource_value",
+]
 
 # Reads a namespaced object ("secrets" or "configmaps", name); None if it does not exist.
 Fetch = Callable[[str, str], Awaitable[Json | None]]
@@ -58,7 +61,8 @@ def parse_quantity(text: str | int | float) -> Decimal:
     return Decimal(match.group(1)) * Decimal(_SUFFIXES[match.group(2)])
 
 
-def _field(pod: Json, path: str) -> str:
+def field_value(pod: Json, path: str) -> str:
+    """The value of a fieldRef's fieldPath (the kubelet's supported set)."""
     metadata, spec, status = pod["metadata"], pod["spec"], pod.get("status", {})
     simple = {
         "metadata.name": metadata.get("name"),
@@ -79,7 +83,8 @@ def _field(pod: Json, path: str) -> str:
     raise ConfigError(f"unsupported fieldRef fieldPath {path!r}")
 
 
-def _resource(container: Json, ref: Json, allocatable: Mapping[str, str]) -> str:
+def resource_value(container: Json, ref: Json, allocatable: Mapping[str, str]) -> str:
+    """A resourceFieldRef: the container's limit/request (limits default to allocatable)."""
     kind, _, name = ref["resource"].partition(".")
     resources = container.get("resources") or {}
     value = (resources.get(kind) or {}).get(name)
@@ -143,9 +148,9 @@ async def build_env(pod: Json, container: Json, fetch: Fetch,
         if source is None:
             value = expand(entry.get("value", ""), env)
         elif "fieldRef" in source:
-            value = _field(pod, source["fieldRef"]["fieldPath"])
+            value = field_value(pod, source["fieldRef"]["fieldPath"])
         elif "resourceFieldRef" in source:
-            value = _resource(container, source["resourceFieldRef"], allocatable)
+            value = resource_value(container, source["resourceFieldRef"], allocatable)
         elif "secretKeyRef" in source:
             value = await _key_ref(fetch, "secrets", source["secretKeyRef"])
         elif "configMapKeyRef" in source:

@@ -372,3 +372,73 @@ def test_init_containers_run_first_and_in_order(kube: KubeAccess, namespace: str
     assert condition(done, "Initialized") == "True"
     for status in done["status"]["initContainerStatuses"]:
         assert status["state"]["terminated"]["reason"] == "Completed"
+
+
+# Reads its volumes and asks the API server who it is, with the mounted token.
+VOLUME_READER = """
+import json, os, pathlib, ssl, sys, urllib.request
+
+out, mnt = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+sa = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount")
+found = {
+    "secret": (mnt / "secret" / "password").read_text(),
+    "config": (mnt / "config" / "renamed.txt").read_text(),
+    "from_init": (mnt / "scratch" / "note").read_text(),
+    "pod_name": (mnt / "info" / "name").read_text(),
+    "namespace": (sa / "namespace").read_text(),
+}
+try:
+    (mnt / "secret" / "new").write_text("x")
+    found["secret_writable"] = True
+except OSError:
+    found["secret_writable"] = False
+host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
+request = urllib.request.Request(
+    f"https://{host}:{port}/apis/authentication.k8s.io/v1/selfsubjectreviews",
+    data=json.dumps({"apiVersion": "authentication.k8s.io/v1",
+                     "kind": "SelfSubjectReview"}).encode(),
+    headers={"Authorization": "Bearer " + (sa / "token").read_text(),
+             "Content-Type": "application/json"})
+context = ssl.create_default_context(cafile=str(sa / "ca.crt"))
+with urllib.request.urlopen(request, context=context, timeout=10) as response:
+    found["user"] = json.loads(response.read())["status"]["userInfo"]["username"]
+out.write_text(json.dumps(found))
+"""
+
+
+def test_volumes_are_mounted_and_the_service_account_token_works(
+    kube: KubeAccess, namespace: str, tmp_path: Path
+) -> None:
+    kube.kubectl("create", "secret", "generic", "vol-secret", "-n", namespace,
+                 "--from-literal=password=hunter2", check=True)
+    kube.kubectl("create", "configmap", "vol-config", "-n", namespace,
+                 "--from-literal=settings=verbose", check=True)
+    mnt, out = tmp_path / "mnt", tmp_path / "found.json"
+    mounts = [{"name": "secret", "mountPath": str(mnt / "secret"), "readOnly": True},
+              {"name": "config", "mountPath": str(mnt / "config")},
+              {"name": "scratch", "mountPath": str(mnt / "scratch")},
+              {"name": "info", "mountPath": str(mnt / "info")}]
+    main = python("main", VOLUME_READER, str(out), str(mnt), volumeMounts=mounts)
+    spec = pod("volumes", main, restart_policy="Never")
+    spec["spec"]["initContainers"] = [
+        python("init", "import sys; open(sys.argv[1], 'w').write('hello')",
+               str(mnt / "scratch" / "note"), volumeMounts=[mounts[2]])]
+    spec["spec"]["volumes"] = [
+        {"name": "secret", "secret": {"secretName": "vol-secret"}},
+        {"name": "config", "configMap": {"name": "vol-config",
+                                         "items": [{"key": "settings", "path": "renamed.txt"}]}},
+        {"name": "scratch", "emptyDir": {}},
+        {"name": "info", "downwardAPI": {"items": [
+            {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
+    ]
+    apply(kube, namespace, spec)
+    done = wait_for("volumes pod finished",
+                    lambda: (found := get(kube, "pod", "volumes", "-n", namespace))
+                    and found["status"].get("phase") in ("Succeeded", "Failed") and found)
+    assert done["status"]["phase"] == "Succeeded", container_status(done)
+    assert json.loads(out.read_text()) == {
+        "secret": "hunter2", "config": "verbose", "from_init": "hello", "pod_name": "volumes",
+        "namespace": namespace, "secret_writable": False,
+        "user": f"system:serviceaccount:{namespace}:default",
+    }
+    assert not (mnt / "secret" / "password").exists()  # mounted only inside the container
