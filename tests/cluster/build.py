@@ -67,6 +67,14 @@ def _go(args: list[str], cwd: Path, *, mod_edit: bool = False) -> str:
     return proc.stdout
 
 
+def _release_info(version: str) -> dict[str, str]:
+    """``go mod download -json`` of k8s.io/kubernetes@version: paths of its .mod and .info."""
+    info: dict[str, str] = json.loads(
+        _go(["mod", "download", "-json", f"k8s.io/kubernetes@{version}"], CMD_DIR)
+    )
+    return info
+
+
 @dataclass(frozen=True)
 class ReleaseModule:
     """What a Kubernetes release's go.mod says about building against it."""
@@ -81,7 +89,7 @@ def release_module(version: str = K8S_VERSION) -> ReleaseModule:
     Every ``k8s.io/x => ./staging/src/k8s.io/x`` line maps to ``k8s.io/x v0.Y.Z``
     for release ``v1.Y.Z``.
     """
-    info = json.loads(_go(["mod", "download", "-json", f"k8s.io/kubernetes@{version}"], Path.cwd()))
+    info = _release_info(version)
     text = Path(info["GoMod"]).read_text()
     major, minor, patch = version.lstrip("v").split(".", 2)
     if major != "1":
@@ -159,7 +167,7 @@ def ensure_helm_module(version: str = HELM_VERSION) -> bool:
 
 
 def _k8s_ldflags(version: str) -> str:
-    info = json.loads(_go(["mod", "download", "-json", f"k8s.io/kubernetes@{version}"], Path.cwd()))
+    info = _release_info(version)
     build_date = json.loads(Path(info["Info"]).read_text())["Time"]  # release tag time, UTC
     major, minor, _ = version.lstrip("v").split(".", 2)
     values = {
