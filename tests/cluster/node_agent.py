@@ -30,8 +30,9 @@ Volumes (emptyDir, secret, configMap, downwardAPI, projected with the
 ServiceAccount token, hostPath) are bind-mounted in a private mount namespace
 per container (see `node_volumes`), so in-cluster clients work. Container
 output goes to `<log dir>/<namespace>_<pod>_<uid>/<container>/<restart>.log`;
-the agent logs each path. Images, persistent volumes and `kubectl logs/exec`
-are not supported.
+the agent logs each path and serves it to `kubectl logs` (see `node_logs`).
+Images, persistent volumes and `kubectl exec/attach/port-forward` are not
+supported.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ import aiohttp
 
 from tests.cluster.node_api import MERGE_PATCH, ApiException, Json, KubeApi
 from tests.cluster.node_env import ConfigError, build_env, expand
+from tests.cluster.node_logs import LogServer
 from tests.cluster.node_volumes import mount_command, write_volumes
 
 log = logging.getLogger("shoal.node_agent")
@@ -176,6 +178,7 @@ class Container:
         self.ready = False
         self.started = False
         self.container_id: str | None = None
+        self.current_log: Path | None = None
         self.done = False
         self.stop_event = asyncio.Event()
         self.backoff = 0.0
@@ -190,6 +193,14 @@ class Container:
         if self.container_id:
             status["containerID"] = self.container_id
         return status
+
+    def log_file(self, previous: bool) -> Path | None:
+        """Output of the current (or previous) run; the log server reads it."""
+        run = self.restart_count - 1 if previous else self.restart_count
+        return self.pod.log_dir / self.name / f"{run}.log" if run >= 0 else None
+
+    def writing(self, path: Path) -> bool:
+        return self.proc is not None and path == self.current_log
 
     def _set(self, **changes: Any) -> None:
         for key, value in changes.items():
@@ -287,7 +298,7 @@ class Container:
                     "exitCode": 128, "reason": "StartError", "message": str(error),
                     "startedAt": timestamp(), "finishedAt": timestamp()}}, ready=False)
                 return 128
-        self.proc, self.env = proc, env
+        self.proc, self.env, self.current_log = proc, env, log_path
         if self.stop_event.is_set():  # stopped while the process was starting
             signal_group(proc.pid, signal.SIGKILL)
         started_at = timestamp()
@@ -754,6 +765,8 @@ class Agent:
         self.http = aiohttp.ClientSession()
         self.unshare: str | None = None
         self.nsenter = shutil.which("nsenter")
+        self.logs = LogServer(self._find_container, self.log_dir / "pki")
+        self.kubelet_port = 0
 
     # Node -------------------------------------------------------------------
 
@@ -775,9 +788,9 @@ class Agent:
                           "kubelet has sufficient PID available"),
                 condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
             ],
-            "addresses": [{"type": "InternalIP", "address": self.host_ip},
-                          {"type": "Hostname", "address": self.node_name}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            # No Hostname address: the API server would prefer it, and it does not resolve.
+            "addresses": [{"type": "InternalIP", "address": self.host_ip}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
             "nodeInfo": {
                 "machineID": uuid.uuid5(uuid.NAMESPACE_DNS, self.node_name).hex,
                 "systemUUID": str(uuid.uuid5(uuid.NAMESPACE_DNS, self.node_name)),
@@ -877,6 +890,13 @@ class Agent:
         if not task.cancelled() and task.exception() is not None:
             log.error("pod worker crashed", exc_info=task.exception())
 
+    def _find_container(self, namespace: str, pod: str, name: str) -> Container | None:
+        for worker in self.workers.values():
+            if (worker.namespace, worker.name) == (namespace, pod):
+                return next((c for c in [*worker.init_containers, *worker.containers]
+                             if c.name == name), None)
+        return None
+
     def _forget(self, uid: str) -> None:
         worker = self.workers.pop(uid, None)
         if worker is not None:
@@ -931,6 +951,7 @@ class Agent:
     async def run(self) -> None:
         """Register, then keep the node alive and its pods running until cancelled."""
         await self._detect_mount_namespaces()
+        self.kubelet_port = await self.logs.start()
         await self.register()
         await self._renew_lease()
         log.info("node %s ready; pod IPs from %s; container output under %s",
@@ -946,6 +967,7 @@ class Agent:
         if workers:
             await asyncio.wait([w.task for w in workers], timeout=SHUTDOWN_GRACE_SECONDS + 5)
         await self.http.close()
+        await self.logs.stop()
 
 
 async def _server_version(api: KubeApi, stop: asyncio.Event) -> str | None:

@@ -309,6 +309,9 @@ def test_failing_container_shows_exit_code_and_restarts(kube: KubeAccess, namesp
     assert status["lastState"]["terminated"]["reason"] == "Error"
     crashy = get(kube, "pod", "crashy", "-n", namespace)
     assert crashy is not None and crashy["status"]["phase"] == "Running"
+    for run in ([], ["--previous"]):
+        logs = kube.kubectl("logs", "crashy", "-n", namespace, *run, check=True)
+        assert logs.stdout == "boom\n"
 
 
 def test_run_once_pods_end_succeeded_or_failed(kube: KubeAccess, namespace: str) -> None:
