@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from tests.cluster.access import KubeAccess
 from tests.cluster.build import build_all, helm_bin_dir, k8s_bin_dir
 from tests.cluster.local import LocalCluster
+from tests.cluster.postgres import ExternalPostgres, PostgresServer
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +35,20 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeAccess]:
         yield KubeAccess(
             cluster.kubeconfig, cluster.server, cluster.kubectl, cluster.helm, helm_home
         )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer | ExternalPostgres]:
+    """A real PostgreSQL server for the session: `SHOAL_TEST_DSN`, or a throwaway one."""
+    external = os.environ.get("SHOAL_TEST_DSN")
+    if external:
+        yield ExternalPostgres(external)
+        return
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def dsn(postgres: PostgresServer | ExternalPostgres) -> str:
+    """A DSN to a new, empty database of its own for each test."""
+    return postgres.create_database(f"test_{uuid.uuid4().hex[:12]}")
