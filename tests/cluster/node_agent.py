@@ -73,6 +73,9 @@ LEASE_RENEW_SECONDS = 10
 NODE_STATUS_SECONDS = 60
 CONFIG_RETRY_SECONDS = 3
 SHUTDOWN_GRACE_SECONDS = 2
+# Waiting reasons that the kubelet announces with an Event, and that Event's reason.
+WAITING_EVENTS = {"CreateContainerConfigError": "Failed", "CreateContainerError": "Failed",
+                  "CrashLoopBackOff": "BackOff", "ContainerCreating": "FailedMount"}
 KUBELET_CONDITIONS = {"PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready"}
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -213,7 +216,11 @@ class Container:
             self.last_state = self.state
 
     def waiting(self, reason: str, message: str) -> None:
-        """Report the container as not started, for `reason`."""
+        """Report the container as not started, for `reason` (an Event when it changes)."""
+        if self.state.get("waiting") != {"reason": reason, "message": message}:
+            event = WAITING_EVENTS.get(reason)
+            if event:
+                self.pod.event(event, f"{self.name}: {message}", "Warning")
         self._retire_state()
         self._set(state={"waiting": {"reason": reason, "message": message}},
                   ready=False, started=False)
@@ -294,6 +301,7 @@ class Container:
                     stderr=asyncio.subprocess.STDOUT, start_new_session=True,
                     preexec_fn=_die_with_agent)
             except (OSError, ValueError) as error:
+                self.pod.event("Failed", f"{self.name}: {error}", "Warning")
                 self._set(state={"terminated": {
                     "exitCode": 128, "reason": "StartError", "message": str(error),
                     "startedAt": timestamp(), "finishedAt": timestamp()}}, ready=False)
@@ -302,6 +310,7 @@ class Container:
         if self.stop_event.is_set():  # stopped while the process was starting
             signal_group(proc.pid, signal.SIGKILL)
         started_at = timestamp()
+        self.pod.event("Started", f"Started container {self.name}")
         log.info("pod %s/%s container %s: pid %d, output in %s",
                  self.pod.namespace, self.pod.name, self.name, proc.pid, log_path)
         self._set(container_id=f"shoal://{uuid.uuid4().hex}",
@@ -344,6 +353,8 @@ class Container:
     async def stop(self, deadline: Callable[[], float]) -> None:
         """Never start again; terminate the running process by `deadline()`."""
         self.stop_event.set()
+        if self.proc is not None:
+            self.pod.event("Killing", f"Stopping container {self.name}")
         await self.terminate(deadline)
 
     # Probes -----------------------------------------------------------------
@@ -374,12 +385,15 @@ class Container:
                 if ok and successes >= probe.get("successThreshold", 1) and not self.ready:
                     self._set(ready=True)
                 elif not ok and failures >= probe.get("failureThreshold", 3) and self.ready:
+                    self.pod.event("Unhealthy", f"{self.name}: readiness probe failed", "Warning")
                     self._set(ready=False)
             elif kind == "startup" and ok:
                 return True
             elif ok is False and failures >= probe.get("failureThreshold", 3):
                 log.info("pod %s/%s container %s failed its %s probe; killing it",
                          self.pod.namespace, self.pod.name, self.name, kind)
+                self.pod.event("Unhealthy", f"{self.name}: {kind} probe failed "
+                               f"{failures} times; the container will be restarted", "Warning")
                 await self._kill_for_probe(probe)
                 return False
             await asyncio.sleep(probe.get("periodSeconds", 10))
@@ -499,6 +513,10 @@ class PodWorker:
 
     def changed(self) -> None:
         self.dirty.set()
+
+    def event(self, reason: str, message: str, kind: str = "Normal") -> None:
+        """Record an Event about this Pod (in the background, best effort)."""
+        self.agent.record(self.pod, reason, message, kind)
 
     async def fetch(self, resource: str, name: str) -> Json | None:
         """Read a Secret or ConfigMap of the pod's namespace; None if missing."""
@@ -758,6 +776,7 @@ class Agent:
                             "KUBERNETES_SERVICE_PORT": str(url.port or 443)}
         self.workers: dict[str, PodWorker] = {}
         self.running: set[PodWorker] = set()
+        self.events: set[asyncio.Task[None]] = set()
         self.stopping = False
         self.registered_at = timestamp()
         self.node_uid = ""
@@ -889,6 +908,30 @@ class Agent:
         self.running = {w for w in self.running if w.task is not task}
         if not task.cancelled() and task.exception() is not None:
             log.error("pod worker crashed", exc_info=task.exception())
+
+    def record(self, pod: Json, reason: str, message: str, kind: str) -> None:
+        """Post a core/v1 Event from "kubelet" about `pod` without waiting for it."""
+        meta, now = pod["metadata"], timestamp()
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta["uid"]},
+            "reason": reason, "message": message, "type": kind, "count": 1,
+            "firstTimestamp": now, "lastTimestamp": now,
+            "source": {"component": "kubelet", "host": self.node_name},
+            "reportingComponent": "kubelet", "reportingInstance": self.node_name,
+        }
+        task = asyncio.create_task(self._post_event(body))
+        self.events.add(task)
+        task.add_done_callback(self.events.discard)
+
+    async def _post_event(self, body: Json) -> None:
+        try:
+            await self.api.request("POST", f"/api/v1/namespaces/{body['metadata']['namespace']}"
+                                   "/events", body=body)
+        except (ApiException, aiohttp.ClientError, TimeoutError) as error:
+            log.debug("event not recorded: %s", error)
 
     def _find_container(self, namespace: str, pod: str, name: str) -> Container | None:
         for worker in self.workers.values():

@@ -312,6 +312,10 @@ def test_failing_container_shows_exit_code_and_restarts(kube: KubeAccess, namesp
     for run in ([], ["--previous"]):
         logs = kube.kubectl("logs", "crashy", "-n", namespace, *run, check=True)
         assert logs.stdout == "boom\n"
+    events = get(kube, "events", "-n", namespace, "--field-selector",
+                 "involvedObject.name=crashy")
+    assert events is not None
+    assert {"Started", "BackOff"} <= {e["reason"] for e in events["items"]}
 
 
 def test_run_once_pods_end_succeeded_or_failed(kube: KubeAccess, namespace: str) -> None:
