@@ -63,15 +63,3 @@ def set_conditions(conditions: Sequence[Mapping[str, Any]] | None,
                                u.get("message", ""), generation=u.get("observedGeneration"),
                                now=now)
     return result
-
-
-def find_condition(conditions: Sequence[Mapping[str, Any]] | None,
-                   type_: str) -> Mapping[str, Any] | None:
-    """The condition of `type_`, or None."""
-    return next((c for c in conditions or () if c.get("type") == type_), None)
-
-
-def is_true(conditions: Sequence[Mapping[str, Any]] | None, type_: str) -> bool:
-    """Whether the condition of `type_` exists with status "True"."""
-    found = find_condition(conditions, type_)
-    return found is not None and found.get("status") == "True"

@@ -40,7 +40,7 @@ class KubeError(Exception):
 
 
 class Kube:
-    """GET/PATCH/POST/DELETE of API paths with JSON bodies; returns decoded objects."""
+    """GET and PATCH of API paths with JSON bodies; returns decoded objects."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
@@ -75,9 +75,6 @@ class Kube:
         return await self.request("PATCH", path, body=manifest,
                                   query={"fieldManager": FIELD_MANAGER, "force": "true"},
                                   content_type="application/apply-patch+yaml")
-
-    async def delete(self, path: str) -> Obj:
-        return await self.request("DELETE", path)
 
 
 def workerpool_path(namespace: str, name: str = "") -> str:

@@ -248,3 +248,35 @@ def test_manual_mode_follows_kubectl_scale(kube: KubeAccess, shoal_operator: Ope
                                     f"{namespace}/workerpools/manual/scale").stdout)
     assert scale["spec"]["replicas"] == 3 and scale["status"]["selector"] == \
         "shoal.dev/pool=manual"
+
+
+async def test_pause_annotation_holds_replicas(
+        kube: KubeAccess, shoal_operator: OperatorProcess, operator_db: str,
+        namespace: str, backend: Backend) -> None:
+    create_secret(kube, namespace, operator_db)
+    apply(kube, pool("hold", namespace))
+    await asyncio.to_thread(wait_for, lambda: deployment(kube, namespace, "hold"), 30,
+                            "the Deployment")
+    kube.kubectl("annotate", "wp", "hold", "-n", namespace, "pause=true")
+    await asyncio.to_thread(wait_for, lambda: wp(kube, namespace, "hold").get(
+        "status", {}).get("paused") is True, 15, "status.paused")
+    # 8 x 10 s on one pod of concurrency 2: still backlogged when the pause ends.
+    await backend.enqueue([NewTask("sleep", {"seconds": 10}, namespace=namespace)
+                           for _ in range(8)])
+    await asyncio.to_thread(wait_for, lambda: wp(kube, namespace, "hold")["status"][
+        "backlog"]["ready"] + wp(kube, namespace, "hold")["status"]["backlog"]["running"] > 2,
+        15, "the backlog in status")
+    await asyncio.sleep(2)
+    assert deployment(kube, namespace, "hold")["spec"]["replicas"] == 1
+    assert (condition(wp(kube, namespace, "hold"), "ScalingActive") or {}).get(
+        "reason") == "Paused"
+    # A typo is answered, and still holds.
+    kube.kubectl("annotate", "wp", "hold", "-n", namespace, "pause=maybe", "--overwrite")
+    await asyncio.to_thread(wait_for, lambda: any(
+        e["reason"] == "InvalidAnnotation" and "'maybe' is not true or false" in e["message"]
+        for e in events_for(kube, namespace, "hold")), 15, "an InvalidAnnotation Event")
+    assert deployment(kube, namespace, "hold")["spec"]["replicas"] == 1
+    kube.kubectl("annotate", "wp", "hold", "-n", namespace, "pause-")
+    await asyncio.to_thread(
+        wait_for, lambda: deployment(kube, namespace, "hold")["spec"]["replicas"] > 1, 15,
+        "scaling to resume")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from shoal_operator.conditions import find_condition, is_true, set_condition, set_conditions
+from shoal_operator.conditions import set_condition, set_conditions
 
 T0 = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
 T1 = datetime(2026, 1, 1, 0, 5, tzinfo=UTC)
@@ -30,5 +30,5 @@ def test_other_types_are_kept_in_order() -> None:
          "message": "cannot reach"}], now=T0)
     conds = set_condition(conds, "Ready", "Unknown", "Starting", now=T1)
     assert [c["type"] for c in conds] == ["Ready", "BackendReachable"]
-    assert find_condition(conds, "BackendReachable")["reason"] == "Unreachable"
-    assert not is_true(conds, "Ready") and not is_true(conds, "Missing")
+    assert conds[1]["reason"] == "Unreachable"
+    assert conds[0]["lastTransitionTime"] == "2026-01-01T00:05:00Z"

@@ -107,4 +107,9 @@ def test_defaults_and_pause_annotation() -> None:
     assert (spec.scaling.mode, spec.scaling.min_replicas, spec.scaling.max_replicas) == (
         "auto", 1, 10)
     assert spec.scaling.scale_down_stabilization_seconds == 300
-    assert is_paused({"shoal.dev/paused": "true"}) and not is_paused({"shoal.dev/paused": "no"})
+    assert is_paused({"pause": "true"}) and is_paused({"shoal.dev/pause": "True"})
+    assert not is_paused({"pause": "false"}) and not is_paused(None)
+    with pytest.raises(InvalidPoolSpec, match="'maybe' is not true or false"):
+        is_paused({"pause": "maybe"})
+    with pytest.raises(InvalidPoolSpec, match="disagree"):
+        is_paused({"pause": "true", "shoal.dev/pause": "false"})

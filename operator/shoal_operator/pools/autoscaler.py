@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import asyncpg
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 MIN_EVALUATION_GAP = 0.1  # seconds between evaluations: a burst coalesces into one
-ERROR_EVENT_REPEAT = 60.0  # a persisting backend error is re-posted at most this often
+WARNING_REPEAT = 60.0  # a persisting problem is re-posted as an Event at most this often
 READ_ERRORS = (ShoalError, OSError, TimeoutError, asyncpg.PostgresError,
                asyncpg.InterfaceError, KubeError)
 
@@ -121,7 +121,8 @@ class PoolScaler:
         self.wake = asyncio.Event()
         self.state: ScalerState | None = None
         self.listening: tuple[str, str, str] | None = None
-        self.last_error: tuple[str, float] | None = None
+        self.backend_failing = False
+        self.last_warning: tuple[str, float] | None = None
 
     async def run(self, stopped: kopf.DaemonStopped) -> None:
         _scalers[(self.namespace, self.name)] = self
@@ -166,8 +167,8 @@ class PoolScaler:
             await self._report_error("QueryFailed", f"cannot read the backlog: {exc}", spec)
             return
         self._record_backlog(backlog)
-        if self.last_error is not None:
-            self.last_error = None
+        if self.backend_failing:
+            self.backend_failing = False
             kopf.event(self.body, type="Normal", reason="BackendReachable",
                        message="the backend answers again")
         reachable = make_condition("BackendReachable", True, "BacklogRead",
@@ -191,14 +192,34 @@ class PoolScaler:
             return  # the reconciler (re)creates it; the next evaluation scales it
         current = int(deployment["spec"].get("replicas", 1))
         now = time.monotonic()
-        paused = is_paused(self.body.metadata.get("annotations"))
+        paused, bad_annotation = self._paused()
         state = self.state or ScalerState.starting(now, current)
         decision = decide(spec.scaling, spec.target_per_replica,
                           Observation(now, current, backlog.ready + backlog.running, paused),
                           state)
         self.state = decision.state
+        if bad_annotation:
+            decision = replace(decision, reason="InvalidAnnotation",
+                               message=f"{bad_annotation}: holding {current} replicas")
         await self._apply(decision, current, backend)
         await self._report(decision, current, backlog, reachable, paused)
+
+    def _paused(self) -> tuple[bool, str | None]:
+        """(paused, problem): a bad pause annotation holds the count and says why."""
+        try:
+            return is_paused(self.body.metadata.get("annotations")), None
+        except InvalidPoolSpec as exc:
+            self._warn("InvalidAnnotation", str(exc))
+            return True, str(exc)
+
+    def _warn(self, reason: str, message: str) -> None:
+        """A Warning Event when the message changes, and at most once a minute while it lasts."""
+        now = time.monotonic()
+        if (self.last_warning is None or self.last_warning[0] != message
+                or now - self.last_warning[1] >= WARNING_REPEAT):
+            kopf.event(self.body, type="Warning", reason=reason, message=message)
+            self.last_warning = (message, now)
+        log.warning("%s/%s: %s", self.namespace, self.name, message)
 
     async def _apply(self, decision: Decision, current: int, backend: Backend) -> None:
         if decision.desired == current:
@@ -265,15 +286,10 @@ class PoolScaler:
             metrics.backlog.labels(self.namespace, self.name, state).set(value)
 
     async def _report_error(self, reason: str, message: str, spec: PoolSpec | None) -> None:
-        """A condition and (on change, or once a minute) a Warning Event; replicas held
-        unless the fallback applies."""
+        """Conditions and a Warning Event; replicas held unless the fallback applies."""
         metrics.scaler_errors.labels(self.namespace, self.name, reason).inc()
-        now = time.monotonic()
-        if (self.last_error is None or self.last_error[0] != message
-                or now - self.last_error[1] >= ERROR_EVENT_REPEAT):
-            kopf.event(self.body, type="Warning", reason=reason, message=message)
-            self.last_error = (message, now)
-        log.warning("%s/%s: %s", self.namespace, self.name, message)
+        self.backend_failing = reason != "InvalidSpec"
+        self._warn(reason, message)
         conditions = [make_condition("BackendReachable", False, reason, message),
                       make_condition("ScalingActive", False, reason, message)]
         if spec is not None and spec.scaling.mode == "auto":
@@ -286,7 +302,7 @@ class PoolScaler:
             return
         current = int(deployment["spec"].get("replicas", 1))
         now = time.monotonic()
-        paused = is_paused(self.body.metadata.get("annotations"))
+        paused, _ = self._paused()
         decision = decide(spec.scaling, spec.target_per_replica,
                           Observation(now, current, None, paused),
                           self.state or ScalerState.starting(now, current))

@@ -89,7 +89,7 @@ def desired_deployment(body: Mapping[str, Any], spec: PoolSpec, *, replicas: int
         "args": worker_args(name, spec, schema),
         "env": _env(spec),
         "ports": [{"name": "metrics", "containerPort": spec.metrics_port, "protocol": "TCP"}],
-        "readinessProbe": {**probe, "periodSeconds": 2, "failureThreshold": 2},
+        "readinessProbe": {**probe, "periodSeconds": 1, "failureThreshold": 2},
         "livenessProbe": {**probe, "initialDelaySeconds": 10},
         "securityContext": {
             "runAsNonRoot": True, "allowPrivilegeEscalation": False,

@@ -18,7 +18,7 @@ from shoal.errors import InvalidInput
 from shoal.units import parse_duration
 from shoal_operator.errors import InvalidPoolSpec
 
-PAUSE_ANNOTATION = "shoal.dev/paused"
+PAUSE_KEYS = ("pause", "shoal.dev/pause")
 
 
 class _Model(BaseModel):
@@ -146,5 +146,16 @@ class PoolSpec(_Model):
 
 
 def is_paused(annotations: Mapping[str, str] | None) -> bool:
-    """Whether the pause annotation holds the replica count (`shoal.dev/paused: "true"`)."""
-    return (annotations or {}).get(PAUSE_ANNOTATION, "").strip().lower() == "true"
+    """Whether `pause=true` (or `shoal.dev/pause=true`) holds the replica count.
+
+    Raises InvalidPoolSpec for a value other than true/false, or when the two
+    spellings disagree: a typo must not silently resume scaling.
+    """
+    values = {key: value.strip().lower() for key in PAUSE_KEYS
+              if (value := (annotations or {}).get(key)) is not None}
+    for key, value in values.items():
+        if value not in ("true", "false"):
+            raise InvalidPoolSpec(f"annotation {key}={value!r} is not true or false")
+    if len(set(values.values())) > 1:
+        raise InvalidPoolSpec(f"annotations {' and '.join(values)} disagree")
+    return "true" in values.values()
