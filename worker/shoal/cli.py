@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     p = command("migrate", cmd_migrate, "create or upgrade the schema (idempotent)")
-    p.add_argument("--aging-interval", type=parse_duration, default=None,
+    p.add_argument("--aging-interval", type=_duration, default=None,
                    help="waiting this long raises a task's priority by one (default 5m; "
                         "kept when omitted)")
 
@@ -77,10 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve only these task names (default: all the app registers)")
     p.add_argument("--concurrency", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=10)
-    p.add_argument("--claim-ttl", type=parse_duration, default=30.0)
-    p.add_argument("--poll-interval", type=parse_duration, default=1.0)
-    p.add_argument("--drain-timeout", type=parse_duration, default=30.0)
-    p.add_argument("--retention", type=parse_duration, default=7 * 86400.0,
+    p.add_argument("--claim-ttl", type=_duration, default=30.0)
+    p.add_argument("--poll-interval", type=_duration, default=1.0)
+    p.add_argument("--drain-timeout", type=_duration, default=30.0)
+    p.add_argument("--retention", type=_duration, default=7 * 86400.0,
                    help="how long finished tasks and workflows are kept (default 7d)")
     p.add_argument("--metrics-port", type=int, default=9100, help="0 disables")
     p.add_argument("--metrics-host", default=os.environ.get("POD_IP") or "0.0.0.0")
@@ -133,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("operator", help="run the Kubernetes operator (see shoal operator -h)",
                         add_help=False)
     return parser
+
+
+def _duration(value: str) -> float:
+    """argparse type for durations: the error names the flag and says what is expected."""
+    try:
+        return parse_duration(value)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _csv(value: str) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from pydantic_core import PydanticSerializationError
 
 from shoal import dag
 from shoal.backend import migrate as migrations
@@ -307,11 +308,14 @@ class Backend:
         roots = {s.name for s in spec.steps if not s.depends_on}
         payloads = [_json(dag.resolve_input(s.input, spec.input, {}) if s.name in roots
                           else None, f"input of step {s.name!r}") for s in spec.steps]
+        try:
+            spec_json = _json(spec.model_dump(mode="json", by_alias=True), "workflow spec")
+        except PydanticSerializationError as exc:
+            raise InvalidInput(f"workflow spec is not JSON-serialisable: {exc}") from None
         async with self.pool.acquire() as conn, conn.transaction():
             new_id = await conn.fetchval(
                 q.insert_workflow, workflow_id or uuid.uuid4(), key, name, namespace,
-                _json(spec.model_dump(mode="json", by_alias=True), "workflow spec"),
-                _json(spec.input, "workflow input"))
+                spec_json, _json(spec.input, "workflow input"))
             if new_id is None:
                 return await conn.fetchval(q.workflow_by_key, key)
             await conn.execute(
