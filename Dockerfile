@@ -11,6 +11,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY operator ./operator
+# The demo app (examples/tasks.py:app), so examples/workerpool.yaml runs as is.
+COPY examples ./examples
 RUN pip install . \
  && groupadd --system --gid 10001 shoal \
  && useradd --system --uid 10001 --gid shoal --no-create-home --home-dir /nonexistent shoal

@@ -280,3 +280,16 @@ async def test_pause_annotation_holds_replicas(
     await asyncio.to_thread(
         wait_for, lambda: deployment(kube, namespace, "hold")["spec"]["replicas"] > 1, 15,
         "scaling to resume")
+
+
+def test_fallback_replicas_after_failed_reads(kube: KubeAccess,
+                                              shoal_operator: OperatorProcess,
+                                              namespace: str) -> None:
+    create_secret(kube, namespace, "postgresql://app:pw@127.0.0.1:1/nowhere")
+    apply(kube, pool("fb", namespace, fallback={"replicas": 3, "afterFailures": 2}))
+    wait_for(lambda: (d := deployment(kube, namespace, "fb")) and d["spec"]["replicas"] == 3,
+             30, "the fallback of 3 replicas")
+    fallback = [e for e in events_for(kube, namespace, "fb") if e["reason"] == "Fallback"]
+    assert fallback and fallback[0]["type"] == "Warning"
+    assert "running the fallback of 3 replicas" in fallback[0]["message"]
+    assert wp(kube, namespace, "fb")["status"]["desiredReplicas"] == 3

@@ -18,7 +18,6 @@ Two small services:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -126,6 +125,7 @@ class PoolScaler:
 
     async def run(self, stopped: kopf.DaemonStopped) -> None:
         _scalers[(self.namespace, self.name)] = self
+        stopping = asyncio.ensure_future(stopped.wait())
         try:
             while not stopped:
                 started = time.monotonic()
@@ -137,10 +137,13 @@ class PoolScaler:
                 metrics.scale_latency.labels(self.namespace, self.name).observe(
                     time.monotonic() - started)
                 await asyncio.sleep(MIN_EVALUATION_GAP)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), timeout=self.recheck_seconds)
+                woken = asyncio.ensure_future(self.wake.wait())
+                await asyncio.wait({woken, stopping}, timeout=self.recheck_seconds,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
                 self.wake.clear()
         finally:
+            stopping.cancel()
             hub.unregister(self.wake)
             _scalers.pop((self.namespace, self.name), None)
 

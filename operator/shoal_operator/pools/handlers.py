@@ -91,7 +91,8 @@ async def reconcile_pool(body: kopf.Body, name: str, namespace: str, **_: Any) -
     metrics.reconcile_seconds.labels("WorkerPool").observe(time.monotonic() - started)
 
 
-@kopf.daemon(GROUP, VERSION, "workerpools", cancellation_timeout=5.0)
+@kopf.daemon(GROUP, VERSION, "workerpools", cancellation_backoff=5.0,
+             cancellation_timeout=5.0)
 async def scale_pool(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo,
                      name: str, namespace: str, **_: Any) -> None:
     """The pool's scaler, for as long as the pool exists."""
