@@ -1036,7 +1036,7 @@ async def amain(args: argparse.Namespace) -> None:
         version = await _server_version(api, stop)
         if version is None:
             return
-        agent = Agent(api, args, version, api.client.configuration.host)
+        agent = Agent(api, args, version, api.client.configuration.host or "")
         runner = asyncio.create_task(agent.run())
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait([runner, stopper], return_when=asyncio.FIRST_COMPLETED)

@@ -31,9 +31,9 @@ Fetch = Callable[[str, str], Awaitable[Json | None]]
 _REFERENCE = re.compile(r"\$\$|\$\(([^)]*)\)")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _SUFFIXES = {
-    "": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-    "P": 10**15, "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
-    "Pi": 2**50, "Ei": 2**60,
+    "": Decimal(1), "m": Decimal("0.001"), **{s: Decimal(10) ** (3 * i) for i, s in
+                                             enumerate("kMGTPE", start=1)},
+    **{f"{s}i": Decimal(2) ** (10 * i) for i, s in enumerate("KMGTPE", start=1)},
 }
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
 
@@ -58,7 +58,7 @@ def parse_quantity(text: str | int | float) -> Decimal:
     match = _QUANTITY.match(str(text).strip())
     if not match or match.group(2) not in _SUFFIXES:
         raise ValueError(f"invalid quantity {text!r}")
-    return Decimal(match.group(1)) * Decimal(_SUFFIXES[match.group(2)])
+    return Decimal(match.group(1)) * _SUFFIXES[match.group(2)]
 
 
 def field_value(pod: Json, path: str) -> str:

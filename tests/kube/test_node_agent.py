@@ -89,6 +89,24 @@ def get(kube: KubeAccess, *args: str) -> Json | None:
     return found
 
 
+def wait_for_object(kube: KubeAccess, what: str, check: Callable[[Json], bool], *args: str,
+                    timeout: float = 60.0) -> Json:
+    """Wait until `kubectl get <args>` finds an object for which `check` holds; return it."""
+
+    def probe() -> Json | None:
+        found = get(kube, *args)
+        return found if found is not None and check(found) else None
+
+    return wait_for(what, probe, timeout)
+
+
+def finished(kube: KubeAccess, namespace: str, name: str) -> Json:
+    """Wait until the pod is Succeeded or Failed; return it."""
+    return wait_for_object(kube, f"pod {name} to finish",
+                           lambda p: p["status"].get("phase") in ("Succeeded", "Failed"),
+                           "pod", name, "-n", namespace)
+
+
 def apply(kube: KubeAccess, namespace: str, *objects: Json) -> None:
     """`kubectl apply` the objects in `namespace`."""
     manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
@@ -178,8 +196,8 @@ def namespace(kube: KubeAccess) -> Iterator[str]:
 
 
 def test_node_is_ready_with_server_version_and_renews_its_lease(kube: KubeAccess) -> None:
-    node = wait_for("Node without taints",
-                    lambda: (n := get(kube, "node", NODE)) and not n["spec"].get("taints") and n)
+    node = wait_for_object(kube, "Node without taints", lambda n: not n["spec"].get("taints"),
+                           "node", NODE)
     assert condition(node, "Ready") == "True"
     version = json.loads(kube.kubectl("version", "-o", "json", check=True).stdout)
     assert node["status"]["nodeInfo"]["kubeletVersion"] == version["serverVersion"]["gitVersion"]
@@ -191,7 +209,7 @@ def test_node_is_ready_with_server_version_and_renews_its_lease(kube: KubeAccess
         return lease["spec"]["renewTime"] if lease else None
 
     first = wait_for("node Lease", renew_time)
-    wait_for("Lease renewal", lambda: (t := renew_time()) and t != first, timeout=30)
+    wait_for("Lease renewal", lambda: renew_time() not in (None, first), timeout=30)
 
 
 def test_deployment_pods_serve_on_their_pod_ip_with_env(kube: KubeAccess, namespace: str) -> None:
@@ -228,9 +246,9 @@ def test_deployment_pods_serve_on_their_pod_ip_with_env(kube: KubeAccess, namesp
     apply(kube, namespace, deployment("web", 2, container))
 
     running = ready_pods(kube, namespace, "app=web", 2)
-    wait_for("Deployment readyReplicas=2",
-             lambda: (d := get(kube, "deployment", "web", "-n", namespace))
-             and d["status"].get("readyReplicas") == 2)
+    wait_for_object(kube, "Deployment readyReplicas=2",
+                    lambda d: d["status"].get("readyReplicas") == 2,
+                    "deployment", "web", "-n", namespace)
     replicasets = get(kube, "replicasets", "-n", namespace, "-l", "app=web")
     assert replicasets is not None and len(replicasets["items"]) == 1
     replicaset = replicasets["items"][0]
@@ -272,7 +290,7 @@ def test_scale_down_removes_cheapest_pod_after_its_grace_period(
     running = ready_pods(kube, namespace, "app=stubborn", 3)
     names = sorted(p["metadata"]["name"] for p in running)
     for name in names:
-        wait_for(f"{name} heartbeat", lambda n=name: (tmp_path / n / "alive").exists())
+        wait_for(f"{name} heartbeat", (tmp_path / name / "alive").exists)
     victim, survivors = names[0], names[1:]
     for name in names:
         cost = "-100" if name == victim else "100"
@@ -324,9 +342,8 @@ def test_run_once_pods_end_succeeded_or_failed(kube: KubeAccess, namespace: str)
         apply(kube, namespace, spec)
     for name, phase, code, reason in (("ok", "Succeeded", 0, "Completed"),
                                       ("bad", "Failed", 7, "Error")):
-        done = wait_for(f"{name} {phase}",
-                        lambda n=name, p=phase: (found := get(kube, "pod", n, "-n", namespace))
-                        and found["status"].get("phase") == p and found)
+        done = finished(kube, namespace, name)
+        assert done["status"]["phase"] == phase
         terminated = container_status(done)["state"]["terminated"]
         assert terminated["exitCode"] == code and terminated["reason"] == reason
         assert container_status(done)["restartCount"] == 0
@@ -340,7 +357,8 @@ def test_missing_secret_waits_then_starts(kube: KubeAccess, namespace: str) -> N
 
     def waiting_reason() -> str | None:
         state = container_status(get(kube, "pod", "patient", "-n", namespace)).get("state", {})
-        return state.get("waiting", {}).get("reason")
+        reason = state.get("waiting", {}).get("reason")
+        return None if reason is None else str(reason)
 
     wait_for("CreateContainerConfigError",
              lambda: waiting_reason() == "CreateContainerConfigError")
@@ -356,10 +374,10 @@ def test_failing_liveness_probe_restarts_the_container(kube: KubeAccess, namespa
                        "periodSeconds": 1, "failureThreshold": 2},
     )
     apply(kube, namespace, pod("unwell", sleeper))
-    status = wait_for(
-        "a restart after liveness failures",
-        lambda: (s := container_status(get(kube, "pod", "unwell", "-n", namespace)))
-        and s.get("restartCount", 0) >= 1 and s)
+    unwell = wait_for_object(kube, "a restart after liveness failures",
+                             lambda p: container_status(p).get("restartCount", 0) >= 1,
+                             "pod", "unwell", "-n", namespace)
+    status = container_status(unwell)
     # SIGTERM ends the sleeping python process: 128 + 15
     assert status["lastState"]["terminated"]["exitCode"] == 143
 
@@ -372,9 +390,8 @@ def test_init_containers_run_first_and_in_order(kube: KubeAccess, namespace: str
     spec["spec"]["initContainers"] = [python(f"init-{i}", step, str(log), f"init-{i}")
                                       for i in (1, 2)]
     apply(kube, namespace, spec)
-    done = wait_for("ordered Succeeded",
-                    lambda: (found := get(kube, "pod", "ordered", "-n", namespace))
-                    and found["status"].get("phase") == "Succeeded" and found)
+    done = finished(kube, namespace, "ordered")
+    assert done["status"]["phase"] == "Succeeded", done["status"]
     assert log.read_text().split() == ["init-1", "init-2", "main"]
     assert condition(done, "Initialized") == "True"
     for status in done["status"]["initContainerStatuses"]:
@@ -439,9 +456,7 @@ def test_volumes_are_mounted_and_the_service_account_token_works(
             {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
     ]
     apply(kube, namespace, spec)
-    done = wait_for("volumes pod finished",
-                    lambda: (found := get(kube, "pod", "volumes", "-n", namespace))
-                    and found["status"].get("phase") in ("Succeeded", "Failed") and found)
+    done = finished(kube, namespace, "volumes")
     assert done["status"]["phase"] == "Succeeded", container_status(done)
     assert json.loads(out.read_text()) == {
         "secret": "hunter2", "config": "verbose", "from_init": "hello", "pod_name": "volumes",
