@@ -108,8 +108,10 @@ async def track(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
     _ignore_phase_label(runtime.settings)
     if event.get("type") == "DELETED":
         runtime.registry.forget(str(body.metadata.uid))
-    else:
-        runtime.registry.observe(body)
+        return
+    _, new = runtime.registry.observe(body)
+    if new:  # first sight since start: catch up with whatever changed meanwhile
+        runtime.sync.mark([str(body.metadata.uid)])
 
 
 def _note(runtime: WorkflowRuntime, entry: Tracked, type_: str, status: bool, reason: str,
@@ -191,7 +193,7 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, retry: in
                     patch: kopf.Patch, **_: Any) -> None:
     """Make sure the instance exists, then apply the annotations' commands."""
     runtime = _runtime(memo)
-    entry = runtime.registry.observe(body)
+    entry, _ = runtime.registry.observe(body)
     if entry.workflow_id is None and not await _submit(runtime, entry, body, spec, retry, patch):
         return
     if entry.generation is not None and body.metadata.get("generation", 1) > entry.generation:
@@ -215,7 +217,7 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, retry: in
 async def cancel_on_delete(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
     """Cancel the instance; release the CR after DELETE_RETRIES failed attempts."""
     runtime = _runtime(memo)
-    entry = runtime.registry.observe(body)
+    entry, _ = runtime.registry.observe(body)
     try:
         if entry.backend is None:
             _, entry.backend = await pool_backend(entry.namespace, entry.pool)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,13 +94,14 @@ class WorkflowRegistry:
         self.entries: dict[str, Tracked] = {}
         self.by_workflow: dict[UUID, str] = {}
 
-    def observe(self, body: Mapping[str, Any]) -> Tracked:
-        """Record the CR as a watch event shows it; returns its entry."""
+    def observe(self, body: Mapping[str, Any]) -> tuple[Tracked, bool]:
+        """Record the CR as a watch event shows it; returns its entry and whether it is new."""
         meta = body.get("metadata") or {}
         uid = str(meta["uid"])
         status = dict(body.get("status") or {})
         label = (meta.get("labels") or {}).get(PHASE_LABEL)
         entry = self.entries.get(uid)
+        new = entry is None
         if entry is None:
             entry = Tracked(uid=uid, namespace=str(meta.get("namespace")),
                             name=str(meta.get("name")), pool="", sinks=(), status=status,
@@ -114,7 +116,7 @@ class WorkflowRegistry:
             entry.generation = int(status["observedGeneration"])
         if entry.workflow_id is None and status.get("workflowId"):
             self.attach(entry, UUID(str(status["workflowId"])))
-        return entry
+        return entry, new
 
     def attach(self, entry: Tracked, workflow_id: UUID, backend: Backend | None = None) -> None:
         entry.workflow_id = workflow_id
@@ -194,7 +196,11 @@ class StatusSync:
             self._wake.clear()
             dirty, self._dirty = self._dirty, set()
             try:
+                t0 = time.monotonic()
+                patches = self.patches
                 await self.sync(dirty)
+                log.debug("status sync: %d CRs read, %d patches, %.3fs", len(dirty),
+                          self.patches - patches, time.monotonic() - t0)
             except Exception:  # one bad round must not stop the service
                 log.exception("workflow status sync round failed; retrying those CRs")
                 self.mark(dirty)

@@ -201,6 +201,14 @@ class Worker:
         context = TaskContext(task_id=task.id, name=task.name, attempt=task.attempt,
                               max_attempts=task.max_attempts, workflow_id=task.workflow_id,
                               step=task.step)
+        running = self.executions.get(task.id)
+        if running is not None:
+            # This worker claimed a task it is still running: the first claim was
+            # lost (a crash forgot its unflushed commit) or its lease expired. One
+            # run is enough; it goes on under the new lease.
+            running.task = task
+            self.held[task.id] = task
+            return
         execution = Execution(task, context)
         self.executions[task.id] = execution
         self.held[task.id] = task
