@@ -38,6 +38,9 @@ def namespace(kube: KubeAccess) -> Iterator[str]:
     name = f"wp-{uuid.uuid4().hex[:8]}"
     assert kube.kubectl("create", "namespace", name).returncode == 0
     yield name
+    # Pools first, while the operator runs to release their finalizers; the
+    # namespace (and the pods draining in it) then goes in the background.
+    kube.kubectl("delete", "workerpools", "--all", "-n", name, "--timeout=30s")
     kube.kubectl("delete", "namespace", name, "--wait=false")
 
 
