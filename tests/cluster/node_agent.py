@@ -1011,6 +1011,7 @@ class Agent:
             await asyncio.wait([w.task for w in workers], timeout=SHUTDOWN_GRACE_SECONDS + 5)
         await self.http.close()
         await self.logs.stop()
+        shutil.rmtree(self.log_dir / "pki", ignore_errors=True)
 
 
 async def _server_version(api: KubeApi, stop: asyncio.Event) -> str | None:
