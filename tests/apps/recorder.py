@@ -26,7 +26,7 @@ app = App("recorder")
 class Run(BaseModel):
     log: str
     sleep: float = 0.0
-    fast_flag: str | None = None  # when this file exists, the sleep is skipped
+    fast_flag: str | None = None  # the sleep ends once this file exists
     ok_flag: str | None = None  # `flaky`: fails until this file exists
 
 
@@ -37,10 +37,6 @@ def note(run: Run, ctx: TaskContext, event: str, **extra: Any) -> None:
         f.write(line + "\n")
 
 
-def sleep_for(run: Run) -> float:
-    return 0.0 if flag_set(run.fast_flag) else run.sleep
-
-
 def flag_set(path: str | None) -> bool:
     return bool(path) and Path(path).exists()  # type: ignore[arg-type]
 
@@ -49,9 +45,11 @@ def flag_set(path: str | None) -> bool:
 async def record(run: Run, ctx: TaskContext) -> dict[str, int]:
     note(run, ctx, "start")
     try:
-        seconds = sleep_for(run)
-        if seconds:
-            await asyncio.sleep(seconds)
+        deadline = time.monotonic() + run.sleep
+        while (left := deadline - time.monotonic()) > 0:
+            if flag_set(run.fast_flag):
+                break
+            await asyncio.sleep(min(0.02, left) if run.fast_flag else left)
     except asyncio.CancelledError:
         note(run, ctx, "cancelled")
         raise
@@ -62,8 +60,8 @@ async def record(run: Run, ctx: TaskContext) -> dict[str, int]:
 @app.task("record-sync", retries=5, backoff="50ms")
 def record_sync(run: Run, ctx: TaskContext) -> dict[str, str]:
     note(run, ctx, "start", thread=threading.current_thread().name)
-    deadline = time.monotonic() + sleep_for(run)
-    while time.monotonic() < deadline and not ctx.cancelled:
+    deadline = time.monotonic() + run.sleep
+    while time.monotonic() < deadline and not ctx.cancelled and not flag_set(run.fast_flag):
         time.sleep(0.01)
     note(run, ctx, "cancelled" if ctx.cancelled else "done")
     return {"thread": threading.current_thread().name}
