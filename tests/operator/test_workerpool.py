@@ -119,8 +119,10 @@ def test_pool_becomes_a_ready_deployment(kube: KubeAccess, shoal_operator: Opera
     assert obj["status"]["readyReplicas"] == 1
     assert obj["status"]["selector"] == "shoal.dev/pool=web"
     assert (condition(obj, "BackendReachable") or {}).get("status") == "True"
-    assert (condition(obj, "Ready") or {}).get("observedGeneration") == obj["metadata"][
-        "generation"]
+    generation = obj["metadata"]["generation"]
+    assert obj["status"]["observedGeneration"] == generation
+    for type_ in ("Ready", "ScalingActive", "ScalingLimited", "BackendReachable"):
+        assert (condition(obj, type_) or {}).get("observedGeneration") == generation, type_
     table = kube.kubectl("get", "wp", "-n", namespace).stdout
     assert table.split()[:8] == ["NAME", "MODE", "DESIRED", "READY", "BACKLOG", "PAUSED",
                                  "STATUS", "AGE"], table

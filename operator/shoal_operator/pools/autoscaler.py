@@ -174,16 +174,16 @@ class PoolScaler:
             self.backend_failing = False
             kopf.event(self.body, type="Normal", reason="BackendReachable",
                        message="the backend answers again")
-        reachable = make_condition("BackendReachable", True, "BacklogRead",
+        reachable = self._condition("BackendReachable", True, "BacklogRead",
                                    "the backlog was read from the backend")
         if spec.scaling.mode == "manual":
             await patch_status(self.namespace, self.name, {
                 "backlog": _backlog_status(backlog), "mode": "manual",
                 "paused": False, "desiredReplicas": spec.replicas or 0,
             }, [reachable,
-                make_condition("ScalingActive", False, "ManualMode",
+                self._condition("ScalingActive", False, "ManualMode",
                                "spec.replicas (the scale subresource) sets the replicas"),
-                make_condition("ScalingLimited", False, "ManualMode", "")])
+                self._condition("ScalingLimited", False, "ManualMode", "")])
             self.state = None
             return
         await self._scale(spec, backend, backlog, reachable)
@@ -206,6 +206,11 @@ class PoolScaler:
                                message=f"{bad_annotation}: holding {current} replicas")
         await self._apply(decision, current, backend)
         await self._report(decision, current, backlog, reachable, paused)
+
+    def _condition(self, type_: str, status: bool, reason: str, message: str = "") -> Condition:
+        """A condition stamped with the generation of the spec it was judged against."""
+        return make_condition(type_, status, reason, message,
+                              generation=self.body.metadata.get("generation"))
 
     def _paused(self) -> tuple[bool, str | None]:
         """(paused, problem): a bad pause annotation holds the count and says why."""
@@ -241,10 +246,10 @@ class PoolScaler:
             "mode": "auto", "paused": paused, "selector": selector_string(self.name)}
         if decision.desired != current:
             fields |= {"lastScaleTime": now_rfc3339(), "lastScaleReason": decision.message}
-        active = (make_condition("ScalingActive", True, "ValidBacklog", decision.message)
+        active = (self._condition("ScalingActive", True, "ValidBacklog", decision.message)
                   if decision.active else
-                  make_condition("ScalingActive", False, decision.reason, decision.message))
-        limited = make_condition("ScalingLimited", decision.limited, decision.limit_reason,
+                  self._condition("ScalingActive", False, decision.reason, decision.message))
+        limited = self._condition("ScalingLimited", decision.limited, decision.limit_reason,
                                  decision.message if decision.limited else
                                  "the desired count is within the limits")
         metrics.desired_replicas.labels(self.namespace, self.name).set(decision.desired)
@@ -293,8 +298,8 @@ class PoolScaler:
         metrics.scaler_errors.labels(self.namespace, self.name, reason).inc()
         self.backend_failing = reason != "InvalidSpec"
         self._warn(reason, message)
-        conditions = [make_condition("BackendReachable", False, reason, message),
-                      make_condition("ScalingActive", False, reason, message)]
+        conditions = [self._condition("BackendReachable", False, reason, message),
+                      self._condition("ScalingActive", False, reason, message)]
         if spec is not None and spec.scaling.mode == "auto":
             await self._fallback(spec)
         await patch_status(self.namespace, self.name, {}, conditions)

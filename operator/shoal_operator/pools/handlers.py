@@ -128,10 +128,10 @@ async def watch_deployment(event: kopf.RawEvent, body: kopf.Body, namespace: str
     except InvalidPoolSpec:
         return  # reconcile_pool reports it
     deleted = event.get("type") == "DELETED"
-    replicas = (await _current_replicas(namespace, pool_name, pool, spec) if deleted
+    # Auto mode: the scaler owns the count, so an existing Deployment's count is not drift.
+    replicas = (await _current_replicas(namespace, pool_name, pool, spec)
+                if deleted or spec.scaling.mode == "manual"
                 else int(body.get("spec", {}).get("replicas", 0)))
-    if spec.scaling.mode == "manual":
-        replicas = await _current_replicas(namespace, pool_name, pool, spec)
     desired = desired_deployment(pool, spec, replicas=replicas,
                                  schema=backends.schema_of(spec.database))
     if deleted or drifted(desired["spec"], body.get("spec")) or drifted(
