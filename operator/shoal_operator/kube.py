@@ -107,8 +107,8 @@ async def kube() -> Kube:
         if _kube is None:
             if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
                 config.load_incluster_config()
-            else:
-                await config.load_kube_config()
+            else:  # read $KUBECONFIG now, not when kubernetes_asyncio was imported
+                await config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
             _kube = Kube(client.ApiClient())
         return _kube
 

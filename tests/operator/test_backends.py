@@ -1,0 +1,109 @@
+"""Shared backends and enqueue wake-ups, against the real API server and Postgres.
+
+`backend_for_pool` reads a WorkerPool and its Secret the way the operator
+does (in process, through the cluster's kubeconfig); the NotifyHub wakes only
+the pools whose task namespace got an enqueue, and all of them after a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from shoal.backend import Backend, NewTask
+from shoal.errors import BackendUnavailable
+from shoal_operator import backends, kube
+from shoal_operator.errors import DatabaseSecretError, PoolNotFound
+from shoal_operator.pools.autoscaler import NotifyHub
+from tests.cluster.access import KubeAccess
+from tests.operator.harness import OperatorProcess
+
+pytestmark = pytest.mark.kube
+
+
+@pytest.fixture
+def namespace(kube: KubeAccess, shoal_operator: OperatorProcess,
+              monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
+    name = f"be-{uuid.uuid4().hex[:8]}"
+    assert kube.kubectl("create", "namespace", name).returncode == 0
+    yield name
+    kube.kubectl("delete", "workerpools", "--all", "-n", name, "--timeout=30s")
+    kube.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[None]:
+    yield
+    await backends.close_all()
+    await kube.close()
+
+
+def pool(kube: KubeAccess, namespace: str, name: str, secret: str) -> None:
+    manifest = {"apiVersion": "shoal.dev/v1alpha1", "kind": "WorkerPool",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"app": "examples/tasks.py:app", "template": {"image": "shoal:dev"},
+                         "database": {"secretRef": {"name": secret}},
+                         "scaling": {"minReplicas": 0}}}
+    result = kube.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    assert result.returncode == 0, result.stderr
+
+
+def secret(kube: KubeAccess, namespace: str, name: str, dsn: str) -> None:
+    result = kube.kubectl("create", "secret", "generic", name, "-n", namespace,
+                          f"--from-literal=dsn={dsn}")
+    assert result.returncode == 0, result.stderr
+
+
+async def test_backend_for_pool_answers_or_says_what_to_fix(
+        kube: KubeAccess, namespace: str, operator_db: str, client: None) -> None:
+    with pytest.raises(PoolNotFound, match=f"WorkerPool {namespace}/nope does not exist"):
+        await backends.backend_for_pool(namespace, "nope")
+    pool(kube, namespace, "a", "db")
+    with pytest.raises(DatabaseSecretError, match=f"Secret {namespace}/db does not exist"):
+        await backends.backend_for_pool(namespace, "a")
+    secret(kube, namespace, "db", "host=localhost dbname=x")
+    with pytest.raises(DatabaseSecretError, match="is not a DSN"):
+        await backends.backend_for_pool(namespace, "a")
+    kube.kubectl("delete", "secret", "db", "-n", namespace)
+    secret(kube, namespace, "db", operator_db)
+    first = await backends.backend_for_pool(namespace, "a")
+    pool(kube, namespace, "b", "db")
+    second = await backends.backend_for_pool(namespace, "b")
+    assert first is second  # one asyncpg pool per (DSN, schema) for the whole operator
+    assert (await first.backlog("nobody", [])).ready == 0
+    secret(kube, namespace, "down", "postgresql://app:s3cret@127.0.0.1:1/x")
+    pool(kube, namespace, "c", "down")
+    with pytest.raises(BackendUnavailable, match="cannot reach") as exc:
+        await backends.backend_for_pool(namespace, "c")
+    assert "s3cret" not in str(exc.value)
+
+
+async def test_notify_hub_wakes_by_task_namespace(operator_db: str) -> None:
+    backend = await Backend.connect(operator_db)
+    hub = NotifyHub()
+    a, b = asyncio.Event(), asyncio.Event()
+    try:
+        hub.register(backend, "hub-a", a)
+        hub.register(backend, "hub-b", b)
+        await asyncio.wait_for(a.wait(), 10)  # the first connect wakes everyone to catch up
+        a.clear()
+        b.clear()
+        await backend.enqueue([NewTask("noop", namespace="hub-a") for _ in range(3)])
+        await asyncio.wait_for(a.wait(), 1.0)
+        await asyncio.sleep(0.2)
+        assert not b.is_set()
+        # After a dropped LISTEN connection, every pool is woken to catch up.
+        a.clear()
+        await backend.pool.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()")
+        await asyncio.wait_for(asyncio.gather(a.wait(), b.wait()), 10)
+    finally:
+        hub.unregister(a)
+        hub.unregister(b)
+        await backend.close()
