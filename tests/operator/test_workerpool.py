@@ -236,6 +236,28 @@ def test_bad_secret_gives_condition_and_event(kube: KubeAccess,
     assert shoal_operator.proc is not None and shoal_operator.proc.poll() is None
 
 
+def test_spec_the_api_server_rejects_gets_a_condition(
+        kube: KubeAccess, shoal_operator: OperatorProcess, operator_db: str,
+        namespace: str) -> None:
+    create_secret(kube, namespace, operator_db)
+    bad = pool("quota", namespace)
+    bad["spec"]["template"]["tolerations"] = [{"key": "gpu", "operator": "Sometimes"}]
+    apply(kube, bad)
+    c = wait_for(lambda: (c := condition(wp(kube, namespace, "quota"), "Ready"))
+                 and c["reason"] == "DeploymentRejected" and c, 30, "DeploymentRejected")
+    assert c["status"] == "False" and "Sometimes" in c["message"]
+    assert "DeploymentRejected" in [e["reason"] for e in events_for(kube, namespace, "quota")]
+    assert deployment(kube, namespace, "quota") is None
+    # A malformed quantity is refused by the CRD's schema before it gets that far.
+    bad["spec"]["template"]["resources"] = {"limits": {"cpu": "lots"}}
+    assert kube.kubectl("apply", "-f", "-", input=json.dumps(bad)).returncode != 0
+    # Fixing the spec recovers without a restart.
+    bad["spec"]["template"]["resources"] = {"limits": {"cpu": "500m", "memory": 1048576}}
+    bad["spec"]["template"]["tolerations"] = [{"key": "gpu", "operator": "Exists"}]
+    apply(kube, bad)
+    wait_for(lambda: deployment(kube, namespace, "quota"), 30, "the Deployment")
+
+
 def test_manual_mode_follows_kubectl_scale(kube: KubeAccess, shoal_operator: OperatorProcess,
                                            operator_db: str, namespace: str) -> None:
     create_secret(kube, namespace, operator_db)

@@ -79,10 +79,17 @@ async def reconcile_pool(body: kopf.Body, name: str, namespace: str, **_: Any) -
         await _apply(body, spec, replicas)
     except KubeError as exc:
         metrics.reconciles.labels("WorkerPool", "error").inc()
-        kopf.event(body, type="Warning", reason="DeploymentFailed", message=str(exc))
-        if exc.status in (400, 403, 422):
-            raise kopf.PermanentError(f"cannot apply the Deployment: {exc}") from exc
-        raise kopf.TemporaryError(f"cannot apply the Deployment: {exc}", delay=5) from exc
+        rejected = exc.status in (400, 403, 422)
+        reason = "DeploymentRejected" if rejected else "DeploymentFailed"
+        message = f"cannot apply the pool's Deployment: {exc.message}"
+        kopf.event(body, type="Warning", reason=reason, message=message)
+        await status.patch_status(namespace, name, {"observedGeneration": generation}, [
+            make_condition("Ready", False, reason, message, generation=generation)])
+        if not rejected:
+            raise kopf.TemporaryError(message, delay=10) from exc
+        # The API server refused what the spec asks for (e.g. an unknown toleration
+        # operator): wait for a new spec rather than retry forever.
+        return
     await status.patch_status(namespace, name, {
         "observedGeneration": generation, "selector": selector_string(name),
         "mode": spec.scaling.mode})
