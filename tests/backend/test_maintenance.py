@@ -1,0 +1,109 @@
+"""What the runtime and the operator rely on besides claiming: one NOTIFY per enqueue
+batch and namespace, a heartbeat that extends leases, reports liveness and carries a
+workflow's cancel, pruning of finished tasks, stale-worker expiry, backlog counts."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shoal import Client
+from shoal.backend import Backend, NewTask, Outcome, Subscription, WorkerIdentity
+from tests.apps.recorder import app
+from tests.support import eventually
+
+ME = WorkerIdentity(id="w1", namespace="default", tags=("gpu",), task_names=("t", "echo"),
+                    concurrency=4, max_attempts=(1, 1), pool="pool-a", pod_name="pod-1")
+
+
+async def test_one_notification_per_enqueue_batch_and_namespace(dsn: str,
+                                                                backend: Backend) -> None:
+    heard: list[tuple[str, str]] = []
+    subscription = Subscription(dsn, [backend.queries.tasks_channel],
+                                lambda channel, payload: heard.append((channel, payload)))
+    listening = asyncio.create_task(subscription.run())
+    try:
+        await asyncio.wait_for(subscription.connected.wait(), 30)
+        await backend.enqueue([NewTask("t", i) for i in range(500)]
+                              + [NewTask("t", i, namespace="b") for i in range(500)])
+        await eventually(lambda: _value(len(heard) >= 2), what="the notifications")
+        await backend.enqueue([NewTask("t", delay_seconds=0)])
+        await eventually(lambda: _value(len(heard) >= 3), what="the third notification")
+    finally:
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
+    assert sorted(heard) == [("shoal_tasks", "b"), ("shoal_tasks", "default"),
+                             ("shoal_tasks", "default")]
+
+
+async def test_heartbeat_extends_leases_records_liveness_and_carries_cancel(
+        backend: Backend) -> None:
+    client = Client(backend, app)
+    workflow_id = await client.submit_workflow(
+        {"steps": [{"name": "a", "task": "echo"}]}, name="w")
+    (plain,) = await backend.enqueue([NewTask("t")])
+    claimed = await backend.claim(ME, 10, lease_seconds=5)
+    leases = [(t.id, t.lease_token) for t in claimed]
+    step = next(t.id for t in claimed if t.workflow_id == workflow_id)
+    before = await backend.pool.fetchval(
+        "SELECT max(lease_expires_at) FROM shoal.tasks WHERE state = 'running'")
+    reply = await backend.heartbeat(ME, leases, 60, in_flight=2, draining=False)
+    assert reply.held == {plain, step} and reply.cancel == frozenset()
+    after = await backend.pool.fetchval(
+        "SELECT min(lease_expires_at) FROM shoal.tasks WHERE state = 'running'")
+    assert after > before
+    (row,) = await backend.pool_workers("pool-a")
+    assert (row.id, row.pod_name, row.tags, row.task_names, row.concurrency, row.in_flight,
+            row.draining) == ("w1", "pod-1", ["gpu"], ["t", "echo"], 4, 2, False)
+    record = await client.cancel(workflow_id, actor="op")
+    assert (await client.status(workflow_id)).state == "cancelling"  # its step still runs
+    reply = await backend.heartbeat(ME, leases, 60, in_flight=2, draining=True)
+    assert reply.held == {plain, step} and reply.cancel == {step}
+    assert record.applied and (await backend.pool_workers("pool-a"))[0].draining
+    # the worker stops the step and reports it cancelled: the workflow is cancelled
+    assert await backend.report([Outcome(step, dict(leases)[step], workflow_id,
+                                         cancelled=True, error="cancelled")]) == {step}
+    assert (await client.status(workflow_id)).state == "cancelled"
+    assert await backend.reap_workers(stale_seconds=3600) == []
+    assert await backend.reap_workers(stale_seconds=0) == ["w1"]
+    assert await backend.pool_workers("pool-a") == []
+
+
+async def test_prune_removes_only_old_finished_plain_tasks(backend: Backend) -> None:
+    client = Client(backend, app)
+    done, failed, waiting, running = await backend.enqueue(
+        [NewTask("t"), NewTask("t", max_attempts=1), NewTask("t"), NewTask("t")])
+    workflow_id = await client.submit_workflow(
+        {"steps": [{"name": "a", "task": "echo"}]}, name="w")
+    claimed = {t.id: t for t in await backend.claim(ME, 3, 60)}
+    claimed |= {t.id: t for t in await backend.claim(ME, 3, 60)}
+    outcomes = [Outcome(done, claimed[done].lease_token),
+                Outcome(failed, claimed[failed].lease_token, error="boom")]
+    step = next(t for t in claimed.values() if t.workflow_id == workflow_id)
+    outcomes.append(Outcome(step.id, step.lease_token, workflow_id, result_json='"ok"'))
+    await backend.release([(waiting, claimed[waiting].lease_token)])
+    assert await backend.report(outcomes) == {done, failed, step.id}
+    assert await backend.prune(retention_seconds=3600) == (0, 0)  # all too recent
+    assert await backend.prune(retention_seconds=0) == (1, 1)
+    rows = await backend.pool.fetch("SELECT id, state::text FROM shoal.tasks ORDER BY id")
+    # the succeeded task and the finished workflow (with its step) are gone; the dead
+    # letter, the ready and the running task stay
+    assert [(r["id"], r["state"]) for r in rows] == [
+        (failed, "dead"), (waiting, "ready"), (running, "running")]
+
+
+async def test_backlog_counts_what_a_pool_can_serve(backend: Backend) -> None:
+    await backend.enqueue([NewTask("t"), NewTask("t", tags=("gpu",)),
+                           NewTask("t", tags=("tpu",)), NewTask("t", delay_seconds=3600),
+                           NewTask("other"), NewTask("t", namespace="b"),
+                           NewTask("t", max_attempts=1)])
+    (claimed,) = await backend.claim(ME, 1, 60)
+    await backend.report([Outcome(claimed.id, claimed.lease_token, error="x")])  # dead
+    await backend.claim(ME, 1, 60)  # one running
+    backlog = await backend.backlog("default", ["gpu"])
+    assert (backlog.ready, backlog.running, backlog.waiting, backlog.dead) == (2, 1, 1, 1)
+    only_t = await backend.backlog("default", ["gpu"], ["t"])
+    assert (only_t.ready, only_t.waiting) == (1, 1)
+
+
+async def _value(value: bool) -> bool:
+    return value
