@@ -16,7 +16,7 @@ desired_replicas = Gauge("shoal_workerpool_desired_replicas",
                          "Replicas the scaler decided for the pool", POOL)
 scaler_errors = Counter("shoal_scaler_errors_total",
                         "Failed scaler evaluations, by reason", [*POOL, "reason"])
-scale_latency = Histogram("shoal_scaler_evaluation_seconds",
+evaluation_seconds = Histogram("shoal_scaler_evaluation_seconds",
                           "Time from a wake-up (enqueue or re-check) to a finished evaluation",
                           POOL, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 reconciles = Counter("shoal_reconcile_total", "Reconciles by kind and result",

@@ -134,7 +134,7 @@ class PoolScaler:
                 except READ_ERRORS as exc:  # the API server or database blinked: next round
                     metrics.scaler_errors.labels(self.namespace, self.name, "Error").inc()
                     log.warning("%s/%s: evaluation failed: %s", self.namespace, self.name, exc)
-                metrics.scale_latency.labels(self.namespace, self.name).observe(
+                metrics.evaluation_seconds.labels(self.namespace, self.name).observe(
                     time.monotonic() - started)
                 await asyncio.sleep(MIN_EVALUATION_GAP)
                 woken = asyncio.ensure_future(self.wake.wait())
