@@ -41,12 +41,7 @@ from shoal_operator.kube import KubeError
 from shoal_operator.workflows import annotations
 from shoal_operator.workflows.spec import GROUP, PLURAL, VERSION, check_pool_fit, parse_spec
 from shoal_operator.workflows.status import PHASE_LABEL
-from shoal_operator.workflows.sync import (
-    StatusSync,
-    Tracked,
-    WorkflowRegistry,
-    pool_backend,
-)
+from shoal_operator.workflows.sync import PoolResolver, StatusSync, Tracked, WorkflowRegistry
 
 DELETE_RETRIES = 5
 PHASE_LABEL_FIELD = ("metadata", "labels", PHASE_LABEL)
@@ -60,6 +55,7 @@ class WorkflowRuntime:
     """The operator-wide Workflow machinery, kept in kopf's memo as `memo.workflows`."""
 
     registry: WorkflowRegistry
+    pools: PoolResolver
     sync: StatusSync
     settings: kopf.OperatorSettings
     tasks: list[asyncio.Task[None]]
@@ -86,8 +82,9 @@ async def start_workflow_services(memo: kopf.Memo, settings: kopf.OperatorSettin
                                   **_: Any) -> None:
     """Start the status sync (one task for every Workflow CR)."""
     registry = WorkflowRegistry()
-    sync = StatusSync(registry)
-    memo.workflows = WorkflowRuntime(registry, sync, settings,
+    pools = PoolResolver()
+    sync = StatusSync(registry, pools)
+    memo.workflows = WorkflowRuntime(registry, pools, sync, settings,
                                      [asyncio.create_task(sync.run(), name="workflow-sync")])
 
 
@@ -127,7 +124,7 @@ async def _submit(runtime: WorkflowRuntime, entry: Tracked, body: kopf.Body,
     entry.generation = int(body.metadata.get("generation") or 1)
     try:
         parsed = parse_spec(spec)
-        pool, backend = await pool_backend(entry.namespace, parsed.pool_ref)
+        pool, backend = await runtime.pools.resolve(entry.namespace, parsed.pool_ref)
         check_pool_fit(parsed, pool.tasks)
         workflow_id = await backend.submit_workflow(
             parsed.dag(), name=f"{entry.namespace}/{entry.name}",
@@ -201,7 +198,7 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, retry: in
                   message="the spec of a submitted Workflow cannot change; create a new one")
     try:
         if entry.backend is None:
-            _, entry.backend = await pool_backend(entry.namespace, entry.pool)
+            _, entry.backend = await runtime.pools.resolve(entry.namespace, entry.pool)
             runtime.sync.watch(entry.backend)
         await _steer(runtime, entry, entry.backend, body)
     except NotFound:
@@ -220,7 +217,7 @@ async def cancel_on_delete(body: kopf.Body, memo: kopf.Memo, retry: int, **_: An
     entry, _ = runtime.registry.observe(body)
     try:
         if entry.backend is None:
-            _, entry.backend = await pool_backend(entry.namespace, entry.pool)
+            _, entry.backend = await runtime.pools.resolve(entry.namespace, entry.pool)
         if entry.workflow_id is None:
             found = await entry.backend.workflow_id_by_key(entry.uid)
             if found is None:

@@ -59,6 +59,27 @@ async def pool_backend(namespace: str, pool: str) -> tuple[PoolSpec, Backend]:
     return spec, await backend_for_spec(namespace, spec)
 
 
+class PoolResolver:
+    """`pool_backend` with each successful answer remembered for `ttl` seconds.
+
+    A burst of Workflow creations on one pool then costs two API reads per
+    `ttl`, not two per Workflow; a pool or Secret change is seen within `ttl`.
+    """
+
+    def __init__(self, ttl: float = 5.0) -> None:
+        self.ttl = ttl
+        self._known: dict[tuple[str, str], tuple[float, PoolSpec, Backend]] = {}
+
+    async def resolve(self, namespace: str, pool: str) -> tuple[PoolSpec, Backend]:
+        key = (namespace, pool)
+        known = self._known.get(key)
+        if known is not None and time.monotonic() - known[0] < self.ttl:
+            return known[1], known[2]
+        spec, backend = await pool_backend(namespace, pool)
+        self._known[key] = (time.monotonic(), spec, backend)
+        return spec, backend
+
+
 def _sinks(spec: Mapping[str, Any]) -> tuple[str, ...]:
     steps = [s for s in spec.get("steps") or () if isinstance(s, Mapping)]
     needed = {d for s in steps for d in s.get("dependsOn") or ()}
@@ -143,9 +164,10 @@ class StatusSync:
     At most `concurrency` patches are in flight at once.
     """
 
-    def __init__(self, registry: WorkflowRegistry, *, window: float = 0.2,
+    def __init__(self, registry: WorkflowRegistry, pools: PoolResolver, *, window: float = 0.2,
                  resync: float = 120.0, concurrency: int = 8, batch: int = 500) -> None:
         self.registry = registry
+        self.pools = pools
         self.window = window
         self.resync = resync
         self.batch = batch
@@ -235,25 +257,28 @@ class StatusSync:
         await asyncio.gather(*writes)
 
     async def _resolve(self, entries: list[Tracked]) -> None:
-        """Find the backend (and instance id) of CRs seen on the server but not yet here."""
-        pools: dict[tuple[str, str], Backend | None] = {}
-        for e in entries:
-            if e.backend is not None or not e.pool:
-                continue
-            key = (e.namespace, e.pool)
-            if key not in pools:
-                try:
-                    pools[key] = (await pool_backend(*key))[1]
-                except (ShoalError, KubeError) as exc:
-                    log.debug("workflow %s/%s: no backend yet: %s", e.namespace, e.name, exc)
-                    pools[key] = None
-            backend = pools[key]
-            if backend is None:
-                continue
-            e.backend = backend
-            self.watch(backend)
-            if e.workflow_id is None:
-                found = await backend.workflow_id_by_key(e.uid)
+        """Find the backend (and instance id) of CRs seen on the server but not yet here.
+
+        Each distinct pool is resolved once per round, all pools concurrently,
+        so a pool whose database is down costs one attempt per round, not one per CR.
+        """
+        missing = [e for e in entries if e.backend is None and e.pool]
+        keys = list(dict.fromkeys((e.namespace, e.pool) for e in missing))
+        answers = await asyncio.gather(*(self.pools.resolve(*k) for k in keys),
+                                       return_exceptions=True)
+        backends: dict[tuple[str, str], Backend] = {}
+        for key, answer in zip(keys, answers, strict=True):
+            if isinstance(answer, ShoalError | KubeError | OSError):
+                log.debug("WorkerPool %s/%s: no backend yet: %s", *key, answer)
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                backends[key] = answer[1]
+                self.watch(answer[1])
+        for e in missing:
+            e.backend = backends.get((e.namespace, e.pool))
+            if e.backend is not None and e.workflow_id is None:
+                found = await e.backend.workflow_id_by_key(e.uid)
                 if found is not None:
                     self.registry.attach(e, found)
 
