@@ -35,14 +35,17 @@ from tests.operator.harness import (
 pytestmark = pytest.mark.kube
 
 REPO = Path(__file__).resolve().parents[2]
-NS = "wf-e2e"
+NS = f"wf-e2e-{uuid.uuid4().hex[:6]}"
 POOL = "demo"
-TASK_NS = "wf-tasks"
+TASK_NS = f"{NS}-tasks"
 
 
 @pytest.fixture(scope="module")
-def pool(kube: KubeAccess, operator_db: str, shoal_operator: OperatorProcess) -> str:
-    """Namespace, database Secret and a WorkerPool (manual, 0 replicas: workers run below)."""
+def pool(kube: KubeAccess, operator_db: str, shoal_operator: OperatorProcess) -> Iterator[str]:
+    """Namespace, database Secret and a WorkerPool (manual, 0 replicas: workers run below).
+
+    The namespace is deleted while the operator still runs, so finalizers are honoured.
+    """
     kube.kubectl("create", "namespace", NS)
     apply(kube, {"apiVersion": "v1", "kind": "Secret",
                  "metadata": {"name": "db", "namespace": NS},
@@ -53,7 +56,9 @@ def pool(kube: KubeAccess, operator_db: str, shoal_operator: OperatorProcess) ->
                           "database": {"secretRef": {"name": "db"}},
                           "tasks": {"namespace": TASK_NS},
                           "replicas": 0, "scaling": {"mode": "manual"}}})
-    return POOL
+    yield POOL
+    result = kube.kubectl("delete", "namespace", NS, "--timeout=120s")
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +284,7 @@ async def test_operator_restart_loses_no_command_and_makes_no_duplicate(
         kube: KubeAccess, pool: str, workers: None, backend: Backend,
         shoal_operator: OperatorProcess):
     apply(kube, workflow("restart", [
-        {"name": "first", "task": "sleep", "input": {"seconds": 1}},
+        {"name": "first", "task": "sleep", "input": {"seconds": 8}},
         {"name": "second", "task": "noop", "dependsOn": ["first"]},
     ]))
     obj = wait_phase(kube, "restart", "Running")
