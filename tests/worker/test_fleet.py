@@ -28,9 +28,11 @@ def events(log: str, event: str) -> list[dict[str, object]]:
 async def test_eight_workers_run_every_task_exactly_once(dsn: str, backend: Backend,
                                                          spawn: Spawner, log: str) -> None:
     total = 2400
-    ids = await Client(backend, app).enqueue_many([Job("record", {"log": log})] * total)
     workers = [await spawn.worker(dsn, "--concurrency", "8", "--batch-size", "8",
                                   poll_interval="200ms") for _ in range(8)]
+    # all eight are up (a worker registers before its first claim), then the work arrives
+    await eventually(lambda: _count_workers(backend, 8), within=60, what="8 live workers")
+    ids = await Client(backend, app).enqueue_many([Job("record", {"log": log})] * total)
     await eventually(lambda: succeeded(backend, total), within=180, what="2400 tasks")
     for w in workers:
         w.signal(signal.SIGTERM)
@@ -169,6 +171,10 @@ async def http_get(port: int, path: str) -> tuple[int, str]:
 async def _all_finished(backend: Backend, ids: list[int]) -> bool:
     states = [(await backend.get_task(i)).state for i in ids]
     return all(s in ("succeeded", "dead") for s in states)
+
+
+async def _count_workers(backend: Backend, n: int) -> bool:
+    return await backend.pool.fetchval("SELECT count(*) FROM shoal.workers") == n
 
 
 async def _value(value: object) -> object:
