@@ -281,16 +281,14 @@ class Backend:
     async def retry_dead_letters(self, where: DeadLetterFilter) -> int:
         """Make matching dead letters ready with fresh attempts; failed workflows resume.
 
-        A revived workflow's steps that its failure cancelled wait again, and those
-        whose dependencies already succeeded start at once.
+        A revived workflow's steps that its failure cancelled wait again; they
+        start as usual once the retried steps they depend on succeed (or are
+        cancelled again if a retried step dies again).
         """
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(self.queries.retry_dead, *_dead_args(where))
-            revived = sorted(row["revived_ids"] or [])
-            if revived:
-                await conn.execute(self.queries.reblock_cancelled_steps, revived)
-                for workflow_id in revived:
-                    await self._advance(conn, workflow_id)
+            if row["revived_ids"]:
+                await conn.execute(self.queries.reblock_cancelled_steps, row["revived_ids"])
         return int(row["retried"])
 
     # -- workflows -----------------------------------------------------------------
