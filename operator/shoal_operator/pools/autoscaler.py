@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 MIN_EVALUATION_GAP = 0.1  # seconds between evaluations: a burst coalesces into one
+STATUS_MIN_INTERVAL = 1.0  # seconds between status writes that only update numbers
 WARNING_REPEAT = 60.0  # a persisting problem is re-posted as an Event at most this often
 READ_ERRORS = (ShoalError, OSError, TimeoutError, asyncpg.PostgresError,
                asyncpg.InterfaceError, KubeError)
@@ -122,6 +123,7 @@ class PoolScaler:
         self.listening: tuple[str, str, str] | None = None
         self.backend_failing = False
         self.last_warning: tuple[str, float] | None = None
+        self.last_report: tuple[tuple[object, ...], float] | None = None
 
     async def run(self, stopped: kopf.DaemonStopped) -> None:
         _scalers[(self.namespace, self.name)] = self
@@ -151,8 +153,10 @@ class PoolScaler:
         """One evaluation; every failure becomes a condition and an Event, never a crash."""
         try:
             spec = PoolSpec.from_body(self.body.get("spec") or {})
-        except InvalidPoolSpec as exc:
-            await self._report_error("InvalidSpec", str(exc), None)
+        except InvalidPoolSpec as exc:  # reconcile_pool posts the Event and Ready=False
+            metrics.scaler_errors.labels(self.namespace, self.name, "InvalidSpec").inc()
+            await patch_status(self.namespace, self.name, {}, [
+                self._condition("ScalingActive", False, "InvalidSpec", str(exc))])
             return
         try:
             backend = await backends.backend_for_spec(self.namespace, spec)
@@ -175,14 +179,14 @@ class PoolScaler:
             kopf.event(self.body, type="Normal", reason="BackendReachable",
                        message="the backend answers again")
         reachable = self._condition("BackendReachable", True, "BacklogRead",
-                                   "the backlog was read from the backend")
+                                    "the backlog was read from the backend")
         if spec.scaling.mode == "manual":
             await patch_status(self.namespace, self.name, {
                 "backlog": _backlog_status(backlog), "mode": "manual",
                 "paused": False, "desiredReplicas": spec.replicas or 0,
             }, [reachable,
                 self._condition("ScalingActive", False, "ManualMode",
-                               "spec.replicas (the scale subresource) sets the replicas"),
+                                "spec.replicas (the scale subresource) sets the replicas"),
                 self._condition("ScalingLimited", False, "ManualMode", "")])
             self.state = None
             return
@@ -250,10 +254,20 @@ class PoolScaler:
                   if decision.active else
                   self._condition("ScalingActive", False, decision.reason, decision.message))
         limited = self._condition("ScalingLimited", decision.limited, decision.limit_reason,
-                                 decision.message if decision.limited else
-                                 "the desired count is within the limits")
+                                  decision.message if decision.limited else
+                                  "the desired count is within the limits")
         metrics.desired_replicas.labels(self.namespace, self.name).set(decision.desired)
+        # Under a steady stream of enqueues only the numbers move: write those at most
+        # once a second (a later evaluation catches up); a changed count, status or
+        # reason is written at once.
+        key = (decision.desired, paused, *((c["status"], c["reason"])
+                                           for c in (reachable, active, limited)))
+        now = time.monotonic()
+        if self.last_report and self.last_report[0] == key and \
+                now - self.last_report[1] < STATUS_MIN_INTERVAL:
+            return
         await patch_status(self.namespace, self.name, fields, [reachable, active, limited])
+        self.last_report = (key, now)
 
     async def _deployment(self) -> Mapping[str, Any] | None:
         try:
@@ -293,14 +307,14 @@ class PoolScaler:
         for state, value in _backlog_status(backlog).items():
             metrics.backlog.labels(self.namespace, self.name, state).set(value)
 
-    async def _report_error(self, reason: str, message: str, spec: PoolSpec | None) -> None:
+    async def _report_error(self, reason: str, message: str, spec: PoolSpec) -> None:
         """Conditions and a Warning Event; replicas held unless the fallback applies."""
         metrics.scaler_errors.labels(self.namespace, self.name, reason).inc()
-        self.backend_failing = reason != "InvalidSpec"
+        self.backend_failing = True
         self._warn(reason, message)
         conditions = [self._condition("BackendReachable", False, reason, message),
                       self._condition("ScalingActive", False, reason, message)]
-        if spec is not None and spec.scaling.mode == "auto":
+        if spec.scaling.mode == "auto":
             await self._fallback(spec)
         await patch_status(self.namespace, self.name, {}, conditions)
 
