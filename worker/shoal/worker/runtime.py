@@ -234,6 +234,7 @@ class Worker:
         except (PermanentError, InvalidInput) as exc:
             outcome = self._failure(definition, task, f"{type(exc).__name__}: {exc}", False)
         except TimeoutError:
+            ctx.cancel_event.set()  # a sync handler's thread runs on: tell it to stop
             timeout = task.timeout_seconds or definition.timeout
             outcome = self._failure(definition, task, f"timed out after {timeout:g}s", True)
         except Exception as exc:
