@@ -39,6 +39,7 @@ from shoal.errors import BackendUnavailable, InvalidCommand, InvalidInput, NotFo
 
 SCHEMA_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 FINAL_WORKFLOW_STATES = frozenset({"cancelled", "succeeded", "failed"})
+HEARTBEAT_CHUNK = 1000
 
 
 def check_schema(schema: str) -> str:
@@ -229,11 +230,18 @@ class Backend:
 
     async def heartbeat(self, worker: WorkerIdentity, leases: Sequence[tuple[int, int]],
                         lease_seconds: float, in_flight: int, draining: bool) -> HeartbeatReply:
-        """Extend every lease held and refresh the worker's liveness row, in one statement."""
-        rows = await self.pool.fetch(
-            self.queries.heartbeat, [i for i, _ in leases], [t for _, t in leases],
-            lease_seconds, worker.id, worker.pool, worker.pod_name, worker.namespace,
-            list(worker.tags), list(worker.task_names), worker.concurrency, in_flight, draining)
+        """Extend every lease held and refresh the worker's liveness row.
+
+        One statement per HEARTBEAT_CHUNK leases (one in all for most workers).
+        """
+        rows: list[asyncpg.Record] = []
+        for start in range(0, max(len(leases), 1), HEARTBEAT_CHUNK):
+            chunk = leases[start:start + HEARTBEAT_CHUNK]
+            rows += await self.pool.fetch(
+                self.queries.heartbeat, [i for i, _ in chunk], [t for _, t in chunk],
+                lease_seconds, worker.id, worker.pool, worker.pod_name, worker.namespace,
+                list(worker.tags), list(worker.task_names), worker.concurrency, in_flight,
+                draining)
         return HeartbeatReply(held=frozenset(r["id"] for r in rows),
                               cancel=frozenset(r["id"] for r in rows if r["cancel"]))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 
@@ -23,9 +23,11 @@ class NewTask:
     idempotency_key: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimedTask:
-    """A task leased to this worker; `lease_token` fences its result."""
+class ClaimedTask(NamedTuple):
+    """A task leased to this worker; `lease_token` fences its result.
+
+    A NamedTuple, like Outcome: one is built per task on the hot path.
+    """
 
     id: int
     name: str
@@ -40,8 +42,7 @@ class ClaimedTask:
     run_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What a worker reports for one task it held."""
 
     task_id: int

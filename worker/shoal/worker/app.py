@@ -17,11 +17,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import json
 import re
 import sys
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 from uuid import UUID
@@ -39,23 +39,31 @@ class PermanentError(Exception):
     """Raise from a handler to fail the task now, without retries (it becomes a dead letter)."""
 
 
-@dataclass
 class TaskContext:
     """What a handler may know about the attempt it runs."""
 
-    task_id: int
-    name: str
-    attempt: int
-    max_attempts: int
-    workflow_id: UUID | None = None
-    step: str | None = None
-    cancel_event: threading.Event = field(default_factory=threading.Event)
+    __slots__ = ("_cancelled", "attempt", "max_attempts", "name", "step", "task_id",
+                 "workflow_id")
+
+    def __init__(self, task_id: int, name: str, attempt: int, max_attempts: int,
+                 workflow_id: UUID | None = None, step: str | None = None) -> None:
+        self.task_id = task_id
+        self.name = name
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self.workflow_id = workflow_id
+        self.step = step
+        self._cancelled = False
 
     @property
     def cancelled(self) -> bool:
         """True once the attempt must stop: its workflow was cancelled, its lease lost,
         or the worker is draining. Sync handlers should poll it in long loops."""
-        return self.cancel_event.is_set()
+        return self._cancelled
+
+    def cancel(self) -> None:
+        """Mark the attempt cancelled (the worker calls this; handlers read `cancelled`)."""
+        self._cancelled = True
 
 
 Handler = Callable[..., Any]
@@ -98,9 +106,16 @@ class TaskDefinition:
         return self.handler(argument, **{self.context_param: ctx})
 
 
-def encode_result(value: Any) -> Any:
-    """A handler's return value as JSON-ready data (pydantic models are dumped)."""
-    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+_PLAIN = frozenset({type(None), str, int, float, bool, dict, list})
+
+
+def encode_result(value: Any) -> str:
+    """A handler's return value as JSON text (pydantic models are dumped first)."""
+    if value is None:
+        return "null"
+    if type(value) not in _PLAIN and isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    return json.dumps(value, allow_nan=False)
 
 
 class App:

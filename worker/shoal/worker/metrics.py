@@ -33,6 +33,18 @@ RECLAIMED = Counter("shoal_tasks_reclaimed_total",
 DB_ERRORS = Counter("shoal_backend_errors_total", "Failed database calls", ("operation",))
 
 
+class TaskMetrics:
+    """Per-task-name metric children, looked up once: labels() is costly per call."""
+
+    __slots__ = ("claimed", "duration", "finished")
+
+    def __init__(self, task: str) -> None:
+        self.claimed = CLAIMED.labels(task)
+        self.duration = DURATION.labels(task)
+        self.finished = {kind: FINISHED.labels(task, kind)
+                         for kind in ("succeeded", "retried", "dead", "cancelled")}
+
+
 class MetricsServer:
     """Serves /metrics, /healthz and /readyz on one port until cancelled."""
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
@@ -39,6 +38,9 @@ log = logging.getLogger(__name__)
 
 DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError)
 MAX_BACKOFF = 5.0
+# Results per report statement: bounds each statement's cost whatever plan the
+# database picks, and lets a heartbeat run between two chunks.
+REPORT_CHUNK = 500
 
 
 @dataclass
@@ -111,6 +113,7 @@ class Worker:
         self.last_db_ok = 0.0
         self.threads = ThreadPoolExecutor(max_workers=config.concurrency,
                                           thread_name_prefix="shoal-task")
+        self.task_metrics = {name: metrics.TaskMetrics(name) for name in names}
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -191,16 +194,17 @@ class Worker:
                 continue
             backoff.reset()
             self.last_db_ok = time.monotonic()
+            now = time.time()
             for task in claimed:
-                self._start(task)
+                self._start(task, now)
+            metrics.IN_FLIGHT.set(len(self.held))
             if len(claimed) < want:
                 await wait_event(self.wake, self.config.poll_interval)
 
-    def _start(self, task: ClaimedTask) -> None:
-        definition = self.app.get(task.name)
-        context = TaskContext(task_id=task.id, name=task.name, attempt=task.attempt,
-                              max_attempts=task.max_attempts, workflow_id=task.workflow_id,
-                              step=task.step)
+    def _start(self, task: ClaimedTask, now: float) -> None:
+        definition = self.app.tasks[task.name]
+        context = TaskContext(task.id, task.name, task.attempt, task.max_attempts,
+                              task.workflow_id, task.step)
         running = self.executions.get(task.id)
         if running is not None:
             # This worker claimed a task it is still running: the first claim was
@@ -213,9 +217,8 @@ class Worker:
         self.executions[task.id] = execution
         self.held[task.id] = task
         self.busy += 1
-        metrics.CLAIMED.labels(task.name).inc()
-        metrics.IN_FLIGHT.inc()
-        metrics.CLAIM_LATENCY.observe(max(0.0, time.time() - task.run_at.timestamp()))
+        self.task_metrics[task.name].claimed.inc()
+        metrics.CLAIM_LATENCY.observe(max(0.0, now - task.run_at.timestamp()))
         execution.future = asyncio.create_task(self._execute(execution, definition))
 
     # -- running ----------------------------------------------------------------------
@@ -227,28 +230,28 @@ class Worker:
         try:
             value = await self._call(definition, task, ctx)
         except asyncio.CancelledError:
-            ctx.cancel_event.set()
+            ctx.cancel()
             outcome = self._on_stopped(execution)
             if execution.stop_reason is None:
                 raise
         except (PermanentError, InvalidInput) as exc:
             outcome = self._failure(definition, task, f"{type(exc).__name__}: {exc}", False)
         except TimeoutError:
-            ctx.cancel_event.set()  # a sync handler's thread runs on: tell it to stop
+            ctx.cancel()  # a sync handler's thread runs on: tell it to stop
             timeout = task.timeout_seconds or definition.timeout
             outcome = self._failure(definition, task, f"timed out after {timeout:g}s", True)
         except Exception as exc:
             outcome = self._failure(definition, task, f"{type(exc).__name__}: {exc}", True)
         else:
             try:
-                result = json.dumps(encode_result(value), allow_nan=False)
+                result = encode_result(value)
             except (TypeError, ValueError) as exc:
                 outcome = self._failure(definition, task, f"result is not JSON: {exc}", False)
             else:
                 outcome = Outcome(task.id, task.lease_token, task.workflow_id,
                                   result_json=result)
         finally:
-            metrics.DURATION.labels(task.name).observe(time.monotonic() - started)
+            self.task_metrics[task.name].duration.observe(time.monotonic() - started)
             del self.executions[task.id]
             self.busy -= 1
             self.slot_free.set()
@@ -289,10 +292,7 @@ class Worker:
                        retry_in_seconds=delay)
 
     def _forget(self, task_id: int) -> ClaimedTask | None:
-        task = self.held.pop(task_id, None)
-        if task is not None:
-            metrics.IN_FLIGHT.dec()
-        return task
+        return self.held.pop(task_id, None)
 
     # -- reporting -----------------------------------------------------------------------
 
@@ -309,10 +309,12 @@ class Worker:
                 await backoff.wait()
 
     async def _report_once(self) -> bool:
-        """Report everything in the outbox; on failure keep it there and return False."""
+        """Report up to REPORT_CHUNK results; on failure keep them and return False."""
         assert self.backend is not None
         async with self.report_lock:
-            batch, self.outbox = self.outbox, []
+            batch, self.outbox = self.outbox[:REPORT_CHUNK], self.outbox[REPORT_CHUNK:]
+            if self.outbox:
+                self.report_due.set()
             if not batch:
                 return True
             try:
@@ -325,15 +327,17 @@ class Worker:
             self.last_db_ok = time.monotonic()
             for outcome in batch:
                 task = self._forget(outcome.task_id)
-                name = task.name if task else "unknown"
+                if task is None:
+                    continue
                 if outcome.task_id in accepted:
-                    metrics.FINISHED.labels(name, _kind(outcome)).inc()
+                    self.task_metrics[task.name].finished[_kind(outcome)].inc()
                     if outcome.error and outcome.retry_in_seconds is not None:
                         self._wake_in(outcome.retry_in_seconds)  # due from the report on
                 else:
                     metrics.LEASES_LOST.inc()
-                    log.warning("result for task %s #%d refused: its lease moved on", name,
-                                outcome.task_id)
+                    log.warning("result for task %s #%d refused: its lease moved on",
+                                task.name, outcome.task_id)
+            metrics.IN_FLIGHT.set(len(self.held))
             return True
 
     # -- heartbeats --------------------------------------------------------------------
@@ -353,10 +357,13 @@ class Worker:
 
     async def _beat(self) -> None:
         assert self.backend is not None
-        leases = [(task.id, task.lease_token) for task in self.held.values()]
-        reply = await self.backend.heartbeat(
-            self.identity, leases, self.config.claim_ttl, in_flight=len(leases),
-            draining=self.stopping.is_set())
+        # Under the report lock: a heartbeat and a report locking the same
+        # rows in different orders on two connections would deadlock.
+        async with self.report_lock:
+            leases = [(task.id, task.lease_token) for task in self.held.values()]
+            reply = await self.backend.heartbeat(
+                self.identity, leases, self.config.claim_ttl, in_flight=len(leases),
+                draining=self.stopping.is_set())
         self.last_db_ok = time.monotonic()
         for task_id, _token in leases:
             execution = self.executions.get(task_id)
@@ -371,7 +378,7 @@ class Worker:
 
     def _interrupt(self, execution: Execution, reason: str) -> None:
         execution.stop_reason = reason
-        execution.context.cancel_event.set()
+        execution.context.cancel()
         if execution.future is not None:
             execution.future.cancel()
 

@@ -55,7 +55,10 @@ CREATE TABLE {schema}.tasks (
 -- Partial indexes: a row sits only in the index of its current state, so the
 -- claim scans ready rows only and finished rows never slow it down.
 CREATE INDEX tasks_ready ON {schema}.tasks (namespace, sort_key, id) WHERE state = 'ready';
-CREATE INDEX tasks_running ON {schema}.tasks (lease_expires_at) WHERE state = 'running';
+-- Leases, for the reaper. Keyed on the lease itself (every way out of
+-- 'running' clears it), not on state: a state predicate here would lure the
+-- planner away from the primary key when reports look up running tasks by id.
+CREATE INDEX tasks_leases ON {schema}.tasks (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
 CREATE INDEX tasks_dead ON {schema}.tasks (namespace, name) WHERE state = 'dead';
 CREATE INDEX tasks_finished ON {schema}.tasks (finished_at)
     WHERE state IN ('succeeded', 'cancelled') AND workflow_id IS NULL;
