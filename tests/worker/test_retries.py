@@ -176,3 +176,20 @@ async def test_sync_handlers_run_in_worker_threads(dsn: str, backend: Backend,
         await eventually(lambda: done(backend, ids), what="the sync tasks")
     threads = {(await backend.get_task(i)).result["thread"] for i in ids}
     assert all(t.startswith("shoal-task") for t in threads)
+
+
+async def test_sync_handler_is_told_to_stop_when_it_times_out(dsn: str, backend: Backend,
+                                                              log: str) -> None:
+    task_id = await Client(backend, app).enqueue("record-sync", {"log": log, "sleep": 600},
+                                                 timeout="300ms", retries=0)
+    dead = all_in("dead")
+    async with running_worker(app, dsn):
+        await eventually(lambda: dead(backend, [task_id]), what="the task to time out")
+        assert (await backend.get_task(task_id)).error == "timed out after 0.3s"
+        # the thread cannot be killed; the cooperative handler sees ctx.cancelled
+        await eventually(lambda: _has_event(log, "cancelled"), what="the handler to stop")
+    assert [e["event"] for e in runs(log)] == ["start", "cancelled"]
+
+
+async def _has_event(log: str, event: str) -> bool:
+    return any(e["event"] == event for e in runs(log))
