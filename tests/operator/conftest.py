@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,21 +11,16 @@ import pytest
 
 from shoal.backend import Backend
 from tests.cluster.access import KubeAccess
-from tests.cluster.postgres import PostgresServer
+from tests.cluster.postgres import ExternalPostgres, PostgresServer
 from tests.operator.harness import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def operator_db(request: pytest.FixtureRequest) -> Iterator[str]:
-    """DSN of a migrated database for operator tests (the shared `postgres` server if any)."""
-    try:
-        server = request.getfixturevalue("postgres")
-        own = None
-    except pytest.FixtureLookupError:
-        own = server = PostgresServer().start()
-    dsn = server.create_database("shoal_operator_e2e")
+def operator_db(postgres: PostgresServer | ExternalPostgres) -> str:
+    """DSN of a migrated database of its own for the operator tests."""
+    dsn = postgres.create_database(f"shoal_operator_{uuid.uuid4().hex[:8]}")
 
     async def migrate() -> None:
         backend = await Backend.connect(dsn)
@@ -34,9 +30,7 @@ def operator_db(request: pytest.FixtureRequest) -> Iterator[str]:
             await backend.close()
 
     asyncio.run(migrate())
-    yield dsn
-    if own is not None:
-        own.destroy()
+    return dsn
 
 
 @pytest.fixture(scope="session")
