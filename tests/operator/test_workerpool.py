@@ -320,3 +320,21 @@ def test_fallback_replicas_after_failed_reads(kube: KubeAccess,
     assert fallback and fallback[0]["type"] == "Warning"
     assert "running the fallback of 3 replicas" in fallback[0]["message"]
     assert wp(kube, namespace, "fb")["status"]["desiredReplicas"] == 3
+
+
+def test_operator_restart_resumes_and_repairs(kube: KubeAccess, shoal_operator: OperatorProcess,
+                                              operator_db: str, namespace: str) -> None:
+    create_secret(kube, namespace, operator_db)
+    apply(kube, pool("resume", namespace, replicas=2, mode="manual"))
+    first = wait_for(lambda: deployment(kube, namespace, "resume"), 30, "the Deployment")
+    assert shoal_operator.proc is not None
+    shoal_operator.proc.kill()  # SIGKILL: no cleanup
+    shoal_operator.proc.wait()
+    kube.kubectl("delete", "deployment", "resume", "-n", namespace, "--wait=false")
+    kube.kubectl("scale", "wp", "resume", "-n", namespace, "--replicas=3")
+    shoal_operator.start()
+    again = wait_for(lambda: (d := deployment(kube, namespace, "resume"))
+                     and d["metadata"]["uid"] != first["metadata"]["uid"]
+                     and d["spec"]["replicas"] == 3 and d, 30,
+                     "the Deployment re-created with the scale made while the operator was down")
+    assert again["metadata"]["ownerReferences"][0]["name"] == "resume"
