@@ -102,6 +102,7 @@ class Tracked:
     generation: int | None = None        # the generation the instance (or refusal) is of
     notes: dict[str, Condition] = field(default_factory=dict)
     written: dict[str, Any] | None = None  # the status this operator last wrote
+    written_at: float = 0.0                # when (monotonic)
 
     @property
     def final(self) -> bool:
@@ -158,16 +159,21 @@ class StatusSync:
     CR within about `window` seconds plus one batch; any number of changes to
     one CR within a window cost at most one status patch (and one label patch
     when the phase changed); a status equal to the last one written is never
-    patched; after a LISTEN connection is (re)established every CR of that
+    patched; progress alone (steps advancing, no change of phase or conditions)
+    is patched at most once per `progress_interval` per CR, while phase changes
+    go out at once; after a LISTEN connection is (re)established every CR of that
     backend is re-read (nothing announced while nobody listened is lost); and
     every unfinished CR is re-read every `resync` seconds as a safety net.
     At most `concurrency` patches are in flight at once.
     """
 
     def __init__(self, registry: WorkflowRegistry, pools: PoolResolver, *, window: float = 0.2,
-                 resync: float = 120.0, concurrency: int = 8, batch: int = 500) -> None:
+                 progress_interval: float = 2.0, resync: float = 120.0, concurrency: int = 8,
+                 batch: int = 500) -> None:
         self.registry = registry
         self.pools = pools
+        self.progress_interval = progress_interval
+        self._deferred: set[str] = set()
         self.window = window
         self.resync = resync
         self.batch = batch
@@ -287,6 +293,11 @@ class StatusSync:
         new = cr_status(backend_status, previous=base, notes=list(e.notes.values()),
                         sinks=e.sinks, generation=e.generation)
         patch = merge_patch(base, new)
+        wait = e.written_at + self.progress_interval - time.monotonic()
+        if (patch and wait > 0 and new.get("phase") == base.get("phase")
+                and "conditions" not in patch):
+            self._defer(e.uid, wait)
+            return
         async with self._limit:
             try:
                 client = await kube()
@@ -294,6 +305,7 @@ class StatusSync:
                     await client.merge_patch(workflow_path(e.namespace, e.name, "status"),
                                              {"status": patch})
                     self.patches += 1
+                    e.written_at = time.monotonic()
                 e.written = new
                 phase = new.get("phase")
                 if phase and phase != e.phase_label:
@@ -307,3 +319,15 @@ class StatusSync:
                     return
                 log.warning("cannot update Workflow %s/%s status: %s", e.namespace, e.name, exc)
                 self.mark([e.uid])
+
+    def _defer(self, uid: str, delay: float) -> None:
+        """Re-read this CR once `delay` has passed (once, however often it is deferred)."""
+        if uid in self._deferred:
+            return
+        self._deferred.add(uid)
+
+        def due() -> None:
+            self._deferred.discard(uid)
+            self.mark([uid])
+
+        asyncio.get_running_loop().call_later(delay, due)
