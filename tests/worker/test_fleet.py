@@ -60,10 +60,10 @@ async def test_sigkilled_worker_task_is_reclaimed_and_its_late_result_refused(
     await eventually(lambda: _value(events(log, "start")), what="the task to start")
     held = await backend.get_task(task_id)
     assert (held.state, held.worker_id, held.attempts) == ("running", doomed.worker_id, 1)
-    await asyncio.to_thread(fast.touch)  # the next attempt finishes at once
     survivor = await spawn.worker(dsn, claim_ttl="2s")
     doomed.signal(signal.SIGKILL)
     assert await doomed.wait() == -signal.SIGKILL
+    await asyncio.to_thread(fast.touch)  # the next attempt finishes at once
     await eventually(lambda: succeeded(backend, 1), within=60, what="the task to be reclaimed")
     task = await backend.get_task(task_id)
     assert (task.attempts, task.lease_token, task.worker_id) == (2, held.lease_token + 1,
