@@ -1,4 +1,5 @@
-"""``python -m tests.cluster build`` builds the binaries; ``up`` runs a cluster until Ctrl-C."""
+"""``python -m tests.cluster build`` builds the binaries; ``up`` runs a cluster until Ctrl-C;
+``demo`` runs Shoal's main job on it (see tests/cluster/demo.py)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,13 @@ def up() -> int:
 def main(argv: list[str] | None = None) -> int:
     """Dispatch the ``build`` and ``up`` subcommands."""
     parser = argparse.ArgumentParser(prog="python -m tests.cluster")
-    parser.add_argument("command", choices=["build", "up"])
+    parser.add_argument("command", choices=["build", "up", "demo"])
+    parser.add_argument("--once", action="store_true", help="demo: tear down after the tour")
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        from tests.cluster.demo import main as demo_main
+
+        return demo_main(["--once"] if args.once else [])
     return build_main() if args.command == "build" else up()
 
 

@@ -132,21 +132,34 @@ async def write_volumes(pod: Json, root: Path, fetch: Fetch,
 
 def mount_command(argv: list[str], container: Json, volumes: dict[str, Path],
                   unshare: str) -> list[str]:
-    """`argv` run in a private mount namespace with the container's volumeMounts."""
-    mounts = container.get("volumeMounts") or []
+    """`argv` run in a private mount namespace with the container's volumeMounts.
+
+    Every source is opened before anything is mounted and bound from its file
+    descriptor, so a mount over an ancestor of the sources (an emptyDir at
+    /tmp, say) cannot hide the sources of the mounts after it. Parents are
+    mounted before children, as the kubelet does.
+    """
+    mounts = sorted(container.get("volumeMounts") or [],
+                    key=lambda m: Path(m["mountPath"]).parts)
     if not mounts:
         return argv
+    if len(mounts) > 7:
+        raise ConfigError("the node agent supports at most 7 volumeMounts per container")
     lines = ["set -e"]
-    for mount in mounts:
+    for fd, mount in enumerate(mounts, start=3):
+        source = volumes[mount["name"]] / mount.get("subPath", "")
+        lines.append(f"exec {fd}< {shlex.quote(str(source))}")
+    for fd, mount in enumerate(mounts, start=3):
         source = volumes[mount["name"]] / mount.get("subPath", "")
         target = shlex.quote(mount["mountPath"])
         if source.is_dir():
             lines.append(f"mkdir -p {target}")
         else:
             lines.append(f"mkdir -p \"$(dirname {target})\"; [ -e {target} ] || : > {target}")
-        lines.append(f"mount --bind {shlex.quote(str(source))} {target}")
+        lines.append(f"mount --no-canonicalize --bind /proc/self/fd/{fd} {target}")
         if mount.get("readOnly"):
             lines.append(f"mount -o remount,bind,ro {target}")
+        lines.append(f"exec {fd}<&-")
     lines.append('exec "$@"')
     return [unshare, "--mount", "--propagation", "private",
             "sh", "-c", "\n".join(lines), "sh", *argv]
