@@ -1,0 +1,33 @@
+# Shoal's developer entry points. `make demo` runs the main job on a local
+# Postgres + local Kubernetes; `make test` runs the whole test suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: venv cluster lint test bench demo clean
+
+$(BIN)/shoal: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+venv: $(BIN)/shoal
+
+cluster: venv  ## build (or find in the cache) etcd, kube-*, kubectl and helm
+	$(BIN)/python -m tests.cluster build
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: cluster lint  ## the whole suite: unit, Postgres, Kubernetes end-to-end
+	$(BIN)/python -m pytest -q -ra --durations=15
+
+bench: venv  ## Shoal vs PgQueuer, procrastinate and sayiir on one Postgres
+	$(BIN)/python -m bench.run
+
+demo: cluster  ## Postgres + Kubernetes + operator + a sample pool and workflow
+	$(BIN)/python -m tests.cluster demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
