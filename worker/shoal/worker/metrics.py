@@ -11,26 +11,38 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 log = logging.getLogger(__name__)
 
+# A registry of the worker's own: importing shoal (as the operator does) must
+# not add worker series to another process's /metrics.
+REGISTRY = CollectorRegistry()
+_IN = {"registry": REGISTRY}
 TASK = ("task",)
-CLAIMED = Counter("shoal_tasks_claimed_total", "Tasks claimed by this worker", TASK)
+CLAIMED = Counter("shoal_tasks_claimed_total", "Tasks claimed by this worker", TASK, **_IN)
 FINISHED = Counter("shoal_tasks_finished_total",
-                   "Finished attempts by outcome: succeeded, retried, dead, cancelled, released",
-                   ("task", "outcome"))
-DURATION = Histogram("shoal_task_duration_seconds", "Handler run time", TASK,
+                   "Finished attempts by outcome: succeeded, retried, dead, cancelled",
+                   ("task", "outcome"), **_IN)
+DURATION = Histogram("shoal_task_duration_seconds", "Handler run time", TASK, **_IN,
                      buckets=(.001, .005, .01, .05, .1, .5, 1, 5, 10, 30, 60, 300, 900))
 CLAIM_LATENCY = Histogram("shoal_claim_latency_seconds",
-                          "From a task becoming due (run_at) to its handler starting",
+                          "From a task becoming due (run_at) to its handler starting", **_IN,
                           buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
-IN_FLIGHT = Gauge("shoal_tasks_in_flight", "Attempts running or awaiting their report")
+IN_FLIGHT = Gauge("shoal_tasks_in_flight", "Attempts running or awaiting their report", **_IN)
 LEASES_LOST = Counter("shoal_leases_lost_total",
-                      "Attempts whose lease another worker took over, or whose report was refused")
+                      "Attempts whose lease another worker took over, or whose report was refused",
+                      **_IN)
 RECLAIMED = Counter("shoal_tasks_reclaimed_total",
-                    "Expired leases this worker's reaper made claimable again")
-DB_ERRORS = Counter("shoal_backend_errors_total", "Failed database calls", ("operation",))
+                    "Expired leases this worker's reaper made claimable again", **_IN)
+DB_ERRORS = Counter("shoal_backend_errors_total", "Failed database calls", ("operation",), **_IN)
 
 
 class TaskMetrics:
@@ -64,7 +76,7 @@ class MetricsServer:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
             path = request.split(b" ", 2)[1].decode() if request.count(b" ") >= 2 else "/"
             if path.startswith("/metrics"):
-                status, body, kind = "200 OK", generate_latest(), CONTENT_TYPE_LATEST
+                status, body, kind = "200 OK", generate_latest(REGISTRY), CONTENT_TYPE_LATEST
             elif path.startswith("/healthz"):
                 status, body, kind = "200 OK", b"ok\n", "text/plain"
             elif path.startswith("/readyz"):
