@@ -119,14 +119,15 @@ class Queries:
     """
 
     # Fenced: only the holder of the current lease (token, and worker id when
-    # given) may finish a task. `id = ANY($1)` hands the planner the primary
-    # key: joined on unnest() alone it may scan every running task per row.
+    # given) may finish a task. No index has a predicate on state = 'running',
+    # so the planner looks each reported row up by primary key (linear), never
+    # scans running tasks and rescans unnest() per row (quadratic).
     complete = """
     UPDATE {schema}.tasks t
     SET state = 'succeeded', result = r.result, error = NULL, finished_at = now(),
         lease_expires_at = NULL
     FROM unnest($1::bigint[], $2::bigint[], $3::jsonb[]) AS r(id, token, result)
-    WHERE t.id = ANY($1::bigint[]) AND t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
+    WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
       AND ($4::text IS NULL OR t.worker_id = $4)
     RETURNING t.id, t.workflow_id
     """
@@ -144,7 +145,7 @@ class Queries:
         lease_expires_at = NULL,
         worker_id = NULL
     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[]) AS r(id, token, error, retry_in_s)
-    WHERE t.id = ANY($1::bigint[]) AND t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
+    WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
       AND ($5::text IS NULL OR t.worker_id = $5)
     RETURNING t.id, t.workflow_id, t.state::text
     """
@@ -153,7 +154,7 @@ class Queries:
     UPDATE {schema}.tasks t
     SET state = 'cancelled', error = r.error, finished_at = now(), lease_expires_at = NULL
     FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS r(id, token, error)
-    WHERE t.id = ANY($1::bigint[]) AND t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
+    WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
       AND ($4::text IS NULL OR t.worker_id = $4)
     RETURNING t.id, t.workflow_id
     """
@@ -165,7 +166,7 @@ class Queries:
     SET state = 'ready', attempts = greatest(t.attempts - 1, 0), lease_expires_at = NULL,
         worker_id = NULL
     FROM unnest($1::bigint[], $2::bigint[]) AS r(id, token)
-    WHERE t.id = ANY($1::bigint[]) AND t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
+    WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
       AND ($3::text IS NULL OR t.worker_id = $3)
     RETURNING t.id, (SELECT pg_notify('{schema}_tasks', t.namespace)) IS NULL
     """
@@ -177,7 +178,7 @@ class Queries:
         UPDATE {schema}.tasks t
         SET lease_expires_at = now() + $3::float8 * interval '1 second'
         FROM unnest($1::bigint[], $2::bigint[]) AS r(id, token)
-        WHERE t.id = ANY($1::bigint[]) AND t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
+        WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
         RETURNING t.id, t.workflow_id
     ), alive AS (
         INSERT INTO {schema}.workers
