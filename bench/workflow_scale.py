@@ -11,7 +11,9 @@ Starts a local cluster (or uses $SHOAL_TEST_KUBECONFIG), a Postgres server,
    writes per CR shows whether status patches were coalesced;
 3. samples the operator's RSS and CPU time from /proc during the run;
 4. `kubectl annotate workflow x pause=true` on R workflows with a long step:
-   annotate → backend state `paused` and annotate → CR phase `Paused`.
+   annotate → backend state `paused` and annotate → CR phase `Paused`;
+5. restarts the operator with the N finished CRs in place: writes and CPU in
+   the first 20 s (the catch-up reads every instance once and should patch nothing).
 
     .venv/bin/python -m bench.workflow_scale [--workflows 1000] [--workers 2]
 """

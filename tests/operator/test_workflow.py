@@ -138,7 +138,8 @@ def step_state(status: WorkflowStatus, name: str) -> str:
 
 
 async def test_three_steps_succeed_with_outputs_flowing(kube: KubeAccess, pool: str,
-                                                        workers: None, backend: Backend):
+                                                        workers: None, backend: Backend,
+                                                        shoal_operator: OperatorProcess):
     apply(kube, workflow("chain", [
         {"name": "a", "task": "echo", "input": {"n": "${workflow.input.n}"}},
         {"name": "b", "task": "echo", "dependsOn": ["a"], "input": {"m": "${steps.a.output.n}"}},
@@ -154,6 +155,10 @@ async def test_three_steps_succeed_with_outputs_flowing(kube: KubeAccess, pool: 
     assert condition(obj, "Finished")["reason"] == "Succeeded"
     assert condition(obj, "Accepted")["status"] == "True"
     assert obj["metadata"]["labels"]["shoal.dev/phase"] == "Succeeded"
+    # The phase label is the operator's output, not a change kopf must record (and patch).
+    handled = [v for k, v in obj["metadata"]["annotations"].items()
+               if k.endswith("last-handled-configuration")]
+    assert handled and "shoal.dev/phase" not in handled[0]
     assert status["workflowId"] == str(await instance(backend, kube, "chain"))
     table = kube.kubectl("get", "workflows", "-n", NS, "chain").stdout
     assert table.split("\n")[0].split() == ["NAME", "PHASE", "PROGRESS", "PAUSED", "AGE"]
@@ -163,6 +168,9 @@ async def test_three_steps_succeed_with_outputs_flowing(kube: KubeAccess, pool: 
     selected = kube.kubectl("get", "shoal", "-n", NS, "-l", "shoal.dev/phase=Succeeded",
                             "-o", "name").stdout
     assert "workflow.shoal.dev/chain" in selected
+    metrics = shoal_operator.metrics()
+    assert 'shoal_workflow_patches_total{kind="status"}' in metrics
+    assert "shoal_workflows_tracked" in metrics
 
 
 async def test_pause_stops_new_steps_and_resume_continues(kube: KubeAccess, pool: str,
