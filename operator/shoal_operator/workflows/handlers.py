@@ -10,8 +10,8 @@
   command is lost or doubled across restarts. Values it cannot accept get a
   Warning Event and condition AnnotationsValid=False, and no command.
 - delete → the finalizer cancels the instance (its history stays until the
-  workers' `--retention` prunes it); when the backend stays unreachable the CR is released
-  after a bounded number of retries, with a Warning Event.
+  workers' `--retention` prunes it); when the backend stays unreachable, the
+  CR is released after a bounded number of retries, with a Warning Event.
 
 The handlers never write status; they leave notes for `sync.StatusSync`, the
 one writer, and mark the CR for its next round.
@@ -46,7 +46,7 @@ from shoal_operator.workflows.sync import PoolResolver, StatusSync, Tracked, Wor
 DELETE_RETRIES = 5
 PHASE_LABEL_FIELD = ("metadata", "labels", PHASE_LABEL)
 # Errors that mean "the database cannot be used right now"; the handlers retry them.
-UNREACHABLE = (BackendUnavailable, OSError, asyncpg.PostgresConnectionError,
+UNREACHABLE = (BackendUnavailable, OSError, TimeoutError, asyncpg.PostgresConnectionError,
                asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
 
 
