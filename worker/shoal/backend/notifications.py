@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
+from shoal.aio import wait_event
 from shoal.backend.driver import connect
 from shoal.errors import BackendUnavailable
 
@@ -73,9 +74,7 @@ class Subscription:
         # asyncpg reports a dropped socket through the termination listener;
         # a periodic no-op query notices a half-open connection too.
         while not lost.is_set():
-            try:
-                await asyncio.wait_for(lost.wait(), timeout=15)
-            except TimeoutError:
+            if not await wait_event(lost, 15):
                 try:
                     await conn.execute("SELECT 1", timeout=5)
                 except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):

@@ -27,6 +27,7 @@ from typing import Any
 
 import asyncpg
 
+from shoal.aio import wait_event
 from shoal.backend import Backend, ClaimedTask, Outcome, Subscription, WorkerIdentity
 from shoal.errors import InvalidInput
 from shoal.policy import next_delay
@@ -65,21 +66,6 @@ class Backoff:
     async def wait(self) -> None:
         await asyncio.sleep(self.current * (0.5 + random.random() / 2))
         self.current = min(self.current * 2, self.cap)
-
-
-async def wait_event(event: asyncio.Event, seconds: float) -> bool:
-    """Wait up to `seconds` for `event`; True when it is set.
-
-    Not `asyncio.wait_for(event.wait(), ...)`: on Python 3.11 that swallows a
-    cancellation arriving just as the event is set, so a loop using it could
-    never be stopped (stop() sets the event and then cancels the loop).
-    """
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        done, _ = await asyncio.wait({waiter}, timeout=seconds)
-    finally:
-        waiter.cancel()
-    return bool(done)
 
 
 class Worker:
