@@ -163,7 +163,10 @@ class Worker:
         assert self.backend is not None
         backoff = Backoff()
         while not self.stopping.is_set():
-            free = self.config.concurrency - self.busy
+            # Backpressure: at most `concurrency` handlers running, and at most
+            # `concurrency` more results waiting for their report.
+            free = min(self.config.concurrency - self.busy,
+                       2 * self.config.concurrency - len(self.held))
             if free <= 0:
                 self.slot_free.clear()
                 await self.slot_free.wait()
@@ -324,6 +327,7 @@ class Worker:
                     log.warning("result for task %s #%d refused: its lease moved on",
                                 task.name, outcome.task_id)
             metrics.IN_FLIGHT.set(len(self.held))
+            self.slot_free.set()
             return True
 
     # -- heartbeats --------------------------------------------------------------------
