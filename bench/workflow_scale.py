@@ -208,6 +208,24 @@ async def pause_latency(
     return results
 
 
+async def restart(api: client.ApiClient, operator: OperatorProcess) -> tuple[float, int, float]:
+    """(seconds to healthy, writes to Workflows, operator CPU s) in the 20 s after a restart."""
+    writes: Counter[str] = Counter()
+    watcher = asyncio.create_task(count_writes(api, writes))
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(operator.stop)
+    t0 = time.monotonic()
+    await asyncio.to_thread(operator.start)
+    healthy = time.monotonic() - t0
+    assert operator.proc is not None
+    sampler = ProcSampler(operator.proc.pid)
+    await asyncio.sleep(20.0)
+    cpu = sampler.cpu_seconds()
+    watcher.cancel()
+    await asyncio.gather(watcher, return_exceptions=True)
+    return healthy, writes["MODIFIED"], cpu
+
+
 async def measure(
     kube: KubeAccess, dsn: str, operator: OperatorProcess, n: int, rounds: int
 ) -> None:
@@ -235,6 +253,9 @@ async def measure(
             f"annotate pause=true → CR Paused:      median {statistics.median(c) * 1000:.0f} "
             f"ms, max {max(c) * 1000:.0f} ms"
         )
+        healthy, modified, cpu = await restart(api, operator)
+        print(f"operator restart with {n + rounds} CRs: healthy after {healthy:.1f} s; in the "
+              f"next 20 s {modified} writes to Workflows, {cpu:.1f} s CPU since start")
     finally:
         await backend.close()
         await api.close()
