@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["build", "up", "demo"])
     parser.add_argument("--once", action="store_true", help="demo: tear down after the tour")
     args = parser.parse_args(argv)
+    # A process started in the background by a non-interactive shell inherits
+    # SIGINT as ignored; Ctrl-C (or `kill -INT`) must still tear down.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.command == "demo":
         from tests.cluster.demo import main as demo_main
 
