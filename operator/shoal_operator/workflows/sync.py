@@ -181,20 +181,15 @@ class StatusSync:
                  batch: int = 500) -> None:
         self.registry = registry
         self.pools = pools
-        self.progress_interval = progress_interval
-        self._deferred: set[str] = set()
         self.window = window
+        self.progress_interval = progress_interval
         self.resync = resync
         self.batch = batch
+        self._deferred: set[str] = set()
         self._limit = asyncio.Semaphore(concurrency)
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._listeners: dict[tuple[str, str], asyncio.Task[None]] = {}
-
-    @property
-    def backends(self) -> list[Backend]:
-        seen = {id(e.backend): e.backend for e in self.registry.entries.values() if e.backend}
-        return list(seen.values())
 
     def mark(self, uids: Iterable[str]) -> None:
         """Have these CRs' status re-read and, if changed, patched in the next round."""
