@@ -309,13 +309,7 @@ class StatusSync:
         async with self._limit:
             try:
                 client = await kube()
-                if patch:
-                    await client.merge_patch(workflow_path(e.namespace, e.name, "status"),
-                                             {"status": patch})
-                    PATCHES.labels("status").inc()
-                    sent += 1
-                    e.written_at = time.monotonic()
-                e.written = new
+                # The label first: whoever sees the new phase in status can select by it.
                 phase = new.get("phase")
                 if phase and phase != e.phase_label:
                     await client.merge_patch(workflow_path(e.namespace, e.name),
@@ -323,6 +317,13 @@ class StatusSync:
                     PATCHES.labels("label").inc()
                     sent += 1
                     e.phase_label = phase
+                if patch:
+                    await client.merge_patch(workflow_path(e.namespace, e.name, "status"),
+                                             {"status": patch})
+                    PATCHES.labels("status").inc()
+                    sent += 1
+                    e.written_at = time.monotonic()
+                e.written = new
             except KubeError as exc:
                 if exc.not_found:
                     self.registry.forget(e.uid)
