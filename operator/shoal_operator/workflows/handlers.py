@@ -20,6 +20,7 @@ one writer, and mark the CR for its next round.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,10 +78,23 @@ def _ignore_phase_label(settings: kopf.OperatorSettings) -> None:
         ignored.append(PHASE_LABEL_FIELD)
 
 
+class _QuietTracking(logging.Filter):
+    """Drops kopf's "Handler 'track' succeeded." line, logged for every watch event.
+
+    With thousands of Workflows that line would be most of the operator's log;
+    `track` only updates memory, and its failures are still logged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO
+                    and record.getMessage() == "Handler 'track' succeeded.")
+
+
 @kopf.on.startup()
 async def start_workflow_services(memo: kopf.Memo, settings: kopf.OperatorSettings,
                                   **_: Any) -> None:
     """Start the status sync (one task for every Workflow CR)."""
+    logging.getLogger("kopf.objects").addFilter(_QuietTracking())
     registry = WorkflowRegistry()
     pools = PoolResolver()
     sync = StatusSync(registry, pools)
