@@ -206,6 +206,23 @@ async def test_pause_stops_new_steps_and_resume_continues(kube: KubeAccess, pool
     assert [c["command"] for c in obj["status"]["commands"]] == ["pause", "resume"]
 
 
+async def test_created_with_pause_starts_nothing_until_resumed(
+        kube: KubeAccess, pool: str, workers: None, backend: Backend):
+    manifest = workflow("born-paused", [{"name": "a", "task": "noop"}])
+    manifest["metadata"]["annotations"] = {"shoal.dev/pause": "true"}
+    apply(kube, manifest)
+    obj = wait_phase(kube, "born-paused", "Paused")
+    assert obj["metadata"]["labels"]["shoal.dev/phase"] == "Paused"
+    wid = await instance(backend, kube, "born-paused")
+    await asyncio.sleep(1.0)
+    status = await backend.workflow_status(wid)
+    assert status.state == "paused" and status.steps[0].attempts == 0
+    # The annotation's pause is acknowledged, as already satisfied.
+    assert [(c.command, c.applied) for c in status.commands] == [("pause", False)]
+    annotate(kube, "born-paused", "shoal.dev/pause=false")
+    wait_phase(kube, "born-paused", "Succeeded")
+
+
 async def test_cancel_stops_a_long_step_cooperatively(kube: KubeAccess, pool: str,
                                                       workers: None, backend: Backend):
     apply(kube, workflow("cancellable", [

@@ -140,9 +140,13 @@ async def _submit(runtime: WorkflowRuntime, entry: Tracked, body: kopf.Body,
         parsed = parse_spec(spec)
         pool, backend = await runtime.pools.resolve(entry.namespace, parsed.pool_ref)
         check_pool_fit(parsed, pool.tasks)
+        # Created with pause=true: paused from the start, so no step slips through
+        # before the pause command (which `_steer` then records as already satisfied).
+        intent = annotations.read_intent(body.metadata.annotations)
+        paused = intent.pause is not None and intent.pause.flag is True
         workflow_id = await backend.submit_workflow(
             parsed.dag(), name=f"{entry.namespace}/{entry.name}",
-            namespace=pool.tasks.namespace, key=entry.uid)
+            namespace=pool.tasks.namespace, key=entry.uid, paused=paused)
     except InvalidWorkflow as exc:
         _note(runtime, entry, "Accepted", False, "InvalidSpec", str(exc))
         kopf.warn(body, reason="InvalidSpec", message=str(exc))
@@ -162,8 +166,8 @@ async def _submit(runtime: WorkflowRuntime, entry: Tracked, body: kopf.Body,
     runtime.sync.watch(backend)
     entry.notes.pop("Accepted", None)  # the instance itself now says Accepted
     runtime.sync.mark([entry.uid])
-    patch.metadata.labels[PHASE_LABEL] = "Running"
-    entry.phase_label = "Running"
+    # The first phase label rides on kopf's own patch of this handler: one write less.
+    entry.phase_label = patch.metadata.labels[PHASE_LABEL] = "Paused" if paused else "Running"
     return True
 
 

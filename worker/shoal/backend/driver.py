@@ -163,19 +163,13 @@ class Backend:
         return [by_key[t.idempotency_key] if t.idempotency_key else next(inserted)
                 for t in tasks]
 
-    async def claim(self, worker: WorkerIdentity, limit: int, lease_seconds: float, *,
-                    durable: bool = False) -> list[ClaimedTask]:
-        """Lease up to `limit` claimable tasks to `worker` (see queries.claim).
-
-        With `durable=False` the claim's commit does not wait for the WAL
-        flush: after a database crash the lease may be gone and the task run
-        again (at least once), but a stale holder's report is still refused.
-        """
+    async def claim(self, worker: WorkerIdentity, limit: int,
+                    lease_seconds: float) -> list[ClaimedTask]:
+        """Lease up to `limit` claimable tasks to `worker` (see queries.claim)."""
         rows = await self.pool.fetch(
             self.queries.claim, worker.namespace, list(worker.task_names), list(worker.tags),
             limit, lease_seconds, worker.id,
-            list(worker.max_attempts) or [1] * len(worker.task_names),
-            "on" if durable else "off")
+            list(worker.max_attempts) or [1] * len(worker.task_names))
         return [ClaimedTask(
             id=r["id"], name=r["name"], payload=r["payload"], attempt=r["attempts"],
             max_attempts=r["max_attempts"], lease_token=r["lease_token"],
@@ -317,11 +311,12 @@ class Backend:
 
     async def submit_workflow(self, spec: dag.WorkflowSpec, *, name: str,
                               namespace: str = "default", key: str | None = None,
-                              workflow_id: UUID | None = None) -> UUID:
+                              workflow_id: UUID | None = None, paused: bool = False) -> UUID:
         """Create a workflow instance and its steps; idempotent by `key`.
 
         The DAG is validated first; an invalid one raises InvalidWorkflow and
         writes nothing. A second call with the same key returns the first id.
+        With `paused`, the instance is created paused: no step starts before a resume.
         """
         dag.validate(spec)
         q = self.queries
@@ -335,7 +330,7 @@ class Backend:
         async with self.pool.acquire() as conn, conn.transaction():
             new_id = await conn.fetchval(
                 q.insert_workflow, workflow_id or uuid.uuid4(), key, name, namespace,
-                spec_json, _json(spec.input, "workflow input"))
+                spec_json, _json(spec.input, "workflow input"), "paused" if paused else "running")
             if new_id is None:
                 return await conn.fetchval(q.workflow_by_key, key)
             await conn.execute(
