@@ -24,7 +24,6 @@ from bench.harness import CellConfig, CellResult, System, run_cell, throwaway_po
 # makes its own system unavailable.
 SYSTEMS: dict[str, tuple[str, str]] = {
     "shoal": ("bench.shoal_bench", "ShoalSystem"),
-    "shoal-durable": ("bench.shoal_bench", "DurableShoalSystem"),
     "pgqueuer": ("bench.competitors.pgqueuer_bench", "PgQueuerSystem"),
     "procrastinate": ("bench.competitors.procrastinate_bench", "ProcrastinateSystem"),
     "sayiir": ("bench.competitors.sayiir_bench", "SayiirSystem"),

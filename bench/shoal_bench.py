@@ -52,7 +52,6 @@ class ShoalSystem:
 
     name = "shoal"
     max_tasks: int | None = None
-    extra_worker_args: tuple[str, ...] = ()
 
     def __init__(self, concurrency: int = CONCURRENCY, batch_size: int = BATCH_SIZE) -> None:
         self.concurrency = concurrency
@@ -98,7 +97,6 @@ class ShoalSystem:
             str(self.batch_size),
             "--metrics-port",
             "0",
-            *self.extra_worker_args,
         ]
 
     async def close(self) -> None:
@@ -106,9 +104,3 @@ class ShoalSystem:
             await self._client.close()
             self._client = None
 
-
-class DurableShoalSystem(ShoalSystem):
-    """Shoal with `--durable-claims`: every claim also waits for the WAL flush."""
-
-    name = "shoal-durable"
-    extra_worker_args = ("--durable-claims",)

@@ -1,6 +1,8 @@
-"""A claim the database forgot while its handler still runs (claims commit without
-waiting for the WAL flush, so a crash can undo one) is claimed again by the same
-worker: the task runs once, succeeds, and the worker's slots stay accounted for."""
+"""A task whose lease was taken from this worker while its handler still runs (the
+database was out of reach for longer than the claim TTL and another worker's
+reaper made the task ready again, or someone reset it by hand) is claimed again
+by the same worker: the task runs once, succeeds, and the worker's slots stay
+accounted for."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ async def test_reclaiming_a_task_still_running_here_does_not_run_it_twice(
                                               "fast_flag": str(finish)})
     async with running_worker(app, dsn, concurrency=2) as worker:
         await eventually(lambda: _ready(len(runs(log)) == 1), what="the run to start")
-        # What crash recovery does to a claim whose commit was never flushed:
+        # What a reaper does to a lease that expired while the worker was cut off:
         await backend.pool.execute(
             "UPDATE shoal.tasks SET state = 'ready', attempts = 0, lease_token = 0,"
             " worker_id = NULL, lease_expires_at = NULL WHERE id = $1", task_id)

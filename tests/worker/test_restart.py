@@ -7,11 +7,11 @@ report the results they held. What the system guarantees, and what is asserted:
 - every task ends `succeeded` and ran to completion at least once;
 - the stored result is the result of one real run, the last claim's;
 - a task ran more than once only when the lease of its earlier run did not
-  survive the outage: either it expired while the database was down (the task
-  was claimed again, with a higher attempt number), or the crash lost the claim
-  itself (claims commit without waiting for the WAL flush unless
-  `--durable-claims`, so the task is claimed again with the same attempt
-  number). The earlier run's report is refused by fencing; the counts are printed.
+  survive the outage: it expired while the database was down and the task was
+  claimed again, with a higher attempt number. (Every claim is a durable
+  commit, so a crash cannot undo an acknowledged claim; the assertion below
+  also admits a same-attempt re-run, which would show a lost claim.) The
+  earlier run's report is refused by fencing; the counts are printed.
 """
 
 from __future__ import annotations

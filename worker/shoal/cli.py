@@ -85,9 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=9100, help="0 disables")
     p.add_argument("--metrics-host", default=os.environ.get("POD_IP") or "0.0.0.0")
     p.add_argument("--worker-id", default=None, help="default: $POD_NAME or HOST-PID")
-    p.add_argument("--durable-claims", action="store_true",
-                   help="wait for the WAL flush on every claim too (slower; results are "
-                        "always durable)")
     p.add_argument("--pool", default=os.environ.get("SHOAL_POOL"),
                    help="WorkerPool name recorded in the liveness row")
 
@@ -166,8 +163,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         tasks=args.tasks, concurrency=args.concurrency, batch_size=args.batch_size,
         claim_ttl=args.claim_ttl, poll_interval=args.poll_interval,
         drain_timeout=args.drain_timeout, retention=args.retention,
-        metrics_port=args.metrics_port, metrics_host=args.metrics_host, pool=args.pool,
-        durable_claims=args.durable_claims)
+        metrics_port=args.metrics_port, metrics_host=args.metrics_host, pool=args.pool)
     if args.worker_id:
         options["worker_id"] = args.worker_id
     worker = Worker(app, WorkerConfig(**options))

@@ -163,19 +163,13 @@ class Backend:
         return [by_key[t.idempotency_key] if t.idempotency_key else next(inserted)
                 for t in tasks]
 
-    async def claim(self, worker: WorkerIdentity, limit: int, lease_seconds: float, *,
-                    durable: bool = False) -> list[ClaimedTask]:
-        """Lease up to `limit` claimable tasks to `worker` (see queries.claim).
-
-        With `durable=False` the claim's commit does not wait for the WAL
-        flush: after a database crash the lease may be gone and the task run
-        again (at least once), but a stale holder's report is still refused.
-        """
+    async def claim(self, worker: WorkerIdentity, limit: int,
+                    lease_seconds: float) -> list[ClaimedTask]:
+        """Lease up to `limit` claimable tasks to `worker` (see queries.claim)."""
         rows = await self.pool.fetch(
             self.queries.claim, worker.namespace, list(worker.task_names), list(worker.tags),
             limit, lease_seconds, worker.id,
-            list(worker.max_attempts) or [1] * len(worker.task_names),
-            "on" if durable else "off")
+            list(worker.max_attempts) or [1] * len(worker.task_names))
         return [ClaimedTask(
             id=r["id"], name=r["name"], payload=r["payload"], attempt=r["attempts"],
             max_attempts=r["max_attempts"], lease_token=r["lease_token"],

@@ -83,15 +83,10 @@ class Queries:
 
     # Claim: ready, due, registered name, tags a subset of the worker's, workflow
     # running (or none), oldest effective priority first; skip rows others hold.
-    # $8 is this transaction's synchronous_commit: a lease is soft state (it
-    # expires by itself), so by default its commit does not wait for the disk;
-    # fencing by worker id and token keeps a claim lost in a crash harmless.
     claim = """
-    WITH commit_mode AS MATERIALIZED (
-        SELECT set_config('synchronous_commit', $8, true)
-    ), candidates AS (
+    WITH candidates AS (
         SELECT t.id
-        FROM {schema}.tasks t, commit_mode
+        FROM {schema}.tasks t
         WHERE t.state = 'ready'
           AND t.namespace = $1
           AND t.run_at <= now()
@@ -102,7 +97,7 @@ class Queries:
                 WHERE w.id = t.workflow_id AND w.state = 'running'))
         ORDER BY t.sort_key, t.id
         LIMIT $4
-        FOR UPDATE OF t SKIP LOCKED
+        FOR UPDATE SKIP LOCKED
     )
     UPDATE {schema}.tasks t
     SET state = 'running',

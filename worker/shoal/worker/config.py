@@ -34,6 +34,3 @@ class WorkerConfig(BaseModel):
     pool: str | None = None
     pod_name: str | None = Field(default_factory=lambda: os.environ.get("POD_NAME"))
     retention: float = Field(default=7 * 86400.0, gt=0)  # finished tasks kept this long
-    # Claims are leases (soft state); by default their commit does not wait for
-    # the WAL flush. Results, retries and enqueues are always durable.
-    durable_claims: bool = False

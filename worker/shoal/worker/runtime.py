@@ -174,8 +174,7 @@ class Worker:
             want = min(self.config.batch_size, free)
             self.wake.clear()
             try:
-                claimed = await self.backend.claim(self.identity, want, self.config.claim_ttl,
-                                                   durable=self.config.durable_claims)
+                claimed = await self.backend.claim(self.identity, want, self.config.claim_ttl)
             except DATABASE_ERRORS as exc:
                 metrics.DB_ERRORS.labels("claim").inc()
                 log.warning("claim failed: %s", exc)
