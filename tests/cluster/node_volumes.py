@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import shlex
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -130,6 +131,11 @@ async def write_volumes(pod: Json, root: Path, fetch: Fetch,
     return paths
 
 
+# The project's own environment stands in for the image: no volume may hide it
+# (an emptyDir at /tmp would, when the checkout or its venv lives under /tmp).
+ENVIRONMENT = sorted({Path(__file__).resolve().parents[2], Path(sys.prefix).resolve()})
+
+
 def mount_command(argv: list[str], container: Json, volumes: dict[str, Path],
                   unshare: str) -> list[str]:
     """`argv` run in a private mount namespace with the container's volumeMounts.
@@ -137,20 +143,24 @@ def mount_command(argv: list[str], container: Json, volumes: dict[str, Path],
     Every source is opened before anything is mounted and bound from its file
     descriptor, so a mount over an ancestor of the sources (an emptyDir at
     /tmp, say) cannot hide the sources of the mounts after it. Parents are
-    mounted before children, as the kubelet does.
+    mounted before children, as the kubelet does. A mount that covers the
+    project's environment gets that environment bound back on top of it.
     """
     mounts = sorted(container.get("volumeMounts") or [],
                     key=lambda m: Path(m["mountPath"]).parts)
     if not mounts:
         return argv
-    if len(mounts) > 7:
+    targets = [Path(m["mountPath"]) for m in mounts]
+    hidden = [env for env in ENVIRONMENT
+              if any(env == t or t in env.parents for t in targets)]
+    hidden = [env for env in hidden if not any(other in env.parents for other in hidden)]
+    sources = [volumes[m["name"]] / m.get("subPath", "") for m in mounts]
+    if len(sources) + len(hidden) > 7:
         raise ConfigError("the node agent supports at most 7 volumeMounts per container")
     lines = ["set -e"]
-    for fd, mount in enumerate(mounts, start=3):
-        source = volumes[mount["name"]] / mount.get("subPath", "")
-        lines.append(f"exec {fd}< {shlex.quote(str(source))}")
-    for fd, mount in enumerate(mounts, start=3):
-        source = volumes[mount["name"]] / mount.get("subPath", "")
+    for fd, path in enumerate([*sources, *hidden], start=3):
+        lines.append(f"exec {fd}< {shlex.quote(str(path))}")
+    for fd, (mount, source) in enumerate(zip(mounts, sources, strict=True), start=3):
         target = shlex.quote(mount["mountPath"])
         if source.is_dir():
             lines.append(f"mkdir -p {target}")
@@ -159,6 +169,11 @@ def mount_command(argv: list[str], container: Json, volumes: dict[str, Path],
         lines.append(f"mount --no-canonicalize --bind /proc/self/fd/{fd} {target}")
         if mount.get("readOnly"):
             lines.append(f"mount -o remount,bind,ro {target}")
+    for fd, env in enumerate(hidden, start=3 + len(sources)):
+        lines.append(f"mkdir -p {shlex.quote(str(env))}")
+        lines.append(f"mount --no-canonicalize --bind /proc/self/fd/{fd} "
+                     f"{shlex.quote(str(env))}")
+    for fd in range(3, 3 + len(sources) + len(hidden)):
         lines.append(f"exec {fd}<&-")
     lines.append('exec "$@"')
     return [unshare, "--mount", "--propagation", "private",
