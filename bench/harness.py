@@ -22,23 +22,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import glob
 import os
-import pwd
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import IO, Protocol, TypedDict
 
 import asyncpg
+
+from tests.cluster.postgres import dsn_for
 
 ENV_RECORD = "BENCH_RECORD_FILE"
 ENV_READY = "BENCH_READY_FILE"
@@ -107,77 +104,14 @@ def worker_barrier() -> None:
 
 
 # --------------------------------------------------------------------------
-# Postgres server.
-
-
-def _pg_bindir(explicit: str | None) -> Path:
-    if explicit:
-        return Path(explicit)
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True)
-        if (Path(out.stdout.strip()) / "initdb").exists():
-            return Path(out.stdout.strip())
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not candidates:
-        raise RuntimeError("no initdb found: pass --pg-bin or --dsn")
-    return Path(candidates[-1]).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def throwaway_postgres(pg_bin: str | None = None) -> Iterator[str]:
-    """Run a temporary trust-auth Postgres server; yield the admin DSN.
-
-    initdb refuses to run as root, so as root the server runs as ``postgres``.
-    """
-    bindir = _pg_bindir(pg_bin)
-    tmp = Path(tempfile.mkdtemp(prefix="shoal-bench-pg-"))
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        user = pwd.getpwnam("postgres")
-        os.chown(tmp, user.pw_uid, user.pw_gid)
-        runuser = shutil.which("runuser", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
-        if runuser is None:
-            raise RuntimeError("running as root needs runuser to start Postgres as 'postgres'")
-        prefix = [runuser, "-u", "postgres", "--"]
-    data, port = tmp / "data", _free_port()
-    subprocess.run(
-        [*prefix, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-        check=True,
-        capture_output=True,
-    )
-    opts = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c max_connections=300"
-    pg_ctl = [*prefix, str(bindir / "pg_ctl"), "-D", str(data)]
-    subprocess.run(
-        [*pg_ctl, "-o", opts, "-l", str(tmp / "log"), "-w", "start"],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], check=False, capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def dsn_for(admin_dsn: str, database: str) -> str:
-    """The admin DSN with its database name replaced."""
-    base, _, _ = admin_dsn.rpartition("/")
-    return f"{base}/{database}"
+# Databases on the benchmark's Postgres server (tests.cluster.postgres starts it).
 
 
 async def recreate_database(admin_dsn: str, database: str) -> str:
     """Drop and create ``database``; return its DSN."""
+    await drop_database(admin_dsn, database)
     conn = await asyncpg.connect(admin_dsn)
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await conn.execute(f'CREATE DATABASE "{database}"')
     finally:
         await conn.close()

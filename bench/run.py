@@ -18,7 +18,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python bench/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import CellConfig, CellResult, System, run_cell, throwaway_postgres
+from bench.harness import CellConfig, CellResult, System, run_cell
+from tests.cluster.postgres import PostgresServer
 
 # name -> (module, factory attribute). Imported lazily: a missing library only
 # makes its own system unavailable.
@@ -92,8 +93,8 @@ def _server(dsn: str | None, pg_bin: str | None) -> Iterator[str]:
     if dsn:
         yield dsn
     else:
-        with throwaway_postgres(pg_bin) as admin_dsn:
-            yield admin_dsn
+        with PostgresServer(bin_dir=Path(pg_bin) if pg_bin else None) as server:
+            yield server.dsn
 
 
 async def run(args: argparse.Namespace) -> list[CellResult]:

@@ -1,5 +1,7 @@
 """Errors the operator reports on a resource's status: each says what to fix."""
 
+from pydantic import ValidationError
+
 from shoal.errors import InvalidInput, ShoalError
 
 
@@ -13,3 +15,9 @@ class InvalidPoolSpec(InvalidInput):
 
 class DatabaseSecretError(ShoalError, ValueError):
     """The database Secret of a pool is missing, lacks its key, or holds no usable DSN."""
+
+
+def spec_problems(exc: ValidationError) -> str:
+    """A custom resource's validation errors as `spec.field.path: message; ...`."""
+    return "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                     for e in exc.errors())

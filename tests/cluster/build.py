@@ -12,6 +12,7 @@ Usage: ``python -m tests.cluster build`` (or ``python tests/cluster/build.py``).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -67,6 +68,7 @@ def _go(args: list[str], cwd: Path, *, mod_edit: bool = False) -> str:
     return proc.stdout
 
 
+@functools.cache
 def _release_info(version: str) -> dict[str, str]:
     """``go mod download -json`` of k8s.io/kubernetes@version: paths of its .mod and .info."""
     info: dict[str, str] = json.loads(
@@ -83,6 +85,7 @@ class ReleaseModule:
     replaces: dict[str, str]  # staging module path -> published version
 
 
+@functools.cache
 def release_module(version: str = K8S_VERSION) -> ReleaseModule:
     """Download the release's go.mod and derive the staging-module replace list.
 

@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import ctypes
 import fcntl
+import functools
 import ipaddress
 import logging
 import os
@@ -98,6 +99,7 @@ def _arch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
+@functools.cache
 def _os_image() -> str:
     try:
         return platform.freedesktop_os_release().get("PRETTY_NAME", "Linux")
@@ -786,6 +788,8 @@ class Agent:
         self.nsenter = shutil.which("nsenter")
         self.logs = LogServer(self._find_container, self.log_dir / "pki")
         self.kubelet_port = 0
+        # One boot per agent: a bootID that changes tells the cluster the node rebooted.
+        self.boot_id = str(uuid.uuid4())
 
     # Node -------------------------------------------------------------------
 
@@ -813,7 +817,7 @@ class Agent:
             "nodeInfo": {
                 "machineID": uuid.uuid5(uuid.NAMESPACE_DNS, self.node_name).hex,
                 "systemUUID": str(uuid.uuid5(uuid.NAMESPACE_DNS, self.node_name)),
-                "bootID": str(uuid.uuid4()), "kernelVersion": platform.release(),
+                "bootID": self.boot_id, "kernelVersion": platform.release(),
                 "osImage": _os_image(),
                 "containerRuntimeVersion": "shoal-node-agent://0.1.0",
                 "kubeletVersion": self.version, "kubeProxyVersion": self.version,

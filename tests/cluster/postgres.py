@@ -16,8 +16,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["ExternalPostgres", "PostgresServer", "create_database", "find_postgres_bin",
-           "free_port"]
+__all__ = ["ExternalPostgres", "PostgresServer", "create_database", "dsn_for",
+           "find_postgres_bin", "free_port"]
 
 
 def free_port() -> int:
@@ -42,9 +42,9 @@ def find_postgres_bin() -> Path:
 class PostgresServer:
     """A private PostgreSQL cluster on a free port; a context manager."""
 
-    def __init__(self, *, port: int | None = None, max_connections: int = 300) -> None:
-        self.bin = find_postgres_bin()
-        self.port = port or free_port()
+    def __init__(self, *, bin_dir: Path | None = None, max_connections: int = 300) -> None:
+        self.bin = bin_dir or find_postgres_bin()
+        self.port = free_port()
         self.max_connections = max_connections
         self.root = Path(tempfile.mkdtemp(prefix="shoal-pg-"))
         self.data = self.root / "data"
@@ -111,8 +111,13 @@ def create_database(admin_dsn: str, name: str) -> str:
     psql = find_postgres_bin() / "psql"
     subprocess.run([str(psql), admin_dsn, "-v", "ON_ERROR_STOP=1", "-qc",
                     f'CREATE DATABASE "{name}"'], check=True, capture_output=True, text=True)
+    return dsn_for(admin_dsn, name)
+
+
+def dsn_for(admin_dsn: str, database: str) -> str:
+    """`admin_dsn` with its database name replaced."""
     base, _, _ = admin_dsn.rpartition("/")
-    return f"{base}/{name}"
+    return f"{base}/{database}"
 
 
 class ExternalPostgres:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import random
+
+MAX_BACKOFF = 5.0
 
 
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:
@@ -18,3 +21,17 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
     finally:
         waiter.cancel()
     return bool(done)
+
+
+class Backoff:
+    """Bounded exponential delays with jitter, for retrying database calls."""
+
+    def __init__(self, first: float = 0.05, cap: float = MAX_BACKOFF) -> None:
+        self.first, self.cap, self.current = first, cap, first
+
+    def reset(self) -> None:
+        self.current = self.first
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.current * (0.5 + random.random() / 2))
+        self.current = min(self.current * 2, self.cap)

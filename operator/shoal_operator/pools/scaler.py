@@ -70,7 +70,6 @@ class Decision:
     active: bool
     limited: bool = False
     limit_reason: str = "DesiredWithinRange"
-    recommendation: int | None = None
     state: ScalerState = field(default_factory=ScalerState)
 
 
@@ -165,7 +164,7 @@ def decide(scaling: Scaling, target: int, obs: Observation, state: ScalerState) 
     message = (f"{current} -> {desired} replicas: {why}" if desired != current
                else f"holding {current} replicas: {why}")
     return Decision(desired, reason, message, active=True, limited=limited,
-                    limit_reason=limit_reason, recommendation=raw, state=state)
+                    limit_reason=limit_reason, state=state)
 
 
 def _record(state: ScalerState, now: float, before: int, after: int) -> ScalerState:

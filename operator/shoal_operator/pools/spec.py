@@ -16,7 +16,7 @@ from pydantic.alias_generators import to_camel
 
 from shoal.errors import InvalidInput
 from shoal.units import parse_duration
-from shoal_operator.errors import InvalidPoolSpec
+from shoal_operator.errors import InvalidPoolSpec, spec_problems
 
 PAUSE_KEYS = ("pause", "shoal.dev/pause")
 
@@ -133,9 +133,7 @@ class PoolSpec(_Model):
         try:
             parsed = cls.model_validate(dict(spec))
         except ValidationError as exc:
-            problems = "; ".join(
-                f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            raise InvalidPoolSpec(f"invalid WorkerPool spec: {problems}") from None
+            raise InvalidPoolSpec(f"invalid WorkerPool spec: {spec_problems(exc)}") from None
         if parsed.scaling.min_replicas > parsed.scaling.max_replicas:
             raise InvalidPoolSpec("invalid WorkerPool spec: scaling.minReplicas "
                                   f"({parsed.scaling.min_replicas}) exceeds maxReplicas "

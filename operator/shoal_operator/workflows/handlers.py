@@ -36,11 +36,12 @@ from shoal.errors import (
     NotFound,
     ShoalError,
 )
+from shoal.policy import retry_delay
 from shoal_operator.conditions import make_condition
 from shoal_operator.errors import DatabaseSecretError, PoolNotFound
-from shoal_operator.kube import KubeError
+from shoal_operator.kube import GROUP, VERSION, KubeError
 from shoal_operator.workflows import annotations
-from shoal_operator.workflows.spec import GROUP, PLURAL, VERSION, check_pool_fit, parse_spec
+from shoal_operator.workflows.spec import PLURAL, check_pool_fit, parse_spec
 from shoal_operator.workflows.status import PHASE_LABEL
 from shoal_operator.workflows.sync import PoolResolver, StatusSync, Tracked, WorkflowRegistry
 
@@ -161,7 +162,7 @@ async def _submit(runtime: WorkflowRuntime, entry: Tracked, body: kopf.Body,
         _note(runtime, entry, "Accepted", False, "BackendUnavailable", f"{exc}; retrying")
         if retry == 0:
             kopf.warn(body, reason="BackendUnavailable", message=str(exc))
-        raise kopf.TemporaryError(str(exc), delay=min(30, 2 ** min(retry, 5))) from None
+        raise kopf.TemporaryError(str(exc), delay=retry_delay(retry + 1, base=1, cap=30)) from None
     runtime.registry.attach(entry, workflow_id, backend)
     runtime.sync.watch(backend)
     entry.notes.pop("Accepted", None)  # the instance itself now says Accepted
@@ -225,7 +226,7 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, retry: in
                           "(pruned after the retention period)")
     except (*UNREACHABLE, PoolNotFound, DatabaseSecretError, KubeError) as exc:
         raise kopf.TemporaryError(f"cannot send the command yet: {exc}",
-                                  delay=min(10, 2 ** min(retry, 4))) from None
+                                  delay=retry_delay(retry + 1, base=1, cap=10)) from None
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
@@ -253,7 +254,7 @@ async def cancel_on_delete(body: kopf.Body, memo: kopf.Memo, retry: int, **_: An
     except (*UNREACHABLE, DatabaseSecretError, KubeError, ShoalError) as exc:
         if retry < DELETE_RETRIES:
             raise kopf.TemporaryError(f"cannot cancel the instance yet: {exc}",
-                                      delay=min(8, 2 ** retry)) from None
+                                      delay=retry_delay(retry + 1, base=1, cap=8)) from None
         kopf.warn(body, reason="CancelFailed",
                   message=f"gave up cancelling workflow instance {entry.workflow_id} after "
                           f"{retry + 1} attempts ({exc}); it may run to its end")

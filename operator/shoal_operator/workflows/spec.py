@@ -15,10 +15,9 @@ from pydantic import Field, ValidationError
 
 from shoal import dag
 from shoal.errors import InvalidWorkflow
+from shoal_operator.errors import spec_problems
 from shoal_operator.pools.spec import TaskSelector
 
-GROUP = "shoal.dev"
-VERSION = "v1alpha1"
 PLURAL = "workflows"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
@@ -44,9 +43,7 @@ def parse_spec(spec: Mapping[str, Any]) -> WorkflowResourceSpec:
     try:
         parsed = WorkflowResourceSpec.model_validate(dict(spec))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise InvalidWorkflow(f"invalid Workflow spec: {problems}") from None
+        raise InvalidWorkflow(f"invalid Workflow spec: {spec_problems(exc)}") from None
     dag.validate(parsed)
     return parsed
 

@@ -28,14 +28,15 @@ from uuid import UUID
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from shoal.aio import wait_event
 from shoal.backend import Backend, Subscription
 from shoal.errors import ShoalError
 from shoal_operator.backends import backend_for_spec
 from shoal_operator.conditions import Condition
 from shoal_operator.errors import PoolNotFound
-from shoal_operator.kube import KubeError, kube, workerpool_path
+from shoal_operator.kube import GROUP, VERSION, KubeError, kube, workerpool_path
 from shoal_operator.pools.spec import PoolSpec
-from shoal_operator.workflows.spec import GROUP, PLURAL, VERSION
+from shoal_operator.workflows.spec import PLURAL
 from shoal_operator.workflows.status import FINAL_PHASES, PHASE_LABEL, cr_status, merge_patch
 
 log = logging.getLogger(__name__)
@@ -219,9 +220,7 @@ class StatusSync:
     async def run(self) -> None:
         """Rounds until cancelled: wait for a change (or the resync period), coalesce, write."""
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.resync)
-            except TimeoutError:
+            if not await wait_event(self._wake, self.resync):
                 self.mark(e.uid for e in self.registry.entries.values() if not e.final)
             await asyncio.sleep(self.window)
             self._wake.clear()

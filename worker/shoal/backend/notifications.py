@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
-from shoal.aio import wait_event
+from shoal.aio import Backoff, wait_event
 from shoal.backend.driver import connect
 from shoal.errors import BackendUnavailable
 
@@ -27,25 +27,23 @@ class Subscription:
     """
 
     def __init__(self, dsn: str, channels: Sequence[str], on_notify: OnNotify,
-                 on_connect: OnConnect | None = None, max_backoff: float = 5.0) -> None:
+                 on_connect: OnConnect | None = None) -> None:
         self.dsn = dsn
         self.channels = list(channels)
         self.on_notify = on_notify
         self.on_connect = on_connect
-        self.max_backoff = max_backoff
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(first=0.1)
         while True:
             try:
                 conn = await connect(self.dsn, timeout=10)
             except BackendUnavailable as exc:
-                log.warning("listen: %s; retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
+                log.warning("listen: %s; retrying", exc)
+                await backoff.wait()
                 continue
-            backoff = 0.1
+            backoff.reset()
             try:
                 await self._listen(conn)
             finally:

@@ -27,7 +27,7 @@ from typing import Any
 
 import asyncpg
 
-from shoal.aio import wait_event
+from shoal.aio import Backoff, wait_event
 from shoal.backend import Backend, ClaimedTask, Outcome, Subscription, WorkerIdentity
 from shoal.errors import InvalidInput
 from shoal.policy import next_delay
@@ -38,7 +38,6 @@ from shoal.worker.config import WorkerConfig
 log = logging.getLogger(__name__)
 
 DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError)
-MAX_BACKOFF = 5.0
 # Results per report statement: bounds each statement's cost whatever plan the
 # database picks, and lets a heartbeat run between two chunks.
 REPORT_CHUNK = 500
@@ -52,20 +51,6 @@ class Execution:
     context: TaskContext
     future: asyncio.Task[None] | None = None
     stop_reason: str | None = None  # cancelled | lease_lost | drain
-
-
-class Backoff:
-    """Bounded exponential delays for retrying database calls."""
-
-    def __init__(self, first: float = 0.05, cap: float = MAX_BACKOFF) -> None:
-        self.first, self.cap, self.current = first, cap, first
-
-    def reset(self) -> None:
-        self.current = self.first
-
-    async def wait(self) -> None:
-        await asyncio.sleep(self.current * (0.5 + random.random() / 2))
-        self.current = min(self.current * 2, self.cap)
 
 
 class Worker:
@@ -90,7 +75,6 @@ class Worker:
         self.outbox: list[Outcome] = []
         self.report_lock = asyncio.Lock()
         self.releases: list[tuple[int, int]] = []
-        self.busy = 0
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
         self.slot_free = asyncio.Event()
@@ -137,6 +121,11 @@ class Worker:
             with contextlib.suppress(*DATABASE_ERRORS):
                 await self.backend.remove_worker(self.identity.id)
             await self.backend.close()
+
+    @property
+    def busy(self) -> int:
+        """Handlers running now (results awaiting their report not counted)."""
+        return len(self.executions)
 
     def ready(self) -> bool:
         """Reached the database within one claim TTL and not draining."""
@@ -190,21 +179,20 @@ class Worker:
                 await wait_event(self.wake, self.config.poll_interval)
 
     def _start(self, task: ClaimedTask, now: float) -> None:
-        definition = self.app.tasks[task.name]
-        context = TaskContext(task.id, task.name, task.attempt, task.max_attempts,
-                              task.workflow_id, task.step)
         running = self.executions.get(task.id)
         if running is not None:
-            # This worker claimed a task it is still running: the first claim was
-            # lost (a crash forgot its unflushed commit) or its lease expired. One
-            # run is enough; it goes on under the new lease.
+            # This worker claimed a task it is still running: its lease expired
+            # while the worker was cut off and another worker's reaper made it
+            # ready again. One run is enough; it goes on under the new lease.
             running.task = task
             self.held[task.id] = task
             return
+        context = TaskContext(task.id, task.name, task.attempt, task.max_attempts,
+                              task.workflow_id, task.step)
         execution = Execution(task, context)
         self.executions[task.id] = execution
         self.held[task.id] = task
-        self.busy += 1
+        definition = self.app.tasks[task.name]
         self.task_metrics[task.name].claimed.inc()
         metrics.CLAIM_LATENCY.observe(max(0.0, now - task.run_at.timestamp()))
         execution.future = asyncio.create_task(self._execute(execution, definition))
@@ -241,7 +229,6 @@ class Worker:
         finally:
             self.task_metrics[task.name].duration.observe(time.monotonic() - started)
             del self.executions[task.id]
-            self.busy -= 1
             self.slot_free.set()
             if outcome is not None:
                 self.outbox.append(outcome)
