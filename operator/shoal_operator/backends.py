@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import time
 
 from shoal.backend import Backend
 from shoal_operator.errors import DatabaseSecretError, PoolNotFound
@@ -47,8 +48,29 @@ async def backend_for(dsn: str, schema: str) -> Backend:
         return backend
 
 
+# Successful Secret reads, remembered briefly: the scaler may evaluate a pool
+# ten times a second during a burst, and the DSN almost never changes. A
+# failed read is never remembered, so a fixed Secret is seen at once.
+DSN_TTL = 5.0
+_dsns: dict[tuple[str, str, str], tuple[float, str]] = {}
+
+
 async def read_dsn(namespace: str, database: Database) -> str:
-    """The DSN stored in the pool's database Secret, checked for shape (not reachability)."""
+    """The DSN stored in the pool's database Secret, checked for shape (not reachability).
+
+    A change to a valid Secret is seen within DSN_TTL seconds.
+    """
+    ref = database.secret_ref
+    key = (namespace, ref.name, ref.key)
+    known = _dsns.get(key)
+    if known is not None and time.monotonic() - known[0] < DSN_TTL:
+        return known[1]
+    dsn = await _fetch_dsn(namespace, database)
+    _dsns[key] = (time.monotonic(), dsn)
+    return dsn
+
+
+async def _fetch_dsn(namespace: str, database: Database) -> str:
     ref = database.secret_ref
     where = f"Secret {namespace}/{ref.name}"
     try:
