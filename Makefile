@@ -27,8 +27,8 @@ test: cluster lint  ## the whole suite: unit, Postgres, Kubernetes end-to-end
 bench: venv  ## Shoal vs PgQueuer, procrastinate and sayiir on one Postgres
 	$(BIN)/python -m bench.run
 
-demo: cluster  ## Postgres + Kubernetes + operator + a sample pool and workflow
-	$(BIN)/python -m tests.cluster demo
+demo: cluster  ## Postgres + Kubernetes + operator + a sample pool and workflow (DEMO_ARGS=--once: no Ctrl-C wait)
+	$(BIN)/python -m tests.cluster demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,20 +1,23 @@
 """`python -m tests.cluster demo`: Shoal's main job on a machine with nothing running.
 
 Starts a throwaway PostgreSQL and the local Kubernetes (control plane + node
-agent), installs the operator with `helm install shoal charts/shoal` (it runs
-as a pod under the chart's own RBAC), applies the sample WorkerPool and
-Workflow from examples/, waits for the workflow to succeed, enqueues a burst
-to show the pool scaling, prints what `kubectl get` shows, and keeps it all
-running until Ctrl-C (`--once`: tear down after the tour, for CI).
+agent), installs the operator with `helm install` (it runs as a pod under the
+chart's own RBAC), applies the examples, and walks through what a platform
+engineer would do: the workflow runs, is paused around its long step and
+resumed, a burst of tasks scales the pool up, and the pool scales back once the
+burst is done. `kubectl get wp,workflows` is printed whenever it changes.
+Keeps it all running until Ctrl-C (`--once`: tear down after the tour, for CI).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,8 @@ from tests.cluster.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
+BURST = 240  # two-second tasks: 30 s of work for the first replica alone
+STABILIZATION = "30s"  # the demo's scale-down window (the example says 5m)
 
 
 def _say(text: str) -> None:
@@ -39,50 +44,114 @@ def _check(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout
 
 
-def _wait(what: str, probe: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
-def _manifests(dsn: str) -> str:
-    """The example pool and workflow, pointed at this machine's database and app file."""
-    docs = list(yaml.safe_load_all((EXAMPLES / "workerpool.yaml").read_text()))
+def _manifests(dsn: str, *files: str) -> str:
+    """Example manifests, pointed at this machine's database and app file."""
+    docs = [d for f in files for d in yaml.safe_load_all((EXAMPLES / f).read_text())]
     for doc in docs:
         if doc["kind"] == "Secret":
             doc["stringData"]["dsn"] = dsn
         if doc["kind"] == "WorkerPool":
             doc["spec"]["app"] = f"{EXAMPLES / 'tasks.py'}:app"
-            doc["spec"]["scaling"]["scaleDownStabilization"] = "30s"
-    docs.append(yaml.safe_load((EXAMPLES / "workflow.yaml").read_text()))
+            doc["spec"]["scaling"]["scaleDownStabilization"] = STABILIZATION
     return yaml.safe_dump_all(docs)
 
 
-def _get(kube: KubeAccess, *args: str) -> dict[str, Any]:
-    return json.loads(_check(kube.kubectl("get", *args, "-o", "json")))
+class Tour:
+    """Drives the demo; `until` polls a condition and prints the table as it changes."""
 
+    def __init__(self, kube: KubeAccess, dsn: str) -> None:
+        self.kube = kube
+        self.dsn = dsn
+        self.shown = ""
+        self.started = time.monotonic()
 
-def tour(kube: KubeAccess, dsn: str) -> None:
-    _say("helm install shoal charts/shoal")
-    _check(kube.helm("install", "shoal", str(REPO / "charts" / "shoal"), "--wait",
-                     "--timeout", "110s"))
-    _say("kubectl apply: Secret, WorkerPool demo, Workflow nightly-etl")
-    _check(kube.kubectl("apply", "-f", "-", input=_manifests(dsn)))
-    _wait("the WorkerPool's Ready pods", lambda: _get(kube, "wp", "demo").get(
-        "status", {}).get("readyReplicas"), 180)
-    _wait("workflow nightly-etl to succeed", lambda: _get(kube, "workflow", "nightly-etl").get(
-        "status", {}).get("phase") == "Succeeded", 180)
-    print(_check(kube.kubectl("get", "wp,workflows", "-o", "wide")))
-    _say("a burst of 400 two-second tasks: the pool scales up")
-    asyncio.run(_burst(dsn, 400))
-    _wait("a scale-up", lambda: _get(kube, "wp", "demo")["status"].get(
-        "desiredReplicas", 0) > 1, 60)
-    print(_check(kube.kubectl("get", "wp", "demo", "-o", "wide")))
-    print(_check(kube.kubectl("get", "pods", "-l", "app.kubernetes.io/instance=demo")))
+    def kubectl(self, *args: str, input: str | None = None) -> str:
+        return _check(self.kube.kubectl(*args, input=input))
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        return json.loads(self.kubectl("get", kind, name, "-o", "json"))
+
+    def show(self) -> None:
+        """Print `kubectl get wp,workflows` if anything but the ages changed."""
+        table = self.kubectl("get", "wp,workflows")
+        ageless = re.sub(r"\s+\S+$", "", table, flags=re.MULTILINE)
+        if ageless != self.shown:
+            self.shown = ageless
+            print(f"[{time.monotonic() - self.started:5.1f} s]\n{table}", end="", flush=True)
+
+    def until(self, what: str, done: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.show()
+            if done():
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+            time.sleep(0.5)
+
+    def pool(self) -> dict[str, Any]:
+        return self.get("wp", "demo").get("status", {})
+
+    def workflow(self) -> dict[str, Any]:
+        return self.get("workflow", "nightly-etl").get("status", {})
+
+    def step(self, name: str) -> str | None:
+        steps = {s["name"]: s["state"] for s in self.workflow().get("steps", [])}
+        return steps.get(name)
+
+    def run(self) -> None:
+        _say("helm install shoal charts/shoal -n shoal-system -f examples/values-local.yaml")
+        _check(self.kube.helm("install", "shoal", str(REPO / "charts" / "shoal"),
+                              "-n", "shoal-system", "--create-namespace",
+                              "-f", str(EXAMPLES / "values-local.yaml"),
+                              "--wait", "--timeout", "120s"))
+        print(self.kubectl("get", "deployment,pods", "-n", "shoal-system"), end="")
+
+        _say("kubectl apply -f examples/workerpool.yaml (DSN: the local Postgres)")
+        self.kubectl("apply", "-f", "-", input=_manifests(self.dsn, "workerpool.yaml"))
+        self.until("the pool's first Ready replica",
+                   lambda: bool(self.pool().get("readyReplicas")), 180)
+
+        _say("kubectl apply -f examples/workflow.yaml")
+        self.kubectl("apply", "-f", "-", input=_manifests(self.dsn, "workflow.yaml"))
+        self.until("step `wait` to run", lambda: self.step("wait") == "running", 120)
+
+        _say("kubectl annotate workflow nightly-etl pause=true  (`wait` finishes, "
+             "`report` must not start)")
+        self.kubectl("annotate", "workflow", "nightly-etl", "pause=true")
+        self.until("step `wait` to finish while paused",
+                   lambda: self.step("wait") == "succeeded", 60)
+        time.sleep(3)
+        status = self.workflow()
+        if not status.get("paused") or self.step("report") not in ("blocked", "ready"):
+            raise RuntimeError(f"the paused workflow went on: {status}")
+        self.show()
+        print(f"paused: `report` is still {self.step('report')}")
+
+        _say("kubectl annotate workflow nightly-etl pause=false --overwrite")
+        self.kubectl("annotate", "workflow", "nightly-etl", "pause=false", "--overwrite")
+        self.until("the workflow to succeed",
+                   lambda: self.workflow().get("phase") == "Succeeded", 60)
+
+        _say(f"a burst of {BURST} two-second tasks: the pool scales up")
+        asyncio.run(_burst(self.dsn, BURST))
+        peak = 1
+
+        def drained() -> bool:
+            nonlocal peak
+            status = self.pool()
+            peak = max(peak, status.get("readyReplicas") or 0)
+            backlog = status.get("backlog", {})
+            return peak > 1 and not backlog.get("ready") and not backlog.get("running")
+
+        self.until("the burst to be done on more than one replica", drained, 240)
+        print(self.kubectl("get", "pods", "-l", "app.kubernetes.io/instance=demo"), end="")
+
+        _say(f"the burst is done: after the {STABILIZATION} stabilization window "
+             "the pool scales back")
+        self.until("the pool back at one replica", lambda: self.pool().get(
+            "desiredReplicas") == 1 and self.pool().get("readyReplicas") == 1, 180)
+        print(f"peak: {peak} Ready replicas")
 
 
 async def _burst(dsn: str, count: int) -> None:
@@ -99,14 +168,14 @@ def main(argv: list[str]) -> int:
         with LocalCluster() as cluster:
             kube = KubeAccess(cluster.kubeconfig, cluster.server, cluster.kubectl,
                               cluster.helm, cluster.workdir / "helm")
-            tour(kube, dsn)
-            _say("running; try:")
-            print(f"  export KUBECONFIG={cluster.kubeconfig}\n  alias kubectl={cluster.kubectl}")
-            print("  kubectl get wp,workflows -o wide")
-            print("  kubectl annotate workflow nightly-etl pause=true")
-            print(f"  SHOAL_DSN={dsn} shoal dead-letters count")
+            Tour(kube, dsn).run()
+            _say("done" if once else "running; try:")
             if once:
                 return 0
+            print(f"  export KUBECONFIG={cluster.kubeconfig}\n  alias kubectl={cluster.kubectl}")
+            print("  kubectl get wp,workflows -o wide")
+            print("  kubectl annotate workflow nightly-etl cancel=true")
+            print(f"  SHOAL_DSN={dsn} shoal dead-letters count")
             try:
                 while True:
                     time.sleep(1)
