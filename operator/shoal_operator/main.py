@@ -16,6 +16,7 @@ import kopf
 import shoal_operator.pools.handlers  # noqa: F401  (registers WorkerPool handlers)
 from shoal_operator import backends, kube, metrics
 from shoal_operator.workflows import handlers as _workflows  # noqa: F401  (registers them)
+from shoal_operator.workflows.status import PHASE_LABEL_FIELD
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: objec
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix="kopf.shoal.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="kopf.shoal.dev", key="last-handled-configuration")
+        prefix="kopf.shoal.dev", key="last-handled-configuration",
+        ignored_fields=[PHASE_LABEL_FIELD])
     settings.persistence.finalizer = "kopf.shoal.dev/finalizer"
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300

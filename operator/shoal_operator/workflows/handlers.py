@@ -46,7 +46,6 @@ from shoal_operator.workflows.status import PHASE_LABEL
 from shoal_operator.workflows.sync import PoolResolver, StatusSync, Tracked, WorkflowRegistry
 
 DELETE_RETRIES = 5
-PHASE_LABEL_FIELD = ("metadata", "labels", PHASE_LABEL)
 # Errors that mean "the database cannot be used right now"; the handlers retry them.
 UNREACHABLE = (BackendUnavailable, OSError, TimeoutError, asyncpg.PostgresConnectionError,
                asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
@@ -59,24 +58,12 @@ class WorkflowRuntime:
     registry: WorkflowRegistry
     pools: PoolResolver
     sync: StatusSync
-    settings: kopf.OperatorSettings
     tasks: list[asyncio.Task[None]]
 
 
 def _runtime(memo: kopf.Memo) -> WorkflowRuntime:
     runtime: WorkflowRuntime = memo.workflows
     return runtime
-
-
-def _ignore_phase_label(settings: kopf.OperatorSettings) -> None:
-    """The phase label is the operator's own output: its change is no change of the CR.
-
-    Without this, each phase change would make kopf store a new last-handled
-    state, one more patch per transition.
-    """
-    ignored = settings.persistence.diffbase_storage.ignored_fields
-    if PHASE_LABEL_FIELD not in ignored:
-        ignored.append(PHASE_LABEL_FIELD)
 
 
 class _QuietTracking(logging.Filter):
@@ -92,14 +79,13 @@ class _QuietTracking(logging.Filter):
 
 
 @kopf.on.startup()
-async def start_workflow_services(memo: kopf.Memo, settings: kopf.OperatorSettings,
-                                  **_: Any) -> None:
+async def start_workflow_services(memo: kopf.Memo, **_: Any) -> None:
     """Start the status sync (one task for every Workflow CR)."""
     logging.getLogger("kopf.objects").addFilter(_QuietTracking())
     registry = WorkflowRegistry()
     pools = PoolResolver()
     sync = StatusSync(registry, pools)
-    memo.workflows = WorkflowRuntime(registry, pools, sync, settings,
+    memo.workflows = WorkflowRuntime(registry, pools, sync,
                                      [asyncio.create_task(sync.run(), name="workflow-sync")])
 
 
@@ -116,8 +102,6 @@ async def stop_workflow_services(memo: kopf.Memo, **_: Any) -> None:
 async def track(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Keep the registry in step with the watch stream (no API call, no patch)."""
     runtime = _runtime(memo)
-    # Here, not only at startup: the settings are final once events flow.
-    _ignore_phase_label(runtime.settings)
     if event.get("type") == "DELETED":
         runtime.registry.forget(str(body.metadata.uid))
         return

@@ -18,6 +18,9 @@ from shoal.backend import CommandRecord, WorkflowStatus
 from shoal_operator.conditions import Condition, make_condition, now_rfc3339, set_conditions
 
 PHASE_LABEL = "shoal.dev/phase"
+# The label is the operator's own output, so kopf must not see its change as
+# a change of the CR (one more last-handled-configuration patch per phase).
+PHASE_LABEL_FIELD = ("metadata", "labels", PHASE_LABEL)
 PHASES = {
     "running": "Running",
     "paused": "Paused",
