@@ -3,7 +3,7 @@
 It knows nothing of Kubernetes or of the worker runtime; both call `Backend`.
 """
 
-from shoal.backend.driver import Backend, connect
+from shoal.backend.driver import Backend, connect, parse_handoff
 from shoal.backend.models import (
     Backlog,
     ClaimedTask,
@@ -38,4 +38,5 @@ __all__ = [
     "WorkerRow",
     "WorkflowStatus",
     "connect",
+    "parse_handoff",
 ]

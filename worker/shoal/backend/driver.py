@@ -11,6 +11,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -165,17 +166,19 @@ class Backend:
 
     async def claim(self, worker: WorkerIdentity, limit: int,
                     lease_seconds: float) -> list[ClaimedTask]:
-        """Lease up to `limit` claimable tasks to `worker` (see queries.claim)."""
+        """Lease up to `limit` claimable tasks to `worker` (see queries.claim).
+
+        When fewer are found, the worker is parked on `worker.channel` (if it
+        has one) until its next claim or a handoff: see `parse_handoff`.
+        """
         rows = await self.pool.fetch(
             self.queries.claim, worker.namespace, list(worker.task_names), list(worker.tags),
-            limit, lease_seconds, worker.id,
-            list(worker.max_attempts) or [1] * len(worker.task_names))
-        return [ClaimedTask(
-            id=r["id"], name=r["name"], payload=r["payload"], attempt=r["attempts"],
-            max_attempts=r["max_attempts"], lease_token=r["lease_token"],
-            timeout_seconds=r["timeout_ms"] / 1000 if r["timeout_ms"] else None,
-            workflow_id=r["workflow_id"], step=r["step"], enqueued_at=r["enqueued_at"],
-            run_at=r["run_at"]) for r in rows]
+            limit, lease_seconds, worker.id, _max_attempts(worker), worker.channel)
+        return [_claimed(r) for r in rows]
+
+    async def leased_to(self, worker_id: str) -> list[ClaimedTask]:
+        """The unexpired leases `worker_id` holds (handoffs it may not have heard of)."""
+        return [_claimed(r) for r in await self.pool.fetch(self.queries.leased_to, worker_id)]
 
     async def report(self, outcomes: Sequence[Outcome], *,
                      worker_id: str | None = None) -> set[int]:
@@ -249,7 +252,7 @@ class Backend:
                 self.queries.heartbeat, [i for i, _ in chunk], [t for _, t in chunk],
                 lease_seconds, worker.id, worker.pool, worker.pod_name, worker.namespace,
                 list(worker.tags), list(worker.task_names), worker.concurrency, in_flight,
-                draining)
+                draining, _max_attempts(worker), worker.channel)
         return HeartbeatReply(held=frozenset(r["id"] for r in rows),
                               cancel=frozenset(r["id"] for r in rows if r["cancel"]))
 
@@ -494,6 +497,31 @@ def _workflow_status(wf: asyncpg.Record, steps: Sequence[asyncpg.Record],
                                 reason=c["reason"], request_id=c["request_id"],
                                 applied=c["applied"], created_at=c["created_at"])
                   for c in commands])
+
+
+def parse_handoff(message: str) -> ClaimedTask:
+    """The task an enqueue leased to this worker, from its notification (queries.enqueue)."""
+    m = json.loads(message)
+    return ClaimedTask(
+        id=m["id"], name=m["name"], payload=m["payload"], attempt=m["attempts"],
+        max_attempts=m["max_attempts"], lease_token=m["lease_token"],
+        timeout_seconds=m["timeout_ms"] / 1000 if m["timeout_ms"] else None,
+        workflow_id=None, step=None,
+        enqueued_at=datetime.fromtimestamp(m["enqueued_at"], UTC),
+        run_at=datetime.fromtimestamp(m["run_at"], UTC))
+
+
+def _claimed(r: asyncpg.Record) -> ClaimedTask:
+    return ClaimedTask(
+        id=r["id"], name=r["name"], payload=r["payload"], attempt=r["attempts"],
+        max_attempts=r["max_attempts"], lease_token=r["lease_token"],
+        timeout_seconds=r["timeout_ms"] / 1000 if r["timeout_ms"] else None,
+        workflow_id=r["workflow_id"], step=r["step"], enqueued_at=r["enqueued_at"],
+        run_at=r["run_at"])
+
+
+def _max_attempts(worker: WorkerIdentity) -> list[int]:
+    return list(worker.max_attempts) or [1] * len(worker.task_names)
 
 
 def _millis(seconds: float | None) -> int | None:

@@ -66,6 +66,8 @@ class WorkerIdentity:
     max_attempts: tuple[int, ...] = ()  # per task name: used when the producer set none
     pool: str | None = None
     pod_name: str | None = None
+    # The channel this worker listens on for handoffs; None: it takes none.
+    channel: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

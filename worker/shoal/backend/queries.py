@@ -52,27 +52,76 @@ class Queries:
 
     # -- tasks ---------------------------------------------------------------------
 
+    # Handoff: an enqueue of exactly one task, due now, without idempotency key,
+    # whose JSON fits in a notification, is leased in the same statement to one
+    # parked worker that could claim it (namespace, name, tags), provided no
+    # due ready task in the namespace comes first in claim order. The worker
+    # gets the task in a NOTIFY on its own channel and starts it without a
+    # claim round trip; the lease (token 1, the worker's TTL) fences it as
+    # usual. Otherwise the task is ready and one NOTIFY per namespace wakes
+    # the workers.
     enqueue = """
     WITH rows AS (
-        SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::text[],
-                             $6::float8[], $7::int[], $8::int[], $9::text[])
+        SELECT r.*, CASE WHEN r.tags = '' THEN '{}'::text[] ELSE string_to_array(r.tags, ',') END
+                    AS tag_array
+        FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::text[],
+                    $6::float8[], $7::int[], $8::int[], $9::text[])
             AS r(namespace, name, payload, priority, tags, delay_s, max_attempts, timeout_ms, key)
+    ), handoff AS (
+        UPDATE {schema}.workers w
+        SET parked_channel = NULL
+        FROM (
+            SELECT p.id, p.parked_channel, p.claim_ttl,
+                   coalesce(r.max_attempts,
+                            p.max_attempts[array_position(p.task_names, r.name)]) AS max_attempts
+            FROM rows r, {schema}.workers p
+            WHERE (SELECT count(*) FROM rows) = 1
+              AND r.delay_s <= 0 AND r.key IS NULL AND octet_length(r.payload::text) <= 7000
+              AND p.parked_channel IS NOT NULL
+              AND p.namespace = r.namespace
+              AND r.name = ANY(p.task_names)
+              AND r.tag_array <@ p.tags
+              AND coalesce(r.max_attempts,
+                           p.max_attempts[array_position(p.task_names, r.name)]) IS NOT NULL
+              AND NOT EXISTS (
+                    SELECT 1 FROM {schema}.tasks t
+                    WHERE t.state = 'ready' AND t.namespace = r.namespace
+                      AND t.sort_key <= {schema}.sort_key(now() + r.delay_s * interval '1 second',
+                                                          r.priority)
+                      AND t.run_at <= now())
+            LIMIT 1
+            FOR UPDATE OF p SKIP LOCKED
+        ) p
+        WHERE w.id = p.id
+        RETURNING p.id, p.parked_channel, p.claim_ttl, p.max_attempts
     ), inserted AS (
         INSERT INTO {schema}.tasks
             (namespace, name, payload, priority, tags, run_at, sort_key,
-             max_attempts, timeout_ms, idempotency_key)
-        SELECT r.namespace, r.name, r.payload, r.priority,
-               CASE WHEN r.tags = '' THEN '{}'::text[] ELSE string_to_array(r.tags, ',') END,
+             max_attempts, timeout_ms, idempotency_key,
+             state, attempts, lease_token, lease_expires_at, worker_id, started_at)
+        SELECT r.namespace, r.name, r.payload, r.priority, r.tag_array,
                now() + r.delay_s * interval '1 second',
                {schema}.sort_key(now() + r.delay_s * interval '1 second', r.priority),
-               r.max_attempts, r.timeout_ms, r.key
-        FROM rows r
+               coalesce(h.max_attempts, r.max_attempts), r.timeout_ms, r.key,
+               CASE WHEN h.id IS NULL THEN 'ready' ELSE 'running' END::{schema}.task_state,
+               (h.id IS NOT NULL)::int, (h.id IS NOT NULL)::int,
+               now() + h.claim_ttl * interval '1 second', h.id,
+               CASE WHEN h.id IS NOT NULL THEN now() END
+        FROM rows r LEFT JOIN handoff h ON true
         ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-        RETURNING id, namespace, idempotency_key
+        RETURNING id, namespace, name, payload, idempotency_key, worker_id, attempts,
+                  max_attempts, lease_token, timeout_ms, enqueued_at, run_at
     )
     SELECT i.id, i.idempotency_key,
            (SELECT count(pg_notify('{schema}_tasks', n.namespace))
-            FROM (SELECT DISTINCT namespace FROM inserted) n) AS notified
+            FROM (SELECT DISTINCT namespace FROM inserted WHERE worker_id IS NULL) n) AS notified,
+           (SELECT count(pg_notify(h.parked_channel, json_build_object(
+                'id', t.id, 'name', t.name, 'payload', t.payload, 'attempts', t.attempts,
+                'max_attempts', t.max_attempts, 'lease_token', t.lease_token,
+                'timeout_ms', t.timeout_ms,
+                'enqueued_at', extract(epoch FROM t.enqueued_at),
+                'run_at', extract(epoch FROM t.run_at))::text))
+            FROM inserted t JOIN handoff h ON h.id = t.worker_id) AS handed_off
     FROM inserted i
     """
 
@@ -83,6 +132,9 @@ class Queries:
 
     # Claim: ready, due, registered name, tags a subset of the worker's, workflow
     # running (or none), oldest effective priority first; skip rows others hold.
+    # A claim that finds fewer tasks than it asked for parks the worker on its
+    # channel $8 (see enqueue); a full one unparks it. The liveness row is
+    # written only when that changes.
     claim = """
     WITH candidates AS (
         SELECT t.id
@@ -98,19 +150,27 @@ class Queries:
         ORDER BY t.sort_key, t.id
         LIMIT $4
         FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE {schema}.tasks t
+        SET state = 'running',
+            attempts = t.attempts + 1,
+            max_attempts = coalesce(t.max_attempts, d.max_attempts),
+            lease_token = t.lease_token + 1,
+            lease_expires_at = now() + $5::float8 * interval '1 second',
+            worker_id = $6,
+            started_at = now()
+        FROM candidates c, unnest($2::text[], $7::int[]) AS d(name, max_attempts)
+        WHERE t.id = c.id AND d.name = t.name
+        RETURNING t.id, t.name, t.payload, t.attempts, t.max_attempts, t.lease_token,
+                  t.timeout_ms, t.workflow_id, t.step, t.enqueued_at, t.run_at
+    ), parking AS (
+        SELECT CASE WHEN count(*) < $4 THEN $8::text END AS channel FROM claimed
+    ), parked AS (
+        UPDATE {schema}.workers w SET parked_channel = p.channel
+        FROM parking p
+        WHERE w.id = $6 AND w.parked_channel IS DISTINCT FROM p.channel
     )
-    UPDATE {schema}.tasks t
-    SET state = 'running',
-        attempts = t.attempts + 1,
-        max_attempts = coalesce(t.max_attempts, d.max_attempts),
-        lease_token = t.lease_token + 1,
-        lease_expires_at = now() + $5::float8 * interval '1 second',
-        worker_id = $6,
-        started_at = now()
-    FROM candidates c, unnest($2::text[], $7::int[]) AS d(name, max_attempts)
-    WHERE t.id = c.id AND d.name = t.name
-    RETURNING t.id, t.name, t.payload, t.attempts, t.max_attempts, t.lease_token, t.timeout_ms,
-              t.workflow_id, t.step, t.enqueued_at, t.run_at
+    SELECT * FROM claimed
     """
 
     # Fenced: only the holder of the current lease (token, and worker id when
@@ -177,10 +237,18 @@ class Queries:
         RETURNING t.id, t.workflow_id
     ), alive AS (
         INSERT INTO {schema}.workers
-            (id, pool, pod_name, namespace, tags, task_names, concurrency, in_flight, draining)
-        VALUES ($4, $5, $6, $7, $8::text[], $9::text[], $10, $11, $12)
+            (id, pool, pod_name, namespace, tags, task_names, concurrency, in_flight, draining,
+             max_attempts, claim_ttl)
+        VALUES ($4, $5, $6, $7, $8::text[], $9::text[], $10, $11, $12, $13::int[], $3)
         ON CONFLICT (id) DO UPDATE
-        SET last_seen = now(), in_flight = EXCLUDED.in_flight, draining = EXCLUDED.draining
+        SET last_seen = now(), in_flight = EXCLUDED.in_flight, draining = EXCLUDED.draining,
+            namespace = EXCLUDED.namespace, tags = EXCLUDED.tags,
+            task_names = EXCLUDED.task_names, max_attempts = EXCLUDED.max_attempts,
+            claim_ttl = EXCLUDED.claim_ttl,
+            -- a draining worker takes no handoff; nor does another process's channel
+            parked_channel = CASE WHEN NOT EXCLUDED.draining
+                                   AND {schema}.workers.parked_channel = $14
+                                  THEN $14 END
         RETURNING 1
     )
     SELECT b.id, coalesce(w.state IN ('cancelling', 'cancelled'), false) AS cancel
@@ -188,6 +256,15 @@ class Queries:
     """
 
     remove_worker = "DELETE FROM {schema}.workers WHERE id = $1"
+
+    # Tasks leased to a worker, for a worker whose listener reconnected: a
+    # handoff notified while it was not listening is found here.
+    leased_to = """
+    SELECT t.id, t.name, t.payload, t.attempts, t.max_attempts, t.lease_token, t.timeout_ms,
+           t.workflow_id, t.step, t.enqueued_at, t.run_at
+    FROM {schema}.tasks t
+    WHERE t.worker_id = $1 AND t.state = 'running' AND t.lease_expires_at > now()
+    """
 
     # Expired leases: back to ready (keeping their place in line) or, when their
     # attempts are used up, dead.

@@ -8,6 +8,11 @@ Guarantees:
   result reported after the lease moved on is refused by the backend.
 - Results that cannot be reported (database down) are kept and reported after
   reconnecting; calls to the database back off exponentially up to 5 s.
+- An idle worker is parked on its own notification channel by the claim that
+  found nothing more; an enqueue of one task may then lease the task to it and
+  send it in that notification, and the handler starts without a claim round
+  trip. A handoff it cannot take now (draining, no free slot) is released at
+  once; one notified while its listener was down is found when it reconnects.
 - `stop()` drains: no new claims, in-flight work gets `drain_timeout` to
   finish, what is left is cancelled and released for another worker at once,
   and the liveness row is removed.
@@ -19,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +34,14 @@ from typing import Any
 import asyncpg
 
 from shoal.aio import Backoff, wait_event
-from shoal.backend import Backend, ClaimedTask, Outcome, Subscription, WorkerIdentity
+from shoal.backend import (
+    Backend,
+    ClaimedTask,
+    Outcome,
+    Subscription,
+    WorkerIdentity,
+    parse_handoff,
+)
 from shoal.errors import InvalidInput
 from shoal.policy import next_delay
 from shoal.worker import metrics
@@ -68,13 +81,14 @@ class Worker:
             id=config.worker_id, namespace=config.namespace, tags=config.tags,
             task_names=names, concurrency=config.concurrency, pool=config.pool,
             max_attempts=tuple(app.get(name).max_attempts for name in names),
-            pod_name=config.pod_name)
+            pod_name=config.pod_name, channel=f"shoal_handoff_{secrets.token_hex(8)}")
         self.backend: Backend | None = None
         self.executions: dict[int, Execution] = {}
         self.held: dict[int, ClaimedTask] = {}  # claimed and not yet reported
         self.outbox: list[Outcome] = []
         self.report_lock = asyncio.Lock()
         self.releases: list[tuple[int, int]] = []
+        self.handing_back: set[asyncio.Task[set[int]]] = set()
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
         self.slot_free = asyncio.Event()
@@ -101,8 +115,10 @@ class Worker:
         self.backend = await Backend.connect(self.config.dsn, schema=self.config.db_schema,
                                              min_size=1, max_size=4)
         q = self.backend.queries
-        listener = Subscription(self.config.dsn, [q.tasks_channel, q.control_channel],
-                                self._on_notify, on_connect=self.wake.set)
+        assert self.identity.channel is not None
+        listener = Subscription(
+            self.config.dsn, [q.tasks_channel, q.control_channel, self.identity.channel],
+            self._on_notify, on_connect=self._on_listen)
         services: list[Callable[[], Awaitable[None]]] = [
             listener.run, self._report_loop, self._heartbeat_loop, self._reaper_loop]
         if self.config.metrics_port:
@@ -133,6 +149,9 @@ class Worker:
         return recent and not self.stopping.is_set()
 
     def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == self.identity.channel:
+            self._on_handoff(parse_handoff(payload))
+            return
         if not channel.endswith("_tasks"):
             self.beat_due.set()  # a control message: learn of cancels at once
             return
@@ -145,6 +164,44 @@ class Worker:
             self.wake.set()
         else:
             asyncio.get_running_loop().call_later(seconds, self.wake.set)
+
+    def _on_handoff(self, task: ClaimedTask) -> None:
+        """Run a task an enqueue leased to this worker, or hand it back at once."""
+        if task.id in self.held:
+            return  # heard of twice: notified and found on reconnecting
+        if self.stopping.is_set() or self.busy >= self.config.concurrency:
+            self._hand_back(task)
+            return
+        self._start(task, time.time())
+        metrics.IN_FLIGHT.set(len(self.held))
+        self.wake.set()  # claim again: anything else ready, and park once more
+
+    def _hand_back(self, task: ClaimedTask) -> None:
+        assert self.backend is not None
+        job = asyncio.create_task(self.backend.release([(task.id, task.lease_token)],
+                                                       worker_id=self.identity.id))
+        self.handing_back.add(job)
+        job.add_done_callback(self._handed_back)
+
+    def _handed_back(self, job: asyncio.Task[set[int]]) -> None:
+        self.handing_back.discard(job)
+        if not job.cancelled() and job.exception() is not None:
+            log.warning("could not hand a task back, its lease will expire: %s", job.exception())
+
+    async def _on_listen(self) -> None:
+        """(Re)connected listener: claim now, and run handoffs notified while it was down."""
+        assert self.backend is not None
+        self.wake.set()
+        if self.stopping.is_set():
+            return
+        try:
+            # Under the report lock no report is in flight, so every lease found
+            # here is one this worker has not finished: it runs at most once.
+            async with self.report_lock:
+                for task in await self.backend.leased_to(self.identity.id):
+                    self._on_handoff(task)
+        except DATABASE_ERRORS as exc:
+            log.warning("could not look for handoffs missed while not listening: %s", exc)
 
     # -- claiming -------------------------------------------------------------------
 

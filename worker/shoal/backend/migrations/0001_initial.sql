@@ -89,6 +89,11 @@ CREATE TABLE {schema}.workers (
     tags        text[] NOT NULL DEFAULT '{}',
     task_names  text[] NOT NULL DEFAULT '{}',
     concurrency integer NOT NULL,
+    max_attempts integer[] NOT NULL DEFAULT '{}',  -- per task name: when the producer set none
+    claim_ttl   float8 NOT NULL,              -- seconds a lease this worker holds lasts
+    -- Set while the worker is idle and listens on this channel: an enqueue of one
+    -- task due now may lease the task straight to it (see Queries.enqueue).
+    parked_channel text,
     in_flight   integer NOT NULL DEFAULT 0,
     draining    boolean NOT NULL DEFAULT false,
     started_at  timestamptz NOT NULL DEFAULT now(),
