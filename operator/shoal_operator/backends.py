@@ -1,11 +1,11 @@
 """One shared asyncpg `Backend` per (DSN, schema) for the whole operator.
 
 Every WorkerPool (and Workflow) that points at the same database shares one
-small connection pool. `backend_for_pool` resolves a pool's Secret into a DSN
-and guarantees one of: a connected Backend, or an error that says what to fix
-— `PoolNotFound`, `DatabaseSecretError` (Secret missing, key missing,
-not a postgresql:// URL) or `BackendUnavailable` (unreachable, refused). No
-message ever contains a password.
+small connection pool and one LISTEN connection (`notifications`).
+`backend_for_pool` resolves a pool's Secret into a DSN and guarantees one
+of: a connected Backend, or an error that says what to fix — `PoolNotFound`,
+`DatabaseSecretError` (Secret missing, key missing, not a postgresql:// URL)
+or `BackendUnavailable` (unreachable, refused). No message ever contains a password.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import asyncio
 import base64
 import binascii
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from shoal.backend import Backend
+from shoal.backend import Backend, Subscription
 from shoal_operator.errors import DatabaseSecretError, PoolNotFound
 from shoal_operator.kube import KubeError, kube, secret_path, workerpool_path
 from shoal_operator.pools.spec import Database, PoolSpec
@@ -113,8 +115,81 @@ async def backend_for_pool(namespace: str, pool_name: str) -> Backend:
     return await backend_for_spec(namespace, PoolSpec.from_body(body.get("spec") or {}))
 
 
+OnPayload = Callable[[str], None]
+
+
+@dataclass
+class _Listener:
+    task: asyncio.Task[None]
+    # channel -> payload (None: any) -> callbacks; one entry per subscription
+    on_notify: dict[str, dict[str | None, list[OnPayload]]] = field(default_factory=dict)
+    on_connect: list[Callable[[], None]] = field(default_factory=list)
+
+
+class NotifyHub:
+    """One LISTEN connection per (DSN, schema), on both Shoal channels, for the whole operator.
+
+    Subscribers are called for the notifications of their channel (and payload,
+    if they name one), and `on_connect` after every (re)connect, so they can
+    catch up on what was sent while nobody listened. The connection closes
+    when its last subscriber leaves.
+    """
+
+    def __init__(self) -> None:
+        self._listeners: dict[tuple[str, str], _Listener] = {}
+
+    def subscribe(self, backend: Backend, channel: str, payload: str | None,
+                  on_notify: OnPayload, on_connect: Callable[[], None]) -> Callable[[], None]:
+        """Start calling `on_notify(payload)`; returns the function that stops it."""
+        key = (backend.dsn, backend.queries.schema)
+        listener = self._listeners.get(key)
+        if listener is None:
+            listener = self._listeners[key] = self._listen(backend)
+        listener.on_notify.setdefault(channel, {}).setdefault(payload, []).append(on_notify)
+        listener.on_connect.append(on_connect)
+
+        def unsubscribe() -> None:
+            listener.on_notify[channel][payload].remove(on_notify)
+            listener.on_connect.remove(on_connect)
+            if not listener.on_connect and self._listeners.get(key) is listener:
+                listener.task.cancel()
+                del self._listeners[key]
+
+        return unsubscribe
+
+    def _listen(self, backend: Backend) -> _Listener:
+        def notified(channel: str, payload: str) -> None:
+            by_payload = listener.on_notify.get(channel, {})
+            for callback in (*by_payload.get(payload, ()), *by_payload.get(None, ())):
+                callback(payload)
+
+        def connected() -> None:
+            for callback in list(listener.on_connect):
+                callback()
+
+        queries = backend.queries
+        subscription = Subscription(backend.dsn, [queries.tasks_channel,
+                                                  queries.workflows_channel],
+                                    notified, connected)
+        listener = _Listener(asyncio.create_task(subscription.run(),
+                                                 name=f"listen:{queries.schema}"))
+        return listener
+
+    async def close(self) -> None:
+        """Close every LISTEN connection (operator shutdown)."""
+        tasks = [listener.task for listener in self._listeners.values()]
+        self._listeners.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+notifications = NotifyHub()
+
+
 async def close_all() -> None:
-    """Close every shared Backend (operator shutdown)."""
+    """Close every LISTEN connection and shared Backend (operator shutdown)."""
+    await notifications.close()
     backends = list(_backends.values())
     _backends.clear()
     await asyncio.gather(*(b.close() for b in backends), return_exceptions=True)

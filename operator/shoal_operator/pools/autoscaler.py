@@ -1,18 +1,15 @@
 """The autoscaler: event-driven scaling of every WorkerPool in auto mode.
 
-Two small services:
-
-- `NotifyHub` keeps one LISTEN connection (a `Subscription`) per distinct
-  (DSN, schema) for the whole operator and wakes every pool that serves the
-  task namespace named in an enqueue notification. After a reconnect it wakes
-  all of that database's pools, so nothing enqueued meanwhile is missed.
-- `PoolScaler` (one per WorkerPool, run as a kopf daemon) evaluates when woken
-  — within a second of an enqueue burst — and at least every re-check
-  interval, as a safety net. Each evaluation reads the backlog, asks the pure
-  `scaler.decide`, marks pod-deletion costs from the worker liveness rows
-  before lowering replicas (idle pods go first), patches the Deployment, and
-  reports status conditions, an Event per scale decision or backend error,
-  and metrics. A failed read never changes replicas except to the fallback.
+`PoolScaler` (one per WorkerPool, run as a kopf daemon) evaluates when woken
+— within a second of an enqueue burst — and at least every re-check
+interval, as a safety net. It is woken by its database's enqueue
+notifications for its task namespace (the operator's one LISTEN connection
+per database, `backends.notifications`) and after every reconnect of that
+connection, so nothing enqueued meanwhile is missed. Each evaluation reads
+the backlog, asks the pure `scaler.decide`, marks pod-deletion costs from the worker liveness rows
+before lowering replicas (idle pods go first), patches the Deployment, and
+reports status conditions, an Event per scale decision or backend error,
+and metrics. A failed read never changes replicas except to the fallback.
 """
 
 from __future__ import annotations
@@ -20,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
 import kopf
 
-from shoal.backend import Backend, Backlog, Subscription
+from shoal.backend import Backend, Backlog
 from shoal.errors import BackendUnavailable, ShoalError
 from shoal_operator import backends, metrics
 from shoal_operator.conditions import Condition, make_condition, now_rfc3339
@@ -54,52 +51,6 @@ READ_ERRORS = (ShoalError, OSError, TimeoutError, asyncpg.PostgresError,
                asyncpg.InterfaceError, KubeError)
 
 
-@dataclass
-class _Listener:
-    subscription: Subscription
-    task: asyncio.Task[None]
-    waiters: dict[str, set[asyncio.Event]] = field(default_factory=dict)
-
-
-class NotifyHub:
-    """One LISTEN connection per (DSN, schema); wakes pools by task namespace."""
-
-    def __init__(self) -> None:
-        self._listeners: dict[tuple[str, str], _Listener] = {}
-
-    def register(self, backend: Backend, task_namespace: str, wake: asyncio.Event) -> None:
-        key = (backend.dsn, backend.queries.schema)
-        listener = self._listeners.get(key)
-        if listener is None:
-            waiters: dict[str, set[asyncio.Event]] = {}
-
-            def on_notify(_channel: str, payload: str) -> None:
-                for event in waiters.get(payload, ()):
-                    event.set()
-
-            def on_connect() -> None:
-                for events in waiters.values():
-                    for event in events:
-                        event.set()
-
-            sub = Subscription(backend.dsn, [backend.queries.tasks_channel], on_notify,
-                               on_connect)
-            listener = _Listener(sub, asyncio.create_task(sub.run(), name=f"listen:{key[1]}"),
-                                 waiters)
-            self._listeners[key] = listener
-        listener.waiters.setdefault(task_namespace, set()).add(wake)
-
-    def unregister(self, wake: asyncio.Event) -> None:
-        """Stop waking `wake`; close a database's connection when no pool needs it."""
-        for key, listener in list(self._listeners.items()):
-            for events in listener.waiters.values():
-                events.discard(wake)
-            if not any(listener.waiters.values()):
-                listener.task.cancel()
-                del self._listeners[key]
-
-
-hub = NotifyHub()
 _scalers: dict[tuple[str, str], PoolScaler] = {}
 
 
@@ -121,6 +72,7 @@ class PoolScaler:
         self.wake = asyncio.Event()
         self.state: ScalerState | None = None
         self.listening: tuple[str, str, str] | None = None
+        self.unsubscribe: Callable[[], None] = lambda: None
         self.backend_failing = False
         self.last_warning: tuple[str, float] | None = None
         self.last_report: tuple[tuple[object, ...], float] | None = None
@@ -146,7 +98,7 @@ class PoolScaler:
                 self.wake.clear()
         finally:
             stopping.cancel()
-            hub.unregister(self.wake)
+            self.unsubscribe()
             _scalers.pop((self.namespace, self.name), None)
 
     async def evaluate(self) -> None:
@@ -299,8 +251,10 @@ class PoolScaler:
     def _listen(self, backend: Backend, task_namespace: str) -> None:
         key = (backend.dsn, backend.queries.schema, task_namespace)
         if self.listening != key:
-            hub.unregister(self.wake)
-            hub.register(backend, task_namespace, self.wake)
+            self.unsubscribe()
+            self.unsubscribe = backends.notifications.subscribe(
+                backend, backend.queries.tasks_channel, task_namespace,
+                lambda _payload: self.wake.set(), self.wake.set)
             self.listening = key
 
     def _record_backlog(self, backlog: Backlog) -> None:

@@ -95,7 +95,7 @@ async def stop_workflow_services(memo: kopf.Memo, **_: Any) -> None:
     for task in runtime.tasks:
         task.cancel()
     await asyncio.gather(*runtime.tasks, return_exceptions=True)
-    await runtime.sync.stop()
+    runtime.sync.stop()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

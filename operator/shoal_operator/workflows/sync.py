@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -29,9 +29,9 @@ from uuid import UUID
 from prometheus_client import Counter, Gauge, Histogram
 
 from shoal.aio import wait_event
-from shoal.backend import Backend, Subscription
+from shoal.backend import Backend
 from shoal.errors import ShoalError
-from shoal_operator.backends import backend_for_spec
+from shoal_operator.backends import backend_for_spec, notifications
 from shoal_operator.conditions import Condition
 from shoal_operator.errors import PoolNotFound
 from shoal_operator.kube import GROUP, VERSION, KubeError, kube, workerpool_path
@@ -190,7 +190,7 @@ class StatusSync:
         self._limit = asyncio.Semaphore(concurrency)
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
-        self._listeners: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._watching: dict[tuple[str, str], Callable[[], None]] = {}
 
     def mark(self, uids: Iterable[str]) -> None:
         """Have these CRs' status re-read and, if changed, patched in the next round."""
@@ -201,10 +201,10 @@ class StatusSync:
     def watch(self, backend: Backend) -> None:
         """Listen to `backend`'s workflow notifications (once per database and schema)."""
         key = (backend.dsn, backend.queries.schema)
-        if key in self._listeners:
+        if key in self._watching:
             return
 
-        def notified(_channel: str, payload: str) -> None:
+        def notified(payload: str) -> None:
             with contextlib.suppress(ValueError):
                 uid = self.registry.by_workflow.get(UUID(payload))
                 if uid is not None:
@@ -213,9 +213,8 @@ class StatusSync:
         def connected() -> None:
             self.mark(e.uid for e in self.registry.entries.values() if e.backend is backend)
 
-        listener = Subscription(backend.dsn, [backend.queries.workflows_channel], notified,
-                                connected)
-        self._listeners[key] = asyncio.create_task(listener.run(), name=f"workflow-listen-{key[1]}")
+        self._watching[key] = notifications.subscribe(
+            backend, backend.queries.workflows_channel, None, notified, connected)
 
     async def run(self) -> None:
         """Rounds until cancelled: wait for a change (or the resync period), coalesce, write."""
@@ -237,11 +236,11 @@ class StatusSync:
                 self.mark(dirty)
                 await asyncio.sleep(1.0)
 
-    async def stop(self) -> None:
-        for task in self._listeners.values():
-            task.cancel()
-        await asyncio.gather(*self._listeners.values(), return_exceptions=True)
-        self._listeners.clear()
+    def stop(self) -> None:
+        """Stop listening to workflow notifications."""
+        for unsubscribe in self._watching.values():
+            unsubscribe()
+        self._watching.clear()
 
     async def sync(self, uids: Iterable[str]) -> int:
         """Read the instances of `uids` in batches, patch every CR whose status changed.
