@@ -1,0 +1,55 @@
+"""The generated docs are up to date: docs/reference.md with crds/, and the README's
+metrics table with the metrics the code defines (hack/gen_docs.py writes both)."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_generated_docs_are_current() -> None:
+    spec = importlib.util.spec_from_file_location("gen_docs", REPO / "hack/gen_docs.py")
+    assert spec is not None and spec.loader is not None
+    gen_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen_docs)
+    stale = [str(path.relative_to(REPO)) for path, text in gen_docs.generated().items()
+             if not path.exists() or path.read_text() != text]
+    assert not stale, f"stale: {', '.join(stale)}; run {gen_docs.REGENERATE}"
+
+
+def _walk(node: dict[str, Any], path: str) -> Iterator[str]:
+    """The path of every field below `node`; items of an array of objects as `path[]`."""
+    for name, child in (node.get("properties") or {}).items():
+        yield f"{path}.{name}"
+        yield from _walk(child, f"{path}.{name}")
+        yield from _walk(child.get("items") or {}, f"{path}.{name}[]")
+
+
+def _cel_messages(node: Any) -> Iterator[str]:
+    """The message of every CEL rule anywhere in a schema."""
+    if isinstance(node, dict):
+        for rule in node.get("x-kubernetes-validations") or ():
+            yield rule["message"]
+        for value in node.values():
+            yield from _cel_messages(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _cel_messages(value)
+
+
+def test_reference_covers_every_crd_field() -> None:
+    """Every spec and status field of every CRD has a row; every CEL message is quoted."""
+    reference = (REPO / "docs/reference.md").read_text()
+    for crd in sorted((REPO / "crds").glob("*.yaml")):
+        root = yaml.safe_load(crd.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        for part in ("spec", "status"):
+            for path in _walk(root["properties"][part], part):
+                assert f"| `{path}` |" in reference, f"{crd.name}: {path} is not documented"
+        for message in _cel_messages(root):
+            assert message in reference, f"{crd.name}: CEL message {message!r}"
