@@ -133,7 +133,7 @@ class PoolScaler:
         reachable = self._condition("BackendReachable", True, "BacklogRead",
                                     "the backlog was read from the backend")
         if spec.scaling.mode == "manual":
-            await patch_status(self.namespace, self.name, {
+            await self._write_status({
                 "backlog": _backlog_status(backlog), "mode": "manual",
                 "paused": False, "desiredReplicas": spec.replicas or 0,
             }, [reachable,
@@ -209,16 +209,22 @@ class PoolScaler:
                                   decision.message if decision.limited else
                                   "the desired count is within the limits")
         metrics.desired_replicas.labels(self.namespace, self.name).set(decision.desired)
-        # Under a steady stream of enqueues only the numbers move: write those at most
-        # once a second (a later evaluation catches up); a changed count, status or
-        # reason is written at once.
-        key = (decision.desired, paused, *((c["status"], c["reason"])
-                                           for c in (reachable, active, limited)))
+        await self._write_status(fields, [reachable, active, limited])
+
+    async def _write_status(self, fields: dict[str, Any], conditions: list[Condition]) -> None:
+        """Patch the status; when only the backlog numbers moved, at most once a second.
+
+        Under a steady stream of enqueues only the numbers move, and a later
+        evaluation catches up; a changed mode, count, status or reason is
+        written at once.
+        """
+        key = (*(v for k, v in sorted(fields.items()) if k != "backlog"),
+               *((c["status"], c["reason"]) for c in conditions))
         now = time.monotonic()
         if self.last_report and self.last_report[0] == key and \
                 now - self.last_report[1] < STATUS_MIN_INTERVAL:
             return
-        await patch_status(self.namespace, self.name, fields, [reachable, active, limited])
+        await patch_status(self.namespace, self.name, fields, conditions)
         self.last_report = (key, now)
 
     async def _deployment(self) -> Mapping[str, Any] | None:
