@@ -97,7 +97,7 @@ class Worker:
         self.last_db_ok = 0.0
         self.threads = ThreadPoolExecutor(max_workers=config.concurrency,
                                           thread_name_prefix="shoal-task")
-        self.task_metrics = {name: metrics.TaskMetrics(name) for name in names}
+        self.task_metrics = {name: metrics.task_metrics(name) for name in names}
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -250,7 +250,7 @@ class Worker:
         self.executions[task.id] = execution
         self.held[task.id] = task
         definition = self.app.tasks[task.name]
-        self.task_metrics[task.name].claimed.inc()
+        self.task_metrics[task.name].claimed += 1
         metrics.CLAIM_LATENCY.observe(max(0.0, now - task.run_at.timestamp()))
         execution.future = asyncio.create_task(self._execute(execution, definition))
 
@@ -362,7 +362,7 @@ class Worker:
                 if task is None:
                     continue
                 if outcome.task_id in accepted:
-                    self.task_metrics[task.name].finished[_kind(outcome)].inc()
+                    self.task_metrics[task.name].finished[_kind(outcome)] += 1
                     if outcome.error and outcome.retry_in_seconds is not None:
                         self._wake_in(outcome.retry_in_seconds)  # due from the report on
                 else:
