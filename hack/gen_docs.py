@@ -169,34 +169,33 @@ def crd_reference(crd_dir: Path = REPO / "crds") -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _metrics() -> Iterator[tuple[str, Any]]:
-    """(process, metric) for every metric object in Shoal's worker and operator modules."""
+def _exposed(registry: Any) -> Iterator[tuple[Any, tuple[str, ...]]]:
+    """(family, label names) of every `shoal_*` metric that `registry` serves on /metrics."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    importlib.import_module("shoal.worker.metrics")
-    importlib.import_module("shoal_operator.main")  # imports every operator module
-    seen: set[int] = set()
-    for name, module in sorted(sys.modules.items()):
-        process = ("worker" if name.startswith("shoal.worker") else
-                   "operator" if name.startswith("shoal_operator") else None)
-        if process is None:
+    for family in registry.collect():
+        if not family.name.startswith("shoal_"):
             continue
-        for value in vars(module).values():
-            if isinstance(value, MetricWrapperBase) and id(value) not in seen:
-                seen.add(id(value))
-                yield process, value
+        # prometheus_client has no public accessor for label names: they live on the
+        # metric object, or on the family a custom collector builds.
+        owner = registry._names_to_collectors.get(family.name)
+        source = owner if isinstance(owner, MetricWrapperBase) else family
+        yield family, tuple(getattr(source, "_labelnames", ()))
 
 
 def metrics_table() -> str:
     """The README's metrics table (between METRICS_BEGIN and METRICS_END)."""
+    import prometheus_client
+
+    worker = importlib.import_module("shoal.worker.metrics").REGISTRY
+    importlib.import_module("shoal_operator.main")  # registers every operator metric
     suffix = {"counter": "_total", "info": "_info"}
     rows = []
-    for process, metric in _metrics():
-        family = metric.describe()[0]
-        # prometheus_client has no public accessor for a metric's label names.
-        labels = ", ".join(f"`{label}`" for label in metric._labelnames)
-        rows.append((process, f"`{family.name}{suffix.get(family.type, '')}`", family.type,
-                     labels, _cell(family.documentation)))
+    for process, registry in (("worker", worker), ("operator", prometheus_client.REGISTRY)):
+        for family, labels in _exposed(registry):
+            rows.append((process, f"`{family.name}{suffix.get(family.type, '')}`", family.type,
+                         ", ".join(f"`{label}`" for label in labels),
+                         _cell(family.documentation)))
     rows.sort(key=lambda row: (row[0] != "worker", row[1]))
     lines = ["| process | metric | type | labels | meaning |", "|---|---|---|---|---|"]
     lines += [f"| {' | '.join(row)} |" for row in rows]
