@@ -1,0 +1,68 @@
+"""An idle worker runs a task enqueued alone without claiming it (the enqueue hands it
+over), each exactly once; a handoff sent while its listener was down runs after the
+listener reconnects, well before the lease would expire."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import asyncpg
+
+from shoal import Client, Job
+from shoal.backend import Backend
+from tests.apps.recorder import app
+from tests.cluster.postgres import dsn_for
+from tests.support import Spawner, eventually
+from tests.worker.test_fleet import events
+
+
+async def parked(backend: Backend) -> bool:
+    return bool(await backend.pool.fetchval(
+        "SELECT count(*) FROM shoal.workers WHERE parked_channel IS NOT NULL"))
+
+
+async def test_idle_worker_runs_handed_off_tasks_once_each(dsn: str, backend: Backend,
+                                                            spawn: Spawner, log: str) -> None:
+    worker = await spawn.worker(dsn)
+    client = Client(backend, app)
+    ids = []
+    for _ in range(5):
+        await eventually(lambda: parked(backend), what="the worker to park")
+        ids.append(await client.enqueue("record", {"log": log}))
+        await eventually(lambda: _done(backend, ids[-1]), what=f"task {ids[-1]}")
+    rows = await backend.pool.fetch(
+        "SELECT started_at = enqueued_at AS handed_off, attempts, lease_token FROM shoal.tasks")
+    assert [tuple(r) for r in rows] == [(True, 1, 1)] * 5  # leased by the enqueue itself
+    assert sorted(e["task"] for e in events(log, "done")) == ids
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0
+
+
+async def test_handoff_missed_while_not_listening_runs_after_reconnecting(
+        dsn: str, backend: Backend, spawn: Spawner, log: str) -> None:
+    worker = await spawn.worker(dsn, claim_ttl="60s")
+    await eventually(lambda: parked(backend), what="the worker to park")
+    database = await backend.pool.fetchval("SELECT current_database()")
+    admin = await asyncpg.connect(dsn_for(dsn, "postgres"))  # not from inside the database
+    await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+    try:
+        assert await backend.pool.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%'") == 1
+        (task_id,) = await Client(backend, app).enqueue_many([Job("record", {"log": log})])
+        row = await backend.get_task(task_id)
+        assert (row.state, row.worker_id) == ("running", worker.worker_id)  # handed over
+        await asyncio.sleep(1)
+        assert events(log, "start") == []  # nobody heard of it
+    finally:
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        await admin.close()
+    await eventually(lambda: _done(backend, task_id), within=20, what="the missed handoff")
+    assert [e["task"] for e in events(log, "start")] == [task_id]
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait() == 0
+
+
+async def _done(backend: Backend, task_id: int) -> bool:
+    return (await backend.get_task(task_id)).state == "succeeded"
