@@ -98,6 +98,7 @@ class Worker:
         self.threads = ThreadPoolExecutor(max_workers=config.concurrency,
                                           thread_name_prefix="shoal-task")
         self.task_metrics = {name: metrics.task_metrics(name) for name in names}
+        metrics.IN_FLIGHT.set_function(lambda: len(self.held))  # read when scraped
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -173,7 +174,6 @@ class Worker:
             self._hand_back(task)
             return
         self._start(task, time.time())
-        metrics.IN_FLIGHT.set(len(self.held))
         self.wake.set()  # claim again: anything else ready, and park once more
 
     def _hand_back(self, task: ClaimedTask) -> None:
@@ -231,7 +231,6 @@ class Worker:
             now = time.time()
             for task in claimed:
                 self._start(task, now)
-            metrics.IN_FLIGHT.set(len(self.held))
             if len(claimed) < want:
                 await wait_event(self.wake, self.config.poll_interval)
 
@@ -369,7 +368,6 @@ class Worker:
                     metrics.LEASES_LOST.inc()
                     log.warning("result for task %s #%d refused: its lease moved on",
                                 task.name, outcome.task_id)
-            metrics.IN_FLIGHT.set(len(self.held))
             self.slot_free.set()
             return True
 
