@@ -14,6 +14,21 @@ from tests.cluster.build import build_all, helm_bin_dir, k8s_bin_dir
 from tests.cluster.local import LocalCluster
 from tests.cluster.postgres import ExternalPostgres, PostgresServer
 
+LOCAL_ONLY = {
+    "node_agent": "needs the local cluster's node agent (pods run as local processes)",
+    "local_control_plane": "checks the local control plane's pinned build",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With ``SHOAL_TEST_KUBECONFIG``, skip what only the local cluster can do, saying why."""
+    if not os.environ.get("SHOAL_TEST_KUBECONFIG"):
+        return
+    for item in items:
+        for marker, need in LOCAL_ONLY.items():
+            if item.get_closest_marker(marker):
+                item.add_marker(pytest.mark.skip(reason=f"{need}; SHOAL_TEST_KUBECONFIG is set"))
+
 
 @pytest.fixture(scope="session")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeAccess]:

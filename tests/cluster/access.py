@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from dataclasses import dataclass
@@ -41,6 +42,29 @@ class KubeAccess:
         for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
             env[var] = str(self.helm_home / var.removeprefix("HELM_").removesuffix("_HOME").lower())
         return env
+
+    def token_kubeconfig(self, token: str, path: Path) -> Path:
+        """Write to ``path`` a kubeconfig for this cluster that authenticates with ``token`` only.
+
+        The server and CA are the current context's, embedded (never a client certificate).
+        """
+        minified = json.loads(
+            self.kubectl(
+                "config", "view", "--minify", "--flatten", "--raw", "-o", "json", check=True
+            ).stdout
+        )
+        cluster = minified["clusters"][0]["cluster"]
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "cluster", "cluster": cluster}],
+            "users": [{"name": "token", "user": {"token": token}}],
+            "contexts": [{"name": "token", "context": {"cluster": "cluster", "user": "token"}}],
+            "current-context": "token",
+        }
+        path.touch(mode=0o600)
+        path.write_text(yaml.safe_dump(config))
+        return path
 
     def run(
         self, binary: Path, *args: str, input: str | None = None, check: bool = False

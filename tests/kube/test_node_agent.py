@@ -21,7 +21,7 @@ import pytest
 
 from tests.cluster.access import KubeAccess
 
-pytestmark = pytest.mark.kube
+pytestmark = [pytest.mark.kube, pytest.mark.node_agent]
 
 Json = dict[str, Any]
 T = TypeVar("T")
