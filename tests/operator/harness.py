@@ -1,14 +1,16 @@
 """What operator end-to-end tests share: the operator as a process, kubectl JSON, waiting.
 
-`OperatorProcess` runs `shoal operator --all-namespaces` against a cluster's
-kubeconfig, exactly as the chart's Deployment would (minus the image), and
-keeps its log in a file so a failing test can show it.
+`OperatorProcess` runs `shoal operator --all-namespaces` against a cluster
+(in the tests, as the chart's ServiceAccount: see conftest.py), exactly as the
+chart's Deployment would (minus the image), and keeps its log in a file so a
+failing test can show it and a denied request can fail the test.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,13 +24,22 @@ from tests.cluster.postgres import free_port
 
 T = TypeVar("T")
 VENV_BIN = Path(sys.executable).parent
+# What kopf and the operator log when RBAC denies a request: the API's 403
+# answer ("... is forbidden: User ...", reason Forbidden) or kopf's fallback
+# warnings ("Not enough permissions to ...").
+DENIED = re.compile(r"forbidden|not enough permissions", re.IGNORECASE)
 
 
 class OperatorProcess:
-    """`shoal operator` as a subprocess; `start()` returns once /healthz answers."""
+    """`shoal operator` as a subprocess; `start()` returns once /healthz answers.
 
-    def __init__(self, kube: KubeAccess, log_path: Path, *extra: str) -> None:
-        self.kube = kube
+    It authenticates only as `kubeconfig` says (default: `kube`'s own
+    kubeconfig); no other credentials are in its environment.
+    """
+
+    def __init__(self, kube: KubeAccess, log_path: Path, *extra: str,
+                 kubeconfig: Path | None = None) -> None:
+        self.kubeconfig = kubeconfig or kube.kubeconfig
         self.log_path = log_path
         self.liveness_port = free_port()
         self.metrics_port = free_port()
@@ -36,7 +47,8 @@ class OperatorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
-        env = self.kube.env() | {"PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        env = os.environ | {"KUBECONFIG": str(self.kubeconfig),
+                            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         argv = [str(VENV_BIN / "shoal"), "operator", "--all-namespaces",
                 "--liveness-port", str(self.liveness_port),
                 "--metrics-port", str(self.metrics_port), *self.extra]
@@ -60,6 +72,17 @@ class OperatorProcess:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
                                     timeout=5) as r:
             return r.read().decode()
+
+    def log_size(self) -> int:
+        """Bytes logged so far: an offset for `denied(since=...)`."""
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def denied(self, since: int = 0) -> list[str]:
+        """Log lines after byte `since` that report a request RBAC refused."""
+        with self.log_path.open("rb") as log:
+            log.seek(since)
+            text = log.read().decode(errors="replace")
+        return [line for line in text.splitlines() if DENIED.search(line)]
 
     def log_tail(self, lines: int = 80) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -108,6 +131,26 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
         if c.get("type") == type_:
             return dict(c)
     return None
+
+
+def refusals(denied: list[str], shown: int = 5) -> str:
+    """An assertion message for what RBAC refused: the first lines, then how many more."""
+    more = f"\n... and {len(denied) - shown} more" if len(denied) > shown else ""
+    return "RBAC refused the operator:\n" + "\n".join(denied[:shown]) + more
+
+
+def denied_events(kube: KubeAccess, since: str) -> list[str]:
+    """Events kopf posted at or after `since` (RFC 3339) whose message reports an RBAC refusal.
+
+    The operator turns some API answers into an Event and a condition without
+    a log line (a refused Deployment apply is "DeploymentRejected").
+    """
+    found = get_json(kube, "events", "-A", "--field-selector", "source=kopf") or {"items": []}
+    return [f"{e['metadata']['namespace']}/{e['involvedObject'].get('name')}: "
+            f"{e.get('reason')}: {e.get('message')}"
+            for e in found["items"]
+            if (e.get("lastTimestamp") or e.get("eventTime") or "") >= since
+            and DENIED.search(e.get("message") or "")]
 
 
 def events_for(kube: KubeAccess, namespace: str, name: str) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """Shared backends and enqueue wake-ups, against the real API server and Postgres.
 
 `backend_for_pool` reads a WorkerPool and its Secret the way the operator
-does (in process, through the cluster's kubeconfig); the NotifyHub wakes only
+does (in process, as the chart's ServiceAccount); the NotifyHub wakes only
 the pools whose task namespace got an enqueue, and all of them after a reconnect.
 """
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.kube
 @pytest.fixture
 def namespace(kube: KubeAccess, shoal_operator: OperatorProcess,
               monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(shoal_operator.kubeconfig))
     name = f"be-{uuid.uuid4().hex[:8]}"
     assert kube.kubectl("create", "namespace", name).returncode == 0
     yield name

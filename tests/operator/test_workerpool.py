@@ -1,17 +1,20 @@
 """WorkerPool end to end: a real control plane, real Postgres, real worker processes.
 
 The node agent runs each worker Pod's `shoal worker` as a local process, so
-scale-ups start real workers and scale-downs SIGTERM them (they drain).
+scale-ups start real workers and scale-downs SIGTERM them (they drain). On an
+existing cluster (`SHOAL_TEST_KUBECONFIG`) the pods run `SHOAL_TEST_IMAGE`
+(default `shoal:dev`, the Dockerfile's image: the package and examples/) and
+reach the database at `SHOAL_TEST_POD_DSN` (see conftest.py `pod_dsn`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,8 +32,10 @@ from tests.operator.harness import (
 
 pytestmark = pytest.mark.kube
 
-REPO = Path(__file__).resolve().parents[2]
-APP = f"{REPO}/examples/tasks.py:app"
+# Relative to the container's working directory: the image's WORKDIR, or on
+# the local cluster the node agent's (the repository).
+APP = "examples/tasks.py:app"
+IMAGE = os.environ.get("SHOAL_TEST_IMAGE", "shoal:dev")
 
 
 @pytest.fixture
@@ -61,7 +66,7 @@ def create_secret(kube: KubeAccess, namespace: str, dsn: str, name: str = "pg") 
 def pool(name: str, namespace: str, secret: str = "pg", replicas: int | None = None,
          **scaling: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "app": APP, "template": {"image": "shoal:dev"},
+        "app": APP, "template": {"image": IMAGE, "imagePullPolicy": "IfNotPresent"},
         "database": {"secretRef": {"name": secret}},
         "tasks": {"namespace": namespace}, "concurrency": 2, "claimTTL": "4s",
         "drainTimeout": "20s",
@@ -103,8 +108,8 @@ def test_crd_rejects_min_above_max(kube: KubeAccess, crds: None, namespace: str)
 
 
 def test_pool_becomes_a_ready_deployment(kube: KubeAccess, shoal_operator: OperatorProcess,
-                                         operator_db: str, namespace: str) -> None:
-    create_secret(kube, namespace, operator_db)
+                                         pod_dsn: str, namespace: str) -> None:
+    create_secret(kube, namespace, pod_dsn)
     apply(kube, pool("web", namespace))
     dep = wait_for(lambda: deployment(kube, namespace, "web"), 30, "the Deployment")
     owner = dep["metadata"]["ownerReferences"][0]
@@ -130,9 +135,9 @@ def test_pool_becomes_a_ready_deployment(kube: KubeAccess, shoal_operator: Opera
 
 
 async def test_burst_scales_up_then_idle_pods_go_first(
-        kube: KubeAccess, shoal_operator: OperatorProcess, operator_db: str,
+        kube: KubeAccess, shoal_operator: OperatorProcess, pod_dsn: str,
         namespace: str, backend: Backend) -> None:
-    create_secret(kube, namespace, operator_db)
+    create_secret(kube, namespace, pod_dsn)
     apply(kube, pool("burst", namespace))
     await asyncio.to_thread(wait_for, lambda: len(ready_pods(kube, namespace, "burst")) == 1,
                             60, "one Ready worker pod")
@@ -189,8 +194,8 @@ async def test_burst_scales_up_then_idle_pods_go_first(
 
 
 def test_deleted_deployment_is_repaired(kube: KubeAccess, shoal_operator: OperatorProcess,
-                                        operator_db: str, namespace: str) -> None:
-    create_secret(kube, namespace, operator_db)
+                                        pod_dsn: str, namespace: str) -> None:
+    create_secret(kube, namespace, pod_dsn)
     apply(kube, pool("fixme", namespace))
     first = wait_for(lambda: deployment(kube, namespace, "fixme"), 30, "the Deployment")
     assert kube.kubectl("delete", "deployment", "fixme", "-n", namespace,
@@ -204,7 +209,7 @@ def test_deleted_deployment_is_repaired(kube: KubeAccess, shoal_operator: Operat
                  '[{"op":"replace","path":"/spec/template/spec/containers/0/image",'
                  '"value":"evil:1"}]')
     wait_for(lambda: deployment(kube, namespace, "fixme")["spec"]["template"]["spec"][
-        "containers"][0]["image"] == "shoal:dev", 30, "the image edit reverted")
+        "containers"][0]["image"] == IMAGE, 30, "the image edit reverted")
     reasons = [e["reason"] for e in events_for(kube, namespace, "fixme")]
     assert reasons.count("DeploymentRepaired") >= 2, reasons
     wait_for(lambda: len(ready_pods(kube, namespace, "fixme")) == 1, 60, "a Ready pod again")
@@ -237,9 +242,9 @@ def test_bad_secret_gives_condition_and_event(kube: KubeAccess,
 
 
 def test_spec_the_api_server_rejects_gets_a_condition(
-        kube: KubeAccess, shoal_operator: OperatorProcess, operator_db: str,
+        kube: KubeAccess, shoal_operator: OperatorProcess, pod_dsn: str,
         namespace: str) -> None:
-    create_secret(kube, namespace, operator_db)
+    create_secret(kube, namespace, pod_dsn)
     bad = pool("quota", namespace)
     bad["spec"]["template"]["tolerations"] = [{"key": "gpu", "operator": "Sometimes"}]
     apply(kube, bad)
@@ -259,8 +264,8 @@ def test_spec_the_api_server_rejects_gets_a_condition(
 
 
 def test_manual_mode_follows_kubectl_scale(kube: KubeAccess, shoal_operator: OperatorProcess,
-                                           operator_db: str, namespace: str) -> None:
-    create_secret(kube, namespace, operator_db)
+                                           pod_dsn: str, namespace: str) -> None:
+    create_secret(kube, namespace, pod_dsn)
     apply(kube, pool("manual", namespace, replicas=1, mode="manual"))
     wait_for(lambda: len(ready_pods(kube, namespace, "manual")) == 1, 60, "one Ready pod")
     result = kube.kubectl("scale", "wp", "manual", "-n", namespace, "--replicas=3")
@@ -278,9 +283,9 @@ def test_manual_mode_follows_kubectl_scale(kube: KubeAccess, shoal_operator: Ope
 
 
 async def test_pause_annotation_holds_replicas(
-        kube: KubeAccess, shoal_operator: OperatorProcess, operator_db: str,
+        kube: KubeAccess, shoal_operator: OperatorProcess, pod_dsn: str,
         namespace: str, backend: Backend) -> None:
-    create_secret(kube, namespace, operator_db)
+    create_secret(kube, namespace, pod_dsn)
     apply(kube, pool("hold", namespace))
     await asyncio.to_thread(wait_for, lambda: deployment(kube, namespace, "hold"), 30,
                             "the Deployment")
@@ -323,8 +328,8 @@ def test_fallback_replicas_after_failed_reads(kube: KubeAccess,
 
 
 def test_operator_restart_resumes_and_repairs(kube: KubeAccess, shoal_operator: OperatorProcess,
-                                              operator_db: str, namespace: str) -> None:
-    create_secret(kube, namespace, operator_db)
+                                              pod_dsn: str, namespace: str) -> None:
+    create_secret(kube, namespace, pod_dsn)
     apply(kube, pool("resume", namespace, replicas=2, mode="manual"))
     first = wait_for(lambda: deployment(kube, namespace, "resume"), 30, "the Deployment")
     assert shoal_operator.proc is not None
