@@ -29,28 +29,36 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 
 {{/* What the operator does in a namespace it serves: no more. */}}
 {{- define "shoal.namespacedRules" -}}
+# kopf watches what it serves and patches its finalizer and state annotations.
 - apiGroups: [shoal.dev]
   resources: [workerpools, workflows]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
+# A pool read by name: its status before a patch, a Workflow's pool.
+- apiGroups: [shoal.dev]
+  resources: [workerpools]
+  verbs: [get]
 - apiGroups: [shoal.dev]
   resources: [workerpools/status, workflows/status]
-  verbs: [get, patch]
+  verbs: [patch]
 # Owner references with blockOwnerDeletion on the pool's Deployment.
 - apiGroups: [shoal.dev]
-  resources: [workerpools/finalizers, workflows/finalizers]
+  resources: [workerpools/finalizers]
   verbs: [update]
+# Server-side apply (patch; create when the Deployment is new), the scaler's
+# reads and replica patches, kopf's watch for drift.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
 # Pod deletion cost (idle pods first) before a scale-down.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, patch]
+  verbs: [list, patch]
 # The DSN of each pool's database Secret; never listed or watched.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
-- apiGroups: ["", events.k8s.io]
+# kopf posts core/v1 Events.
+- apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end -}}
