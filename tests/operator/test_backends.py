@@ -1,24 +1,21 @@
-"""Shared backends and enqueue wake-ups, against the real API server and Postgres.
+"""Shared backends, against the real API server and Postgres.
 
 `backend_for_pool` reads a WorkerPool and its Secret the way the operator
-does (in process, as the chart's ServiceAccount); the NotifyHub wakes only
-the pools whose task namespace got an enqueue, and all of them after a reconnect.
+does (in process, as the chart's ServiceAccount). The NotifyHub has its own
+tests in test_notifications.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from shoal.backend import Backend, NewTask
 from shoal.errors import BackendUnavailable
 from shoal_operator import backends, kube
 from shoal_operator.errors import DatabaseSecretError, PoolNotFound
-from shoal_operator.pools.autoscaler import NotifyHub
 from tests.cluster.access import KubeAccess
 from tests.operator.harness import OperatorProcess
 
@@ -81,29 +78,3 @@ async def test_backend_for_pool_answers_or_says_what_to_fix(
     with pytest.raises(BackendUnavailable, match="cannot reach") as exc:
         await backends.backend_for_pool(namespace, "c")
     assert "s3cret" not in str(exc.value)
-
-
-async def test_notify_hub_wakes_by_task_namespace(operator_db: str) -> None:
-    backend = await Backend.connect(operator_db)
-    hub = NotifyHub()
-    a, b = asyncio.Event(), asyncio.Event()
-    try:
-        hub.register(backend, "hub-a", a)
-        hub.register(backend, "hub-b", b)
-        await asyncio.wait_for(a.wait(), 10)  # the first connect wakes everyone to catch up
-        a.clear()
-        b.clear()
-        await backend.enqueue([NewTask("noop", namespace="hub-a") for _ in range(3)])
-        await asyncio.wait_for(a.wait(), 1.0)
-        await asyncio.sleep(0.2)
-        assert not b.is_set()
-        # After a dropped LISTEN connection, every pool is woken to catch up.
-        a.clear()
-        await backend.pool.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()")
-        await asyncio.wait_for(asyncio.gather(a.wait(), b.wait()), 10)
-    finally:
-        hub.unregister(a)
-        hub.unregister(b)
-        await backend.close()
