@@ -1,7 +1,8 @@
 """One shared asyncpg `Backend` per (DSN, schema) for the whole operator.
 
 Every WorkerPool (and Workflow) that points at the same database shares one
-small connection pool and one LISTEN connection (`notifications`).
+small connection pool and one LISTEN connection (`notifications`), and the
+operator creates or upgrades its schema on first use.
 `backend_for_pool` resolves a pool's Secret into a DSN and guarantees one
 of: a connected Backend, or an error that says what to fix — `PoolNotFound`,
 `DatabaseSecretError` (Secret missing, key missing, not a postgresql:// URL)
@@ -13,14 +14,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import asyncpg
+
 from shoal.backend import Backend, Subscription
-from shoal_operator.errors import DatabaseSecretError, PoolNotFound
+from shoal_operator.errors import DatabaseSecretError, PoolNotFound, SchemaNotReady
 from shoal_operator.kube import KubeError, kube, secret_path, workerpool_path
 from shoal_operator.pools.spec import Database, PoolSpec
+
+log = logging.getLogger(__name__)
 
 _backends: dict[tuple[str, str], Backend] = {}
 _locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -39,15 +45,43 @@ def schema_of(database: Database) -> str:
 
 
 async def backend_for(dsn: str, schema: str) -> Backend:
-    """The shared Backend for (dsn, schema), connected on first use; BackendUnavailable if not."""
+    """The shared Backend for (dsn, schema), connected and migrated on first use.
+
+    Raises BackendUnavailable when the database cannot be reached, and its
+    SchemaNotReady when the schema cannot be created or upgraded.
+    """
     key = (dsn, schema)
     lock = _locks.setdefault(key, asyncio.Lock())
     async with lock:
         backend = _backends.get(key)
         if backend is None:
             backend = await Backend.connect(dsn, schema=schema, min_size=1, max_size=4)
+            try:
+                await _ensure_schema(backend)
+            except BaseException:
+                await backend.close()
+                raise
             _backends[key] = backend
         return backend
+
+
+async def _ensure_schema(backend: Backend) -> None:
+    """`shoal migrate` on first use, so a pool on an empty database just works.
+
+    A role without the right to create or alter the schema is left to its
+    administrator's own `shoal migrate`: a missing schema then shows as a
+    failed backlog read.
+    """
+    schema = backend.queries.schema
+    try:
+        applied = await backend.migrate()
+    except asyncpg.InsufficientPrivilegeError as exc:
+        log.info("schema %s not migrated by the operator (%s); run `shoal migrate`", schema, exc)
+        return
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        raise SchemaNotReady(f"cannot create or upgrade schema {schema!r}: {exc}") from None
+    if applied:
+        log.info("schema %s: applied migrations %s", schema, applied)
 
 
 # Successful Secret reads, remembered briefly: the scaler may evaluate a pool

@@ -2,7 +2,7 @@
 
 from pydantic import ValidationError
 
-from shoal.errors import InvalidInput, ShoalError
+from shoal.errors import BackendUnavailable, InvalidInput, ShoalError
 
 
 class PoolNotFound(ShoalError, LookupError):
@@ -15,6 +15,10 @@ class InvalidPoolSpec(InvalidInput):
 
 class DatabaseSecretError(ShoalError, ValueError):
     """The database Secret of a pool is missing, lacks its key, or holds no usable DSN."""
+
+
+class SchemaNotReady(BackendUnavailable):
+    """The database answers, but Shoal's schema could not be created or upgraded there."""
 
 
 def spec_problems(exc: ValidationError) -> str:

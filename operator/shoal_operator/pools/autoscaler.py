@@ -28,7 +28,7 @@ from shoal.backend import Backend, Backlog
 from shoal.errors import BackendUnavailable, ShoalError
 from shoal_operator import backends, metrics
 from shoal_operator.conditions import Condition, make_condition, now_rfc3339
-from shoal_operator.errors import DatabaseSecretError, InvalidPoolSpec
+from shoal_operator.errors import DatabaseSecretError, InvalidPoolSpec, SchemaNotReady
 from shoal_operator.kube import KubeError, deployment_path, kube, pods_path
 from shoal_operator.pools.deployment import selector_string
 from shoal_operator.pools.scaler import (
@@ -114,6 +114,9 @@ class PoolScaler:
             backend = await backends.backend_for_spec(self.namespace, spec)
         except DatabaseSecretError as exc:
             await self._report_error("SecretInvalid", str(exc), spec)
+            return
+        except SchemaNotReady as exc:
+            await self._report_error("SchemaNotReady", str(exc), spec)
             return
         except BackendUnavailable as exc:
             await self._report_error("Unreachable", str(exc), spec)
