@@ -15,7 +15,6 @@ import asyncio
 import json
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -162,9 +161,7 @@ async def _burst(dsn: str, count: int) -> None:
 def main(argv: list[str]) -> int:
     once = "--once" in argv
     with PostgresServer() as postgres:
-        dsn = postgres.create_database("shoal")
-        _check(subprocess.run([str(Path(sys.executable).parent / "shoal"), "migrate",
-                               "--dsn", dsn], capture_output=True, text=True))
+        dsn = postgres.create_database("shoal")  # empty: the operator migrates it
         with LocalCluster() as cluster:
             kube = KubeAccess(cluster.kubeconfig, cluster.server, cluster.kubectl,
                               cluster.helm, cluster.workdir / "helm")
