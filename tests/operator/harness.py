@@ -25,9 +25,10 @@ from tests.cluster.postgres import free_port
 T = TypeVar("T")
 VENV_BIN = Path(sys.executable).parent
 # What kopf and the operator log when RBAC denies a request: the API's 403
-# answer ("... is forbidden: User ...", reason Forbidden) or kopf's fallback
-# warnings ("Not enough permissions to ...").
-DENIED = re.compile(r"forbidden|not enough permissions", re.IGNORECASE)
+# answer ('pods "x" is forbidden: User "..." cannot patch resource "pods" ...')
+# or kopf's fallback warnings ("Not enough permissions to ..."). Other 403s,
+# such as a write into a terminating namespace, are not RBAC's.
+DENIED = re.compile(r'is forbidden: User ".*" cannot |not enough permissions', re.IGNORECASE)
 
 
 class OperatorProcess:
