@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -119,7 +119,7 @@ def shoal_operator(kube: KubeAccess, crds: None, operator_kubeconfig: Path,
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     """A test that runs the operator fails if RBAC refused the operator a request meanwhile.
 
     Checked right after the test body, before its namespace is torn down with its
