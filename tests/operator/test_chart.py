@@ -122,7 +122,8 @@ def test_namespaced_install_uses_roles(kube: KubeAccess) -> None:
     roles = [d for d in docs if d["kind"] == "Role"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     cluster = rules(docs, "ClusterRole")
-    assert all(r["resources"] == ["customresourcedefinitions"] for r in cluster)
+    assert [(r["resources"], r["verbs"]) for r in cluster] == [
+        (["customresourcedefinitions"], ["list", "watch"]), (["namespaces"], ["list", "watch"])]
     args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--all-namespaces" not in args
 
