@@ -28,15 +28,22 @@ Obj = dict[str, Any]
 class KubeError(Exception):
     """The API server answered with an error status (404, 409, 422...)."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str,
+                 causes: tuple[str, ...] = ()) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.causes = causes  # the reason of each of the Status's details.causes
 
     @property
     def not_found(self) -> bool:
         return self.status == 404
+
+    @property
+    def namespace_terminating(self) -> bool:
+        """Refused because the namespace is being deleted: nothing is worth retrying."""
+        return "NamespaceTerminating" in self.causes
 
 
 class Kube:
@@ -59,8 +66,10 @@ class Kube:
             response.release()
         data: Obj = json.loads(raw) if raw else {}
         if not 200 <= response.status <= 299:
+            causes = tuple(str(c.get("reason")) for c in
+                           (data.get("details") or {}).get("causes") or [])
             raise KubeError(response.status, str(data.get("reason", response.reason)),
-                            str(data.get("message", raw[:200])))
+                            str(data.get("message", raw[:200])), causes)
         return data
 
     async def get(self, path: str, query: Mapping[str, str] | None = None) -> Obj:

@@ -144,7 +144,12 @@ async def watch_deployment(event: kopf.RawEvent, body: kopf.Body, namespace: str
     if deleted or drifted(desired["spec"], body.get("spec")) or drifted(
             desired["metadata"]["labels"], body.metadata.get("labels")):
         what = "was deleted" if deleted else "drifted from the pool's spec"
-        await _apply(pool, spec, replicas)
+        try:
+            await _apply(pool, spec, replicas)
+        except KubeError as exc:
+            if exc.namespace_terminating:
+                return  # the namespace's deletion takes the pool too
+            raise
         kopf.event(pool, type="Warning", reason="DeploymentRepaired",
                    message=f"Deployment {namespace}/{pool_name} {what}; re-applied it")
         metrics.reconciles.labels("Deployment", "repaired").inc()
