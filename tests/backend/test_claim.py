@@ -164,3 +164,25 @@ async def test_idempotency_key_returns_the_same_id(backend: Backend) -> None:
     assert other_ns[0] not in again  # keys are per namespace
     rows = await backend.pool.fetch("SELECT payload FROM shoal.tasks ORDER BY id")
     assert [r["payload"] for r in rows] == [{"v": 1}, {"v": 3}, {"v": 4}, None]
+
+
+async def test_claim_completes_the_claimers_successes_in_the_same_statement(
+        backend: Backend) -> None:
+    ids = await backend.enqueue([NewTask("t", {"n": n}) for n in range(4)])
+    held = await backend.claim(worker("a"), 2, lease_seconds=30)
+    (other,) = await backend.claim(worker("b"), 1, lease_seconds=30)
+    mine, stale = held
+    claimed, accepted = await backend.claim_and_complete(worker("a"), 10, 30, [
+        Outcome(mine.id, mine.lease_token, result_json='{"ok": 1}'),
+        Outcome(stale.id, stale.lease_token + 1, result_json='"wrong token"'),
+        Outcome(other.id, other.lease_token, result_json='"not a\'s lease"'),
+    ])
+    assert accepted == {mine.id}
+    assert [t.id for t in claimed] == [ids[3]]
+    done = await backend.get_task(mine.id)
+    assert (done.state, done.result, done.finished_at is not None) == (
+        "succeeded", {"ok": 1}, True)
+    for refused in (stale.id, other.id):
+        assert (await backend.get_task(refused)).state == "running"
+    # nothing to claim and nothing to complete: still an answer
+    assert await backend.claim_and_complete(worker("a"), 10, 30, []) == ([], set())

@@ -166,15 +166,28 @@ class Backend:
 
     async def claim(self, worker: WorkerIdentity, limit: int,
                     lease_seconds: float) -> list[ClaimedTask]:
-        """Lease up to `limit` claimable tasks to `worker` (see queries.claim).
+        """Lease up to `limit` claimable tasks to `worker` (see `claim_and_complete`)."""
+        claimed, _ = await self.claim_and_complete(worker, limit, lease_seconds, ())
+        return claimed
 
-        When fewer are found, the worker is parked on `worker.channel` (if it
-        has one) until its next claim or a handoff: see `parse_handoff`.
+    async def claim_and_complete(
+            self, worker: WorkerIdentity, limit: int, lease_seconds: float,
+            succeeded: Sequence[Outcome]) -> tuple[list[ClaimedTask], set[int]]:
+        """Lease up to `limit` claimable tasks to `worker` and, in the same
+        transaction, record the successes `worker` holds the leases of.
+
+        Returns the claimed tasks and the ids whose success was accepted (as
+        `report` does). `succeeded` must be plain successes: no error, not
+        cancelled, no workflow step. When fewer tasks are found, the worker is
+        parked on `worker.channel` (if it has one) until its next claim or a
+        handoff: see `parse_handoff`.
         """
         rows = await self.pool.fetch(
             self.queries.claim, worker.namespace, list(worker.task_names), list(worker.tags),
-            limit, lease_seconds, worker.id, _max_attempts(worker), worker.channel)
-        return [_claimed(r) for r in rows]
+            limit, lease_seconds, worker.id, _max_attempts(worker), worker.channel,
+            [o.task_id for o in succeeded], [o.lease_token for o in succeeded],
+            [o.result_json for o in succeeded])
+        return [_claimed(r) for r in rows[:-1]], set(rows[-1]["completed"])
 
     async def leased_to(self, worker_id: str) -> list[ClaimedTask]:
         """The unexpired leases `worker_id` holds (handoffs it may not have heard of)."""

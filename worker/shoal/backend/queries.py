@@ -130,13 +130,27 @@ class Queries:
     WHERE namespace = $1 AND idempotency_key = ANY($2::text[])
     """
 
+    # What a successful attempt's report writes (complete, and claim's completed).
+    _succeed = ("state = 'succeeded', result = r.result, error = NULL, finished_at = now(), "
+                "lease_expires_at = NULL")
+
     # Claim: ready, due, registered name, tags a subset of the worker's, workflow
     # running (or none), oldest effective priority first; skip rows others hold.
     # A claim that finds fewer tasks than it asked for parks the worker on its
     # channel $8 (see enqueue); a full one unparks it. The liveness row is
     # written only when that changes.
+    # In the same statement (one round trip, one commit) it completes the
+    # claimer's successful attempts $9..$11, fenced as `complete` is; the last
+    # row lists the ids it completed, its task columns NULL.
     claim = """
-    WITH candidates AS (
+    WITH completed AS (
+        UPDATE {schema}.tasks t
+        SET """ + _succeed + """
+        FROM unnest($9::bigint[], $10::bigint[], $11::jsonb[]) AS r(id, token, result)
+        WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
+          AND t.worker_id = $6
+        RETURNING t.id
+    ), candidates AS (
         SELECT t.id
         FROM {schema}.tasks t
         WHERE t.state = 'ready'
@@ -170,7 +184,10 @@ class Queries:
         FROM parking p
         WHERE w.id = $6 AND w.parked_channel IS DISTINCT FROM p.channel
     )
-    SELECT * FROM claimed
+    SELECT *, NULL::bigint[] AS completed FROM claimed
+    UNION ALL
+    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           coalesce((SELECT array_agg(id) FROM completed), '{}')
     """
 
     # Fenced: only the holder of the current lease (token, and worker id when
@@ -179,8 +196,7 @@ class Queries:
     # scans running tasks and rescans unnest() per row (quadratic).
     complete = """
     UPDATE {schema}.tasks t
-    SET state = 'succeeded', result = r.result, error = NULL, finished_at = now(),
-        lease_expires_at = NULL
+    SET """ + _succeed + """
     FROM unnest($1::bigint[], $2::bigint[], $3::jsonb[]) AS r(id, token, result)
     WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
       AND ($4::text IS NULL OR t.worker_id = $4)

@@ -8,6 +8,8 @@ Guarantees:
   result reported after the lease moved on is refused by the backend.
 - Results that cannot be reported (database down) are kept and reported after
   reconnecting; calls to the database back off exponentially up to 5 s.
+- Successes waiting to be reported ride on the next claim (one statement, one
+  commit) unless a report is already in flight; the rest go in reports.
 - An idle worker is parked on its own notification channel by the claim that
   found nothing more; an enqueue of one task may then lease the task to it and
   send it in that notification, and the handler starts without a claim round
@@ -220,19 +222,43 @@ class Worker:
             want = min(self.config.batch_size, free)
             self.wake.clear()
             try:
-                claimed = await self.backend.claim(self.identity, want, self.config.claim_ttl)
+                claimed = await self._claim(want)
             except DATABASE_ERRORS as exc:
                 metrics.DB_ERRORS.labels("claim").inc()
                 log.warning("claim failed: %s", exc)
                 await backoff.wait()
                 continue
             backoff.reset()
-            self.last_db_ok = time.monotonic()
             now = time.time()
             for task in claimed:
                 self._start(task, now)
             if len(claimed) < want:
                 await wait_event(self.wake, self.config.poll_interval)
+
+    async def _claim(self, want: int) -> list[ClaimedTask]:
+        """Claim up to `want` tasks, reporting the plain successes waiting in the
+        outbox in the same statement unless a report is in flight already."""
+        assert self.backend is not None
+        if not self.outbox or self.report_lock.locked():
+            claimed, _ = await self.backend.claim_and_complete(
+                self.identity, want, self.config.claim_ttl, ())
+            self.last_db_ok = time.monotonic()
+            return claimed
+        async with self.report_lock:
+            succeeded = [o for o in self.outbox if o.error is None and not o.cancelled
+                         and o.workflow_id is None][:REPORT_CHUNK]
+            taken = {o.task_id for o in succeeded}
+            self.outbox = [o for o in self.outbox if o.task_id not in taken]
+            try:
+                claimed, accepted = await self.backend.claim_and_complete(
+                    self.identity, want, self.config.claim_ttl, succeeded)
+            except DATABASE_ERRORS:
+                self.outbox = succeeded + self.outbox
+                self.report_due.set()
+                raise
+            self.last_db_ok = time.monotonic()
+            self._settle(succeeded, accepted)
+        return claimed
 
     def _start(self, task: ClaimedTask, now: float) -> None:
         running = self.executions.get(task.id)
@@ -356,20 +382,24 @@ class Worker:
                 self.outbox = batch + self.outbox
                 return False
             self.last_db_ok = time.monotonic()
-            for outcome in batch:
-                task = self._forget(outcome.task_id)
-                if task is None:
-                    continue
-                if outcome.task_id in accepted:
-                    self.task_metrics[task.name].finished[_kind(outcome)] += 1
-                    if outcome.error and outcome.retry_in_seconds is not None:
-                        self._wake_in(outcome.retry_in_seconds)  # due from the report on
-                else:
-                    metrics.LEASES_LOST.inc()
-                    log.warning("result for task %s #%d refused: its lease moved on",
-                                task.name, outcome.task_id)
-            self.slot_free.set()
+            self._settle(batch, accepted)
             return True
+
+    def _settle(self, batch: list[Outcome], accepted: set[int]) -> None:
+        """Forget the reported attempts of `batch`; count them by how they ended."""
+        for outcome in batch:
+            task = self._forget(outcome.task_id)
+            if task is None:
+                continue
+            if outcome.task_id in accepted:
+                self.task_metrics[task.name].finished[_kind(outcome)] += 1
+                if outcome.error and outcome.retry_in_seconds is not None:
+                    self._wake_in(outcome.retry_in_seconds)  # due from the report on
+            else:
+                metrics.LEASES_LOST.inc()
+                log.warning("result for task %s #%d refused: its lease moved on",
+                            task.name, outcome.task_id)
+        self.slot_free.set()
 
     # -- heartbeats --------------------------------------------------------------------
 
