@@ -258,7 +258,7 @@ async def test_bad_annotation_value_is_refused_without_a_command(
     annotate(kube, "maybe", "pause=maybe")
     refused = wait_for(lambda: (c := condition(get_wf(kube, "maybe"), "AnnotationsValid"))
                        and c["status"] == "False" and c, 15, "AnnotationsValid=False")
-    assert refused["message"] == ("annotation pause='maybe' is not understood: use pause=true "
+    assert refused["message"] == ("annotation pause='maybe' is not true or false: use pause=true "
                                   "or pause=false")
     events = wait_for(lambda: [e for e in events_for(kube, NS, "maybe")
                                if e["reason"] == "InvalidAnnotation"], 15, "the Event")

@@ -37,7 +37,7 @@ def test_values_are_case_insensitive_but_strict():
     assert plan_for({"pause": "True"}).commands[0].command == "pause"
     p = plan_for({"pause": "maybe"})
     assert p.commands == ()
-    assert p.rejections == ("annotation pause='maybe' is not understood: use pause=true or "
+    assert p.rejections == ("annotation pause='maybe' is not true or false: use pause=true or "
                             "pause=false",)
 
 

@@ -17,8 +17,7 @@ from pydantic.alias_generators import to_camel
 from shoal.errors import InvalidInput
 from shoal.units import parse_duration
 from shoal_operator.errors import InvalidPoolSpec, spec_problems
-
-PAUSE_KEYS = ("pause", "shoal.dev/pause")
+from shoal_operator.flags import read_flag
 
 
 class _Model(BaseModel):
@@ -149,11 +148,8 @@ def is_paused(annotations: Mapping[str, str] | None) -> bool:
     Raises InvalidPoolSpec for a value other than true/false, or when the two
     spellings disagree: a typo must not silently resume scaling.
     """
-    values = {key: value.strip().lower() for key in PAUSE_KEYS
-              if (value := (annotations or {}).get(key)) is not None}
-    for key, value in values.items():
-        if value not in ("true", "false"):
-            raise InvalidPoolSpec(f"annotation {key}={value!r} is not true or false")
-    if len(set(values.values())) > 1:
-        raise InvalidPoolSpec(f"annotations {' and '.join(values)} disagree")
-    return "true" in values.values()
+    problems: list[str] = []
+    setting = read_flag(annotations, "pause", problems)
+    if problems:
+        raise InvalidPoolSpec("; ".join(problems))
+    return bool(setting and setting.flag)

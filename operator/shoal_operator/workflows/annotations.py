@@ -20,21 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.backend import CommandRecord
+from shoal_operator.flags import Setting, read_flag
 
-PREFIX = "shoal.dev/"
-PAUSE_KEYS = ("pause", PREFIX + "pause")
-CANCEL_KEYS = ("cancel", PREFIX + "cancel")
 FINISHED_STATES = frozenset({"succeeded", "failed", "cancelled"})
-_BOOLEANS = {"true": True, "false": False}
-
-
-@dataclass(frozen=True, slots=True)
-class Setting:
-    """One annotation the user set: the key used, its raw value, and the boolean (None: invalid)."""
-
-    key: str
-    value: str
-    flag: bool | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,32 +54,11 @@ class Plan:
     rejections: tuple[str, ...]
 
 
-def _read(annotations: Mapping[str, str], keys: Sequence[str],
-          problems: list[str]) -> Setting | None:
-    present = [(k, annotations[k]) for k in keys if k in annotations]
-    if not present:
-        return None
-    settings = [Setting(k, v, _BOOLEANS.get(v.strip().lower())) for k, v in present]
-    for s in settings:
-        if s.flag is None:
-            problems.append(f"annotation {s.key}={s.value!r} is not understood: "
-                            f"use {s.key}=true or {s.key}=false")
-    valid = [s for s in settings if s.flag is not None]
-    if len({s.flag for s in valid}) > 1:
-        problems.append(" and ".join(f"{s.key}={s.value}" for s in valid)
-                        + " disagree: set one of them")
-        return Setting(valid[0].key, valid[0].value, None)
-    if len(valid) < len(settings):
-        return Setting(settings[0].key, settings[0].value, None)
-    return valid[0]
-
-
 def read_intent(annotations: Mapping[str, str] | None) -> Intent:
     """The pause/cancel settings in `annotations`, and what is wrong with them."""
-    annotations = annotations or {}
     problems: list[str] = []
-    pause = _read(annotations, PAUSE_KEYS, problems)
-    cancel = _read(annotations, CANCEL_KEYS, problems)
+    pause = read_flag(annotations, "pause", problems)
+    cancel = read_flag(annotations, "cancel", problems)
     return Intent(pause=pause, cancel=cancel, problems=tuple(problems))
 
 
