@@ -3,7 +3,7 @@
 Every WorkerPool (and Workflow) that points at the same database shares one
 small connection pool and one LISTEN connection (`notifications`), and the
 operator creates or upgrades its schema on first use.
-`backend_for_pool` resolves a pool's Secret into a DSN and guarantees one
+`pool_backend` resolves a pool's Secret into a DSN and guarantees one
 of: a connected Backend, or an error that says what to fix — `PoolNotFound`,
 `DatabaseSecretError` (Secret missing, key missing, not a postgresql:// URL)
 or `BackendUnavailable` (unreachable, refused). No message ever contains a password.
@@ -135,8 +135,8 @@ async def backend_for_spec(namespace: str, spec: PoolSpec) -> Backend:
     return await backend_for(dsn, schema_of(spec.database))
 
 
-async def backend_for_pool(namespace: str, pool_name: str) -> Backend:
-    """The shared Backend of WorkerPool `namespace/pool_name`.
+async def pool_backend(namespace: str, pool_name: str) -> tuple[PoolSpec, Backend]:
+    """WorkerPool `namespace/pool_name`'s parsed spec and its shared Backend.
 
     Raises PoolNotFound, InvalidPoolSpec, DatabaseSecretError or BackendUnavailable.
     """
@@ -146,7 +146,8 @@ async def backend_for_pool(namespace: str, pool_name: str) -> Backend:
         if exc.not_found:
             raise PoolNotFound(f"WorkerPool {namespace}/{pool_name} does not exist") from None
         raise
-    return await backend_for_spec(namespace, PoolSpec.from_body(body.get("spec") or {}))
+    spec = PoolSpec.from_body(body.get("spec") or {})
+    return spec, await backend_for_spec(namespace, spec)
 
 
 OnPayload = Callable[[str], None]

@@ -1,6 +1,6 @@
 """Shared backends, against the real API server and Postgres.
 
-`backend_for_pool` reads a WorkerPool and its Secret the way the operator
+`pool_backend` reads a WorkerPool and its Secret the way the operator
 does (in process, as the chart's ServiceAccount). The NotifyHub has its own
 tests in test_notifications.py.
 """
@@ -56,25 +56,26 @@ def secret(kube: KubeAccess, namespace: str, name: str, dsn: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-async def test_backend_for_pool_answers_or_says_what_to_fix(
+async def test_pool_backend_answers_or_says_what_to_fix(
         kube: KubeAccess, namespace: str, operator_db: str, client: None) -> None:
     with pytest.raises(PoolNotFound, match=f"WorkerPool {namespace}/nope does not exist"):
-        await backends.backend_for_pool(namespace, "nope")
+        await backends.pool_backend(namespace, "nope")
     pool(kube, namespace, "a", "db")
     with pytest.raises(DatabaseSecretError, match=f"Secret {namespace}/db does not exist"):
-        await backends.backend_for_pool(namespace, "a")
+        await backends.pool_backend(namespace, "a")
     secret(kube, namespace, "db", "host=localhost dbname=x")
     with pytest.raises(DatabaseSecretError, match="is not a DSN"):
-        await backends.backend_for_pool(namespace, "a")
+        await backends.pool_backend(namespace, "a")
     kube.kubectl("delete", "secret", "db", "-n", namespace)
     secret(kube, namespace, "db", operator_db)
-    first = await backends.backend_for_pool(namespace, "a")
+    spec, first = await backends.pool_backend(namespace, "a")
     pool(kube, namespace, "b", "db")
-    second = await backends.backend_for_pool(namespace, "b")
+    _, second = await backends.pool_backend(namespace, "b")
     assert first is second  # one asyncpg pool per (DSN, schema) for the whole operator
+    assert spec.database.secret_ref.name == "db"
     assert (await first.backlog("nobody", [])).ready == 0
     secret(kube, namespace, "down", "postgresql://app:s3cret@127.0.0.1:1/x")
     pool(kube, namespace, "c", "down")
     with pytest.raises(BackendUnavailable, match="cannot reach") as exc:
-        await backends.backend_for_pool(namespace, "c")
+        await backends.pool_backend(namespace, "c")
     assert "s3cret" not in str(exc.value)

@@ -31,10 +31,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from shoal.aio import wait_event
 from shoal.backend import Backend
 from shoal.errors import ShoalError
-from shoal_operator.backends import backend_for_spec, notifications
+from shoal_operator.backends import notifications, pool_backend
 from shoal_operator.conditions import Condition
-from shoal_operator.errors import PoolNotFound
-from shoal_operator.kube import GROUP, VERSION, KubeError, kube, workerpool_path
+from shoal_operator.kube import GROUP, VERSION, KubeError, kube
 from shoal_operator.pools.spec import PoolSpec
 from shoal_operator.workflows.spec import PLURAL
 from shoal_operator.workflows.status import FINAL_PHASES, PHASE_LABEL, cr_status, merge_patch
@@ -52,21 +51,6 @@ TRACKED = Gauge("shoal_workflows_tracked", "Workflow CRs in the operator's regis
 def workflow_path(namespace: str, name: str, subresource: str = "") -> str:
     path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}/{quote(name)}"
     return f"{path}/{subresource}" if subresource else path
-
-
-async def pool_backend(namespace: str, pool: str) -> tuple[PoolSpec, Backend]:
-    """The WorkerPool's parsed spec and its shared Backend.
-
-    Raises PoolNotFound, InvalidPoolSpec, DatabaseSecretError or BackendUnavailable.
-    """
-    try:
-        body = await (await kube()).get(workerpool_path(namespace, pool))
-    except KubeError as exc:
-        if exc.not_found:
-            raise PoolNotFound(f"WorkerPool {namespace}/{pool} does not exist") from None
-        raise
-    spec = PoolSpec.from_body(body.get("spec") or {})
-    return spec, await backend_for_spec(namespace, spec)
 
 
 class PoolResolver:
