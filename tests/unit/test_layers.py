@@ -1,0 +1,53 @@
+"""The import rule the README states: `shoal.backend` ← `shoal.worker` ← `shoal_operator`."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def imported_modules(package_dir: Path) -> dict[str, set[str]]:
+    """Every module each file under `package_dir` imports (absolute names)."""
+    found: dict[str, set[str]] = {}
+    for path in package_dir.rglob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module)
+        found[str(path.relative_to(REPO))] = names
+    return found
+
+
+# The `shoal` console script is the one entry point of both packages: it
+# hands `shoal operator ...` to shoal_operator.main, imported only then.
+ENTRY_POINT = "worker/shoal/cli.py"
+
+
+@pytest.mark.parametrize(("layer", "forbidden"), [
+    ("worker/shoal/backend", ("shoal.worker", "shoal_operator", "kopf", "kubernetes")),
+    ("worker/shoal", ("shoal_operator", "kopf", "kubernetes")),
+])
+def test_lower_layers_never_import_upper_ones(layer: str, forbidden: tuple[str, ...]) -> None:
+    offences = {f"{path}: {name}" for path, names in imported_modules(REPO / layer).items()
+                for name in names if path != ENTRY_POINT
+                and (name in forbidden or any(name.startswith(f + ".") for f in forbidden))}
+    assert not offences, sorted(offences)
+
+
+def test_the_operator_writes_no_sql() -> None:
+    """Every statement is in worker/shoal/backend/queries.py; the operator calls the Backend."""
+    sql = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|WITH|CREATE|ALTER|LISTEN|NOTIFY)\b")
+    statements = {
+        f"{path.relative_to(REPO)}:{node.lineno}"
+        for path in (REPO / "operator" / "shoal_operator").rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        and sql.match(node.value)}
+    assert not statements, sorted(statements)
