@@ -171,6 +171,12 @@ async def test_burst_scales_up_then_idle_pods_go_first(
         wait_for, lambda: (p := live_pods(kube, namespace, "burst")) and len(p) == 1 and p,
         40, "one pod left")
     assert survivors == [busy_pod]
+    # Age alone would keep this pod too (it is the oldest); the operator's mark is
+    # what makes it survive when it is not (tests/kube proves the ReplicaSet
+    # honours the mark): the busy pod costs its in-flight count, idle ones 0.
+    survivor = get_json(kube, "pod", busy_pod, "-n", namespace)
+    assert survivor["metadata"]["annotations"][
+        "controller.kubernetes.io/pod-deletion-cost"] == "1"
     assert (await backend.get_task(long_id)).state == "running"  # never interrupted
 
     async def all_done() -> list[Any]:
