@@ -63,7 +63,11 @@ def pool(kube: KubeAccess, operator_db: str, shoal_operator: OperatorProcess) ->
 
 @pytest.fixture(scope="module")
 def workers(operator_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Two `shoal worker` processes of the demo app on the pool's task namespace."""
+    """Two `shoal worker` processes of the demo app on the pool's task namespace.
+
+    Their heartbeat comes every 30 s (claim TTL 60 s), so a running step that
+    stops within seconds of a cancel was told by the cancel's NOTIFY.
+    """
     log = tmp_path_factory.mktemp("workers") / "workers.log"
     procs = []
     with log.open("ab") as out:
@@ -71,7 +75,7 @@ def workers(operator_db: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             procs.append(subprocess.Popen(
                 [str(VENV_BIN / "shoal"), "worker", "--app", "examples/tasks.py:app",
                  "--dsn", operator_db, "--namespace", TASK_NS, "--concurrency", "4",
-                 "--metrics-port", "0", "--claim-ttl", "10s", "--worker-id", f"e2e-{i}"],
+                 "--metrics-port", "0", "--claim-ttl", "60s", "--worker-id", f"e2e-{i}"],
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT))
     yield
     for p in procs:
@@ -137,6 +141,18 @@ def step_state(status: WorkflowStatus, name: str) -> str:
     return next(s.state for s in status.steps if s.name == name)
 
 
+async def start_long_step(kube: KubeAccess, backend: Backend, name: str, seconds: float,
+                          *then: dict[str, Any]) -> UUID:
+    """Workflow `name`: a step `long` sleeping `seconds`, then `then`; returns once `long` runs."""
+    apply(kube, workflow(name, [
+        {"name": "long", "task": "sleep", "input": {"seconds": seconds}}, *then]))
+    wait_phase(kube, name, "Running")
+    wid = await instance(backend, kube, name)
+    await wait_backend(backend, wid, "step long running",
+                       lambda s: step_state(s, "long") == "running")
+    return wid
+
+
 async def test_three_steps_succeed_with_outputs_flowing(kube: KubeAccess, pool: str,
                                                         workers: None, backend: Backend,
                                                         shoal_operator: OperatorProcess):
@@ -175,14 +191,8 @@ async def test_three_steps_succeed_with_outputs_flowing(kube: KubeAccess, pool: 
 
 async def test_pause_stops_new_steps_and_resume_continues(kube: KubeAccess, pool: str,
                                                           workers: None, backend: Backend):
-    apply(kube, workflow("pausable", [
-        {"name": "long", "task": "sleep", "input": {"seconds": 2}},
-        {"name": "next", "task": "noop", "dependsOn": ["long"]},
-    ]))
-    wait_phase(kube, "pausable", "Running")
-    wid = await instance(backend, kube, "pausable")
-    await wait_backend(backend, wid, "step long running",
-                       lambda s: step_state(s, "long") == "running")
+    wid = await start_long_step(kube, backend, "pausable", 2,
+                                {"name": "next", "task": "noop", "dependsOn": ["long"]})
     t0 = time.monotonic()
     annotate(kube, "pausable", "pause=true")
     await wait_backend(backend, wid, "paused", lambda s: s.state == "paused", within=5)
@@ -225,18 +235,13 @@ async def test_created_with_pause_starts_nothing_until_resumed(
 
 async def test_cancel_stops_a_long_step_cooperatively(kube: KubeAccess, pool: str,
                                                       workers: None, backend: Backend):
-    apply(kube, workflow("cancellable", [
-        {"name": "long", "task": "sleep", "input": {"seconds": 120}},
-        {"name": "after", "task": "noop", "dependsOn": ["long"]},
-    ]))
-    wait_phase(kube, "cancellable", "Running")
-    wid = await instance(backend, kube, "cancellable")
-    await wait_backend(backend, wid, "step long running",
-                       lambda s: step_state(s, "long") == "running")
-    t0 = time.monotonic()
+    wid = await start_long_step(kube, backend, "cancellable", 120,
+                                {"name": "after", "task": "noop", "dependsOn": ["long"]})
     annotate(kube, "cancellable", "shoal.dev/cancel=true")
+    # Within 3 s: the cancel's NOTIFY, not the next heartbeat (30 s away), told the worker.
+    await wait_backend(backend, wid, "the running step cancelled",
+                       lambda s: step_state(s, "long") == "cancelled", within=3)
     obj = wait_phase(kube, "cancellable", "Cancelled", timeout=20)
-    assert time.monotonic() - t0 < 15
     assert [s["state"] for s in obj["status"]["steps"]] == ["cancelled", "cancelled"]
     assert condition(obj, "Finished")["reason"] == "Cancelled"
     # Cancel is irreversible: cancel=false is refused with an Event and a condition.
@@ -345,12 +350,7 @@ async def test_create_survives_an_operator_killed_mid_submit(
 
 async def test_delete_cancels_the_instance(kube: KubeAccess, pool: str, workers: None,
                                            backend: Backend):
-    apply(kube, workflow("doomed", [{"name": "long", "task": "sleep",
-                                     "input": {"seconds": 120}}]))
-    wait_phase(kube, "doomed", "Running")
-    wid = await instance(backend, kube, "doomed")
-    await wait_backend(backend, wid, "step long running",
-                       lambda s: step_state(s, "long") == "running")
+    wid = await start_long_step(kube, backend, "doomed", 120)
     result = kube.kubectl("delete", "workflow", "doomed", "-n", NS, "--timeout=30s")
     assert result.returncode == 0, result.stderr
     assert get_wf(kube, "doomed") is None
