@@ -128,6 +128,16 @@ def test_namespaced_install_uses_roles(kube: KubeAccess) -> None:
     assert "--namespace=team-a" in args and "--all-namespaces" not in args
 
 
+def test_one_release_name_fits_in_two_namespaces(kube: KubeAccess) -> None:
+    """Cluster-scoped objects are named after the release's namespace too."""
+    def cluster_scoped(namespace: str) -> set[str]:
+        return {f"{d['kind']}/{d['metadata']['name']}" for d in render(kube, namespace=namespace)
+                if d["kind"] in ("ClusterRole", "ClusterRoleBinding")}
+
+    team_a, team_b = cluster_scoped("team-a"), cluster_scoped("team-b")
+    assert len(team_a) == 4 and not team_a & team_b, (team_a, team_b)
+
+
 def test_operator_pod_is_restricted_and_alone(kube: KubeAccess) -> None:
     deployment = one(render(kube), "Deployment")
     assert deployment["spec"]["replicas"] == 1
