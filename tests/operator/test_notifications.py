@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from shoal.backend import Backend
 from shoal_operator.backends import NotifyHub
 from tests.support import eventually
@@ -70,6 +72,31 @@ async def test_last_unsubscribe_closes_the_connection(dsn: str) -> None:
             return await backend.pool.fetchval(LISTENERS) == 0
 
         await eventually(closed, within=10, what="the LISTEN connection to close")
+    finally:
+        await hub.close()
+        await backend.close()
+
+
+async def test_subscribers_hear_of_a_reconnect(dsn: str) -> None:
+    """After the LISTEN connection drops, every subscriber's on_connect runs again,
+    so a pool re-reads its backlog instead of missing what was enqueued meanwhile."""
+    backend = await Backend.connect(dsn)
+    hub = NotifyHub()
+    connects: list[str] = []
+    try:
+        for pool in ("a", "b"):
+            hub.subscribe(backend, backend.queries.tasks_channel, pool, lambda _p: None,
+                          partial(connects.append, pool))
+
+        async def connected(times: int) -> bool:
+            return sorted(connects) == sorted(["a", "b"] * times)
+
+        await eventually(lambda: connected(1), within=10, what="the first connect")
+        await backend.pool.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE query LIKE 'LISTEN%' AND datname = current_database()")
+        await eventually(lambda: connected(2), within=15, what="on_connect after the reconnect")
+        assert await backend.pool.fetchval(LISTENERS) == 1
     finally:
         await hub.close()
         await backend.close()
