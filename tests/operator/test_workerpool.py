@@ -29,6 +29,7 @@ from tests.operator.harness import (
     get_json,
     wait_for,
 )
+from tests.support import eventually
 
 pytestmark = pytest.mark.kube
 
@@ -197,6 +198,45 @@ async def test_burst_scales_up_then_idle_pods_go_first(
     assert f'shoal_workerpool_desired_replicas{{namespace="{namespace}",pool="burst"}} 1.0' \
         in metrics
     assert "shoal_workerpool_backlog{" in metrics and "shoal_build_info{" in metrics
+
+
+GREET = """\
+from shoal import App
+
+app = App("mounted")
+
+
+@app.task("greet")
+async def greet(payload: dict) -> dict:
+    return {"hello": payload["name"]}
+"""
+
+
+async def test_task_code_from_a_config_map(kube: KubeAccess, shoal_operator: OperatorProcess,
+                                           pod_dsn: str, namespace: str,
+                                           backend: Backend) -> None:
+    """No image of its own: the app is a file in a ConfigMap mounted into the workers."""
+    create_secret(kube, namespace, pod_dsn)
+    result = kube.kubectl("create", "configmap", "code", "-n", namespace,
+                          f"--from-literal=greet.py={GREET}")
+    assert result.returncode == 0, result.stderr
+    manifest = pool("mounted", namespace)
+    manifest["spec"]["app"] = "/opt/tasks/greet.py:app"
+    manifest["spec"]["template"] |= {
+        "volumes": [{"name": "code", "configMap": {"name": "code"}}],
+        "volumeMounts": [{"name": "code", "mountPath": "/opt/tasks", "readOnly": True}]}
+    apply(kube, manifest)
+    await asyncio.to_thread(wait_for, lambda: ready_pods(kube, namespace, "mounted"), 60,
+                            "a Ready worker running the mounted app")
+    [task_id] = await backend.enqueue([NewTask("greet", {"name": "shoal"},
+                                               namespace=namespace)])
+
+    async def succeeded() -> Any:
+        task = await backend.get_task(task_id)
+        return task if task.state == "succeeded" else None
+
+    task = await eventually(succeeded, within=30, what="the mounted app's task to succeed")
+    assert task.result == {"hello": "shoal"}
 
 
 def test_deleted_deployment_is_repaired(kube: KubeAccess, shoal_operator: OperatorProcess,

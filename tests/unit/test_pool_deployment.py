@@ -92,6 +92,20 @@ def test_ready_condition_from_deployment_status() -> None:
     assert ready_condition(dep)[:2] == (False, "RollingOut")
 
 
+def test_task_code_can_come_from_a_volume() -> None:
+    code = {"name": "code", "configMap": {"name": "etl-tasks"}}
+    mount = {"name": "code", "mountPath": "/opt/tasks", "readOnly": True}
+    pod = manifest(template=SPEC["template"] | {"volumes": [code], "volumeMounts": [mount]},
+                   app="/opt/tasks/etl.py:app")["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {}}, code]
+    container = pod["containers"][0]
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}, mount]
+    assert container["args"][container["args"].index("--app") + 1] == "/opt/tasks/etl.py:app"
+    for volumes in ([{"name": "tmp", "emptyDir": {}}], [code, code]):
+        with pytest.raises(InvalidPoolSpec, match=r"template\.volumes names must be unique"):
+            PoolSpec.from_body({**SPEC, "template": SPEC["template"] | {"volumes": volumes}})
+
+
 def test_invalid_specs_name_the_field() -> None:
     with pytest.raises(InvalidPoolSpec, match=r"spec\.template\.image"):
         PoolSpec.from_body({**SPEC, "template": {}})

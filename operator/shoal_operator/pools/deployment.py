@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from shoal_operator.kube import GROUP, VERSION
-from shoal_operator.pools.spec import PoolSpec
+from shoal_operator.pools.spec import RESERVED_VOLUME, PoolSpec
 
 POOL_LABEL = "shoal.dev/pool"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "shoal-operator"}
@@ -94,7 +94,7 @@ def desired_deployment(body: Mapping[str, Any], spec: PoolSpec, *, replicas: int
         "securityContext": {
             "runAsNonRoot": True, "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": RESERVED_VOLUME, "mountPath": "/tmp"}, *t.volume_mounts],
     }
     if t.image_pull_policy:
         container["imagePullPolicy"] = t.image_pull_policy
@@ -108,7 +108,7 @@ def desired_deployment(body: Mapping[str, Any], spec: PoolSpec, *, replicas: int
             math.ceil(spec.drain_timeout_seconds) + GRACE_MARGIN_SECONDS,
         "securityContext": {"runAsNonRoot": True,
                             "seccompProfile": {"type": "RuntimeDefault"}},
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": [{"name": RESERVED_VOLUME, "emptyDir": {}}, *t.volumes],
         "automountServiceAccountToken": False,
     }
     optional: dict[str, Any] = {

@@ -19,6 +19,8 @@ from shoal.units import parse_duration
 from shoal_operator.errors import InvalidPoolSpec, spec_problems
 from shoal_operator.flags import read_flag
 
+RESERVED_VOLUME = "tmp"  # the emptyDir every worker Pod gets at /tmp
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True,
@@ -67,6 +69,8 @@ class WorkerTemplate(_Model):
     affinity: dict[str, Any] = Field(default_factory=dict)
     service_account_name: str | None = None
     image_pull_secrets: tuple[dict[str, Any], ...] = ()
+    volumes: tuple[dict[str, Any], ...] = ()
+    volume_mounts: tuple[dict[str, Any], ...] = ()
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
 
@@ -139,6 +143,10 @@ class PoolSpec(_Model):
                                   f"({parsed.scaling.max_replicas})")
         if parsed.claim_ttl_seconds <= 0:
             raise InvalidPoolSpec("invalid WorkerPool spec: claimTTL must be positive")
+        volumes = [v.get("name") for v in parsed.template.volumes]
+        if RESERVED_VOLUME in volumes or len(set(volumes)) < len(volumes):
+            raise InvalidPoolSpec("invalid WorkerPool spec: template.volumes names must be "
+                                  f"unique and not {RESERVED_VOLUME!r} (the operator's /tmp)")
         return parsed
 
 
