@@ -4,6 +4,7 @@ operator pod that becomes Ready on the real cluster, and no orphans after
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -290,7 +291,12 @@ def test_rendered_chart_applies_and_operator_becomes_ready(
                        *sets((f"watchNamespaces={{{watched}}}", *local_ports())))
     try:
         kubectl_ok(kube, "apply", "-f", "-", input=manifest)
-        wait_operator_ready(kube, release_ns, "shoal-tpl")
+        pod = wait_operator_ready(kube, release_ns, "shoal-tpl")
+        # Namespaced, kopf lists and watches namespaces: refused, it retries for
+        # about a minute (logging each attempt) before serving anything.
+        time.sleep(3)
+        log = kubectl_ok(kube, "logs", "-n", release_ns, pod["metadata"]["name"])
+        assert "Forbidden" not in log and "Not enough permissions" not in log, log
         service_account = f"system:serviceaccount:{release_ns}:shoal-tpl"
         for verb, namespace, answer in (("get", watched, "yes"), ("list", watched, "no"),
                                         ("get", "default", "no")):
