@@ -15,6 +15,9 @@
 #   RUN /opt/shoal/bin/pip install --no-cache-dir my-tasks==1.2.3   # spec.app: my_tasks:app
 #   USER 10001:10001
 #
+# Or mount a module without dependencies of its own from a ConfigMap through the
+# WorkerPool's spec.template.volumes/volumeMounts (spec.app: /opt/tasks/etl.py:app).
+#
 # tests/packaging/test_dockerfile.py runs this file's build commands and the
 # final stage's entry point without a container engine; keep the two in step.
 #
