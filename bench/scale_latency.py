@@ -18,41 +18,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
-import os
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from kubernetes_asyncio import client, config
 
 from shoal.backend import Backend, NewTask
 from shoal_operator.kube import Kube, KubeError, deployment_path, pods_path
-from tests.cluster.access import KubeAccess
-from tests.cluster.build import build_all, helm_bin_dir, k8s_bin_dir
-from tests.cluster.local import LocalCluster
+from tests.cluster.access import KubeAccess, open_cluster
 from tests.cluster.postgres import PostgresServer
 from tests.operator.harness import OperatorProcess, apply, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "bench-scale"
 POLL = 0.02
-
-
-@contextlib.contextmanager
-def cluster_access(home: Path) -> Iterator[KubeAccess]:
-    external = os.environ.get("SHOAL_TEST_KUBECONFIG")
-    if external:
-        build_all()
-        yield KubeAccess.from_kubeconfig(
-            Path(external), k8s_bin_dir() / "kubectl", helm_bin_dir() / "helm", home
-        )
-        return
-    with LocalCluster() as cluster:
-        yield KubeAccess(cluster.kubeconfig, cluster.server, cluster.kubectl, cluster.helm, home)
 
 
 async def replicas_and_ready(k: Kube) -> tuple[int, int]:
@@ -117,7 +99,7 @@ def main() -> int:
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp,
-        cluster_access(Path(tmp)) as kube,
+        open_cluster(Path(tmp)) as kube,
         PostgresServer() as pg,
     ):
         dsn = pg.create_database("bench")

@@ -36,11 +36,10 @@ from uuid import UUID
 
 from kubernetes_asyncio import client, config, watch
 
-from bench.scale_latency import cluster_access
 from shoal.backend import Backend
 from shoal_operator.kube import Kube
 from shoal_operator.workflows.sync import workflow_path
-from tests.cluster.access import KubeAccess
+from tests.cluster.access import KubeAccess, open_cluster
 from tests.cluster.postgres import PostgresServer
 from tests.operator.harness import VENV_BIN, OperatorProcess, apply
 
@@ -269,7 +268,7 @@ def main() -> int:
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="shoal-wf-bench-") as tmp,
-        cluster_access(Path(tmp) / "helm") as kube,
+        open_cluster(Path(tmp) / "helm") as kube,
         PostgresServer() as pg,
     ):
         dsn = pg.create_database("bench_wf")

@@ -5,13 +5,10 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.cluster.access import KubeAccess
-from tests.cluster.build import build_all, helm_bin_dir, k8s_bin_dir
-from tests.cluster.local import LocalCluster
+from tests.cluster.access import EXTERNAL_KUBECONFIG, KubeAccess, open_cluster
 from tests.cluster.postgres import ExternalPostgres, PostgresServer
 
 LOCAL_ONLY = {
@@ -22,7 +19,7 @@ LOCAL_ONLY = {
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """With ``SHOAL_TEST_KUBECONFIG``, skip what only the local cluster can do, saying why."""
-    if not os.environ.get("SHOAL_TEST_KUBECONFIG"):
+    if not os.environ.get(EXTERNAL_KUBECONFIG):
         return
     for item in items:
         for marker, need in LOCAL_ONLY.items():
@@ -32,24 +29,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeAccess]:
-    """A real Kubernetes cluster for the whole session, torn down at the end.
-
-    ``SHOAL_TEST_KUBECONFIG`` selects an existing cluster instead of starting a
-    LocalCluster (control plane + node agent). Either way kubectl and helm are the
-    pinned builds from tests/cluster/build.py.
-    """
-    helm_home = tmp_path_factory.mktemp("helm")
-    external = os.environ.get("SHOAL_TEST_KUBECONFIG")
-    if external:
-        build_all()
-        yield KubeAccess.from_kubeconfig(
-            Path(external), k8s_bin_dir() / "kubectl", helm_bin_dir() / "helm", helm_home
-        )
-        return
-    with LocalCluster() as cluster:
-        yield KubeAccess(
-            cluster.kubeconfig, cluster.server, cluster.kubectl, cluster.helm, helm_home
-        )
+    """A real Kubernetes cluster for the whole session (see `open_cluster`)."""
+    with open_cluster(tmp_path_factory.mktemp("helm")) as access:
+        yield access
 
 
 @pytest.fixture(scope="session")

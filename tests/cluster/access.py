@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.cluster.build import build_all, helm_bin_dir, k8s_bin_dir
+from tests.cluster.local import LocalCluster
+
+EXTERNAL_KUBECONFIG = "SHOAL_TEST_KUBECONFIG"
 
 
 @dataclass(frozen=True)
@@ -91,3 +98,21 @@ class KubeAccess:
     ) -> subprocess.CompletedProcess[str]:
         """``helm <args>`` against this cluster."""
         return self.run(self.helm_bin, *args, input=input, check=check)
+
+
+@contextlib.contextmanager
+def open_cluster(helm_home: Path) -> Iterator[KubeAccess]:
+    """The cluster of ``$SHOAL_TEST_KUBECONFIG``, or a LocalCluster (control plane +
+    node agent) started now and torn down on exit.
+
+    Either way kubectl and helm are the pinned builds from tests/cluster/build.py.
+    """
+    external = os.environ.get(EXTERNAL_KUBECONFIG)
+    if external:
+        build_all()
+        yield KubeAccess.from_kubeconfig(
+            Path(external), k8s_bin_dir() / "kubectl", helm_bin_dir() / "helm", helm_home)
+        return
+    with LocalCluster() as cluster:
+        yield KubeAccess(cluster.kubeconfig, cluster.server, cluster.kubectl, cluster.helm,
+                         helm_home)
