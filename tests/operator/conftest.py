@@ -137,3 +137,15 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     finally:  # also after a failure, which a refused request may explain
         denied = proc.denied(since_bytes) + denied_events(kube, since)
         assert not denied, refusals(denied)
+
+
+@pytest.fixture
+def namespace(kube: KubeAccess) -> Iterator[str]:
+    """A namespace of its own for one test, deleted after it."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    assert kube.kubectl("create", "namespace", name).returncode == 0
+    yield name
+    # Pools first, while the operator runs to release their finalizers; the
+    # namespace (and the pods draining in it) then goes in the background.
+    kube.kubectl("delete", "workerpools", "--all", "-n", name, "--timeout=30s")
+    kube.kubectl("delete", "namespace", name, "--wait=false")

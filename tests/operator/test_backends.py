@@ -8,8 +8,7 @@ tests in test_notifications.py.
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -23,18 +22,10 @@ pytestmark = pytest.mark.kube
 
 
 @pytest.fixture
-def namespace(kube: KubeAccess, shoal_operator: OperatorProcess,
-              monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+async def client(shoal_operator: OperatorProcess,
+                 monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """The operator's in-process API client and backends, as the chart's ServiceAccount."""
     monkeypatch.setenv("KUBECONFIG", str(shoal_operator.kubeconfig))
-    name = f"be-{uuid.uuid4().hex[:8]}"
-    assert kube.kubectl("create", "namespace", name).returncode == 0
-    yield name
-    kube.kubectl("delete", "workerpools", "--all", "-n", name, "--timeout=30s")
-    kube.kubectl("delete", "namespace", name, "--wait=false")
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[None]:
     yield
     await backends.close_all()
     await kube.close()

@@ -13,8 +13,7 @@ import asyncio
 import json
 import os
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -37,17 +36,6 @@ pytestmark = pytest.mark.kube
 # the local cluster the node agent's (the repository).
 APP = "examples/tasks.py:app"
 IMAGE = os.environ.get("SHOAL_TEST_IMAGE", "shoal:dev")
-
-
-@pytest.fixture
-def namespace(kube: KubeAccess) -> Iterator[str]:
-    name = f"wp-{uuid.uuid4().hex[:8]}"
-    assert kube.kubectl("create", "namespace", name).returncode == 0
-    yield name
-    # Pools first, while the operator runs to release their finalizers; the
-    # namespace (and the pods draining in it) then goes in the background.
-    kube.kubectl("delete", "workerpools", "--all", "-n", name, "--timeout=30s")
-    kube.kubectl("delete", "namespace", name, "--wait=false")
 
 
 @pytest.fixture
