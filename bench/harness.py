@@ -264,7 +264,7 @@ async def _wait_done(
 @contextlib.asynccontextmanager
 async def _fresh_run(
     system: System, admin_dsn: str, database: str, workers: int, workdir: Path
-) -> AsyncIterator[tuple[_Workers, _Records, Path]]:
+) -> AsyncIterator[tuple[_Workers, _Records]]:
     """Fresh database with the system set up, and W (not yet released) workers."""
     dsn = await recreate_database(admin_dsn, database)
     directory = workdir / database
@@ -273,7 +273,7 @@ async def _fresh_run(
     pool: _Workers | None = None
     try:
         pool = _Workers(system.worker_argv(dsn), workers, directory)
-        yield pool, _Records(directory), directory
+        yield pool, _Records(directory)
     finally:
         if pool is not None:
             await pool.stop()
@@ -281,9 +281,12 @@ async def _fresh_run(
         await drop_database(admin_dsn, database)
 
 
-def _count_runs(directory: Path, expected: range, result: CellResult, *, complete: bool) -> None:
-    """Add duplicate runs and (for a phase that completed) missing ids to ``result``."""
-    records = _Records(directory)
+def _count_runs(records: _Records, expected: range, result: CellResult, *,
+                complete: bool) -> None:
+    """Add duplicate runs and (for a phase that completed) missing ids to ``result``.
+
+    Called once the workers are stopped: the last poll reads what they wrote since.
+    """
     records.poll()
     counts = Counter(i for i, _ in records.runs)
     result.duplicates += sum(counts.values()) - len(counts)
@@ -297,7 +300,7 @@ async def _throughput_phase(
     database = f"bench_{system.name}_w{result.workers}_tput"
     ids = range(result.tasks)
     async with _fresh_run(system, admin_dsn, database, result.workers, workdir) as run:
-        pool, records, directory = run
+        pool, records = run
         started = time.time()
         await system.enqueue_many([Payload(id=i, ts=started) for i in ids])
         result.enqueue_per_s = len(ids) / (time.time() - started)
@@ -312,7 +315,7 @@ async def _throughput_phase(
             result.tasks_per_s = done / window if window > 0 else 0.0
         if not drained:
             result.note = f"only {done:,} of {len(ids):,} done in {config.deadline:.0f}s"
-    _count_runs(directory, ids, result, complete=drained)
+    _count_runs(records, ids, result, complete=drained)
 
 
 async def _idle_phase(
@@ -322,7 +325,7 @@ async def _idle_phase(
     ids = range(config.idle_tasks)
     enqueued_at: dict[int, float] = {}
     async with _fresh_run(system, admin_dsn, database, result.workers, workdir) as run:
-        pool, records, directory = run
+        pool, records = run
         await pool.release()
         await asyncio.sleep(IDLE_SETTLE)
         for i in ids:
@@ -336,7 +339,7 @@ async def _idle_phase(
             result.idle_p99_ms = percentile(latencies, 99)
         if not drained:
             result.note = "; ".join(filter(None, [result.note, "idle phase incomplete"]))
-    _count_runs(directory, ids, result, complete=drained)
+    _count_runs(records, ids, result, complete=drained)
 
 
 async def run_cell(

@@ -39,10 +39,6 @@ def load_system(name: str) -> System | str:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         return f"{name}: not available yet ({exc})"
-    unavailable: Callable[[], str | None] | None = getattr(module, "unavailable", None)
-    reason = unavailable() if unavailable else None
-    if reason:
-        return f"{name}: {reason}"
     factory: Callable[[], System] = getattr(module, attr)
     return factory()
 

@@ -1,9 +1,8 @@
-"""Shoal adapter slot: ``shoal worker`` processes against the public API.
+"""Shoal adapter: ``shoal worker`` processes against the public API.
 
 Uses ``from shoal import App, Client, Job``: ``Client.connect`` /
 ``enqueue`` / ``enqueue_many`` on the producer side and
-``shoal worker --app bench.shoal_bench:app`` for the workers. When the
-installed ``shoal`` lacks that API the run prints "shoal: not available yet".
+``shoal worker --app bench.shoal_bench:app`` for the workers.
 
 Imported by a worker process (the harness sets the record/ready/go files in
 its environment), this module opens the recorder and waits on the start
@@ -39,12 +38,6 @@ async def noop(payload: dict[str, Any]) -> None:
 
 if ENV_READY in os.environ:
     worker_barrier()
-
-
-def unavailable() -> str | None:
-    """Why this adapter can't run against the installed shoal, if it can't."""
-    missing = [n for n in ("connect", "enqueue", "enqueue_many") if not hasattr(Client, n)]
-    return f"not available yet (Client lacks {', '.join(missing)})" if missing else None
 
 
 class ShoalSystem:

@@ -220,13 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="change nothing; exit 1 when a generated file is stale")
     args = parser.parse_args(argv)
-    stale = [path for path, text in generated().items()
+    texts = generated()
+    stale = [path for path, text in texts.items()
              if not path.exists() or path.read_text() != text]
     if args.check:
         for path in stale:
             print(f"{path.relative_to(REPO)} is stale: run {REGENERATE}", file=sys.stderr)
         return 1 if stale else 0
-    for path, text in generated().items():
+    for path, text in texts.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     return 0

@@ -158,7 +158,7 @@ class ControlPlane:
     startup_timeout: float = 90.0
     k8s_bin: Path = field(default_factory=k8s_bin_dir)
     helm_bin: Path = field(default_factory=helm_bin_dir)
-    workdir: Path | None = None
+    workdir: Path | None = field(default=None, init=False)  # set by start(), None after stop()
     kubeconfig: Path = field(init=False)
     server: str = field(init=False)
     pki: Pki = field(init=False)

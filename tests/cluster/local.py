@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,30 +14,18 @@ NODE_AGENT_MODULE = "tests.cluster.node_agent"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def node_agent_available() -> bool:
-    """True if the node agent module exists in this checkout."""
-    return importlib.util.find_spec(NODE_AGENT_MODULE) is not None
-
-
 @dataclass(eq=False)
 class LocalCluster(ControlPlane):
     """A :class:`ControlPlane` with one Node, ``shoal-local``, run by the node agent.
 
     After :meth:`start` returns, the Node is also registered and Ready, so Pods
-    get scheduled and run. Without the node agent module the cluster starts without
-    a Node (and says so with a warning).
+    get scheduled and run.
     """
 
     node_name: str = NODE_NAME
 
     def _start_extras(self) -> list[tuple[str, Callable[[], bool]]]:
         """Start the node agent alongside the controllers; ready once its Node is Ready."""
-        if not node_agent_available():
-            warnings.warn(
-                f"{NODE_AGENT_MODULE} not found: cluster has no node, Pods will stay Pending",
-                stacklevel=2,
-            )
-            return []
         self.spawn(
             "node-agent",
             [

@@ -240,6 +240,7 @@ def _pids_mentioning(text: str) -> set[int]:
     return pids
 
 
+@pytest.mark.local_control_plane  # starts a local cluster of its own
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_up_tears_down_everything_on_signal(sig: signal.Signals) -> None:
     up = subprocess.Popen(

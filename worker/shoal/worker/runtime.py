@@ -158,9 +158,8 @@ class Worker:
         if not channel.endswith("_tasks"):
             self.beat_due.set()  # a control message: learn of cancels at once
             return
-        namespace, _, wait = payload.partition(" ")
-        if namespace == self.config.namespace:
-            self._wake_in(float(wait or 0))
+        if payload == self.config.namespace:
+            self.wake.set()
 
     def _wake_in(self, seconds: float) -> None:
         if seconds <= 0:
