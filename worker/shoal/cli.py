@@ -17,16 +17,20 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 from uuid import UUID
 
 from shoal.backend import Backend, DeadLetterFilter
-from shoal.client import Client, Job, parse_workflow
+from shoal.client import Client, parse_workflow
 from shoal.errors import InvalidInput, ShoalError
 from shoal.units import parse_duration
 from shoal.worker import Worker, WorkerConfig, load_app
 
 log = logging.getLogger("shoal")
+
+
+def _default(field: str, unit: str = "") -> str:
+    """`default N` for a WorkerConfig field, from the model itself."""
+    return f"default {WorkerConfig.model_fields[field].default:g}{unit}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     logging.basicConfig(level=os.environ.get("SHOAL_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not getattr(args, "dsn", None) and args.command != "operator":
+    if not getattr(args, "dsn", None):
         parser.error("no database: pass --dsn or set SHOAL_DSN")
     try:
         return asyncio.run(args.run(args))
@@ -71,22 +75,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("worker", cmd_worker, "claim and run tasks until SIGTERM, then drain")
     p.add_argument("--app", required=True, help="MODULE:APP or path/to/file.py:APP")
-    p.add_argument("--namespace", default="default", help="task namespace to serve")
-    p.add_argument("--tags", type=_csv, default=(), help="this worker's tags, comma-separated")
-    p.add_argument("--tasks", type=_csv, default=None,
-                   help="serve only these task names (default: all the app registers)")
-    p.add_argument("--concurrency", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=10)
-    p.add_argument("--claim-ttl", type=_duration, default=30.0)
-    p.add_argument("--poll-interval", type=_duration, default=1.0)
-    p.add_argument("--drain-timeout", type=_duration, default=30.0)
-    p.add_argument("--retention", type=_duration, default=7 * 86400.0,
-                   help="how long finished tasks and workflows are kept (default 7d)")
-    p.add_argument("--metrics-port", type=int, default=9100, help="0 disables")
-    p.add_argument("--metrics-host", default=os.environ.get("POD_IP") or "0.0.0.0")
-    p.add_argument("--worker-id", default=None, help="default: $POD_NAME or HOST-PID")
-    p.add_argument("--pool", default=os.environ.get("SHOAL_POOL"),
-                   help="WorkerPool name recorded in the liveness row")
+    # A flag left out is left out of WorkerConfig too: its defaults are the only ones.
+    worker = p.add_argument_group("worker settings (defaults: WorkerConfig's)",
+                                  argument_default=argparse.SUPPRESS)
+    worker.add_argument("--namespace", help="task namespace to serve (default: default)")
+    worker.add_argument("--tags", type=_csv, help="this worker's tags, comma-separated")
+    worker.add_argument("--tasks", type=_csv,
+                        help="serve only these task names (default: all the app registers)")
+    worker.add_argument("--concurrency", type=int, help=_default("concurrency"))
+    worker.add_argument("--batch-size", type=int, help=_default("batch_size"))
+    worker.add_argument("--claim-ttl", type=_duration, help=_default("claim_ttl", "s"))
+    worker.add_argument("--poll-interval", type=_duration, help=_default("poll_interval", "s"))
+    worker.add_argument("--drain-timeout", type=_duration, help=_default("drain_timeout", "s"))
+    worker.add_argument("--retention", type=_duration,
+                        help="how long finished tasks and workflows are kept ("
+                        + _default("retention", "s") + ")")
+    worker.add_argument("--metrics-port", type=int, help=_default("metrics_port") + "; 0 disables")
+    worker.add_argument("--metrics-host", help="default $POD_IP or 0.0.0.0")
+    worker.add_argument("--worker-id", help="default: $POD_NAME or HOST-PID")
+    worker.add_argument("--pool", default=os.environ.get("SHOAL_POOL"),
+                        help="WorkerPool name recorded in the liveness row")
 
     p = command("enqueue", cmd_enqueue, "enqueue one task")
     p.add_argument("task")
@@ -107,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", default=None, help="idempotency key")
     p.add_argument("--app", default=None, help="validate task names against this app")
 
-    for name, verb in (("pause", "pause"), ("resume", "resume"), ("cancel", "cancel")):
-        p = command(name, cmd_command, f"{verb} a workflow")
+    for verb in ("pause", "resume", "cancel"):
+        p = command(verb, cmd_command, f"{verb} a workflow")
         p.add_argument("workflow_id", type=UUID)
         p.add_argument("--reason", default="")
         p.add_argument("--actor", default=os.environ.get("USER") or "shoal-cli")
@@ -158,20 +166,14 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
 
 async def cmd_worker(args: argparse.Namespace) -> int:
     app = load_app(args.app)
-    options: dict[str, Any] = dict(
-        dsn=args.dsn, db_schema=args.schema, namespace=args.namespace, tags=args.tags,
-        tasks=args.tasks, concurrency=args.concurrency, batch_size=args.batch_size,
-        claim_ttl=args.claim_ttl, poll_interval=args.poll_interval,
-        drain_timeout=args.drain_timeout, retention=args.retention,
-        metrics_port=args.metrics_port, metrics_host=args.metrics_host, pool=args.pool)
-    if args.worker_id:
-        options["worker_id"] = args.worker_id
-    worker = Worker(app, WorkerConfig(**options))
+    given = {name: getattr(args, name) for name in WorkerConfig.model_fields
+             if name not in ("dsn", "db_schema") and hasattr(args, name)}
+    worker = Worker(app, WorkerConfig(dsn=args.dsn, db_schema=args.schema, **given))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
     log.info("worker %s serving %s in namespace %s", worker.identity.id,
-             ",".join(worker.identity.task_names), args.namespace)
+             ",".join(worker.identity.task_names), worker.config.namespace)
     await worker.run()
     return 0
 
@@ -184,10 +186,10 @@ async def cmd_enqueue(args: argparse.Namespace) -> int:
     app = load_app(args.app) if args.app else None
     async with await Client.connect(args.dsn, schema=args.schema, app=app,
                                     namespace=args.namespace) as client:
-        task_id = await client.enqueue_many([Job(
+        task_id = await client.enqueue(
             args.task, payload, priority=args.priority, tags=args.tags, delay=args.delay,
-            retries=args.retries, timeout=args.timeout, idempotency_key=args.key)])
-    print(task_id[0])
+            retries=args.retries, timeout=args.timeout, idempotency_key=args.key)
+    print(task_id)
     return 0
 
 

@@ -78,13 +78,16 @@ def validate(spec: WorkflowSpec) -> None:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise InvalidWorkflow(f"duplicate step names: {', '.join(duplicates)}")
+    for tag in spec.tags:
+        if not re.match(TAG_PATTERN, tag):
+            raise InvalidWorkflow(f"workflow: invalid tag {tag!r}")
     known = set(names)
     for step in spec.steps:
         missing = [d for d in step.depends_on if d not in known]
         if missing:
             raise InvalidWorkflow(
                 f"step {step.name!r} depends on missing step(s): {', '.join(missing)}")
-        for tag in [*spec.tags, *(step.tags or [])]:
+        for tag in step.tags or []:
             if not re.match(TAG_PATTERN, tag):
                 raise InvalidWorkflow(f"step {step.name!r}: invalid tag {tag!r}")
     cycle = find_cycle(spec)

@@ -386,9 +386,8 @@ class Backend:
                 except InvalidInput as exc:
                     states[step] = "dead"
                     message = f"step {step!r} cannot start: {exc}"
-            if ready:
-                for r in await conn.fetch(q.unblock_steps, workflow_id, ready, payloads):
-                    await conn.execute(q.notify_tasks, r["namespace"])
+            if ready and await conn.fetch(q.unblock_steps, workflow_id, ready, payloads):
+                await conn.execute(q.notify_tasks, wf["namespace"])
                 states.update(dict.fromkeys(ready, "ready"))
             result = dag.outcome(states)
             if result == "failed":
@@ -446,14 +445,11 @@ class Backend:
             return CommandRecord(**dict(record))
 
     async def workflow_status(self, workflow_id: UUID) -> WorkflowStatus:
-        q = self.queries
-        async with self.pool.acquire() as conn:
-            wf = await conn.fetchrow(q.get_workflow, workflow_id)
-            if wf is None:
-                raise NotFound(f"no workflow with id {workflow_id}")
-            steps = await conn.fetch(q.workflow_steps, workflow_id)
-            commands = await conn.fetch(q.workflow_commands, workflow_id)
-        return _workflow_status(wf, steps, commands)
+        """One workflow's status (a consistent snapshot); NotFound if there is none."""
+        status = (await self.workflow_statuses([workflow_id])).get(workflow_id)
+        if status is None:
+            raise NotFound(f"no workflow with id {workflow_id}")
+        return status
 
     async def workflow_statuses(self, ids: Sequence[UUID]) -> dict[UUID, WorkflowStatus]:
         """The status of each existing workflow among `ids`, read in three statements.

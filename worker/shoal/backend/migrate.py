@@ -39,7 +39,7 @@ async def migrate(conn: asyncpg.Connection, queries: Queries,
     async with conn.transaction():
         await conn.execute(queries.bootstrap)
         done = {r["version"] for r in await conn.fetch(queries.applied_versions)}
-        has_sort_key = await conn.fetchval(queries.sort_key_function_exists)
+        has_sort_key = await conn.fetchval(queries.aging_interval) is not None
         if aging_seconds is not None or not has_sort_key:
             seconds = DEFAULT_AGING_SECONDS if aging_seconds is None else aging_seconds
             await conn.execute(queries.sort_key_definition(seconds))

@@ -30,12 +30,6 @@ class Queries:
 
     record_migration = "INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"
 
-    sort_key_function_exists = """
-    SELECT EXISTS (
-        SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-        WHERE n.nspname = '{schema}' AND p.proname = 'sort_key')
-    """
-
     # The aging interval is baked into an inlinable SQL function so every write
     # computes the same claim order and the claim needs no per-row arithmetic.
     define_sort_key = """
@@ -44,6 +38,7 @@ class Queries:
     AS $$ SELECT run_at - priority * interval '{aging_seconds} seconds' $$
     """
 
+    # NULL (no row) while the function does not exist yet.
     aging_interval = """
     SELECT substring(prosrc FROM 'interval ''([0-9.]+) seconds''')::float8
     FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
@@ -200,7 +195,7 @@ class Queries:
     FROM unnest($1::bigint[], $2::bigint[], $3::jsonb[]) AS r(id, token, result)
     WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
       AND ($4::text IS NULL OR t.worker_id = $4)
-    RETURNING t.id, t.workflow_id
+    RETURNING t.id
     """
 
     # retry_in_s NULL: the task is dead; otherwise it is ready again after the delay.
@@ -218,7 +213,7 @@ class Queries:
     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[]) AS r(id, token, error, retry_in_s)
     WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
       AND ($5::text IS NULL OR t.worker_id = $5)
-    RETURNING t.id, t.workflow_id, t.state::text
+    RETURNING t.id
     """
 
     cancelled = """
@@ -227,7 +222,7 @@ class Queries:
     FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS r(id, token, error)
     WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
       AND ($4::text IS NULL OR t.worker_id = $4)
-    RETURNING t.id, t.workflow_id
+    RETURNING t.id
     """
 
     # A drained task goes back to the front of the line; the interrupted attempt
@@ -408,11 +403,6 @@ class Queries:
     FROM {schema}.workflows WHERE id = $1 FOR UPDATE
     """
 
-    get_workflow = """
-    SELECT id, key, name, namespace, spec, input, state, message, created_at, updated_at, finished_at
-    FROM {schema}.workflows WHERE id = $1
-    """
-
     workflow_steps = """
     SELECT id, step, name, state::text, attempts, max_attempts, result, error, started_at,
            finished_at
@@ -425,7 +415,7 @@ class Queries:
         sort_key = {schema}.sort_key(now(), t.priority)
     FROM unnest($2::text[], $3::jsonb[]) AS r(step, payload)
     WHERE t.workflow_id = $1 AND t.step = r.step AND t.state = 'blocked'
-    RETURNING t.namespace
+    RETURNING t.id
     """
 
     cancel_pending_steps = """
@@ -454,11 +444,6 @@ class Queries:
     command_by_request = """
     SELECT id, command, actor, reason, request_id, applied, created_at
     FROM {schema}.workflow_commands WHERE workflow_id = $1 AND request_id = $2
-    """
-
-    workflow_commands = """
-    SELECT id, command, actor, reason, request_id, applied, created_at
-    FROM {schema}.workflow_commands WHERE workflow_id = $1 ORDER BY id
     """
 
     # Many workflows at once: the operator's status sync reads a batch per round.

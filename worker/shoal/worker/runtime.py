@@ -239,8 +239,7 @@ class Worker:
         outbox in the same statement unless a report is in flight already."""
         assert self.backend is not None
         if not self.outbox or self.report_lock.locked():
-            claimed, _ = await self.backend.claim_and_complete(
-                self.identity, want, self.config.claim_ttl, ())
+            claimed = await self.backend.claim(self.identity, want, self.config.claim_ttl)
             self.last_db_ok = time.monotonic()
             return claimed
         async with self.report_lock:
