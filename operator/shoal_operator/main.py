@@ -64,9 +64,11 @@ def parse_args(argv: list[str]) -> OperatorConfig:
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: object) -> None:
-    """kopf settings: state kept in annotations, only warnings posted as Events by kopf."""
-    config: OperatorConfig = memo.config
+async def configure(settings: kopf.OperatorSettings, **_: object) -> None:
+    """kopf settings: state kept in annotations, only warnings posted as Events by kopf.
+
+    Peering comes from `kopf.operator(standalone=..., peering_name=...)` in `run`.
+    """
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix="kopf.shoal.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -76,11 +78,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: objec
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
-    if config.peering:
-        settings.peering.name = config.peering
-        settings.peering.mandatory = True
-    else:
-        settings.peering.standalone = True
 
 
 @kopf.on.cleanup()

@@ -17,7 +17,7 @@ desired_replicas = Gauge("shoal_workerpool_desired_replicas",
 scaler_errors = Counter("shoal_scaler_errors_total",
                         "Failed scaler evaluations, by reason", [*POOL, "reason"])
 evaluation_seconds = Histogram("shoal_scaler_evaluation_seconds",
-                          "Time from a wake-up (enqueue or re-check) to a finished evaluation",
+                          "Duration of one scaler evaluation (read backlog, decide, apply)",
                           POOL, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 reconciles = Counter("shoal_reconcile_total", "Reconciles by kind and result",
                      ["kind", "result"])
@@ -41,6 +41,12 @@ def forget_pool(namespace: str, pool: str) -> None:
     removals = [(backlog, (namespace, pool, state))
                 for state in ("ready", "running", "waiting", "dead")]
     removals.append((desired_replicas, (namespace, pool)))
+    removals.append((evaluation_seconds, (namespace, pool)))
     for metric, labels in removals:
         with contextlib.suppress(KeyError):
             metric.remove(*labels)
+    reasons = {sample.labels["reason"] for family in scaler_errors.collect()
+               for sample in family.samples
+               if (sample.labels["namespace"], sample.labels["pool"]) == (namespace, pool)}
+    for reason in reasons:  # one series per reason seen
+        scaler_errors.remove(namespace, pool, reason)

@@ -53,6 +53,8 @@ def test_same_request_id_until_the_backend_records_it():
     first = plan_for({"pause": "true"})
     again = plan_for({"pause": "true"})
     assert first == again
+    # Derived from the CR and the log, never random or time-based:
+    assert [c.request_id for c in first.commands] == [f"{UID}/pause/1"]
 
 
 def test_resume_after_pause_then_pause_again_get_fresh_ids():
@@ -89,7 +91,9 @@ def test_pause_after_finish_is_rejected_and_resume_is_moot():
     assert p.commands == ()
     assert p.rejections == ("pause=true has no effect: the workflow is succeeded",)
     log = [record("pause", f"{UID}/pause/1"), record("cancel", f"{UID}/cancel", 2)]
-    assert plan_for({}, state="cancelled", log=log) == plan_for({}, state="cancelled", log=log)
+    # After a cancel, a removed pause and pause=false are the same: nothing to do.
+    assert plan_for({}, state="cancelled", log=log) == plan_for({"pause": "false"},
+                                                                state="cancelled", log=log)
     assert plan_for({}, state="cancelled", log=log).commands == ()
     assert plan_for({}, state="cancelled", log=log).rejections == ()
 

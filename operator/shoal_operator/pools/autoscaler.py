@@ -74,7 +74,7 @@ class PoolScaler:
         self.listening: tuple[str, str, str] | None = None
         self.unsubscribe: Callable[[], None] = lambda: None
         self.backend_failing = False
-        self.last_warning: tuple[str, float] | None = None
+        self.last_warnings: dict[str, tuple[str, float]] = {}  # reason -> (message, when)
         self.last_report: tuple[tuple[object, ...], float] | None = None
 
     async def run(self, stopped: kopf.DaemonStopped) -> None:
@@ -180,12 +180,12 @@ class PoolScaler:
             return True, str(exc)
 
     def _warn(self, reason: str, message: str) -> None:
-        """A Warning Event when the message changes, and at most once a minute while it lasts."""
+        """A Warning Event per reason when its message changes; repeated at most once a minute."""
         now = time.monotonic()
-        if (self.last_warning is None or self.last_warning[0] != message
-                or now - self.last_warning[1] >= WARNING_REPEAT):
+        last = self.last_warnings.get(reason)
+        if last is None or last[0] != message or now - last[1] >= WARNING_REPEAT:
             kopf.event(self.body, type="Warning", reason=reason, message=message)
-            self.last_warning = (message, now)
+            self.last_warnings[reason] = (message, now)
         log.warning("%s/%s: %s", self.namespace, self.name, message)
 
     async def _apply(self, decision: Decision, current: int, backend: Backend) -> None:
@@ -277,14 +277,14 @@ class PoolScaler:
         self._warn(reason, message)
         conditions = [self._condition("BackendReachable", False, reason, message),
                       self._condition("ScalingActive", False, reason, message)]
-        if spec.scaling.mode == "auto":
-            await self._fallback(spec)
-        await patch_status(self.namespace, self.name, {}, conditions)
+        fields = await self._fallback(spec) if spec.scaling.mode == "auto" else {}
+        await patch_status(self.namespace, self.name, fields, conditions)
 
-    async def _fallback(self, spec: PoolSpec) -> None:
+    async def _fallback(self, spec: PoolSpec) -> dict[str, Any]:
+        """Apply the fallback count if it is due; the status fields that record it."""
         deployment = await self._deployment()
         if deployment is None:
-            return
+            return {}
         current = int(deployment["spec"].get("replicas", 1))
         now = time.monotonic()
         paused, _ = self._paused()
@@ -297,9 +297,9 @@ class PoolScaler:
                                              {"spec": {"replicas": decision.desired}})
             kopf.event(self.body, type="Warning", reason=decision.reason,
                        message=decision.message)
-            await patch_status(self.namespace, self.name, {
-                "desiredReplicas": decision.desired, "lastScaleTime": now_rfc3339(),
-                "lastScaleReason": decision.message})
+            return {"desiredReplicas": decision.desired, "lastScaleTime": now_rfc3339(),
+                    "lastScaleReason": decision.message}
+        return {}
 
 
 def _backlog_status(backlog: Backlog) -> dict[str, int]:

@@ -116,8 +116,8 @@ class PoolSpec(_Model):
     tasks: TaskSelector = Field(default_factory=TaskSelector)
     concurrency: int = Field(4, ge=1)
     batch_size: int | None = Field(None, ge=1)
-    claim_ttl_seconds: float = Field(30.0, alias="claimTTL")
-    drain_timeout_seconds: float = Field(30.0, alias="drainTimeout")
+    claim_ttl_seconds: float = Field(30.0, alias="claimTTL", gt=0)
+    drain_timeout_seconds: float = Field(30.0, alias="drainTimeout", ge=0)
     metrics_port: int = Field(9100, ge=1, le=65535)
     replicas: int | None = Field(None, ge=0)
     scaling: Scaling = Field(default_factory=Scaling)
@@ -141,8 +141,6 @@ class PoolSpec(_Model):
             raise InvalidPoolSpec("invalid WorkerPool spec: scaling.minReplicas "
                                   f"({parsed.scaling.min_replicas}) exceeds maxReplicas "
                                   f"({parsed.scaling.max_replicas})")
-        if parsed.claim_ttl_seconds <= 0:
-            raise InvalidPoolSpec("invalid WorkerPool spec: claimTTL must be positive")
         volumes = [v.get("name") for v in parsed.template.volumes]
         if RESERVED_VOLUME in volumes or len(set(volumes)) < len(volumes):
             raise InvalidPoolSpec("invalid WorkerPool spec: template.volumes names must be "

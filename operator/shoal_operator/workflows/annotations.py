@@ -19,10 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shoal.backend import CommandRecord
+from shoal.backend import FINAL_WORKFLOW_STATES, CommandRecord
 from shoal_operator.flags import Setting, read_flag
-
-FINISHED_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +88,7 @@ def plan(intent: Intent, *, uid: str, state: str, log: Iterable[CommandRecord]) 
     paused = bool(toggles) and toggles[-1].command == "pause"
     if want_paused == paused:
         return Plan(tuple(commands), tuple(rejections))
-    if state in FINISHED_STATES or state == "cancelling":
+    if state in FINAL_WORKFLOW_STATES or state == "cancelling":
         if want_paused:
             rejections.append(f"{intent.pause.key if intent.pause else 'pause'}=true has no "
                               f"effect: the workflow is {state}")

@@ -34,8 +34,14 @@ class WorkflowResourceSpec(dag.WorkflowSpec):
 
     def sinks(self) -> tuple[str, ...]:
         """Steps no other step depends on: their outputs are the workflow's output."""
-        needed = {d for step in self.steps for d in step.depends_on}
-        return tuple(step.name for step in self.steps if step.name not in needed)
+        return sinks(self.model_dump(mode="json", by_alias=True))
+
+
+def sinks(spec: Mapping[str, Any]) -> tuple[str, ...]:
+    """The sink steps of a raw Workflow `spec` (read leniently: it may be invalid)."""
+    steps = [s for s in spec.get("steps") or () if isinstance(s, Mapping)]
+    needed = {d for s in steps for d in s.get("dependsOn") or ()}
+    return tuple(str(s.get("name")) for s in steps if s.get("name") not in needed)
 
 
 def parse_spec(spec: Mapping[str, Any]) -> WorkflowResourceSpec:

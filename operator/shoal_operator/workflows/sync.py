@@ -35,7 +35,7 @@ from shoal_operator.backends import notifications, pool_backend
 from shoal_operator.conditions import Condition
 from shoal_operator.kube import GROUP, VERSION, KubeError, kube
 from shoal_operator.pools.spec import PoolSpec
-from shoal_operator.workflows.spec import PLURAL
+from shoal_operator.workflows.spec import PLURAL, sinks
 from shoal_operator.workflows.status import FINAL_PHASES, PHASE_LABEL, cr_status, merge_patch
 
 log = logging.getLogger(__name__)
@@ -72,12 +72,6 @@ class PoolResolver:
         spec, backend = await pool_backend(namespace, pool)
         self._known[key] = (time.monotonic(), spec, backend)
         return spec, backend
-
-
-def _sinks(spec: Mapping[str, Any]) -> tuple[str, ...]:
-    steps = [s for s in spec.get("steps") or () if isinstance(s, Mapping)]
-    needed = {d for s in steps for d in s.get("dependsOn") or ()}
-    return tuple(str(s.get("name")) for s in steps if s.get("name") not in needed)
 
 
 @dataclass
@@ -125,7 +119,7 @@ class WorkflowRegistry:
             self.entries[uid] = entry
         spec = body.get("spec") or {}
         entry.pool = str(spec.get("poolRef") or "")
-        entry.sinks = _sinks(spec)
+        entry.sinks = sinks(spec)
         entry.status = status
         entry.phase_label = label
         if entry.generation is None and "observedGeneration" in status:

@@ -3,7 +3,7 @@
 It knows nothing of Kubernetes or of the worker runtime; both call `Backend`.
 """
 
-from shoal.backend.driver import Backend, connect, parse_handoff
+from shoal.backend.driver import FINAL_WORKFLOW_STATES, Backend, connect, parse_handoff
 from shoal.backend.models import (
     Backlog,
     ClaimedTask,
@@ -22,6 +22,7 @@ from shoal.backend.models import (
 from shoal.backend.notifications import Subscription
 
 __all__ = [
+    "FINAL_WORKFLOW_STATES",
     "Backend",
     "Backlog",
     "ClaimedTask",
