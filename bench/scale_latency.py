@@ -30,7 +30,8 @@ from shoal.backend import Backend, NewTask
 from shoal_operator.kube import Kube, KubeError, deployment_path, pods_path
 from tests.cluster.access import KubeAccess, open_cluster
 from tests.cluster.postgres import PostgresServer
-from tests.operator.harness import OperatorProcess, apply, wait_for
+from tests.operator.harness import OperatorProcess, apply
+from tests.support import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "bench-scale"

@@ -158,3 +158,16 @@ async def row_counts(backend: Backend, schema: str = "shoal") -> dict[str, int]:
     for table in ("tasks", "workflows", "workflow_commands", "workers"):
         counts[table] = await backend.pool.fetchval(f"SELECT count(*) FROM {schema}.{table}")
     return counts
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str,
+             interval: float = 0.1) -> T:
+    """Poll `check` until it returns something truthy; fail saying `what` did not happen."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")

@@ -19,6 +19,13 @@ from tests.cluster.local import LocalCluster
 EXTERNAL_KUBECONFIG = "SHOAL_TEST_KUBECONFIG"
 
 
+class CommandFailed(subprocess.CalledProcessError):
+    """A kubectl/helm command that failed; its message says what the command printed."""
+
+    def __str__(self) -> str:
+        return f"{' '.join(map(str, self.cmd))} exited {self.returncode}:\n{self.stderr}"
+
+
 @dataclass(frozen=True)
 class KubeAccess:
     """A cluster's kubeconfig and server URL, plus runners for kubectl and helm.
@@ -76,16 +83,21 @@ class KubeAccess:
     def run(
         self, binary: Path, *args: str, input: str | None = None, check: bool = False
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``binary`` against this cluster; text output captured, 120 s timeout."""
-        return subprocess.run(
+        """Run ``binary`` against this cluster; text output captured, 120 s timeout.
+
+        With ``check``, a failure raises CommandFailed, whose message has the stderr.
+        """
+        result = subprocess.run(
             [str(binary), *args],
             env=self.env(),
             input=input,
             capture_output=True,
             text=True,
             timeout=120,
-            check=check,
         )
+        if check and result.returncode != 0:
+            raise CommandFailed(result.returncode, result.args, result.stdout, result.stderr)
+        return result
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = False
@@ -98,6 +110,15 @@ class KubeAccess:
     ) -> subprocess.CompletedProcess[str]:
         """``helm <args>`` against this cluster."""
         return self.run(self.helm_bin, *args, input=input, check=check)
+
+    def get_json(self, *args: str) -> Any:
+        """``kubectl get <args> -o json``, decoded; None when the object does not exist."""
+        result = self.kubectl("get", *args, "-o", "json")
+        if result.returncode != 0:
+            if "NotFound" in result.stderr:
+                return None
+            raise AssertionError(f"kubectl get {' '.join(args)}: {result.stderr}")
+        return json.loads(result.stdout)
 
 
 @contextlib.contextmanager

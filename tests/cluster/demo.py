@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,12 +34,6 @@ STABILIZATION = "30s"  # the demo's scale-down window (the example says 5m)
 
 def _say(text: str) -> None:
     print(f"\n=== {text}", flush=True)
-
-
-def _check(result: subprocess.CompletedProcess[str]) -> str:
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, result.args))} failed:\n{result.stderr}")
-    return result.stdout
 
 
 def _manifests(dsn: str, *files: str) -> str:
@@ -65,7 +58,7 @@ class Tour:
         self.started = time.monotonic()
 
     def kubectl(self, *args: str, input: str | None = None) -> str:
-        return _check(self.kube.kubectl(*args, input=input))
+        return self.kube.kubectl(*args, input=input, check=True).stdout
 
     def get(self, kind: str, name: str) -> dict[str, Any]:
         return json.loads(self.kubectl("get", kind, name, "-o", "json"))
@@ -100,10 +93,10 @@ class Tour:
 
     def run(self) -> None:
         _say("helm install shoal charts/shoal -n shoal-system -f examples/values-local.yaml")
-        _check(self.kube.helm("install", "shoal", str(REPO / "charts" / "shoal"),
-                              "-n", "shoal-system", "--create-namespace",
-                              "-f", str(EXAMPLES / "values-local.yaml"),
-                              "--wait", "--timeout", "120s"))
+        self.kube.helm("install", "shoal", str(REPO / "charts" / "shoal"),
+                       "-n", "shoal-system", "--create-namespace",
+                       "-f", str(EXAMPLES / "values-local.yaml"),
+                       "--wait", "--timeout", "120s", check=True)
         print(self.kubectl("get", "deployment,pods", "-n", "shoal-system"), end="")
 
         _say("kubectl apply -f examples/workerpool.yaml (DSN: the local Postgres)")

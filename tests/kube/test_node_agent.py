@@ -10,21 +10,20 @@ from __future__ import annotations
 import base64
 import json
 import os
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from tests.cluster.access import KubeAccess
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.kube, pytest.mark.node_agent]
 
 Json = dict[str, Any]
-T = TypeVar("T")
 
 NODE = "shoal-local"
 
@@ -67,37 +66,15 @@ while True:
 """
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
-    """Poll `probe` until it returns a truthy value; fail with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
-
-
-def get(kube: KubeAccess, *args: str) -> Json | None:
-    """`kubectl get ... -o json`, or None if the object does not exist."""
-    result = kube.kubectl("get", *args, "-o", "json")
-    if result.returncode != 0:
-        assert "NotFound" in result.stderr, result.stderr
-        return None
-    found: Json = json.loads(result.stdout)
-    return found
-
-
 def wait_for_object(kube: KubeAccess, what: str, check: Callable[[Json], bool], *args: str,
                     timeout: float = 60.0) -> Json:
     """Wait until `kubectl get <args>` finds an object for which `check` holds; return it."""
 
     def probe() -> Json | None:
-        found = get(kube, *args)
+        found = kube.get_json(*args)
         return found if found is not None and check(found) else None
 
-    return wait_for(what, probe, timeout)
+    return wait_for(probe, timeout, what)
 
 
 def finished(kube: KubeAccess, namespace: str, name: str) -> Json:
@@ -114,7 +91,7 @@ def apply(kube: KubeAccess, namespace: str, *objects: Json) -> None:
 
 
 def pods(kube: KubeAccess, namespace: str, selector: str) -> list[Json]:
-    listing = get(kube, "pods", "-n", namespace, "-l", selector)
+    listing = kube.get_json("pods", "-n", namespace, "-l", selector)
     assert listing is not None
     items: list[Json] = listing["items"]
     return items
@@ -143,7 +120,7 @@ def ready_pods(kube: KubeAccess, namespace: str, selector: str, count: int) -> l
             return live
         return None
 
-    return wait_for(f"{count} Ready pods with {selector}", probe, timeout=90)
+    return wait_for(probe, 90, f"{count} Ready pods with {selector}")
 
 
 def env_var(name: str, **source: Any) -> Json:
@@ -190,7 +167,8 @@ def namespace(kube: KubeAccess) -> Iterator[str]:
     """A fresh namespace (with its default ServiceAccount), deleted afterwards."""
     name = f"node-{uuid.uuid4().hex[:8]}"
     kube.kubectl("create", "namespace", name, check=True)
-    wait_for("default ServiceAccount", lambda: get(kube, "serviceaccount", "default", "-n", name))
+    wait_for(lambda: kube.get_json("serviceaccount", "default", "-n", name), 60,
+             "default ServiceAccount")
     yield name
     kube.kubectl("delete", "namespace", name, "--wait=false")
 
@@ -205,11 +183,11 @@ def test_node_is_ready_with_server_version_and_renews_its_lease(kube: KubeAccess
     assert int(node["status"]["allocatable"]["pods"]) > 0
 
     def renew_time() -> str | None:
-        lease = get(kube, "lease", NODE, "-n", "kube-node-lease")
+        lease = kube.get_json("lease", NODE, "-n", "kube-node-lease")
         return lease["spec"]["renewTime"] if lease else None
 
-    first = wait_for("node Lease", renew_time)
-    wait_for("Lease renewal", lambda: renew_time() not in (None, first), timeout=30)
+    first = wait_for(renew_time, 60, "node Lease")
+    wait_for(lambda: renew_time() not in (None, first), 30, "Lease renewal")
 
 
 def test_deployment_pods_serve_on_their_pod_ip_with_env(kube: KubeAccess, namespace: str) -> None:
@@ -249,7 +227,7 @@ def test_deployment_pods_serve_on_their_pod_ip_with_env(kube: KubeAccess, namesp
     wait_for_object(kube, "Deployment readyReplicas=2",
                     lambda d: d["status"].get("readyReplicas") == 2,
                     "deployment", "web", "-n", namespace)
-    replicasets = get(kube, "replicasets", "-n", namespace, "-l", "app=web")
+    replicasets = kube.get_json("replicasets", "-n", namespace, "-l", "app=web")
     assert replicasets is not None and len(replicasets["items"]) == 1
     replicaset = replicasets["items"][0]
     assert replicaset["metadata"]["ownerReferences"][0]["name"] == "web"
@@ -290,7 +268,7 @@ def test_scale_down_removes_cheapest_pod_after_its_grace_period(
     running = ready_pods(kube, namespace, "app=stubborn", 3)
     names = sorted(p["metadata"]["name"] for p in running)
     for name in names:
-        wait_for(f"{name} heartbeat", (tmp_path / name / "alive").exists)
+        wait_for((tmp_path / name / "alive").exists, 60, f"{name} heartbeat")
     victim, survivors = names[0], names[1:]
     for name in names:
         cost = "-100" if name == victim else "100"
@@ -298,8 +276,8 @@ def test_scale_down_removes_cheapest_pod_after_its_grace_period(
                      f"controller.kubernetes.io/pod-deletion-cost={cost}", check=True)
 
     kube.kubectl("scale", "deployment", "stubborn", "-n", namespace, "--replicas=2", check=True)
-    wait_for(f"{victim} to vanish", lambda: get(kube, "pod", victim, "-n", namespace) is None,
-             timeout=grace + 30)
+    wait_for(lambda: kube.get_json("pod", victim, "-n", namespace) is None, grace + 30,
+             f"{victim} to vanish")
 
     folder = tmp_path / victim
     termed, last_alive = float((folder / "term").read_text()), float((folder / "alive").read_text())
@@ -308,7 +286,7 @@ def test_scale_down_removes_cheapest_pod_after_its_grace_period(
         os.kill(int((folder / "pid").read_text()), 0)
     for name in survivors:
         assert not (tmp_path / name / "term").exists()
-        survivor = get(kube, "pod", name, "-n", namespace)
+        survivor = kube.get_json("pod", name, "-n", namespace)
         assert survivor is not None and condition(survivor, "Ready") == "True"
 
 
@@ -317,20 +295,20 @@ def test_failing_container_shows_exit_code_and_restarts(kube: KubeAccess, namesp
     apply(kube, namespace, pod("crashy", crash))
 
     def crash_looping() -> Json | None:
-        status = container_status(get(kube, "pod", "crashy", "-n", namespace))
+        status = container_status(kube.get_json("pod", "crashy", "-n", namespace))
         waiting = status.get("state", {}).get("waiting", {})
         return status if waiting.get("reason") == "CrashLoopBackOff" else None
 
-    status = wait_for("CrashLoopBackOff", crash_looping)
+    status = wait_for(crash_looping, 60, "CrashLoopBackOff")
     assert status["restartCount"] >= 1 and not status["ready"]
     assert status["lastState"]["terminated"]["exitCode"] == 3
     assert status["lastState"]["terminated"]["reason"] == "Error"
-    crashy = get(kube, "pod", "crashy", "-n", namespace)
+    crashy = kube.get_json("pod", "crashy", "-n", namespace)
     assert crashy is not None and crashy["status"]["phase"] == "Running"
     for run in ([], ["--previous"]):
         logs = kube.kubectl("logs", "crashy", "-n", namespace, *run, check=True)
         assert logs.stdout == "boom\n"
-    events = get(kube, "events", "-n", namespace, "--field-selector",
+    events = kube.get_json("events", "-n", namespace, "--field-selector",
                  "involvedObject.name=crashy")
     assert events is not None
     assert {"Started", "BackOff"} <= {e["reason"] for e in events["items"]}
@@ -356,12 +334,12 @@ def test_missing_secret_waits_then_starts(kube: KubeAccess, namespace: str) -> N
     apply(kube, namespace, pod("patient", sleeper))
 
     def waiting_reason() -> str | None:
-        state = container_status(get(kube, "pod", "patient", "-n", namespace)).get("state", {})
+        state = container_status(kube.get_json("pod", "patient", "-n", namespace)).get("state", {})
         reason = state.get("waiting", {}).get("reason")
         return None if reason is None else str(reason)
 
-    wait_for("CreateContainerConfigError",
-             lambda: waiting_reason() == "CreateContainerConfigError")
+    wait_for(lambda: waiting_reason() == "CreateContainerConfigError", 60,
+             "CreateContainerConfigError")
     kube.kubectl("create", "secret", "generic", "late", "-n", namespace,
                  "--from-literal=token=abc", check=True)
     ready_pods(kube, namespace, "app=patient", 1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -149,3 +149,11 @@ def namespace(kube: KubeAccess) -> Iterator[str]:
     # namespace (and the pods draining in it) then goes in the background.
     kube.kubectl("delete", "workerpools", "--all", "-n", name, "--timeout=30s")
     kube.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture
+async def backend(operator_db: str) -> AsyncIterator[Backend]:
+    """A Backend on the operator tests' database, as a producer would use it."""
+    b = await Backend.connect(operator_db, max_size=2)
+    yield b
+    await b.close()

@@ -13,16 +13,14 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tests.cluster.access import KubeAccess
 from tests.cluster.postgres import free_port
+from tests.support import wait_for
 
-T = TypeVar("T")
 VENV_BIN = Path(sys.executable).parent
 # What kopf and the operator log when RBAC denies a request: the API's 403
 # answer ('pods "x" is forbidden: User "..." cannot patch resource "pods" ...')
@@ -98,29 +96,6 @@ class OperatorProcess:
                 self.proc.wait()
 
 
-def wait_for(check: Callable[[], T | None], timeout: float, what: str,
-             interval: float = 0.1) -> T:
-    """Poll `check` until it returns something truthy; fail saying `what` did not happen."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
-
-
-def get_json(kube: KubeAccess, *args: str) -> Any:
-    """`kubectl get ... -o json`, decoded; None when the object does not exist."""
-    result = kube.kubectl("get", *args, "-o", "json")
-    if result.returncode != 0:
-        if "NotFound" in result.stderr:
-            return None
-        raise AssertionError(f"kubectl get {' '.join(args)}: {result.stderr}")
-    return json.loads(result.stdout)
-
-
 def apply(kube: KubeAccess, manifest: dict[str, Any] | str) -> None:
     text = manifest if isinstance(manifest, str) else json.dumps(manifest)
     result = kube.kubectl("apply", "-f", "-", input=text)
@@ -146,7 +121,7 @@ def denied_events(kube: KubeAccess, since: str) -> list[str]:
     The operator turns some API answers into an Event and a condition without
     a log line (a refused Deployment apply is "DeploymentRejected").
     """
-    found = get_json(kube, "events", "-A", "--field-selector", "source=kopf") or {"items": []}
+    found = kube.get_json("events", "-A", "--field-selector", "source=kopf") or {"items": []}
     return [f"{e['metadata']['namespace']}/{e['involvedObject'].get('name')}: "
             f"{e.get('reason')}: {e.get('message')}"
             for e in found["items"]
@@ -156,7 +131,7 @@ def denied_events(kube: KubeAccess, since: str) -> list[str]:
 
 def events_for(kube: KubeAccess, namespace: str, name: str) -> list[dict[str, Any]]:
     """Events whose involved object is `name` in `namespace`, oldest first."""
-    found = get_json(kube, "events", "-n", namespace,
+    found = kube.get_json("events", "-n", namespace,
                      "--field-selector", f"involvedObject.name={name}") or {"items": []}
     return sorted(found["items"], key=lambda e: e.get("lastTimestamp") or e.get("eventTime")
                   or "")

@@ -15,7 +15,7 @@ import yaml
 
 from tests.cluster.access import KubeAccess
 from tests.cluster.postgres import free_port
-from tests.operator.harness import get_json, wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.kube
 
@@ -25,15 +25,11 @@ CRDS = ("workerpools.shoal.dev", "workflows.shoal.dev")
 
 
 def helm_ok(kube: KubeAccess, *args: str) -> str:
-    result = kube.helm(*args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    return kube.helm(*args, check=True).stdout
 
 
 def kubectl_ok(kube: KubeAccess, *args: str, input: str | None = None) -> str:
-    result = kube.kubectl(*args, input=input)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    return kube.kubectl(*args, input=input, check=True).stdout
 
 
 def sets(values: tuple[str, ...]) -> list[str]:
@@ -210,7 +206,7 @@ def wait_operator_ready(kube: KubeAccess, namespace: str, deployment: str) -> di
     """Wait for the rollout, then return the operator pod, which must be Ready."""
     kubectl_ok(kube, "rollout", "status", f"deployment/{deployment}", "-n", namespace,
                "--timeout=90s")
-    pods = get_json(kube, "pods", "-n", namespace, "-l", SELECTOR)["items"]
+    pods = kube.get_json("pods", "-n", namespace, "-l", SELECTOR)["items"]
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     assert len(live) == 1, [p["metadata"]["name"] for p in pods]
     ready = {c["type"]: c["status"] for c in live[0]["status"]["conditions"]}["Ready"]
@@ -229,13 +225,13 @@ def gone(kube: KubeAccess, objs: set[tuple[str, str, str]]) -> set[tuple[str, st
     left = set()
     for kind, namespace, name in objs:
         where = ["-n", namespace] if namespace else []
-        if get_json(kube, kind.lower(), name, *where) is not None:
+        if kube.get_json(kind.lower(), name, *where) is not None:
             left.add((kind, namespace, name))
     return left
 
 
 def operator_pods_left(kube: KubeAccess, namespace: str) -> list[str]:
-    found = get_json(kube, "pods,replicasets", "-n", namespace, "-l", SELECTOR)
+    found = kube.get_json("pods,replicasets", "-n", namespace, "-l", SELECTOR)
     return [i["metadata"]["name"] for i in found["items"]]
 
 
@@ -250,7 +246,7 @@ def test_helm_upgrade_and_uninstall_leave_no_orphans(
             *sets((f"watchNamespaces={{{watched}}}", *ports)))
     try:
         for crd in CRDS:  # from the chart's crds/ when the cluster had none
-            assert get_json(kube, "crd", crd) is not None, f"{crd} is not installed"
+            assert kube.get_json("crd", crd) is not None, f"{crd} is not installed"
         first = objects(helm_ok(kube, "get", "manifest", "shoal", "-n", release_ns))
         assert ("Service", release_ns, "shoal-metrics") in first
         first_pod = wait_operator_ready(kube, release_ns, "shoal")
@@ -277,7 +273,7 @@ def test_helm_upgrade_and_uninstall_leave_no_orphans(
     # Helm never deletes what it installed from crds/ (its documented behaviour):
     # the CRDs outlive the release.
     for crd in CRDS:
-        assert get_json(kube, "crd", crd) is not None, f"{crd} was deleted"
+        assert kube.get_json("crd", crd) is not None, f"{crd} was deleted"
 
 
 @pytest.mark.node_agent

@@ -11,7 +11,7 @@ import pytest
 from shoal_operator import kube as operator_kube
 from shoal_operator.kube import KubeError, deployment_path
 from tests.cluster.access import KubeAccess
-from tests.operator.harness import wait_for
+from tests.support import wait_for
 
 pytestmark = pytest.mark.kube
 

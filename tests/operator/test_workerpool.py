@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -25,10 +24,8 @@ from tests.operator.harness import (
     apply,
     condition,
     events_for,
-    get_json,
-    wait_for,
 )
-from tests.support import eventually
+from tests.support import eventually, wait_for
 
 pytestmark = pytest.mark.kube
 
@@ -36,13 +33,6 @@ pytestmark = pytest.mark.kube
 # the local cluster the node agent's (the repository).
 APP = "examples/tasks.py:app"
 IMAGE = os.environ.get("SHOAL_TEST_IMAGE", "shoal:dev")
-
-
-@pytest.fixture
-async def backend(operator_db: str) -> AsyncIterator[Backend]:
-    b = await Backend.connect(operator_db)
-    yield b
-    await b.close()
 
 
 def create_secret(kube: KubeAccess, namespace: str, dsn: str, name: str = "pg") -> None:
@@ -69,11 +59,11 @@ def pool(name: str, namespace: str, secret: str = "pg", replicas: int | None = N
 
 
 def deployment(kube: KubeAccess, namespace: str, name: str) -> dict[str, Any] | None:
-    return get_json(kube, "deployment", name, "-n", namespace)
+    return kube.get_json("deployment", name, "-n", namespace)
 
 
 def ready_pods(kube: KubeAccess, namespace: str, name: str) -> list[str]:
-    pods = get_json(kube, "pods", "-n", namespace, "-l", f"shoal.dev/pool={name}")
+    pods = kube.get_json("pods", "-n", namespace, "-l", f"shoal.dev/pool={name}")
     return sorted(p["metadata"]["name"] for p in pods["items"]
                   if not p["metadata"].get("deletionTimestamp")
                   and any(c["type"] == "Ready" and c["status"] == "True"
@@ -81,12 +71,12 @@ def ready_pods(kube: KubeAccess, namespace: str, name: str) -> list[str]:
 
 
 def live_pods(kube: KubeAccess, namespace: str, name: str) -> list[str]:
-    pods = get_json(kube, "pods", "-n", namespace, "-l", f"shoal.dev/pool={name}")
+    pods = kube.get_json("pods", "-n", namespace, "-l", f"shoal.dev/pool={name}")
     return sorted(p["metadata"]["name"] for p in pods["items"])
 
 
 def wp(kube: KubeAccess, namespace: str, name: str) -> dict[str, Any]:
-    return get_json(kube, "workerpool", name, "-n", namespace)
+    return kube.get_json("workerpool", name, "-n", namespace)
 
 
 def test_crd_rejects_min_above_max(kube: KubeAccess, crds: None, namespace: str) -> None:
@@ -163,7 +153,7 @@ async def test_burst_scales_up_then_idle_pods_go_first(
     # Age alone would keep this pod too (it is the oldest); the operator's mark is
     # what makes it survive when it is not (tests/kube proves the ReplicaSet
     # honours the mark): the busy pod costs its in-flight count, idle ones 0.
-    survivor = get_json(kube, "pod", busy_pod, "-n", namespace)
+    survivor = kube.get_json("pod", busy_pod, "-n", namespace)
     assert survivor["metadata"]["annotations"][
         "controller.kubernetes.io/pod-deletion-cost"] == "1"
     assert (await backend.get_task(long_id)).state == "running"  # never interrupted

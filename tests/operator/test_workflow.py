@@ -13,7 +13,7 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -28,9 +28,8 @@ from tests.operator.harness import (
     apply,
     condition,
     events_for,
-    get_json,
-    wait_for,
 )
+from tests.support import eventually, wait_for
 
 pytestmark = pytest.mark.kube
 
@@ -87,13 +86,6 @@ def workers(operator_db: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             p.kill()
 
 
-@pytest.fixture
-async def backend(operator_db: str) -> AsyncIterator[Backend]:
-    b = await Backend.connect(operator_db, max_size=2)
-    yield b
-    await b.close()
-
-
 def workflow(name: str, steps: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "shoal.dev/v1alpha1", "kind": "Workflow",
             "metadata": {"name": name, "namespace": NS},
@@ -101,7 +93,7 @@ def workflow(name: str, steps: list[dict[str, Any]], **spec: Any) -> dict[str, A
 
 
 def get_wf(kube: KubeAccess, name: str) -> dict[str, Any] | None:
-    found: dict[str, Any] | None = get_json(kube, "workflow", name, "-n", NS)
+    found: dict[str, Any] | None = kube.get_json("workflow", name, "-n", NS)
     return found
 
 
@@ -127,14 +119,13 @@ async def instance(backend: Backend, kube: KubeAccess, name: str) -> UUID:
 
 async def wait_backend(backend: Backend, workflow_id: UUID, what: str, check: Any,
                        within: float = 20) -> WorkflowStatus:
-    deadline = time.monotonic() + within
-    status = None
-    while time.monotonic() < deadline:
-        status = await backend.workflow_status(workflow_id)
-        if check(status):
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}: {status}")
+    """The instance's status once `check` holds for it."""
+    async def status() -> WorkflowStatus | None:
+        found = await backend.workflow_status(workflow_id)
+        return found if check(found) else None
+
+    found: WorkflowStatus = await eventually(status, within=within, what=what)
+    return found
 
 
 def step_state(status: WorkflowStatus, name: str) -> str:
