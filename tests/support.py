@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import sys
@@ -27,12 +28,13 @@ RECORDER = f"{REPO}/tests/apps/recorder.py:app"
 SHOAL = str(Path(sys.executable).with_name("shoal"))
 
 
-async def eventually(check: Callable[[], Awaitable[T]], *, within: float = 30.0,
+async def eventually(check: Callable[[], Awaitable[T] | T], *, within: float = 30.0,
                      interval: float = 0.05, what: str = "a condition") -> T:
-    """Poll `check` until it returns something truthy; fail after `within` seconds."""
+    """Poll `check` (sync or async) until it returns something truthy; fail after `within` s."""
     deadline = time.monotonic() + within
     while True:
-        value = await check()
+        result = check()
+        value = await result if inspect.isawaitable(result) else result
         if value:
             return value
         if time.monotonic() > deadline:
@@ -171,3 +173,8 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str,
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+
+
+async def task_in(backend: Backend, task_id: int, state: str) -> bool:
+    """Whether the task is in `state` now."""
+    return (await backend.get_task(task_id)).state == state

@@ -25,9 +25,9 @@ async def test_one_notification_per_enqueue_batch_and_namespace(dsn: str,
         await asyncio.wait_for(subscription.connected.wait(), 30)
         await backend.enqueue([NewTask("t", i) for i in range(500)]
                               + [NewTask("t", i, namespace="b") for i in range(500)])
-        await eventually(lambda: _value(len(heard) >= 2), what="the notifications")
+        await eventually(lambda: len(heard) >= 2, what="the notifications")
         await backend.enqueue([NewTask("t", delay_seconds=0)])
-        await eventually(lambda: _value(len(heard) >= 3), what="the third notification")
+        await eventually(lambda: len(heard) >= 3, what="the third notification")
     finally:
         listening.cancel()
         await asyncio.gather(listening, return_exceptions=True)
@@ -103,7 +103,3 @@ async def test_backlog_counts_what_a_pool_can_serve(backend: Backend) -> None:
     assert (backlog.ready, backlog.running, backlog.waiting, backlog.dead) == (2, 1, 1, 1)
     only_t = await backend.backlog("default", ["gpu"], ["t"])
     assert (only_t.ready, only_t.waiting) == (1, 1)
-
-
-async def _value(value: bool) -> bool:
-    return value

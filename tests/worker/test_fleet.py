@@ -57,7 +57,7 @@ async def test_sigkilled_worker_task_is_reclaimed_and_its_late_result_refused(
     doomed = await spawn.worker(dsn, claim_ttl="2s")
     task_id = await Client(backend, app).enqueue(
         "record", {"log": log, "sleep": 600, "fast_flag": str(fast)})
-    await eventually(lambda: _value(events(log, "start")), what="the task to start")
+    await eventually(lambda: events(log, "start"), what="the task to start")
     held = await backend.get_task(task_id)
     assert (held.state, held.worker_id, held.attempts) == ("running", doomed.worker_id, 1)
     survivor = await spawn.worker(dsn, claim_ttl="2s")
@@ -88,7 +88,7 @@ async def test_drain_timeout_releases_unfinished_tasks_without_using_attempts(
     worker = await spawn.worker(dsn, "--concurrency", "4", "--drain-timeout", "1s")
     ids = await Client(backend, app).enqueue_many(
         [Job("record", {"log": log, "sleep": 600, "fast_flag": str(fast)})] * 4)
-    await eventually(lambda: _value(len(events(log, "start")) == 4), what="4 tasks to start")
+    await eventually(lambda: len(events(log, "start")) == 4, what="4 tasks to start")
     worker.signal(signal.SIGTERM)
     assert await worker.wait(within=30) == 0
     assert "drained" in worker.output()
@@ -111,7 +111,7 @@ async def test_drain_finishes_in_flight_tasks_and_claims_nothing_new(
     worker = await spawn.worker(dsn, "--concurrency", "4", "--batch-size", "4",
                                 "--drain-timeout", "60s")
     ids = await Client(backend, app).enqueue_many([Job("record", {"log": log, "sleep": 2})] * 6)
-    await eventually(lambda: _value(len(events(log, "start")) == 4), what="4 tasks to start")
+    await eventually(lambda: len(events(log, "start")) == 4, what="4 tasks to start")
     worker.signal(signal.SIGTERM)
     assert await worker.wait() == 0
     started = {e["task"] for e in events(log, "start")}
@@ -175,7 +175,3 @@ async def _all_finished(backend: Backend, ids: list[int]) -> bool:
 
 async def _count_workers(backend: Backend, n: int) -> bool:
     return await backend.pool.fetchval("SELECT count(*) FROM shoal.workers") == n
-
-
-async def _value(value: object) -> object:
-    return value

@@ -14,7 +14,7 @@ import pytest
 from shoal import Client, InvalidCommand
 from shoal.backend import Backend, WorkflowStatus
 from tests.apps.recorder import app, runs
-from tests.support import eventually, running_worker
+from tests.support import eventually, running_worker, task_in
 
 
 async def status_when(client: Client, workflow_id: UUID, *states: str,
@@ -84,7 +84,7 @@ async def test_pause_finishes_the_running_step_and_starts_nothing_until_resume(
     ]}, name="pausable")
     probe_log = str(tmp_path / "probe.jsonl")
     async with running_worker(app, dsn):
-        await eventually(lambda: _async(runs(log)), what="step a to start")
+        await eventually(lambda: runs(log), what="step a to start")
         paused = await client.pause(workflow_id, actor="alice", reason="maintenance")
         assert (paused.command, paused.actor, paused.reason, paused.applied) == (
             "pause", "alice", "maintenance", True)
@@ -95,7 +95,7 @@ async def test_pause_finishes_the_running_step_and_starts_nothing_until_resume(
         # A task enqueued after b was ready (so behind it in line) runs: the worker
         # claimed after the pause and passed b over.
         probe = await client.enqueue("record", {"log": probe_log})
-        await eventually(lambda: _task_state(backend, probe, "succeeded"), what="the probe")
+        await eventually(lambda: task_in(backend, probe, "succeeded"), what="the probe")
         status = await client.status(workflow_id)
         assert status.state == "paused"
         assert [(s.name, s.state, s.attempts) for s in status.steps] == [
@@ -119,7 +119,7 @@ async def test_cancel_stops_running_steps_cooperatively(dsn: str, backend: Backe
         {"name": "b", "task": "record", "dependsOn": ["a"], "input": {"log": log}},
     ]}, name="cancellable")
     async with running_worker(app, dsn, claim_ttl=2.0):
-        await eventually(lambda: _async(len(runs(log)) == 2), what="a and s to start")
+        await eventually(lambda: len(runs(log)) == 2, what="a and s to start")
         record = await client.cancel(workflow_id, actor="carol", reason="wrong input")
         assert record.applied
         status = await client.status(workflow_id)
@@ -163,14 +163,6 @@ async def test_commands_are_idempotent(backend: Backend) -> None:
         ("pause", "req-1", True), ("pause", None, False)]
 
 
-async def _async(value: Any) -> Any:
-    return value
-
-
 async def steps_of(backend: Backend, workflow_id: UUID, step: str, state: str) -> bool:
     status = await backend.workflow_status(workflow_id)
     return any(s.name == step and s.state == state for s in status.steps)
-
-
-async def _task_state(backend: Backend, task_id: int, state: str) -> bool:
-    return (await backend.get_task(task_id)).state == state

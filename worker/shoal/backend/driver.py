@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -511,16 +511,13 @@ def _workflow_status(wf: asyncpg.Record, steps: Sequence[asyncpg.Record],
 def parse_handoff(message: str) -> ClaimedTask:
     """The task an enqueue leased to this worker, from its notification (queries.enqueue)."""
     m = json.loads(message)
-    return ClaimedTask(
-        id=m["id"], name=m["name"], payload=m["payload"], attempt=m["attempts"],
-        max_attempts=m["max_attempts"], lease_token=m["lease_token"],
-        timeout_seconds=m["timeout_ms"] / 1000 if m["timeout_ms"] else None,
-        workflow_id=None, step=None,
-        enqueued_at=datetime.fromtimestamp(m["enqueued_at"], UTC),
-        run_at=datetime.fromtimestamp(m["run_at"], UTC))
+    return _claimed({**m, "workflow_id": None, "step": None,  # plain tasks only
+                     "enqueued_at": datetime.fromtimestamp(m["enqueued_at"], UTC),
+                     "run_at": datetime.fromtimestamp(m["run_at"], UTC)})
 
 
-def _claimed(r: asyncpg.Record) -> ClaimedTask:
+def _claimed(r: asyncpg.Record | Mapping[str, Any]) -> ClaimedTask:
+    """A ClaimedTask from a claim's row (or a handoff's decoded notification)."""
     return ClaimedTask(
         id=r["id"], name=r["name"], payload=r["payload"], attempt=r["attempts"],
         max_attempts=r["max_attempts"], lease_token=r["lease_token"],
