@@ -30,7 +30,7 @@ from shoal.backend import Backend, NewTask
 from shoal_operator.kube import Kube, KubeError, deployment_path, pods_path
 from tests.cluster.access import KubeAccess, open_cluster
 from tests.cluster.postgres import PostgresServer
-from tests.operator.harness import OperatorProcess, apply
+from tests.operator.harness import OperatorProcess, apply, install_crds, migrated_database
 from tests.support import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,16 +103,8 @@ def main() -> int:
         open_cluster(Path(tmp)) as kube,
         PostgresServer() as pg,
     ):
-        dsn = pg.create_database("bench")
-
-        async def migrate() -> None:
-            b = await Backend.connect(dsn)
-            await b.migrate()
-            await b.close()
-
-        asyncio.run(migrate())
-        assert kube.kubectl("apply", "-f", str(REPO / "crds")).returncode == 0
-        kube.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        dsn = migrated_database(pg, "bench")
+        install_crds(kube)
         operator = OperatorProcess(kube, Path(tmp) / "operator.log").start()
         try:
             kube.kubectl("create", "namespace", NAMESPACE)

@@ -41,7 +41,7 @@ from shoal_operator.kube import Kube
 from shoal_operator.workflows.sync import workflow_path
 from tests.cluster.access import KubeAccess, open_cluster
 from tests.cluster.postgres import PostgresServer
-from tests.operator.harness import VENV_BIN, OperatorProcess, apply
+from tests.operator.harness import VENV_BIN, OperatorProcess, apply, install_crds, migrated_database
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "bench-wf"
@@ -271,17 +271,8 @@ def main() -> int:
         open_cluster(Path(tmp) / "helm") as kube,
         PostgresServer() as pg,
     ):
-        dsn = pg.create_database("bench_wf")
-
-        async def migrate() -> None:
-            b = await Backend.connect(dsn)
-            await b.migrate()
-            await b.close()
-
-        asyncio.run(migrate())
-        for path in sorted((REPO / "crds").glob("*.yaml")):
-            kube.kubectl("apply", "-f", str(path), check=True)
-        kube.kubectl("wait", "--for=condition=Established", "crd", "--all", check=True)
+        dsn = migrated_database(pg, "bench_wf")
+        install_crds(kube)
         kube.kubectl("create", "namespace", NAMESPACE, check=True)
         apply(
             kube,

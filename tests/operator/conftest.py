@@ -8,7 +8,6 @@ themselves act as the cluster admin: they are the platform engineer.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
@@ -21,7 +20,13 @@ import yaml
 from shoal.backend import Backend
 from tests.cluster.access import KubeAccess
 from tests.cluster.postgres import ExternalPostgres, PostgresServer, dsn_for
-from tests.operator.harness import OperatorProcess, denied_events, refusals
+from tests.operator.harness import (
+    OperatorProcess,
+    denied_events,
+    install_crds,
+    migrated_database,
+    refusals,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "shoal"
@@ -35,17 +40,7 @@ TOKEN_DURATION = "12h"
 @pytest.fixture(scope="session")
 def operator_db(postgres: PostgresServer | ExternalPostgres) -> str:
     """DSN of a migrated database of its own for the operator tests."""
-    dsn = postgres.create_database(f"shoal_operator_{uuid.uuid4().hex[:8]}")
-
-    async def migrate() -> None:
-        backend = await Backend.connect(dsn)
-        try:
-            await backend.migrate()
-        finally:
-            await backend.close()
-
-    asyncio.run(migrate())
-    return dsn
+    return migrated_database(postgres, f"shoal_operator_{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture(scope="session")
@@ -63,11 +58,7 @@ def pod_dsn(operator_db: str) -> str:
 @pytest.fixture(scope="session")
 def crds(kube: KubeAccess) -> None:
     """Every CRD in crds/, applied and established."""
-    result = kube.kubectl("apply", "-f", str(REPO / "crds"))
-    assert result.returncode == 0, result.stderr
-    result = kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                          "crd", "--all")
-    assert result.returncode == 0, result.stderr
+    install_crds(kube)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ failing test can show it and a denied request can fail the test.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -17,11 +18,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from shoal.backend import Backend
 from tests.cluster.access import KubeAccess
-from tests.cluster.postgres import free_port
+from tests.cluster.postgres import ExternalPostgres, PostgresServer, free_port
 from tests.support import wait_for
 
 VENV_BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
 # What kopf and the operator log when RBAC denies a request: the API's 403
 # answer ('pods "x" is forbidden: User "..." cannot patch resource "pods" ...')
 # or kopf's fallback warnings ("Not enough permissions to ..."). Other 403s,
@@ -135,3 +138,25 @@ def events_for(kube: KubeAccess, namespace: str, name: str) -> list[dict[str, An
                      "--field-selector", f"involvedObject.name={name}") or {"items": []}
     return sorted(found["items"], key=lambda e: e.get("lastTimestamp") or e.get("eventTime")
                   or "")
+
+
+def install_crds(kube: KubeAccess) -> None:
+    """Every CRD in crds/, applied and Established."""
+    kube.kubectl("apply", "-f", str(REPO / "crds"), check=True)
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all",
+                 check=True)
+
+
+def migrated_database(server: PostgresServer | ExternalPostgres, name: str) -> str:
+    """DSN of a new database `name` on `server` with Shoal's schema in it."""
+    dsn = server.create_database(name)
+
+    async def migrate() -> None:
+        backend = await Backend.connect(dsn)
+        try:
+            await backend.migrate()
+        finally:
+            await backend.close()
+
+    asyncio.run(migrate())
+    return dsn
