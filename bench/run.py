@@ -1,7 +1,10 @@
-"""Run the benchmark: ``python -m bench.run [--systems ...] [--quick] [--dsn DSN]``.
+"""Run the benchmark: ``python -m bench.run [--systems ...] [--rounds R] [--quick]``.
 
 Every system runs the same workload on the same Postgres server, each cell
-in its own fresh database; the table ends with ratios against PgQueuer's best.
+in its own fresh database. The cells run in rounds, the systems taking turns
+within each worker count, so that a slow spell of the machine falls on every
+system alike; each cell reports the median of its rounds. The table ends with
+ratios against PgQueuer's best.
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib
+import statistics
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -41,6 +46,25 @@ def load_system(name: str) -> System | str:
         return f"{name}: not available yet ({exc})"
     factory: Callable[[], System] = getattr(module, attr)
     return factory()
+
+
+def median_cell(rounds: list[CellResult]) -> CellResult:
+    """One cell over its rounds: median tasks/s and idle percentiles; runs summed."""
+    p50s = [r.idle_p50_ms for r in rounds if r.idle_p50_ms is not None]
+    p99s = [r.idle_p99_ms for r in rounds if r.idle_p99_ms is not None]
+    rates = [r.tasks_per_s for r in rounds]
+    notes = [r.note for r in rounds if r.note]
+    if len(rounds) > 1:
+        notes.insert(0, f"{len(rounds)} rounds: {min(rates):,.0f}-{max(rates):,.0f}/s")
+    return dataclasses.replace(
+        rounds[0],
+        enqueue_per_s=statistics.median(r.enqueue_per_s for r in rounds),
+        tasks_per_s=statistics.median(rates),
+        idle_p50_ms=statistics.median(p50s) if p50s else None,
+        idle_p99_ms=statistics.median(p99s) if p99s else None,
+        duplicates=sum(r.duplicates for r in rounds),
+        missing=sum(r.missing for r in rounds),
+        note="; ".join(notes))
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -94,33 +118,42 @@ def _server(dsn: str | None, pg_bin: str | None) -> Iterator[str]:
 
 
 async def run(args: argparse.Namespace) -> list[CellResult]:
-    """Run every requested system and worker count; print the table."""
+    """Run every requested system and worker count for ``args.rounds`` rounds; print
+    the table of medians."""
     config = CellConfig(
         tasks=args.tasks,
         idle_tasks=args.idle_tasks,
         idle_spacing=args.idle_spacing_ms / 1000,
         deadline=args.deadline,
     )
-    results: list[CellResult] = []
     notes: list[str] = []
+    systems: list[System] = []
+    for name in args.systems:
+        system = load_system(name)
+        if isinstance(system, str):
+            notes.append(system)
+            print(system, flush=True)
+        else:
+            systems.append(system)
+    rounds: dict[tuple[str, int], list[CellResult]] = {
+        (s.name, w): [] for s in systems for w in args.workers}
     with (
         _server(args.dsn, args.pg_bin) as admin_dsn,
         tempfile.TemporaryDirectory(prefix="shoal-bench-") as workdir,
     ):
-        for name in args.systems:
-            system = load_system(name)
-            if isinstance(system, str):
-                notes.append(system)
-                print(system, flush=True)
-                continue
+        for number in range(1, args.rounds + 1):
             for workers in args.workers:
-                result = await run_cell(system, admin_dsn, workers, config, Path(workdir))
-                print(
-                    f"{name} w={workers}: {result.tasks_per_s:,.0f} tasks/s, "
-                    f"idle p50 {_fmt(result.idle_p50_ms, 2)} ms {result.note}",
-                    flush=True,
-                )
-                results.append(result)
+                for system in systems:
+                    result = await run_cell(system, admin_dsn, workers, config,
+                                            Path(workdir) / f"round-{number}")
+                    print(
+                        f"round {number} {system.name} w={workers}: "
+                        f"{result.tasks_per_s:,.0f} tasks/s, "
+                        f"idle p50 {_fmt(result.idle_p50_ms, 2)} ms {result.note}",
+                        flush=True,
+                    )
+                    rounds[system.name, workers].append(result)
+    results = [median_cell(cell) for cell in rounds.values()]
     print()
     print_table(results, notes)
     return results
@@ -139,10 +172,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--dsn", help="admin DSN of an existing server (default: throwaway)")
     parser.add_argument("--pg-bin", help="Postgres bin directory for the throwaway server")
-    parser.add_argument("--quick", action="store_true", help="CI smoke: few tasks")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="runs of every cell; each cell reports their median")
+    parser.add_argument("--quick", action="store_true", help="CI smoke: few tasks, one round")
     args = parser.parse_args(argv)
     if args.quick:
-        args.tasks, args.idle_tasks, args.deadline = 300, 20, 20.0
+        args.tasks, args.idle_tasks, args.deadline, args.rounds = 300, 20, 20.0, 1
     return args
 
 
