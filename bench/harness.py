@@ -243,7 +243,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1]
 
 
-async def _wait_done(
+async def wait_done(
     system: System, records: _Records, ids: range, workers: _Workers, deadline: float
 ) -> bool:
     """Wait until all ``ids`` ran and the system reports nothing outstanding."""
@@ -262,7 +262,7 @@ async def _wait_done(
 
 
 @contextlib.asynccontextmanager
-async def _fresh_run(
+async def fresh_run(
     system: System, admin_dsn: str, database: str, workers: int, workdir: Path
 ) -> AsyncIterator[tuple[_Workers, _Records]]:
     """Fresh database with the system set up, and W (not yet released) workers."""
@@ -299,13 +299,13 @@ async def _throughput_phase(
 ) -> None:
     database = f"bench_{system.name}_w{result.workers}_tput"
     ids = range(result.tasks)
-    async with _fresh_run(system, admin_dsn, database, result.workers, workdir) as run:
+    async with fresh_run(system, admin_dsn, database, result.workers, workdir) as run:
         pool, records = run
         started = time.time()
         await system.enqueue_many([Payload(id=i, ts=started) for i in ids])
         result.enqueue_per_s = len(ids) / (time.time() - started)
         await pool.release()
-        drained = await _wait_done(system, records, ids, pool, time.monotonic() + config.deadline)
+        drained = await wait_done(system, records, ids, pool, time.monotonic() + config.deadline)
         end = time.time()
         starts = [ts for i, ts in records.runs if i in ids]
         done = records.distinct()
@@ -324,7 +324,7 @@ async def _idle_phase(
     database = f"bench_{system.name}_w{result.workers}_idle"
     ids = range(config.idle_tasks)
     enqueued_at: dict[int, float] = {}
-    async with _fresh_run(system, admin_dsn, database, result.workers, workdir) as run:
+    async with fresh_run(system, admin_dsn, database, result.workers, workdir) as run:
         pool, records = run
         await pool.release()
         await asyncio.sleep(IDLE_SETTLE)
@@ -332,7 +332,7 @@ async def _idle_phase(
             enqueued_at[i] = time.time()
             await system.enqueue_one(Payload(id=i, ts=enqueued_at[i]))
             await asyncio.sleep(config.idle_spacing)
-        drained = await _wait_done(system, records, ids, pool, time.monotonic() + config.deadline)
+        drained = await wait_done(system, records, ids, pool, time.monotonic() + config.deadline)
         latencies = sorted((ts - enqueued_at[i]) * 1000 for i, ts in records.runs if i in ids)
         if latencies:
             result.idle_p50_ms = percentile(latencies, 50)

@@ -1,0 +1,99 @@
+"""Where a task's CPU goes: ``python -m bench.cpu_split [--workers W] [--tasks N]``.
+
+Runs one throughput phase of Shoal (the harness's workload) on a throwaway
+Postgres and divides the CPU time the worker processes and the server's
+processes used during it by the tasks done. Also prints the commits and the
+WAL written per task. Linux only: CPU times are read from /proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python bench/cpu_split.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import asyncpg
+
+from bench.harness import Payload, fresh_run, wait_done
+from bench.shoal_bench import ShoalSystem
+from tests.cluster.postgres import PostgresServer
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time of `pids` (processes gone since count as zero)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+def server_pids(server: PostgresServer) -> list[int]:
+    """The postmaster and every process it forked (backends, WAL writer, ...)."""
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                children.append(int(stat.parent.name))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return [postmaster, *children]
+
+
+async def measure(workers: int, tasks: int) -> None:
+    """Enqueue, release the workers, and print the CPU split once all tasks are done."""
+    system = ShoalSystem()
+    with PostgresServer() as server, tempfile.TemporaryDirectory() as workdir:
+        async with fresh_run(system, server.dsn, "cpu_split", workers, Path(workdir)) as run:
+            pool, records = run
+            await system.enqueue_many([Payload(id=i, ts=0.0) for i in range(tasks)])
+            conn = await asyncpg.connect(server.dsn_for("cpu_split"))
+            try:
+                commits = "SELECT xact_commit FROM pg_stat_database WHERE datname = 'cpu_split'"
+                commits_before = await conn.fetchval(commits)
+                wal_before = await conn.fetchval("SELECT pg_current_wal_lsn()")
+                worker_pids = [p.pid for p in pool.procs]
+                worker_cpu = cpu_seconds(worker_pids)
+                server_cpu = cpu_seconds(server_pids(server))
+                started = time.monotonic()
+                await pool.release()
+                if not await wait_done(system, records, range(tasks), pool, started + 300):
+                    raise SystemExit("the workers did not finish within 300 s")
+                elapsed = time.monotonic() - started
+                worker_cpu = cpu_seconds(worker_pids) - worker_cpu
+                server_cpu = cpu_seconds(server_pids(server)) - server_cpu
+                commits_done = await conn.fetchval(commits) - commits_before
+                wal = await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1)",
+                                          wal_before)
+            finally:
+                await conn.close()
+    micro = 1e6 / tasks
+    print(f"{workers} workers, {tasks:,} tasks: {tasks / elapsed:,.0f} tasks/s; per task "
+          f"{worker_cpu * micro:.1f} us CPU in the workers, {server_cpu * micro:.1f} us in "
+          f"Postgres, {float(wal) / tasks:,.0f} B of WAL; {commits_done:,} commits")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--tasks", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    asyncio.run(measure(args.workers, args.tasks))
+
+
+if __name__ == "__main__":
+    main()
