@@ -1,4 +1,4 @@
-"""Where a task's CPU goes: ``python -m bench.cpu_split [--workers W] [--tasks N]``.
+"""Where a task's CPU goes: ``python -m bench.cpu_split [--workers W] [--tasks N] [--analyze]``.
 
 Runs one throughput phase of Shoal (the harness's workload) on a throwaway
 Postgres and divides the CPU time the worker processes and the server's
@@ -28,12 +28,17 @@ from tests.cluster.postgres import PostgresServer
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User plus system CPU time of `pids` (processes gone since count as zero)."""
     total = 0
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = _stat(pid)
         except FileNotFoundError:
             continue
         total += int(fields[11]) + int(fields[12])
@@ -44,17 +49,21 @@ def server_pids(server: PostgresServer) -> list[int]:
     """The postmaster and every process it forked (backends, WAL writer, ...)."""
     postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
     children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
-                children.append(int(stat.parent.name))
-        except (FileNotFoundError, ProcessLookupError):
+            if int(_stat(proc.name)[1]) == postmaster:
+                children.append(int(proc.name))
+        except FileNotFoundError:
             continue
     return [postmaster, *children]
 
 
-async def measure(workers: int, tasks: int) -> None:
-    """Enqueue, release the workers, and print the CPU split once all tasks are done."""
+async def measure(workers: int, tasks: int, analyze: bool) -> None:
+    """Enqueue, release the workers, and print the CPU split once all tasks are done.
+
+    With `analyze`, the backlog is analysed before the workers start, as
+    autovacuum does on a live queue: the planner then sees its true size.
+    """
     system = ShoalSystem()
     with PostgresServer() as server, tempfile.TemporaryDirectory() as workdir:
         async with fresh_run(system, server.dsn, "cpu_split", workers, Path(workdir)) as run:
@@ -62,6 +71,8 @@ async def measure(workers: int, tasks: int) -> None:
             await system.enqueue_many([Payload(id=i, ts=0.0) for i in range(tasks)])
             conn = await asyncpg.connect(server.dsn_for("cpu_split"))
             try:
+                if analyze:
+                    await conn.execute("ANALYZE")
                 commits = "SELECT xact_commit FROM pg_stat_database WHERE datname = 'cpu_split'"
                 commits_before = await conn.fetchval(commits)
                 wal_before = await conn.fetchval("SELECT pg_current_wal_lsn()")
@@ -91,8 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--tasks", type=int, default=100_000)
+    parser.add_argument("--analyze", action="store_true",
+                        help="ANALYZE the backlog before the workers start")
     args = parser.parse_args(argv)
-    asyncio.run(measure(args.workers, args.tasks))
+    asyncio.run(measure(args.workers, args.tasks, args.analyze))
 
 
 if __name__ == "__main__":
