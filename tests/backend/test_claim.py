@@ -193,8 +193,8 @@ async def test_claim_completes_the_claimers_successes_in_the_same_statement(
 async def test_a_claim_returns_payloads_as_enqueued_and_when_they_were_due(
         backend: Backend) -> None:
     """Any JSON comes back as it went in (integers beyond 64 bits too, which the fast
-    decoder refuses), and `due_at` is the task's run_at in Unix seconds."""
-    payloads = [{"big": 2**70, "negative": -(2**64)}, [1.5, "é", None, True], "text", 12]
+    decoder would read as floats), and `due_at` is the task's run_at in Unix seconds."""
+    payloads = [{"big": 2**70 + 1, "negative": -(2**64) - 1}, [1.5, "é", None, True], "text", 12]
     ids = await backend.enqueue([NewTask("t", p) for p in payloads])
     claimed = {t.id: t for t in await backend.claim(worker(), 10, 30)}
     assert [claimed[i].payload for i in ids] == payloads

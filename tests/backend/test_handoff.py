@@ -47,11 +47,11 @@ async def test_one_due_task_is_leased_to_the_parked_worker(backend: Backend,
                                                            handoffs: list[ClaimedTask]) -> None:
     await park(backend)
     assert await parked(backend) == CHANNEL
-    (task_id,) = await backend.enqueue([NewTask("t", {"x": 2**70}, tags=("gpu",),
+    (task_id,) = await backend.enqueue([NewTask("t", {"x": 2**70 + 1}, tags=("gpu",),
                                                 timeout_seconds=2.5)])
     (task,) = await eventually(lambda: _value(handoffs), what="the handoff")
     assert (task.id, task.name, task.payload, task.attempt, task.lease_token) == \
-        (task_id, "t", {"x": 2**70}, 1, 1)
+        (task_id, "t", {"x": 2**70 + 1}, 1, 1)
     assert (task.max_attempts, task.timeout_seconds) == (3, 2.5)  # the worker's default
     row = await backend.get_task(task_id)
     assert (row.state, row.worker_id, row.lease_token) == ("running", "w1", 1)

@@ -49,9 +49,17 @@ def check_schema(schema: str) -> str:
     return schema
 
 
+# A run of 20 digits may be an integer beyond 64 bits, which orjson would
+# silently read as a float; `json` keeps it exact.
+_LONG_DIGITS = re.compile(r"\d{20}")
+
+
 def _from_json(text: str) -> Any:
-    """Decode JSON from the database: orjson (five times faster than `json` on a
-    claim's payloads), or `json` for what orjson refuses, as integers beyond 64 bits."""
+    """Decode JSON from the database exactly: orjson (five times faster than `json`
+    on a claim's payloads), or `json` for text with long digit runs or that orjson
+    refuses."""
+    if _LONG_DIGITS.search(text):
+        return json.loads(text)
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
