@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+import pytest
 
 from shoal.backend import WorkerRow
+from shoal_operator.pools import autoscaler
 from shoal_operator.pools.scaler import (
     Observation,
     ScalerState,
@@ -146,3 +151,23 @@ def test_deletion_costs_idle_first_busiest_last() -> None:
     costs = deletion_costs(["a", "b", "c", "new"], [_row("a", 3), _row("b", 0), _row("c", 1)])
     assert costs == {"a": 3, "b": 0, "c": 1, "new": 0}
     assert sorted(costs, key=costs.__getitem__)[-1] == "a"
+
+
+async def test_a_recovery_right_after_a_failure_is_written(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """ok, failure, the same ok within a second: the last write must not be skipped as a
+    repeat of the first, or the failure's conditions would stay up."""
+    written: list[tuple[str, ...]] = []
+
+    async def patch_status(_ns: str, _name: str, _fields: object,
+                           conditions: list[dict[str, Any]]) -> None:
+        written.append(tuple(c["reason"] for c in conditions))
+
+    monkeypatch.setattr(autoscaler, "patch_status", patch_status)
+    scaler = autoscaler.PoolScaler(kopf.Body({"metadata": {"namespace": "ns", "name": "p"},
+                                              "spec": {}}), recheck_seconds=10)
+    ok = [scaler._condition("ScalingActive", True, "WithinTolerance", "ok")]
+    await scaler._write_status({"replicas": 1}, ok)
+    await scaler.evaluate()  # spec {} is invalid: ScalingActive=False, InvalidSpec
+    await scaler._write_status({"replicas": 1}, ok)
+    assert written == [("WithinTolerance",), ("InvalidSpec",), ("WithinTolerance",)]

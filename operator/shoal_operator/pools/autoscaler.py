@@ -107,7 +107,7 @@ class PoolScaler:
             spec = PoolSpec.from_body(self.body.get("spec") or {})
         except InvalidPoolSpec as exc:  # reconcile_pool posts the Event and Ready=False
             metrics.scaler_errors.labels(self.namespace, self.name, "InvalidSpec").inc()
-            await patch_status(self.namespace, self.name, {}, [
+            await self._write_status({}, [
                 self._condition("ScalingActive", False, "InvalidSpec", str(exc))])
             return
         try:
@@ -219,7 +219,8 @@ class PoolScaler:
 
         Under a steady stream of enqueues only the numbers move, and a later
         evaluation catches up; a changed mode, count, status or reason is
-        written at once.
+        written at once. Every status write of the scaler goes through here, so
+        the last one written is the one compared with.
         """
         key = (*(v for k, v in sorted(fields.items()) if k != "backlog"),
                *((c["status"], c["reason"]) for c in conditions))
@@ -278,7 +279,7 @@ class PoolScaler:
         conditions = [self._condition("BackendReachable", False, reason, message),
                       self._condition("ScalingActive", False, reason, message)]
         fields = await self._fallback(spec) if spec.scaling.mode == "auto" else {}
-        await patch_status(self.namespace, self.name, fields, conditions)
+        await self._write_status(fields, conditions)
 
     async def _fallback(self, spec: PoolSpec) -> dict[str, Any]:
         """Apply the fallback count if it is due; the status fields that record it."""
