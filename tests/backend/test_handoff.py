@@ -49,7 +49,7 @@ async def test_one_due_task_is_leased_to_the_parked_worker(backend: Backend,
     assert await parked(backend) == CHANNEL
     (task_id,) = await backend.enqueue([NewTask("t", {"x": 2**70 + 1}, tags=("gpu",),
                                                 timeout_seconds=2.5)])
-    (task,) = await eventually(lambda: _value(handoffs), what="the handoff")
+    (task,) = await eventually(lambda: list(handoffs), what="the handoff")
     assert (task.id, task.name, task.payload, task.attempt, task.lease_token) == \
         (task_id, "t", {"x": 2**70 + 1}, 1, 1)
     assert (task.max_attempts, task.timeout_seconds) == (3, 2.5)  # the worker's default
@@ -119,7 +119,3 @@ async def test_leases_a_worker_holds_are_found_for_it(backend: Backend) -> None:
     (found,) = await backend.leased_to(ME.id)
     assert (found.id, found.lease_token, found.attempt) == (task_id, 1, 1)
     assert await backend.leased_to("someone-else") == []
-
-
-async def _value(items: list[ClaimedTask]) -> list[ClaimedTask] | None:
-    return list(items) or None

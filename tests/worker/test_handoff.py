@@ -13,7 +13,7 @@ from shoal import Client, Job
 from shoal.backend import Backend
 from tests.apps.recorder import app
 from tests.cluster.postgres import dsn_for
-from tests.support import Spawner, eventually
+from tests.support import Spawner, eventually, task_in
 from tests.worker.test_fleet import events
 
 
@@ -30,7 +30,7 @@ async def test_idle_worker_runs_handed_off_tasks_once_each(dsn: str, backend: Ba
     for _ in range(5):
         await eventually(lambda: parked(backend), what="the worker to park")
         ids.append(await client.enqueue("record", {"log": log}))
-        await eventually(lambda: _done(backend, ids[-1]), what=f"task {ids[-1]}")
+        await eventually(lambda: task_in(backend, ids[-1], "succeeded"), what=f"task {ids[-1]}")
     rows = await backend.pool.fetch(
         "SELECT started_at = enqueued_at AS handed_off, attempts, lease_token FROM shoal.tasks")
     assert [tuple(r) for r in rows] == [(True, 1, 1)] * 5  # leased by the enqueue itself
@@ -58,11 +58,8 @@ async def test_handoff_missed_while_not_listening_runs_after_reconnecting(
     finally:
         await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
         await admin.close()
-    await eventually(lambda: _done(backend, task_id), within=20, what="the missed handoff")
+    await eventually(lambda: task_in(backend, task_id, "succeeded"), within=20,
+                     what="the missed handoff")
     assert [e["task"] for e in events(log, "start")] == [task_id]
     worker.signal(signal.SIGTERM)
     assert await worker.wait() == 0
-
-
-async def _done(backend: Backend, task_id: int) -> bool:
-    return (await backend.get_task(task_id)).state == "succeeded"
