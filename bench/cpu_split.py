@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import tempfile
 import time
@@ -21,28 +20,9 @@ if __package__ in (None, ""):  # run as `python bench/cpu_split.py`
 
 import asyncpg
 
-from bench.harness import Payload, fresh_run, wait_done
+from bench.harness import Payload, cpu_seconds, fresh_run, proc_stat, wait_done
 from bench.shoal_bench import ShoalSystem
 from tests.cluster.postgres import PostgresServer
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int | str) -> list[str]:
-    """The fields of /proc/PID/stat after the command name (state, ppid, ...)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User plus system CPU time of `pids` (processes gone since count as zero)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = _stat(pid)
-        except FileNotFoundError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
 
 
 def server_pids(server: PostgresServer) -> list[int]:
@@ -51,7 +31,7 @@ def server_pids(server: PostgresServer) -> list[int]:
     children = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if int(_stat(proc.name)[1]) == postmaster:
+            if int(proc_stat(proc.name)[1]) == postmaster:
                 children.append(int(proc.name))
         except FileNotFoundError:
             continue

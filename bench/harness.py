@@ -236,6 +236,29 @@ class _Workers:
                 p.wait()
 
 
+# --------------------------------------------------------------------------
+# CPU time of processes (Linux: from /proc).
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_stat(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time of `pids` (processes gone since count as zero)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = proc_stat(pid)
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Inclusive-method percentile (q in 0..100)."""
     if len(values) == 1:

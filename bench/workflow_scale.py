@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from uuid import UUID
 
 from kubernetes_asyncio import client, config, watch
 
+from bench.harness import cpu_seconds
 from shoal.backend import Backend
 from shoal_operator.kube import Kube
 from shoal_operator.workflows.sync import workflow_path
@@ -59,8 +59,7 @@ class ProcSampler:
         self.cpu_start = self.cpu_seconds()
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds([self.pid])
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
