@@ -215,18 +215,23 @@ def generated() -> dict[Path, str]:
     return {REFERENCE: crd_reference(), README: readme(README.read_text())}
 
 
+def stale(texts: dict[Path, str]) -> list[Path]:
+    """The files whose content differs from (or lacks) what `texts` would write."""
+    return [path for path, text in texts.items()
+            if not path.exists() or path.read_text() != text]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true",
                         help="change nothing; exit 1 when a generated file is stale")
     args = parser.parse_args(argv)
     texts = generated()
-    stale = [path for path, text in texts.items()
-             if not path.exists() or path.read_text() != text]
+    stale_files = stale(texts)
     if args.check:
-        for path in stale:
+        for path in stale_files:
             print(f"{path.relative_to(REPO)} is stale: run {REGENERATE}", file=sys.stderr)
-        return 1 if stale else 0
+        return 1 if stale_files else 0
     for path, text in texts.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

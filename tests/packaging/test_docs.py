@@ -18,8 +18,7 @@ def test_generated_docs_are_current() -> None:
     assert spec is not None and spec.loader is not None
     gen_docs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen_docs)
-    stale = [str(path.relative_to(REPO)) for path, text in gen_docs.generated().items()
-             if not path.exists() or path.read_text() != text]
+    stale = [str(path.relative_to(REPO)) for path in gen_docs.stale(gen_docs.generated())]
     assert not stale, f"stale: {', '.join(stale)}; run {gen_docs.REGENERATE}"
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from shoal.errors import InvalidWorkflow
 from shoal_operator.pools.spec import TaskSelector
-from shoal_operator.workflows.spec import check_pool_fit, parse_spec
+from shoal_operator.workflows.spec import check_pool_fit, parse_spec, sinks
 
 
 def spec(**extra):
@@ -30,7 +30,7 @@ def test_parses_and_strips_pool_ref_from_the_dag():
     assert type(dag).__name__ == "WorkflowSpec"
     assert "poolRef" not in dag.model_dump(by_alias=True)
     assert [s.depends_on for s in dag.steps] == [[], ["a"], ["a"]]
-    assert parsed.sinks() == ("b", "c")
+    assert sinks(spec()) == ("b", "c")
 
 
 def test_cycle_is_refused_with_its_path():

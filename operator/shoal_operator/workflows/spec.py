@@ -32,10 +32,6 @@ class WorkflowResourceSpec(dag.WorkflowSpec):
         return dag.WorkflowSpec.model_validate(
             self.model_dump(mode="json", by_alias=True, exclude={"pool_ref"}))
 
-    def sinks(self) -> tuple[str, ...]:
-        """Steps no other step depends on: their outputs are the workflow's output."""
-        return sinks(self.model_dump(mode="json", by_alias=True))
-
 
 def sinks(spec: Mapping[str, Any]) -> tuple[str, ...]:
     """The sink steps of a raw Workflow `spec` (read leniently: it may be invalid)."""
