@@ -28,26 +28,15 @@ class CommandFailed(subprocess.CalledProcessError):
 
 @dataclass(frozen=True)
 class KubeAccess:
-    """A cluster's kubeconfig and server URL, plus runners for kubectl and helm.
+    """A cluster's kubeconfig, plus runners for kubectl and helm.
 
     ``helm_home`` isolates helm's cache/config/data from the user's own.
     """
 
     kubeconfig: Path
-    server: str
     kubectl_bin: Path
     helm_bin: Path
     helm_home: Path
-
-    @classmethod
-    def from_kubeconfig(
-        cls, kubeconfig: Path, kubectl_bin: Path, helm_bin: Path, helm_home: Path
-    ) -> KubeAccess:
-        """Access to the cluster of ``kubeconfig``'s current context."""
-        config: dict[str, Any] = yaml.safe_load(kubeconfig.read_text())
-        context = next(c for c in config["contexts"] if c["name"] == config["current-context"])
-        cluster = next(c for c in config["clusters"] if c["name"] == context["context"]["cluster"])
-        return cls(kubeconfig, cluster["cluster"]["server"], kubectl_bin, helm_bin, helm_home)
 
     def env(self) -> dict[str, str]:
         """Environment for kubectl/helm: this cluster's kubeconfig, isolated helm dirs."""
@@ -131,9 +120,8 @@ def open_cluster(helm_home: Path) -> Iterator[KubeAccess]:
     external = os.environ.get(EXTERNAL_KUBECONFIG)
     if external:
         build_all()
-        yield KubeAccess.from_kubeconfig(
+        yield KubeAccess(
             Path(external), k8s_bin_dir() / "kubectl", helm_bin_dir() / "helm", helm_home)
         return
     with LocalCluster() as cluster:
-        yield KubeAccess(cluster.kubeconfig, cluster.server, cluster.kubectl, cluster.helm,
-                         helm_home)
+        yield KubeAccess(cluster.kubeconfig, cluster.kubectl, cluster.helm, helm_home)

@@ -156,8 +156,8 @@ def main(argv: list[str]) -> int:
     with PostgresServer() as postgres:
         dsn = postgres.create_database("shoal")  # empty: the operator migrates it
         with LocalCluster() as cluster:
-            kube = KubeAccess(cluster.kubeconfig, cluster.server, cluster.kubectl,
-                              cluster.helm, cluster.workdir / "helm")
+            kube = KubeAccess(cluster.kubeconfig, cluster.kubectl, cluster.helm,
+                              cluster.workdir / "helm")
             Tour(kube, dsn).run()
             _say("done" if once else "running; try:")
             if once:
