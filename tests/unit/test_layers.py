@@ -1,4 +1,4 @@
-"""The import rule the README states: `shoal.backend` ← `shoal.worker` ← `shoal_operator`."""
+"""The import rule the README states: `shoal.backend` ← `shoal.worker` ← `shoal_operator` ← `shoal.cli`."""
 
 from __future__ import annotations
 
@@ -25,20 +25,31 @@ def imported_modules(package_dir: Path) -> dict[str, set[str]]:
     return found
 
 
-# The `shoal` console script is the one entry point of both packages: it
-# hands `shoal operator ...` to shoal_operator.main, imported only then.
-ENTRY_POINT = "worker/shoal/cli.py"
+# Layers, lowest first; each may import only the ones before it. `shoal.cli`
+# (the `shoal` console script) is the top: it hands `shoal operator ...` to
+# shoal_operator.main, and nothing imports it.
+CLI = "worker/shoal/cli"
 
 
 @pytest.mark.parametrize(("layer", "forbidden"), [
-    ("worker/shoal/backend", ("shoal.worker", "shoal_operator", "kopf", "kubernetes")),
-    ("worker/shoal", ("shoal_operator", "kopf", "kubernetes")),
+    ("worker/shoal/backend", ("shoal.worker", "shoal.client", "shoal.cli", "shoal_operator",
+                              "kopf", "kubernetes", "kubernetes_asyncio")),
+    ("worker/shoal", ("shoal.cli", "shoal_operator", "kopf", "kubernetes",
+                      "kubernetes_asyncio")),
+    ("operator/shoal_operator", ("shoal.cli",)),
 ])
 def test_lower_layers_never_import_upper_ones(layer: str, forbidden: tuple[str, ...]) -> None:
     offences = {f"{path}: {name}" for path, names in imported_modules(REPO / layer).items()
-                for name in names if path != ENTRY_POINT
+                for name in names if not path.startswith(CLI)
                 and (name in forbidden or any(name.startswith(f + ".") for f in forbidden))}
     assert not offences, sorted(offences)
+
+
+def test_only_the_cli_imports_the_operator() -> None:
+    """The one arrow up the layers that used to exist (worker/shoal/cli.py) is gone for good."""
+    importers = {path for path, names in imported_modules(REPO / "worker").items()
+                 if any(n == "shoal_operator" or n.startswith("shoal_operator.") for n in names)}
+    assert importers == {f"{CLI}/__init__.py"}, sorted(importers)
 
 
 def test_the_operator_writes_no_sql() -> None:

@@ -1,0 +1,41 @@
+"""`shoal dead-letters list|count|retry`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from uuid import UUID
+
+from shoal.backend import DeadLetterFilter
+from shoal.cli.common import Commands
+from shoal.client import Client
+
+
+def register(commands: Commands) -> None:
+    p = commands.add("dead-letters", run, "list, count or retry dead letters")
+    p.add_argument("action", choices=("list", "count", "retry"))
+    p.add_argument("--task", default=None, help="task name")
+    p.add_argument("--namespace", default=None)
+    p.add_argument("--workflow", type=UUID, default=None)
+    p.add_argument("--id", type=int, default=None, help="one task id")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+
+
+async def run(args: argparse.Namespace) -> int:
+    where = DeadLetterFilter(task_name=args.task, namespace=args.namespace,
+                             workflow_id=args.workflow, task_id=args.id)
+    async with await Client.connect(args.dsn, schema=args.schema) as client:
+        if args.action == "count":
+            print(await client.count_dead_letters(where))
+        elif args.action == "retry":
+            print(f"retried {await client.retry_dead_letters(where)}")
+        else:
+            letters = await client.dead_letters(where, args.limit)
+            if args.output == "json":
+                print(json.dumps([asdict(d) for d in letters], default=str, indent=2))
+            for d in letters if args.output == "text" else []:
+                print(f"{d.id}\t{d.namespace}\t{d.name}\tattempts {d.attempts}/"
+                      f"{d.max_attempts}\t{d.error}")
+    return 0

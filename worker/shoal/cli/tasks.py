@@ -1,0 +1,40 @@
+"""`shoal enqueue`: one task from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from shoal.cli.common import Commands, csv
+from shoal.client import Client
+from shoal.errors import InvalidInput
+from shoal.worker import load_app
+
+
+def register(commands: Commands) -> None:
+    p = commands.add("enqueue", enqueue, "enqueue one task")
+    p.add_argument("task")
+    p.add_argument("--payload", default="null", help="JSON payload")
+    p.add_argument("--namespace", default="default")
+    p.add_argument("--priority", type=int, default=None)
+    p.add_argument("--tags", type=csv, default=None)
+    p.add_argument("--delay", default=None, help="e.g. 30s")
+    p.add_argument("--retries", type=int, default=None)
+    p.add_argument("--timeout", default=None)
+    p.add_argument("--key", default=None, help="idempotency key")
+    p.add_argument("--app", default=None, help="validate the name and payload against this app")
+
+
+async def enqueue(args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"--payload is not valid JSON: {exc}") from None
+    app = load_app(args.app) if args.app else None
+    async with await Client.connect(args.dsn, schema=args.schema, app=app,
+                                    namespace=args.namespace) as client:
+        task_id = await client.enqueue(
+            args.task, payload, priority=args.priority, tags=args.tags, delay=args.delay,
+            retries=args.retries, timeout=args.timeout, idempotency_key=args.key)
+    print(task_id)
+    return 0
