@@ -1,5 +1,5 @@
 # Shoal's developer entry points. `make demo` runs the main job on a local
-# Postgres + local Kubernetes; `make test` runs the whole test suite.
+# Postgres + a kind cluster; `make test` runs the whole test suite.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -14,7 +14,7 @@ $(BIN)/shoal: pyproject.toml
 
 venv: $(BIN)/shoal
 
-cluster: venv  ## build (or find in the cache) etcd, kube-*, kubectl and helm
+cluster: venv  ## docker engine, kind, helm, node image, Shoal's image (built or found in the cache)
 	$(BIN)/python -m tests.cluster build
 
 lint: venv  ## Python and Dockerfile
@@ -27,7 +27,7 @@ test: cluster lint  ## the whole suite: unit, Postgres, Kubernetes end-to-end
 bench: venv  ## Shoal vs PgQueuer, procrastinate and sayiir on one Postgres
 	$(BIN)/python -m bench.run
 
-demo: cluster  ## Postgres + Kubernetes + operator + a sample pool and workflow (DEMO_ARGS=--once: no Ctrl-C wait)
+demo: cluster  ## Postgres + kind + operator + a sample pool and workflow (DEMO_ARGS=--once: no Ctrl-C wait)
 	$(BIN)/python -m tests.cluster demo $(DEMO_ARGS)
 
 clean:

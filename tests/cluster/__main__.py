@@ -1,48 +1,70 @@
-"""``python -m tests.cluster build`` builds the binaries; ``up`` runs a cluster until Ctrl-C;
-``demo`` runs Shoal's main job on it (see tests/cluster/demo.py)."""
+"""``python -m tests.cluster COMMAND``: the harness from the command line.
+
+- ``build``: steps 1-5 (engine, tools, node image, base and Shoal images), no cluster;
+- ``up [--name N] [--nodes K]``: a kind cluster with Shoal's images loaded; prints
+  how to reach it and leaves it running;
+- ``down [--name N]``: deletes it;
+- ``demo [--once]``: Shoal's main job (see demo.py).
+"""
 
 from __future__ import annotations
 
 import argparse
 import signal
 import sys
-import time
 
-from tests.cluster.build import main as build_main
-from tests.cluster.local import LocalCluster
+from tests.cluster import images, tools
+from tests.cluster.engine import ensure_engine
+from tests.cluster.kind import KindCluster
+from tests.cluster.nodeimage import node_image
+from tests.cluster.setup import prepare
+from tests.cluster.shell import cache_lock, cache_root
 
 
-def up() -> int:
-    """Start a LocalCluster, print how to reach it, and keep it until Ctrl-C or a crash."""
-    with LocalCluster() as cluster:
-        print(f"export KUBECONFIG={cluster.kubeconfig}")
-        print(f"kubectl: {cluster.kubectl}")
-        print(f"helm:    {cluster.helm}")
-        print("Ctrl-C tears the cluster down.", flush=True)
-        try:
-            while True:
-                for component in cluster.components:
-                    component.check_alive()
-                time.sleep(1.0)
-        except KeyboardInterrupt:
-            print("\ntearing down", flush=True)
+def build() -> int:
+    """Everything a cluster needs, built or found in the cache."""
+    with cache_lock():
+        ensure_engine()
+        tools.KIND.ensure()
+        tools.helm()
+        node_image()
+        images.build_shoal(images.python_base())
+        images.build_app()
+    return 0
+
+
+def up(name: str, nodes: int) -> int:
+    kube, created = prepare(name, nodes, cache_root() / "clusters" / name / "helm")
+    print(f"kind cluster {name}: {'created' if created else 'already there'}")
+    print(f"export KUBECONFIG={kube.kubeconfig}")
+    print(f"kubectl: {kube.kubectl_bin}\nhelm:    {kube.helm_bin}")
+    if kube.shared is not None:
+        print(f"shared with pods (hostPath /shoal-shared): {kube.shared}")
+    print(f"delete it with: python -m tests.cluster down --name {name}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch the ``build`` and ``up`` subcommands."""
-    parser = argparse.ArgumentParser(prog="python -m tests.cluster")
-    parser.add_argument("command", choices=["build", "up", "demo"])
+    parser = argparse.ArgumentParser(prog="python -m tests.cluster",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["build", "up", "down", "demo"])
+    parser.add_argument("--name", default="shoal-dev", help="kind cluster name (up, down)")
+    parser.add_argument("--nodes", type=int, default=1, help="nodes of a new cluster (up)")
     parser.add_argument("--once", action="store_true", help="demo: tear down after the tour")
     args = parser.parse_args(argv)
     # A process started in the background by a non-interactive shell inherits
     # SIGINT as ignored; Ctrl-C (or `kill -INT`) must still tear down.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    if args.command == "demo":
-        from tests.cluster.demo import main as demo_main
+    if args.command == "build":
+        return build()
+    if args.command == "up":
+        return up(args.name, args.nodes)
+    if args.command == "down":
+        KindCluster(args.name).delete()
+        return 0
+    from tests.cluster.demo import main as demo_main
 
-        return demo_main(["--once"] if args.once else [])
-    return build_main() if args.command == "build" else up()
+    return demo_main(["--once"] if args.once else [])
 
 
 if __name__ == "__main__":

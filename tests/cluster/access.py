@@ -1,42 +1,39 @@
-"""KubeAccess: what a test needs to talk to a cluster with the pinned kubectl and helm."""
+"""KubeAccess: what a test needs to talk to a cluster with kubectl and helm."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.cluster.build import build_all, helm_bin_dir, k8s_bin_dir
-from tests.cluster.local import LocalCluster
+from tests.cluster.kind import KindCluster
+from tests.cluster.shell import CommandFailed
 
 EXTERNAL_KUBECONFIG = "SHOAL_TEST_KUBECONFIG"
-
-
-class CommandFailed(subprocess.CalledProcessError):
-    """A kubectl/helm command that failed; its message says what the command printed."""
-
-    def __str__(self) -> str:
-        return f"{' '.join(map(str, self.cmd))} exited {self.returncode}:\n{self.stderr}"
+__all__ = ["EXTERNAL_KUBECONFIG", "CommandFailed", "KubeAccess"]
 
 
 @dataclass(frozen=True)
 class KubeAccess:
     """A cluster's kubeconfig, plus runners for kubectl and helm.
 
-    ``helm_home`` isolates helm's cache/config/data from the user's own.
+    ``helm_home`` isolates helm's cache/config/data from the user's own. ``kind``
+    is the kind cluster when the harness made it (None for ``$SHOAL_TEST_KUBECONFIG``):
+    tests that act on nodes (a hard kill inside one) need it. ``shared`` is a host
+    folder every pod can mount at ``kind.SHARED_PATH`` (hostPath), if there is one.
     """
 
     kubeconfig: Path
     kubectl_bin: Path
     helm_bin: Path
     helm_home: Path
+    kind: KindCluster | None = None
+    shared: Path | None = None
 
     def env(self) -> dict[str, str]:
         """Environment for kubectl/helm: this cluster's kubeconfig, isolated helm dirs."""
@@ -108,20 +105,3 @@ class KubeAccess:
                 return None
             raise AssertionError(f"kubectl get {' '.join(args)}: {result.stderr}")
         return json.loads(result.stdout)
-
-
-@contextlib.contextmanager
-def open_cluster(helm_home: Path) -> Iterator[KubeAccess]:
-    """The cluster of ``$SHOAL_TEST_KUBECONFIG``, or a LocalCluster (control plane +
-    node agent) started now and torn down on exit.
-
-    Either way kubectl and helm are the pinned builds from tests/cluster/build.py.
-    """
-    external = os.environ.get(EXTERNAL_KUBECONFIG)
-    if external:
-        build_all()
-        yield KubeAccess(
-            Path(external), k8s_bin_dir() / "kubectl", helm_bin_dir() / "helm", helm_home)
-        return
-    with LocalCluster() as cluster:
-        yield KubeAccess(cluster.kubeconfig, cluster.kubectl, cluster.helm, helm_home)

@@ -1,12 +1,15 @@
 """`python -m tests.cluster demo`: Shoal's main job on a machine with nothing running.
 
-Starts a throwaway PostgreSQL and the local Kubernetes (control plane + node
-agent), installs the operator with `helm install` (it runs as a pod under the
-chart's own RBAC), applies the examples, and walks through what a platform
-engineer would do: the workflow runs, is paused around its long step and
-resumed, a burst of tasks scales the pool up, and the pool scales back once the
-burst is done. `kubectl get wp,workflows` is printed whenever it changes.
-Keeps it all running until Ctrl-C (`--once`: tear down after the tour, for CI).
+Starts a throwaway PostgreSQL on this host and a one-node kind cluster
+(`shoal-demo`, see setup.py) with Shoal's image built from the Dockerfile and
+loaded on the node, installs the operator with `helm install` (a container
+under the chart's own RBAC), applies the examples with the DSN pointed at the
+host's Postgres as pods reach it, and walks through what a platform engineer
+would do: the workflow runs, is paused around its long step and resumed, a
+burst of tasks scales the pool up, and the pool scales back once the burst is
+done. `kubectl get wp,workflows` is printed whenever it changes. Keeps it all
+running until Ctrl-C (`--once`: tear down after the tour, for CI); the cluster
+is deleted either way.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,27 +27,32 @@ import yaml
 
 from shoal import Client, Job
 from tests.cluster.access import KubeAccess
-from tests.cluster.local import LocalCluster
+from tests.cluster.images import SHOAL_IMAGE
+from tests.cluster.kind import network_gateway
 from tests.cluster.postgres import PostgresServer
+from tests.cluster.setup import prepare
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 BURST = 240  # two-second tasks: 30 s of work for the first replica alone
 STABILIZATION = "30s"  # the demo's scale-down window (the example says 5m)
+CLUSTER = "shoal-demo"
 
 
 def _say(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-def _manifests(dsn: str, *files: str) -> str:
-    """Example manifests, pointed at this machine's database and app file."""
+def _manifests(pod_dsn: str, *files: str) -> str:
+    """Example manifests: the Secret points at this host's database, the image is the
+    one built here, and the scale-down window is short enough to watch."""
     docs = [d for f in files for d in yaml.safe_load_all((EXAMPLES / f).read_text())]
     for doc in docs:
         if doc["kind"] == "Secret":
-            doc["stringData"]["dsn"] = dsn
+            doc["stringData"]["dsn"] = pod_dsn
         if doc["kind"] == "WorkerPool":
-            doc["spec"]["app"] = f"{EXAMPLES / 'tasks.py'}:app"
+            doc["spec"]["template"]["image"] = SHOAL_IMAGE
+            doc["spec"]["template"]["imagePullPolicy"] = "Never"
             doc["spec"]["scaling"]["scaleDownStabilization"] = STABILIZATION
     return yaml.safe_dump_all(docs)
 
@@ -51,9 +60,10 @@ def _manifests(dsn: str, *files: str) -> str:
 class Tour:
     """Drives the demo; `until` polls a condition and prints the table as it changes."""
 
-    def __init__(self, kube: KubeAccess, dsn: str) -> None:
+    def __init__(self, kube: KubeAccess, dsn: str, pod_dsn: str) -> None:
         self.kube = kube
         self.dsn = dsn
+        self.pod_dsn = pod_dsn
         self.shown = ""
         self.started = time.monotonic()
 
@@ -99,13 +109,13 @@ class Tour:
                        "--wait", "--timeout", "120s", check=True)
         print(self.kubectl("get", "deployment,pods", "-n", "shoal-system"), end="")
 
-        _say("kubectl apply -f examples/workerpool.yaml (DSN: the local Postgres)")
-        self.kubectl("apply", "-f", "-", input=_manifests(self.dsn, "workerpool.yaml"))
+        _say("kubectl apply -f examples/workerpool.yaml (DSN: this host's Postgres)")
+        self.kubectl("apply", "-f", "-", input=_manifests(self.pod_dsn, "workerpool.yaml"))
         self.until("the pool's first Ready replica",
                    lambda: bool(self.pool().get("readyReplicas")), 180)
 
         _say("kubectl apply -f examples/workflow.yaml")
-        self.kubectl("apply", "-f", "-", input=_manifests(self.dsn, "workflow.yaml"))
+        self.kubectl("apply", "-f", "-", input=_manifests(self.pod_dsn, "workflow.yaml"))
         self.until("step `wait` to run", lambda: self.step("wait") == "running", 120)
 
         _say("kubectl annotate workflow nightly-etl pause=true  (`wait` finishes, "
@@ -153,16 +163,17 @@ async def _burst(dsn: str, count: int) -> None:
 
 def main(argv: list[str]) -> int:
     once = "--once" in argv
-    with PostgresServer() as postgres:
+    with PostgresServer() as postgres, tempfile.TemporaryDirectory() as helm_home:
         dsn = postgres.create_database("shoal")  # empty: the operator migrates it
-        with LocalCluster() as cluster:
-            kube = KubeAccess(cluster.kubeconfig, cluster.kubectl, cluster.helm,
-                              cluster.workdir / "helm")
-            Tour(kube, dsn).run()
+        kube, _ = prepare(CLUSTER, 1, Path(helm_home))
+        assert kube.kind is not None
+        try:
+            pod_dsn = postgres.dsn_for("shoal", host=network_gateway())
+            Tour(kube, dsn, pod_dsn).run()
             _say("done" if once else "running; try:")
             if once:
                 return 0
-            print(f"  export KUBECONFIG={cluster.kubeconfig}\n  alias kubectl={cluster.kubectl}")
+            print(f"  export KUBECONFIG={kube.kubeconfig}\n  alias kubectl={kube.kubectl_bin}")
             print("  kubectl get wp,workflows -o wide")
             print("  kubectl annotate workflow nightly-etl cancel=true")
             print(f"  SHOAL_DSN={dsn} shoal dead-letters count")
@@ -171,4 +182,6 @@ def main(argv: list[str]) -> int:
                     time.sleep(1)
             except KeyboardInterrupt:
                 print("\ntearing down", flush=True)
+        finally:
+            kube.kind.delete()
     return 0

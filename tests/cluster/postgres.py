@@ -1,15 +1,19 @@
 """A throwaway PostgreSQL server for tests, benchmarks and the demo.
 
-`PostgresServer` runs `initdb` with trust auth into a temporary folder and
-starts `postgres` on a free loopback port. It guarantees that `stop()` leaves
-no process and no folder behind, and that `restart()` keeps the data (tests use
-it to cut every connection under load). When the current user is root, the
-server runs as the `postgres` system user, because PostgreSQL refuses root.
+`PostgresServer` runs `initdb` into a temporary folder and starts `postgres`
+on a free port. Loopback connections are trusted; it also listens on every
+other address of the host, where it asks for the `postgres` role's random
+password (SCRAM), so that pods of a kind cluster reach it at the kind network's
+gateway (`dsn_for(database, host=...)`). It guarantees that `stop()` leaves no
+process and no folder behind, and that `restart()` keeps the data (tests use it
+to cut every connection under load). When the current user is root, the server
+runs as the `postgres` system user, because PostgreSQL refuses root.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -49,14 +53,18 @@ class PostgresServer:
         self.root = Path(tempfile.mkdtemp(prefix="shoal-pg-"))
         self.data = self.root / "data"
         self.run_as = "postgres" if os.geteuid() == 0 else None
+        self.password = secrets.token_hex(16)
 
     @property
     def dsn(self) -> str:
         """DSN of the `postgres` database as the `postgres` superuser."""
         return self.dsn_for("postgres")
 
-    def dsn_for(self, database: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+    def dsn_for(self, database: str, host: str = "127.0.0.1") -> str:
+        """DSN of `database` as the superuser; with the password off loopback."""
+        if host == "127.0.0.1":
+            return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://postgres:{self.password}@{host}:{self.port}/{database}"
 
     def _run(self, *argv: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
         command = [str(a) for a in argv]
@@ -69,9 +77,19 @@ class PostgresServer:
         if self.run_as:
             shutil.chown(self.root, user=self.run_as)
         if not self.data.exists():
+            password_file = self.root / "password"
+            password_file.write_text(self.password + "\n")
+            if self.run_as:
+                shutil.chown(password_file, user=self.run_as)
             self._run(self.bin / "initdb", "-D", self.data, "-U", "postgres",
-                      "--auth=trust", "--no-sync", "-E", "UTF8")
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+                      "--auth-local=trust", "--auth-host=scram-sha-256",
+                      f"--pwfile={password_file}", "--no-sync", "-E", "UTF8")
+            password_file.unlink()
+            hba = self.data / "pg_hba.conf"
+            hba.write_text("local all all trust\n"
+                           "host all all 127.0.0.1/32 trust\n"
+                           "host all all 0.0.0.0/0 scram-sha-256\n")
+        options = (f"-p {self.port} -k {self.root} -c listen_addresses=* "
                    f"-c max_connections={self.max_connections} -c fsync=on "
                    "-c shared_buffers=256MB")
         self._run(self.bin / "pg_ctl", "-D", self.data, "-o", options,

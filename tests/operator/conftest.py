@@ -8,9 +8,8 @@ themselves act as the cluster admin: they are the platform engineer.
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import yaml
 
 from shoal.backend import Backend
 from tests.cluster.access import KubeAccess
-from tests.cluster.postgres import ExternalPostgres, PostgresServer, dsn_for
+from tests.cluster.postgres import ExternalPostgres, PostgresServer
 from tests.operator.harness import (
     OperatorProcess,
     denied_events,
@@ -44,15 +43,9 @@ def operator_db(postgres: PostgresServer | ExternalPostgres) -> str:
 
 
 @pytest.fixture(scope="session")
-def pod_dsn(operator_db: str) -> str:
-    """The operator database's DSN as worker pods (and the operator) reach it.
-
-    `SHOAL_TEST_POD_DSN` (any database on the same server, e.g. a Docker bridge
-    address on a kind cluster) with the database name replaced; by default
-    `operator_db` itself, which the local cluster's pods (local processes) reach.
-    """
-    server = os.environ.get("SHOAL_TEST_POD_DSN")
-    return dsn_for(server, operator_db.rpartition("/")[2]) if server else operator_db
+def pod_dsn(operator_db: str, pod_dsn_of: Callable[[str], str]) -> str:
+    """The operator database's DSN as worker pods (and the operator) reach it."""
+    return pod_dsn_of(operator_db)
 
 
 @pytest.fixture(scope="session")

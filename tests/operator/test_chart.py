@@ -4,6 +4,7 @@ operator pod that becomes Ready on the real cluster, and no orphans after
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from tests.cluster.access import KubeAccess
-from tests.cluster.postgres import free_port
+from tests.cluster.images import SHOAL_IMAGE
 from tests.support import wait_for
 
 pytestmark = pytest.mark.kube
@@ -52,12 +53,10 @@ def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return doc
 
 
-def local_ports() -> tuple[str, str]:
-    """Two distinct ports free on this host: the node agent's pods share its network."""
-    liveness, metrics = free_port(), free_port()
-    while metrics == liveness:
-        metrics = free_port()
-    return f"livenessPort={liveness}", f"metricsPort={metrics}"
+def local_image() -> tuple[str, ...]:
+    """Values that run the operator from the image the harness loaded on the nodes."""
+    repository, _, tag = os.environ.get("SHOAL_TEST_IMAGE", SHOAL_IMAGE).rpartition(":")
+    return f"image.repository={repository}", f"image.tag={tag}", "image.pullPolicy=IfNotPresent"
 
 
 def test_helm_lint_strict_passes(kube: KubeAccess) -> None:
@@ -235,15 +234,14 @@ def operator_pods_left(kube: KubeAccess, namespace: str) -> list[str]:
     return [i["metadata"]["name"] for i in found["items"]]
 
 
-@pytest.mark.node_agent
 def test_helm_upgrade_and_uninstall_leave_no_orphans(
         kube: KubeAccess, namespaces: tuple[str, str]) -> None:
     """Install, upgrade and uninstall with Helm; every object any revision rendered is
     deleted with the release, the CRDs stay."""
     release_ns, watched = namespaces
-    ports = local_ports()
+    image = local_image()
     helm_ok(kube, "install", "shoal", str(CHART), "-n", release_ns, "--wait", "--timeout=120s",
-            *sets((f"watchNamespaces={{{watched}}}", *ports)))
+            *sets((f"watchNamespaces={{{watched}}}", *image)))
     try:
         for crd in CRDS:  # from the chart's crds/ when the cluster had none
             assert kube.get_json("crd", crd) is not None, f"{crd} is not installed"
@@ -254,7 +252,7 @@ def test_helm_upgrade_and_uninstall_leave_no_orphans(
         # Revision 2 drops the metrics Service, adds a PDB and a second watched namespace.
         helm_ok(kube, "upgrade", "shoal", str(CHART), "-n", release_ns, "--wait",
                 "--timeout=120s", *sets((
-                    f"watchNamespaces={{{watched},{release_ns}}}", *ports,
+                    f"watchNamespaces={{{watched},{release_ns}}}", *image,
                     "metrics.service.enabled=false", "podDisruptionBudget.enabled=true",
                     "extraArgs={--verbose}")))
         second = objects(helm_ok(kube, "get", "manifest", "shoal", "-n", release_ns))
@@ -276,7 +274,6 @@ def test_helm_upgrade_and_uninstall_leave_no_orphans(
         assert kube.get_json("crd", crd) is not None, f"{crd} was deleted"
 
 
-@pytest.mark.node_agent
 def test_rendered_chart_applies_and_operator_becomes_ready(
         kube: KubeAccess, namespaces: tuple[str, str]) -> None:
     """`helm template | kubectl apply`: the API server (with Pod Security admission at
@@ -284,7 +281,7 @@ def test_rendered_chart_applies_and_operator_becomes_ready(
     release_ns, watched = namespaces
     kubectl_ok(kube, "apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
     manifest = helm_ok(kube, "template", "shoal-tpl", str(CHART), "-n", release_ns,
-                       *sets((f"watchNamespaces={{{watched}}}", *local_ports())))
+                       *sets((f"watchNamespaces={{{watched}}}", *local_image())))
     try:
         kubectl_ok(kube, "apply", "-f", "-", input=manifest)
         pod = wait_operator_ready(kube, release_ns, "shoal-tpl")
