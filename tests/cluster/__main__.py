@@ -13,11 +13,11 @@ import argparse
 import signal
 import sys
 
-from tests.cluster import images, tools
+from tests.cluster import tools
 from tests.cluster.engine import ensure_engine
 from tests.cluster.kind import KindCluster
 from tests.cluster.nodeimage import node_image
-from tests.cluster.setup import prepare
+from tests.cluster.setup import build_images, prepare
 from tests.cluster.shell import cache_lock, cache_root
 
 
@@ -28,8 +28,7 @@ def build() -> int:
         tools.KIND.ensure()
         tools.helm()
         node_image()
-        images.build_shoal(images.python_base())
-        images.build_app()
+        build_images()
     return 0
 
 

@@ -27,6 +27,16 @@ from tests.cluster.nodeimage import node_image
 from tests.cluster.shell import cache_lock, cache_root, say
 
 
+def build_images() -> list[str]:
+    """Steps 4 and 5 (a Docker engine first): Shoal's image and the test app image."""
+    with cache_lock():
+        ensure_engine()
+        say("[4/6] python base image")
+        base = images.python_base()
+        say("[5/6] Shoal's image and the test app image")
+        return [images.build_shoal(base), images.build_app()]
+
+
 def prepare(name: str, nodes: int, helm_home: Path) -> tuple[KubeAccess, bool]:
     """Kind cluster `name` with `nodes` nodes and Shoal's images loaded; True if created now.
 
@@ -42,10 +52,7 @@ def prepare(name: str, nodes: int, helm_home: Path) -> tuple[KubeAccess, bool]:
         helm = tools.helm()
         say("[3/6] node image")
         image = node_image()
-        say("[4/6] python base image")
-        base = images.python_base()
-        say("[5/6] Shoal's image and the test app image")
-        built = [images.build_shoal(base), images.build_app()]
+        built = build_images()
         say(f"[6/6] kind cluster {name}")
         cluster = KindCluster(name)
         shared = cache_root() / "clusters" / name / "shared"
