@@ -3,7 +3,11 @@ in its payload, so tests count handler runs across processes without trusting th
 database they test. Load with `--app tests/apps/recorder.py:app`.
 
 Events: `start` when a run begins, `done` when it returns, `cancelled` when it is
-cancelled, `failed` when it raises on purpose.
+cancelled, `failed` when it raises on purpose. Each line names the process (`pid`)
+and the host (`host`: the pod's name, in a pod).
+
+In worker pods (the test app image) the log files live in a hostPath folder that
+the test process reads on the host (see tests/e2e/support.py).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -32,7 +37,8 @@ class Run(BaseModel):
 
 def note(run: Run, ctx: TaskContext, event: str, **extra: Any) -> None:
     line = json.dumps({"event": event, "task": ctx.task_id, "attempt": ctx.attempt,
-                       "pid": os.getpid(), "t": time.time(), **extra})
+                       "pid": os.getpid(), "host": socket.gethostname(), "t": time.time(),
+                       **extra})
     with open(run.log, "a") as f:  # one small O_APPEND write: lines never interleave
         f.write(line + "\n")
 
@@ -93,6 +99,16 @@ async def stall(run: Run, ctx: TaskContext) -> None:
 @app.task("unjsonable")
 async def unjsonable(run: Run) -> Any:
     return {"when": object()}
+
+
+@app.task("hog", retries=1)
+async def hog(run: Run, ctx: TaskContext) -> None:
+    """Allocates (and touches) memory until the container's limit kills the process."""
+    note(run, ctx, "start")
+    hoard = []
+    while True:
+        hoard.append(b"x" * (16 << 20))
+        await asyncio.sleep(0.01)
 
 
 class AddInput(BaseModel):

@@ -160,3 +160,21 @@ def migrated_database(server: PostgresServer | ExternalPostgres, name: str) -> s
 
     asyncio.run(migrate())
     return dsn
+
+
+def pool_pods(kube: KubeAccess, namespace: str, pool: str) -> list[dict[str, Any]]:
+    """The pool's pods that are not being deleted."""
+    found = kube.get_json("pods", "-n", namespace, "-l", f"shoal.dev/pool={pool}")
+    return [p for p in found["items"] if not p["metadata"].get("deletionTimestamp")]
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True"
+               for c in pod.get("status", {}).get("conditions", []))
+
+
+def create_secret(kube: KubeAccess, namespace: str, dsn: str, name: str = "pg") -> None:
+    """A Secret holding `dsn` under key `dsn`, replacing one of that name."""
+    kube.kubectl("delete", "secret", name, "-n", namespace, "--ignore-not-found")
+    kube.kubectl("create", "secret", "generic", name, "-n", namespace,
+                 f"--from-literal=dsn={dsn}", check=True)
