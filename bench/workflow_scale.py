@@ -1,6 +1,6 @@
 """Workflow CRs at scale: N created at once → Running → Succeeded, and annotate→paused latency.
 
-Starts a local cluster (or uses $SHOAL_TEST_KUBECONFIG), a Postgres server,
+Starts a kind cluster (or uses $SHOAL_TEST_KUBECONFIG), a Postgres server,
 `shoal operator` and W `shoal worker` processes of the demo app, then:
 
 1. creates N three-step Workflow CRs (noop → echo → noop) as fast as the API
@@ -39,8 +39,9 @@ from bench.harness import cpu_seconds
 from shoal.backend import Backend
 from shoal_operator.kube import Kube
 from shoal_operator.workflows.sync import workflow_path
-from tests.cluster.access import KubeAccess, open_cluster
+from tests.cluster.access import KubeAccess
 from tests.cluster.postgres import PostgresServer
+from tests.cluster.setup import open_cluster
 from tests.operator.harness import VENV_BIN, OperatorProcess, apply, install_crds, migrated_database
 
 REPO = Path(__file__).resolve().parents[1]
