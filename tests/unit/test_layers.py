@@ -1,4 +1,5 @@
-"""The import rule the README states: `shoal.backend` ← `shoal.worker` ← `shoal_operator` ← `shoal.cli`."""
+"""The import rule the README states:
+`shoal.backend` ← `shoal.worker` ← `shoal_operator` ← `shoal.cli`."""
 
 from __future__ import annotations
 
