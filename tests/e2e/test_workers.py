@@ -102,6 +102,7 @@ async def test_readiness_follows_the_database(
         assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
 
 
+@pytest.mark.kind  # records runs in the folder shared with the nodes
 async def test_deleting_a_busy_pod_drains_and_loses_nothing(
         kube: KubeAccess, shoal_operator: OperatorProcess, pod_dsn: str, namespace: str,
         backend: Backend) -> None:
@@ -166,6 +167,7 @@ def _kill_worker_process(pod: dict[str, Any]) -> None:
     docker("exec", node, "kill", "-9", str(info["info"]["pid"]))
 
 
+@pytest.mark.kind  # records runs in the folder shared with the nodes
 async def test_oom_killed_worker_is_reclaimed_and_the_task_ends_dead(
         kube: KubeAccess, shoal_operator: OperatorProcess, pod_dsn: str, namespace: str,
         backend: Backend) -> None:
