@@ -74,14 +74,21 @@ def cached_image(tag: str, build: Callable[[], None]) -> str:
     return tag
 
 
-def python_base() -> str:
-    """The base image tag to build Shoal's image on; says which path it took."""
-    upstream = upstream_python()
+def upstream_or_local(what: str, upstream: str, local: str, build: Callable[[], None],
+                      how: str) -> str:
+    """`upstream` if the engine has it or can pull it, else `local` (see `cached_image`);
+    says which path it took."""
     if pulled(upstream):
-        say(f"python base: upstream {upstream}")
+        say(f"{what}: upstream {upstream}")
         return upstream
-    say(f"python base: offline stand-in {LOCAL_PYTHON} (debootstrap + Debian's python3)")
-    return cached_image(LOCAL_PYTHON, _build_local_python)
+    say(f"{what}: offline {local} ({how})")
+    return cached_image(local, build)
+
+
+def python_base() -> str:
+    """The base image tag to build Shoal's image on."""
+    return upstream_or_local("python base", upstream_python(), LOCAL_PYTHON,
+                             _build_local_python, "debootstrap + Debian's python3")
 
 
 def _build_local_python() -> None:

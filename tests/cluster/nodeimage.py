@@ -33,8 +33,8 @@ from pathlib import Path
 
 from tests.cluster import rootfs, tools
 from tests.cluster.engine import busybox, docker
-from tests.cluster.images import cached_image, has_image, pulled
-from tests.cluster.shell import building, cache_root, run, say, step
+from tests.cluster.images import has_image, upstream_or_local
+from tests.cluster.shell import building, cache_root, run, step
 
 NODE_FILES = Path(__file__).resolve().parent / "node"
 OFFLINE_TAG = f"shoal-local/kind-node:{tools.K8S_VERSION}-kind-{tools.KIND.version}"
@@ -62,13 +62,9 @@ def upstream_node_image() -> str:
 
 
 def node_image() -> str:
-    """The node image to create clusters with; says which path it took."""
-    upstream = upstream_node_image()
-    if pulled(upstream):
-        say(f"node image: upstream {upstream}")
-        return upstream
-    say(f"node image: offline build {OFFLINE_TAG} (Kubernetes {tools.K8S_VERSION})")
-    return cached_image(OFFLINE_TAG, _build_offline)
+    """The node image to create clusters with."""
+    return upstream_or_local("node image", upstream_node_image(), OFFLINE_TAG, _build_offline,
+                             f"Kubernetes {tools.K8S_VERSION}, built with kind build node-image")
 
 
 def _build_offline() -> None:
