@@ -4,6 +4,8 @@ Layers, imported in one direction only: `shoal.backend` (SQL, asyncpg) ←
 `shoal.worker` (task registry, runtime) ← `shoal_operator` (kopf handlers).
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from shoal.client import Client, Job, parse_workflow
 from shoal.dag import StepSpec, WorkflowSpec
 from shoal.errors import (
@@ -13,11 +15,17 @@ from shoal.errors import (
     InvalidWorkflow,
     NotFound,
     ShoalError,
+    TaskFailed,
     UnknownTask,
+    WaitTimeout,
+    WorkflowFailed,
 )
 from shoal.worker import App, PermanentError, TaskContext, Worker, WorkerConfig
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("shoal")  # one source: pyproject.toml
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "unknown"
 
 __all__ = [
     "App",
@@ -32,9 +40,12 @@ __all__ = [
     "ShoalError",
     "StepSpec",
     "TaskContext",
+    "TaskFailed",
     "UnknownTask",
+    "WaitTimeout",
     "Worker",
     "WorkerConfig",
+    "WorkflowFailed",
     "WorkflowSpec",
     "parse_workflow",
 ]
