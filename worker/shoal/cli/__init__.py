@@ -41,7 +41,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (`shoal tasks list: error: ...`), exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(args_list)
     if not args.dsn:
-        parser.error("no database: pass --dsn or set SHOAL_DSN")
+        args.parser.error("no database: pass --dsn or set SHOAL_DSN")
     try:
         logs.configure(getattr(args, "log_format", None)
                        or os.environ.get("SHOAL_LOG_FORMAT", "text"),

@@ -29,7 +29,7 @@ class Commands:
                          help="PostgreSQL DSN (default: $SHOAL_DSN)")
         sub.add_argument("--schema", default=os.environ.get("SHOAL_SCHEMA", "shoal"),
                          help="schema holding Shoal's tables (default: shoal)")
-        sub.set_defaults(run=run)
+        sub.set_defaults(run=run, parser=sub)  # `parser.error` names the subcommand
         return sub
 
     def group(self, name: str, help_text: str) -> Commands:

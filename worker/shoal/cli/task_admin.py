@@ -59,7 +59,7 @@ def _states(value: str) -> tuple[str, ...]:
     unknown = [s for s in states if s not in STATES]
     if unknown or not states:
         raise argparse.ArgumentTypeError(
-            f"unknown state(s) {', '.join(unknown) or value!r}: use {', '.join(STATES)}")
+            f"unknown state(s) {', '.join(unknown) or repr(value)}: use {', '.join(STATES)}")
     return states
 
 
