@@ -4,8 +4,6 @@ Layers, imported in one direction only: `shoal.backend` (SQL, asyncpg) ←
 `shoal.worker` (task registry, runtime) ← `shoal_operator` (kopf handlers).
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from shoal.client import Client, Job, parse_workflow
 from shoal.dag import StepSpec, WorkflowSpec
 from shoal.errors import (
@@ -20,12 +18,10 @@ from shoal.errors import (
     WaitTimeout,
     WorkflowFailed,
 )
+from shoal.version import VERSION
 from shoal.worker import App, PermanentError, TaskContext, Worker, WorkerConfig
 
-try:
-    __version__ = version("shoal")  # one source: pyproject.toml
-except PackageNotFoundError:  # imported from a source tree that was never installed
-    __version__ = "unknown"
+__version__ = VERSION
 
 __all__ = [
     "App",

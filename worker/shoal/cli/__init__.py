@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from shoal import __version__, logs
+from shoal import logs
 from shoal.backend import TRANSIENT_ERRORS
 from shoal.cli import (
     dead_letters,
@@ -33,6 +33,7 @@ from shoal.cli import (
 )
 from shoal.cli.common import Commands
 from shoal.errors import ShoalError
+from shoal.version import VERSION
 
 GROUPS = (migrate, worker, tasks, task_admin, queue, periodic, workflows, dead_letters)
 
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The whole `shoal` parser: every group's subcommands, plus `operator`."""
     parser = Parser(prog="shoal", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"shoal {__version__}")
+    parser.add_argument("--version", action="version", version=f"shoal {VERSION}")
     commands = Commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     for group in GROUPS:
         group.register(commands)
