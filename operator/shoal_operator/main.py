@@ -38,7 +38,8 @@ class OperatorConfig:
     log_level: str
 
 
-def parse_args(argv: list[str]) -> OperatorConfig:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `shoal operator` (its docs come from it too: hack/gen_docs.py)."""
     parser = argparse.ArgumentParser(
         prog="shoal operator",
         description="Run the Shoal operator: WorkerPool and Workflow custom resources.")
@@ -61,6 +62,11 @@ def parse_args(argv: list[str]) -> OperatorConfig:
     parser.add_argument("--verbose", "-v", action="store_true",
                         help="debug logging (--log-level debug)")
     logs.add_flags(parser)
+    return parser
+
+
+def parse_args(argv: list[str]) -> OperatorConfig:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.recheck_interval <= 0:
         parser.error("--recheck-interval must be positive")

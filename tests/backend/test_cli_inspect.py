@@ -77,7 +77,7 @@ async def test_tasks_show_and_retry(dsn: str, backend: Backend) -> None:
     assert shown.returncode == 0, shown.stderr
     fields = dict(line.split(":", 1) for line in shown.stdout.splitlines())
     assert fields["state"].strip() == "dead" and fields["error"].strip() == "boom"
-    assert fields["payload"].strip() == "{'n': 1}"
+    assert fields["payload"].strip() == '{"n": 1}'
     as_json = json.loads((await cli("tasks", "show", str(ids["dead"]), "--dsn", dsn,
                                     "-o", "json")).stdout)
     assert (as_json["state"], as_json["payload"], as_json["attempts"]) == ("dead", {"n": 1}, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -21,19 +22,20 @@ def register(commands: Commands) -> None:
     group = commands.group("tasks", "list, show, cancel or retry tasks")
 
     p = group.add("list", list_tasks, "list tasks, newest first")
-    p.add_argument("--state", type=_states, default=None,
+    p.add_argument("--state", type=_states, default=None, metavar="STATES",
                    help=f"comma-separated states: {', '.join(STATES)} "
                         "(delayed: ready but not due yet)")
     p.add_argument("--name", default=None, help="task name")
     p.add_argument("--namespace", default=None)
-    p.add_argument("--tag", action="append", default=None, dest="tags",
+    p.add_argument("--tag", action="append", default=None, dest="tags", metavar="TAG",
                    help="tasks carrying this tag (repeatable: all of them)")
-    p.add_argument("--workflow", type=UUID, default=None, help="steps of this workflow")
-    p.add_argument("--older-than", type=duration, default=None,
+    p.add_argument("--workflow", type=UUID, default=None, metavar="ID",
+                   help="steps of this workflow")
+    p.add_argument("--older-than", type=duration, default=None, metavar="DURATION",
                    help="enqueued at least this long ago, e.g. 1h")
-    p.add_argument("--newer-than", type=duration, default=None,
+    p.add_argument("--newer-than", type=duration, default=None, metavar="DURATION",
                    help="enqueued at most this long ago, e.g. 10m")
-    p.add_argument("--limit", type=_positive, default=50, help="at most this many (default 50)")
+    p.add_argument("--limit", type=_positive, default=50, metavar="N", help="at most this many")
     add_output_flag(p)
 
     p = group.add("show", show, "show one task: state, attempts, payload, result, error")
@@ -51,7 +53,7 @@ def register(commands: Commands) -> None:
     p.add_argument("task_ids", type=int, nargs="*", metavar="TASK_ID")
     p.add_argument("--name", default=None, help="task name")
     p.add_argument("--namespace", default=None)
-    p.add_argument("--workflow", type=UUID, default=None)
+    p.add_argument("--workflow", type=UUID, default=None, metavar="ID")
 
 
 def _states(value: str) -> tuple[str, ...]:
@@ -109,7 +111,12 @@ def render_task(task: TaskRow, output: str) -> str:
     lines = []
     for name in TaskRow.__dataclass_fields__:
         value = getattr(task, name)
-        shown = timestamp(value) if name in times else ("-" if value is None else value)
+        if name in times:
+            shown = timestamp(value)
+        elif name in ("payload", "result"):
+            shown = json.dumps(value)
+        else:
+            shown = "-" if value is None else str(value)
         lines.append(f"{name + ':':<14} {shown}")
     return "\n".join(lines)
 
