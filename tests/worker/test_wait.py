@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import pytest
 
 from shoal import Client, NotFound, TaskFailed, WaitTimeout, WorkflowFailed
-from shoal.backend import Backend, Outcome, WorkerIdentity
+from shoal.backend import Backend, Outcome, TaskFilter, WorkerIdentity
 from tests.apps.recorder import app
 from tests.support import running_worker
 
 WORKER = WorkerIdentity(id="w1", namespace="default", tags=(), task_names=("echo",),
-                        concurrency=4)
+                        concurrency=4, max_attempts=(1,))
 
 
 @pytest.fixture
@@ -137,3 +138,43 @@ async def test_wait_for_a_workflow(dsn: str, client: Client) -> None:
     assert status.state == "succeeded"
     assert [s.output for s in status.steps] == [{"sum": 2}, {"sum": 42}]
     assert failed.value.state == "failed" and "PermanentError" in (failed.value.message or "")
+
+
+async def test_every_way_a_task_ends_wakes_its_waiter(backend: Backend, client: Client) -> None:
+    """Success riding on a claim, death by failure or by lease expiry, cancellation with
+    the workflow: each statement that ends a waited task notifies; a retry does not."""
+    async def ended(task_id: int, end: Callable[[], Awaitable[object]]) -> Any:
+        waiting = asyncio.create_task(client.wait(task_id, timeout=10))
+        await asyncio.sleep(0.1)
+        await end()
+        return await waiting
+
+    ids = [await client.enqueue("echo", i, retries=1) for i in range(3)]
+    claimed = {t.id: t for t in await backend.claim(WORKER, 3, 30)}
+    first = claimed[ids[0]]
+    assert await ended(ids[0], lambda: backend.claim_and_complete(
+        WORKER, 1, 30, [Outcome(first.id, first.lease_token, result_json='"rode"')])) == "rode"
+
+    second = claimed[ids[1]]
+    retrying = asyncio.create_task(client.wait(ids[1], timeout=10))
+    await backend.report([Outcome(second.id, second.lease_token, error="once",
+                                  retry_in_seconds=0.0)])
+    await asyncio.sleep(0.3)
+    assert not retrying.done()  # ready again: not an end
+    (again,) = [t for t in await backend.claim(WORKER, 5, 30) if t.id == ids[1]]
+    await backend.report([Outcome(again.id, again.lease_token, error="twice")])
+    with pytest.raises(TaskFailed, match="is dead: twice"):
+        await retrying
+
+    third = claimed[ids[2]]
+    await backend.pool.execute("UPDATE shoal.tasks SET attempts = max_attempts, "
+                               "lease_expires_at = now() - interval '1 second' WHERE id = $1",
+                               third.id)
+    with pytest.raises(TaskFailed, match="lease expired"):
+        await ended(ids[2], backend.reap_expired)
+
+    workflow_id = await client.submit_workflow(
+        {"steps": [{"name": "a", "task": "echo"}]}, name="cancelled")
+    (step,) = await backend.list_tasks(TaskFilter(workflow_id=workflow_id))
+    with pytest.raises(TaskFailed, match="cancelled"):
+        await ended(step.id, lambda: client.cancel(workflow_id))

@@ -129,6 +129,13 @@ class Queries:
     WHERE namespace = $1 AND idempotency_key = ANY($2::text[])
     """
 
+    # The end of a task someone waits for (`waited`, set by Client.wait) is
+    # announced on the finished channel by the statement that ends it, from its
+    # RETURNING list, so it is delivered when that transaction commits. A task
+    # nobody waits for costs one boolean test; pg_notify is not even called.
+    _finished = ("CASE WHEN t.waited THEN (SELECT pg_notify('{schema}_finished', t.id::text)) "
+                 "IS NULL END")
+
     # What a successful attempt's report writes (complete, and claim's completed).
     _succeed = ("state = 'succeeded', result = r.result, error = NULL, finished_at = now(), "
                 "lease_expires_at = NULL")
@@ -151,7 +158,7 @@ class Queries:
         FROM unnest($9::bigint[], $10::bigint[], $11::jsonb[]) AS r(id, token, result)
         WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
           AND t.worker_id = $6
-        RETURNING t.id
+        RETURNING t.id, """ + _finished + """
     ), candidates AS (
         SELECT t.ctid AS tid
         FROM {schema}.tasks t
@@ -203,7 +210,7 @@ class Queries:
     FROM unnest($1::bigint[], $2::bigint[], $3::jsonb[]) AS r(id, token, result)
     WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
       AND ($4::text IS NULL OR t.worker_id = $4)
-    RETURNING t.id
+    RETURNING t.id, """ + _finished + """
     """
 
     # retry_in_s NULL: the task is dead; otherwise it is ready again after the delay.
@@ -221,7 +228,7 @@ class Queries:
     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[]) AS r(id, token, error, retry_in_s)
     WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
       AND ($5::text IS NULL OR t.worker_id = $5)
-    RETURNING t.id
+    RETURNING t.id, """ + _finished.replace("t.waited", "t.waited AND t.state = 'dead'") + """
     """
 
     cancelled = """
@@ -230,7 +237,7 @@ class Queries:
     FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS r(id, token, error)
     WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
       AND ($4::text IS NULL OR t.worker_id = $4)
-    RETURNING t.id
+    RETURNING t.id, """ + _finished + """
     """
 
     # A drained task goes back to the front of the line; the interrupted attempt
@@ -310,7 +317,8 @@ class Queries:
         worker_id = NULL
     FROM expired e
     WHERE t.id = e.id
-    RETURNING t.id, t.namespace, t.workflow_id, t.state::text
+    RETURNING t.id, t.namespace, t.workflow_id, t.state::text,
+              """ + _finished.replace("t.waited", "t.waited AND t.state = 'dead'") + """
     """
 
     notify_tasks = "SELECT pg_notify('{schema}_tasks', $1)"
@@ -434,9 +442,10 @@ class Queries:
     """
 
     cancel_pending_steps = """
-    UPDATE {schema}.tasks
+    UPDATE {schema}.tasks t
     SET state = 'cancelled', finished_at = now(), error = $2
     WHERE workflow_id = $1 AND state IN ('blocked', 'ready')
+    RETURNING """ + _finished + """
     """
 
     set_workflow_state = """
@@ -517,12 +526,13 @@ class Queries:
     # A running task keeps its lease token: its holder's report, fenced on
     # state = 'running', is refused; the heartbeat tells the holder (withdrawn).
     cancel_task = """
-    UPDATE {schema}.tasks
+    UPDATE {schema}.tasks t
     SET state = 'cancelled', error = $2, finished_at = now(), lease_expires_at = NULL
     WHERE id = $1 AND state IN ('ready', 'running')
+    RETURNING """ + _finished + """
     """
 
-    # -- wait for a task's end (see migration 0003's trigger) --------------------------
+    # -- wait for a task's end (see _finished) -----------------------------------------
 
     wait_for_task = """
     UPDATE {schema}.tasks SET waited = true
