@@ -23,10 +23,11 @@ from tests.cluster.access import KubeAccess
 from tests.cluster.postgres import free_port
 from tests.operator.harness import OperatorProcess, apply
 from tests.operator.test_workerpool import create_secret, pool
-from tests.support import Spawner, eventually, wait_for
+from tests.support import Spawner, eventually, spawn, wait_for
 from tests.tools.promtool import build_promtool
 
 pytestmark = pytest.mark.kube
+__all__ = ["spawn"]  # a fixture: `shoal worker` processes
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "shoal"
 MONITORING = ("metrics.podMonitor.enabled=true", "metrics.prometheusRule.enabled=true",
@@ -107,7 +108,7 @@ async def test_every_queried_metric_is_exported(
     port = free_port()
     worker = await spawn.worker(operator_db, "--metrics-port", str(port),
                                 "--metrics-host", "127.0.0.1", "--namespace", "elsewhere")
-    task_id = await Client(backend).enqueue("echo", 2, namespace="elsewhere")
+    task_id = await Client(backend, namespace="elsewhere").enqueue("echo", 2)
     await eventually(lambda: _succeeded(backend, task_id), what="the worker to run the task")
     worker_text = await asyncio.to_thread(scrape, port)
     worker.signal(signal.SIGTERM)
