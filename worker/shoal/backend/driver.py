@@ -397,7 +397,8 @@ class Backend:
                 q.insert_workflow, workflow_id or uuid.uuid4(), key, name, namespace,
                 spec_json, _json(spec.input, "workflow input"), "paused" if paused else "running")
             if new_id is None:
-                return await conn.fetchval(q.workflow_by_key, key)
+                existing: UUID = await conn.fetchval(q.workflow_by_key, key)
+                return existing
             await conn.execute(
                 q.insert_steps, namespace, new_id,
                 [s.name for s in spec.steps], [s.task for s in spec.steps], payloads,
@@ -408,7 +409,8 @@ class Backend:
                 [_millis(s.timeout_seconds) for s in spec.steps])
             await conn.execute(q.notify_tasks, namespace)
             await conn.execute(q.notify_workflow, str(new_id))
-            return new_id
+            created: UUID = new_id
+            return created
 
     async def _advance(self, conn: asyncpg.Connection, workflow_id: UUID) -> None:
         """Start the steps that became ready and settle the workflow's state.
@@ -525,7 +527,8 @@ class Backend:
                 for wf in workflows}
 
     async def workflow_id_by_key(self, key: str) -> UUID | None:
-        return await self.pool.fetchval(self.queries.workflow_by_key, key)
+        found: UUID | None = await self.pool.fetchval(self.queries.workflow_by_key, key)
+        return found
 
     # -- what the operator reads ---------------------------------------------------
 

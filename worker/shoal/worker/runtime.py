@@ -29,7 +29,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -125,7 +125,7 @@ class Worker:
         listener = Subscription(
             self.config.dsn, [q.tasks_channel, q.control_channel, self.identity.channel],
             self._on_notify, on_connect=self._on_listen)
-        services: list[Callable[[], Awaitable[None]]] = [
+        services: list[Callable[[], Coroutine[Any, Any, None]]] = [
             listener.run, self._report_loop, self._heartbeat_loop, self._reaper_loop,
             PeriodicScheduler(self.backend, self.config.namespace, self.app.schedules).run]
         if self.config.metrics_port:
