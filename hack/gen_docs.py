@@ -182,12 +182,13 @@ def _subcommands(parser: argparse.ArgumentParser, path: str
         yield from _subcommands(sub, f"{path} {name}")
 
 
-def _flag_rows(parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
-    """(positional names, Markdown rows of the options) of one command."""
+def _flag_rows(parser: argparse.ArgumentParser, said: tuple[str, ...] = ()
+               ) -> tuple[list[str], list[str]]:
+    """(positional names, Markdown rows of the options but those in `said`) of a command."""
     positionals, rows = [], []
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction | argparse._VersionAction) or \
-                action.dest in ("dsn", "schema"):  # said once, above
+                action.dest in said:
             continue
         if not action.option_strings:
             name = action.metavar or action.dest.upper()
@@ -225,7 +226,9 @@ def cli_reference() -> str:
     if missing:
         raise SystemExit(f"no output sample for {', '.join(missing)}: add one to _cli_samples")
     for path, parser in commands:
-        positionals, rows = _flag_rows(parser)
+        # --dsn and --schema of the database commands are said once, above.
+        positionals, rows = _flag_rows(parser, () if path == "shoal operator"
+                                       else ("dsn", "schema"))
         lines += [f"## {path}", "", _cell(parser.description or ""), "", "```text",
                   " ".join([path, *positionals, "[flags]" if rows else ""]).rstrip(), "```", ""]
         if rows:
