@@ -13,6 +13,7 @@ from shoal import InvalidInput, NotFound, TaskFailed, UnknownTask, WaitTimeout
 from shoal.backend import Backend, Outcome, WorkerIdentity
 from shoal.sync import Client
 from tests.apps.recorder import app
+from tests.support import eventually, waited_for
 
 WORKER = WorkerIdentity(id="w1", namespace="default", tags=(), task_names=("add",),
                         concurrency=100)
@@ -33,7 +34,7 @@ async def test_threads_share_one_client(dsn: str, backend: Backend) -> None:
 
         waits = [asyncio.to_thread(client.wait, i, timeout=30) for i in ids[:5]]
         waiting = asyncio.gather(*waits)
-        await asyncio.sleep(0.3)
+        await eventually(lambda: waited_for(backend, *ids[:5]), what="the waits to start")
         claimed = await backend.claim(WORKER, 100, 30)
         assert len(claimed) == 80
         await backend.report([Outcome(t.id, t.lease_token,

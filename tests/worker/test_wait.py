@@ -15,7 +15,7 @@ import pytest
 from shoal import Client, NotFound, TaskFailed, WaitTimeout, WorkflowFailed
 from shoal.backend import Backend, Outcome, TaskFilter, WorkerIdentity
 from tests.apps.recorder import app
-from tests.support import running_worker
+from tests.support import eventually, running_worker, waited_for
 
 WORKER = WorkerIdentity(id="w1", namespace="default", tags=(), task_names=("echo",),
                         concurrency=4, max_attempts=(1,))
@@ -81,7 +81,7 @@ async def test_wait_raises_when_cancelled_and_on_timeout(client: Client) -> None
         await client.wait(task_id, timeout=0.3)
     assert 0.3 <= time.monotonic() - started < 5
     waiting = asyncio.create_task(client.wait(task_id, timeout=30))
-    await asyncio.sleep(0.2)
+    await eventually(lambda: waited_for(client.backend, task_id), what="the wait to start")
     await client.cancel_task(task_id, actor="carol")
     with pytest.raises(TaskFailed, match=f"task {task_id} is cancelled: cancelled by carol"):
         await waiting
@@ -92,7 +92,7 @@ async def test_wait_raises_when_cancelled_and_on_timeout(client: Client) -> None
 async def test_many_waits_share_one_listener(backend: Backend, client: Client) -> None:
     ids = [await client.enqueue("echo", i) for i in range(20)]
     waits = [asyncio.create_task(client.wait(i, timeout=30)) for i in ids]
-    await asyncio.sleep(0.2)
+    await eventually(lambda: waited_for(backend, *ids), what="every wait to start")
     claimed = await backend.claim(WORKER, 20, 30)
     accepted = await backend.report([Outcome(t.id, t.lease_token, result_json=str(t.payload))
                                      for t in claimed])
@@ -114,7 +114,7 @@ async def test_unwaited_tasks_notify_nobody(dsn: str, backend: Backend, client: 
         plain = await client.enqueue("echo", 1)
         waited = await client.enqueue("echo", 2)
         waiting = asyncio.create_task(client.wait(waited, timeout=30))
-        await asyncio.sleep(0.2)
+        await eventually(lambda: waited_for(backend, waited), what="the wait to start")
         claimed = await backend.claim(WORKER, 2, 30)
         await backend.report([Outcome(t.id, t.lease_token) for t in claimed])
         await waiting
@@ -145,7 +145,7 @@ async def test_every_way_a_task_ends_wakes_its_waiter(backend: Backend, client: 
     the workflow: each statement that ends a waited task notifies; a retry does not."""
     async def ended(task_id: int, end: Callable[[], Awaitable[object]]) -> Any:
         waiting = asyncio.create_task(client.wait(task_id, timeout=10))
-        await asyncio.sleep(0.1)
+        await eventually(lambda: waited_for(backend, task_id), what="the wait to start")
         await end()
         return await waiting
 
@@ -157,6 +157,7 @@ async def test_every_way_a_task_ends_wakes_its_waiter(backend: Backend, client: 
 
     second = claimed[ids[1]]
     retrying = asyncio.create_task(client.wait(ids[1], timeout=10))
+    await eventually(lambda: waited_for(backend, ids[1]), what="the wait to start")
     await backend.report([Outcome(second.id, second.lease_token, error="once",
                                   retry_in_seconds=0.0)])
     await asyncio.sleep(0.3)
