@@ -2,6 +2,8 @@
 
 - docs/reference.md: every field of the CRDs in crds/ (path, type, default,
   validation including the CEL rules' messages, description), from their schemas;
+  then every `shoal` command (its flags, from the parsers themselves, and a sample
+  of its output, printed by the command's own rendering code from fixed data);
 - the metrics table in README.md: every Prometheus metric the worker and the
   operator define (name, type, labels, help), from the metric objects themselves.
 
@@ -169,6 +171,163 @@ def crd_reference(crd_dir: Path = REPO / "crds") -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _subcommands(parser: argparse.ArgumentParser, path: str
+                 ) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """(command path, parser) of every leaf command below `parser`, in declaration order."""
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not actions:
+        yield path, parser
+        return
+    for name, sub in actions[0].choices.items():
+        yield from _subcommands(sub, f"{path} {name}")
+
+
+def _flag_rows(parser: argparse.ArgumentParser, said: tuple[str, ...] = ()
+               ) -> tuple[list[str], list[str]]:
+    """(positional names, Markdown rows of the options but those in `said`) of a command."""
+    positionals, rows = [], []
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction | argparse._VersionAction) or \
+                action.dest in said:
+            continue
+        if not action.option_strings:
+            name = action.metavar or action.dest.upper()
+            positionals.append(f"{name}..." if action.nargs in ("+", "*") else str(name))
+            continue
+        metavar = ""
+        if action.nargs != 0:
+            metavar = ("{" + ",".join(map(str, action.choices)) + "}" if action.choices
+                       else str(action.metavar or action.dest.upper()))
+        flags = ", ".join(f"`{o}{' ' + metavar if metavar else ''}`"
+                          for o in action.option_strings)
+        default = action.default
+        shown = "" if default in (None, argparse.SUPPRESS, False, []) or action.dest in (
+            "actor", "pool") else _code(str(default))  # from the environment: no fixed default
+        rows.append(f"| {flags} | {shown} | {_cell(action.help or '')} |")
+    return positionals, rows
+
+
+def cli_reference() -> str:
+    """The `shoal` commands: what each does, its flags, and a sample of what it prints."""
+    from shoal.cli import build_parser
+    from shoal_operator.main import build_parser as operator_parser
+
+    samples = _cli_samples()
+    lines = ["# CLI reference", "",
+             f"Generated from the parsers of `shoal` by `{REGENERATE}`; do not edit. Every",
+             "database command also takes `--dsn` (default `$SHOAL_DSN`) and `--schema`",
+             "(default `$SHOAL_SCHEMA`, else `shoal`). Every error is one line on stderr:",
+             "bad input exits 2 (and writes nothing), a database error 1. The samples are",
+             "printed by each command's own rendering code from fixed data.", ""]
+    # `shoal operator` is a placeholder in the main parser; its own parser has the flags.
+    commands = [(path, p) for path, p in _subcommands(build_parser(), "shoal")
+                if path != "shoal operator"] + [("shoal operator", operator_parser())]
+    missing = [path for path, _ in commands if path not in samples]
+    if missing:
+        raise SystemExit(f"no output sample for {', '.join(missing)}: add one to _cli_samples")
+    for path, parser in commands:
+        # --dsn and --schema of the database commands are said once, above.
+        positionals, rows = _flag_rows(parser, () if path == "shoal operator"
+                                       else ("dsn", "schema"))
+        lines += [f"## {path}", "", _cell(parser.description or ""), "", "```text",
+                  " ".join([path, *positionals, "[flags]" if rows else ""]).rstrip(), "```", ""]
+        if rows:
+            lines += ["| flag | default | meaning |", "|---|---|---|", *rows, ""]
+        lines += ["Sample output:", "", "```text", samples[path].rstrip("\n"), "```", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _cli_samples() -> dict[str, str]:
+    """What each command prints, from its own rendering code, on fixed data."""
+    import logging
+    from datetime import UTC, datetime, timedelta
+    from uuid import UUID
+
+    from shoal import logs
+    from shoal.backend import (
+        CancelResult,
+        CommandRecord,
+        DeadLetter,
+        QueueDepth,
+        ScheduleStatus,
+        StepStatus,
+        TaskRow,
+        TaskSummary,
+        WorkflowStatus,
+    )
+    from shoal.cli import dead_letters, migrate, periodic, queue, task_admin, workflows
+
+    now = datetime(2025, 3, 3, 9, 41, 30, tzinfo=UTC)
+    ago = lambda seconds: now - timedelta(seconds=seconds)  # noqa: E731
+    wf = UUID("0b7e6a52-1c1d-4d0e-9a51-7f3c2d9b8e10")
+    tasks = [
+        TaskSummary(1207, "default", "resize", "running", 5, ["gpu"], 1, 4, ago(3), ago(3),
+                    ago(2), None, "resize-pool-7c9f-x2x", None, None, None),
+        TaskSummary(1206, "default", "report", "delayed", 0, [], 0, None, ago(-600), ago(60),
+                    None, None, None, None, None, None),
+        TaskSummary(1201, "default", "extract", "dead", 0, [], 3, 3, ago(900), ago(900),
+                    ago(880), ago(870), None, wf, "extract",
+                    "ConnectionError: upstream closed the connection"),
+    ]
+    task = TaskRow(1201, "default", "extract", {"table": "orders"}, "dead", 0, [], ago(900),
+                   ago(900), 3, 3, 3, None, wf, "extract", None,
+                   "ConnectionError: upstream closed the connection", ago(880), ago(870))
+    depth = [QueueDepth("default", "report", 0, 1, 0, 0, 0, 0, None),
+             QueueDepth("default", "resize", 212, 0, 0, 8, 0, 1, 47.2),
+             QueueDepth("etl", "extract", 3, 0, 2, 1, 4, 1, 310.0)]
+    schedules = [ScheduleStatus("default", "nightly-report", "report", "0 2 * * *",
+                                "Europe/Riga", None, 0, [], datetime(2025, 3, 3, 0, 0, tzinfo=UTC),
+                                1180, "succeeded", ago(12)),
+                 ScheduleStatus("default", "warm-cache", "warm", "*/5 * * * *", "UTC", None, 0,
+                                [], datetime(2025, 3, 3, 9, 40, tzinfo=UTC), 1205, "running",
+                                ago(12))]
+    status = WorkflowStatus(
+        wf, "nightly-etl-uid", "nightly-etl", "etl", "failed",
+        "step 'extract' failed: ConnectionError: upstream closed the connection", ago(900),
+        ago(870), ago(870),
+        steps=[StepStatus("extract", "extract", "dead", 3, 3, None,
+                          "ConnectionError: upstream closed the connection", ago(880), ago(870)),
+               StepStatus("load", "load", "cancelled", 0, 1, None, "workflow failed", None,
+                          ago(870))])
+    record = CommandRecord(3, "pause", "alice", "maintenance", None, True, now)
+    letters = [DeadLetter(1201, "default", "extract", {"table": "orders"}, 3, 3,
+                          "ConnectionError: upstream closed the connection", wf, "extract",
+                          ago(870))]
+
+    def log_lines(process: str, message: str, fields: dict[str, Any]) -> str:
+        record = logging.LogRecord(process, logging.INFO, __file__, 1, message, (), None)
+        record.created = now.timestamp()
+        context = logs.attempt_context(**fields) if fields else None
+        lines = []
+        for formatter in (logs.TextFormatter(), logs.JsonFormatter()):
+            lines.append(context.run(formatter.format, record) if context
+                         else formatter.format(record))
+        return "\n".join(lines)
+
+    attempt = {"task_id": 1207, "task": "resize", "attempt": 1, "workflow_id": None,
+               "pod": "resize-pool-7c9f-x2x"}
+    return {
+        "shoal migrate": migrate.render("shoal", [1, 3], 300.0),
+        "shoal worker": log_lines("tasks.resize", "resized 3 images", attempt),
+        "shoal enqueue": "1208",
+        "shoal tasks list": task_admin.render_list(tasks, "table", now),
+        "shoal tasks show": task_admin.render_task(task, "table"),
+        "shoal tasks cancel": task_admin.render_cancel([CancelResult(1207, "running", True),
+                                                        CancelResult(1180, "succeeded", False)]),
+        "shoal tasks retry": "retried 1",
+        "shoal queue": queue.render(depth, "table"),
+        "shoal periodic list": periodic.render(schedules, "table", now),
+        "shoal submit": str(wf),
+        "shoal pause": workflows.render_command("pause", record),
+        "shoal resume": workflows.render_command("resume", record),
+        "shoal cancel": workflows.render_command("cancel", record),
+        "shoal status": workflows.render_status(status, "text"),
+        "shoal dead-letters": dead_letters.render_list(letters, "text"),
+        "shoal operator": log_lines("shoal_operator.pools.autoscaler",
+                                    "etl/extract: scaled from 2 to 5 replicas (load 19)", {}),
+    }
+
+
 def _exposed(registry: Any) -> Iterator[tuple[Any, tuple[str, ...]]]:
     """(family, label names) of every `shoal_*` metric that `registry` serves on /metrics."""
     from prometheus_client.metrics import MetricWrapperBase
@@ -212,7 +371,8 @@ def readme(text: str) -> str:
 
 def generated() -> dict[Path, str]:
     """Every generated file and the text it must have."""
-    return {REFERENCE: crd_reference(), README: readme(README.read_text())}
+    return {REFERENCE: crd_reference() + "\n" + cli_reference(),
+            README: readme(README.read_text())}
 
 
 def stale(texts: dict[Path, str]) -> list[Path]:

@@ -178,3 +178,10 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str,
 async def task_in(backend: Backend, task_id: int, state: str) -> bool:
     """Whether the task is in `state` now."""
     return (await backend.get_task(task_id)).state == state
+
+
+async def waited_for(backend: Backend, *task_ids: int) -> bool:
+    """Whether a `Client.wait` has marked every one of these tasks (so its end will notify)."""
+    marked = await backend.pool.fetchval(
+        "SELECT count(*) FROM shoal.tasks WHERE id = ANY($1::bigint[]) AND waited", task_ids)
+    return bool(marked == len(task_ids))

@@ -9,11 +9,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import sys
 from dataclasses import dataclass
 
 import kopf
 
 import shoal_operator.pools.handlers  # noqa: F401  (registers WorkerPool handlers)
+from shoal import logs
+from shoal.errors import InvalidInput
 from shoal_operator import backends, kube, metrics
 from shoal_operator.workflows import handlers as _workflows  # noqa: F401  (registers them)
 from shoal_operator.workflows.status import PHASE_LABEL_FIELD
@@ -30,10 +34,12 @@ class OperatorConfig:
     schema: str
     recheck_seconds: float
     peering: str | None
-    verbose: bool
+    log_format: str
+    log_level: str
 
 
-def parse_args(argv: list[str]) -> OperatorConfig:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `shoal operator` (its docs come from it too: hack/gen_docs.py)."""
     parser = argparse.ArgumentParser(
         prog="shoal operator",
         description="Run the Shoal operator: WorkerPool and Workflow custom resources.")
@@ -53,14 +59,24 @@ def parse_args(argv: list[str]) -> OperatorConfig:
     parser.add_argument("--peering", default=None, metavar="NAME",
                         help="coordinate with other operator replicas through this "
                              "KopfPeering object (default: standalone)")
-    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="debug logging (--log-level debug)")
+    logs.add_flags(parser)
+    return parser
+
+
+def parse_args(argv: list[str]) -> OperatorConfig:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.recheck_interval <= 0:
         parser.error("--recheck-interval must be positive")
     return OperatorConfig(
         namespaces=tuple(args.namespaces), all_namespaces=args.all_namespaces,
         liveness_port=args.liveness_port, metrics_port=args.metrics_port, schema=args.schema,
-        recheck_seconds=args.recheck_interval, peering=args.peering, verbose=args.verbose)
+        recheck_seconds=args.recheck_interval, peering=args.peering,
+        log_format=args.log_format or os.environ.get("SHOAL_LOG_FORMAT", "text"),
+        log_level=args.log_level or ("debug" if args.verbose else
+                                     os.environ.get("SHOAL_LOG_LEVEL", "info")))
 
 
 @kopf.on.startup()
@@ -100,8 +116,11 @@ async def run(config: OperatorConfig) -> None:
 def main(argv: list[str]) -> int:
     """Run until SIGINT/SIGTERM; return the process exit code."""
     config = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if config.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        logs.configure(config.log_format, config.log_level)
+    except InvalidInput as exc:  # a bad $SHOAL_LOG_FORMAT or $SHOAL_LOG_LEVEL
+        print(f"shoal operator: error: {exc}", file=sys.stderr)
+        return 2
     metrics.start(config.metrics_port)
     asyncio.run(run(config))
     return 0

@@ -1,11 +1,18 @@
-"""Prometheus metrics of the operator, served on `--metrics-port` at /metrics."""
+"""Prometheus metrics of the operator, served on `--metrics-port` at /metrics.
+
+Label sets are bounded: per pool at most `MAX_TASK_SERIES` task names (the rest
+sum up under task="_other"); workflows by Kubernetes namespace and phase.
+"""
 
 from __future__ import annotations
 
-import contextlib
-from importlib.metadata import PackageNotFoundError, version
+from collections import Counter as Tally
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client.metrics import MetricWrapperBase
+
+from shoal.version import VERSION
 
 POOL = ("namespace", "pool")
 
@@ -24,29 +31,94 @@ reconciles = Counter("shoal_reconcile_total", "Reconciles by kind and result",
 reconcile_seconds = Histogram("shoal_reconcile_duration_seconds", "Reconcile duration by kind",
                               ["kind"])
 build_info = Info("shoal_build", "Shoal operator build information")
+max_replicas = Gauge("shoal_workerpool_max_replicas",
+                     "The pool's scaling.maxReplicas (auto mode only)", POOL)
+tasks = Gauge("shoal_workerpool_tasks",
+              "Tasks the pool serves by task name and state (ready: due and runnable; "
+              "running)", [*POOL, "task", "state"])
+oldest_ready = Gauge("shoal_workerpool_oldest_ready_age_seconds",
+                     "How long the oldest ready task the pool serves has waited, by task name "
+                     "(0: none ready)", [*POOL, "task"])
+workflows = Gauge("shoal_workflows", "Workflow CRs by namespace and phase",
+                  ["namespace", "phase"])
+
+MAX_TASK_SERIES = 50
+OTHER_TASKS = "_other"
+WORKFLOW_PHASES = ("Pending", "Running", "Paused", "Cancelling", "Cancelled", "Succeeded",
+                   "Failed")
+POOL_METRICS: tuple[MetricWrapperBase, ...] = (
+    backlog, desired_replicas, scaler_errors, evaluation_seconds, max_replicas, tasks,
+    oldest_ready)
 
 
 def start(port: int, host: str = "0.0.0.0") -> None:
     """Serve /metrics in a background thread; port 0 disables it."""
-    try:
-        build_info.info({"version": version("shoal")})
-    except PackageNotFoundError:
-        build_info.info({"version": "unknown"})
+    build_info.info({"version": VERSION})
     if port:
         start_http_server(port, addr=host)
 
 
+def _children(metric: MetricWrapperBase, namespace: str, pool: str) -> set[tuple[str, ...]]:
+    """The label values of every series `metric` has for the pool."""
+    return {tuple(sample.labels[name] for name in metric._labelnames)
+            for family in metric.collect() for sample in family.samples
+            if (sample.labels.get("namespace"), sample.labels.get("pool")) == (namespace, pool)}
+
+
 def forget_pool(namespace: str, pool: str) -> None:
     """Drop a deleted pool's series so dashboards do not show ghosts."""
-    removals = [(backlog, (namespace, pool, state))
-                for state in ("ready", "running", "waiting", "dead")]
-    removals.append((desired_replicas, (namespace, pool)))
-    removals.append((evaluation_seconds, (namespace, pool)))
-    for metric, labels in removals:
-        with contextlib.suppress(KeyError):
+    for metric in POOL_METRICS:
+        for labels in _children(metric, namespace, pool):
             metric.remove(*labels)
-    reasons = {sample.labels["reason"] for family in scaler_errors.collect()
-               for sample in family.samples
-               if (sample.labels["namespace"], sample.labels["pool"]) == (namespace, pool)}
-    for reason in reasons:  # one series per reason seen
-        scaler_errors.remove(namespace, pool, reason)
+
+
+def forget_max_replicas(namespace: str, pool: str) -> None:
+    """A pool in manual mode has no maxReplicas to reach."""
+    for labels in _children(max_replicas, namespace, pool):
+        max_replicas.remove(*labels)
+
+
+# (ready, running, seconds the oldest ready task has waited or None)
+TaskDepth = tuple[int, int, float | None]
+
+
+def bounded_tasks(depth: Mapping[str, TaskDepth], limit: int = MAX_TASK_SERIES
+                  ) -> dict[str, TaskDepth]:
+    """At most `limit` task names, the busiest (ready + running) first; the rest
+    summed under OTHER_TASKS, with the oldest of their ages."""
+    ranked = sorted(depth.items(), key=lambda item: (-(item[1][0] + item[1][1]), item[0]))
+    kept = dict(ranked[:limit])
+    rest = [d for _, d in ranked[limit:]]
+    if rest:
+        ages = [age for _, _, age in rest if age is not None]
+        kept[OTHER_TASKS] = (sum(r for r, _, _ in rest), sum(n for _, n, _ in rest),
+                             max(ages) if ages else None)
+    return kept
+
+
+def record_tasks(namespace: str, pool: str, depth: Mapping[str, TaskDepth]) -> None:
+    """Set the pool's per-task series to `depth`; task names no longer there are dropped."""
+    rows = bounded_tasks(depth)
+    for labels in _children(tasks, namespace, pool):
+        if labels[2] not in rows:
+            tasks.remove(*labels)
+    for labels in _children(oldest_ready, namespace, pool):
+        if labels[2] not in rows:
+            oldest_ready.remove(*labels)
+    for task, (ready, running, age) in rows.items():
+        tasks.labels(namespace, pool, task, "ready").set(ready)
+        tasks.labels(namespace, pool, task, "running").set(running)
+        oldest_ready.labels(namespace, pool, task).set(age or 0.0)
+
+
+def record_workflows(phases: Iterable[tuple[str, str]]) -> None:
+    """Count Workflow CRs by (namespace, phase); every phase of a namespace is exported."""
+    counts = Tally(phases)
+    namespaces = {namespace for namespace, _ in counts}
+    for (namespace, phase) in {tuple(s.labels.values()) for f in workflows.collect()
+                               for s in f.samples}:
+        if namespace not in namespaces:
+            workflows.remove(namespace, phase)
+    for namespace in namespaces:
+        for phase in WORKFLOW_PHASES:
+            workflows.labels(namespace, phase).set(counts.get((namespace, phase), 0))

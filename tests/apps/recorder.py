@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import threading
@@ -128,6 +129,17 @@ async def add(payload: AddInput) -> AddOutput:
 @app.task("echo")
 async def echo(payload: Any) -> Any:
     return payload
+
+
+@app.task("chatty")
+def chatty(payload: Any, ctx: TaskContext) -> None:
+    """Logs a line, then a multi-line message with a traceback, from a handler thread."""
+    log = logging.getLogger("tests.chatty")
+    log.info("working on %s", payload)
+    try:
+        raise ValueError("first line\nsecond line")
+    except ValueError:
+        log.exception("it went wrong\nacross two lines")
 
 
 def runs(log: str | Path) -> list[dict[str, Any]]:

@@ -61,7 +61,9 @@ def local_image() -> tuple[str, ...]:
 
 def test_helm_lint_strict_passes(kube: KubeAccess) -> None:
     for values in ((), ("watchNamespaces={team-a,team-b}", "podDisruptionBudget.enabled=true",
-                        "metrics.serviceMonitor.enabled=true")):
+                        "metrics.serviceMonitor.enabled=true", "metrics.podMonitor.enabled=true",
+                        "metrics.prometheusRule.enabled=true",
+                        "metrics.grafanaDashboard.enabled=true")):
         result = kube.helm("lint", "--strict", str(CHART), *sets(values))
         assert result.returncode == 0, result.stdout + result.stderr
         assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
@@ -78,6 +80,9 @@ def test_helm_lint_strict_passes(kube: KubeAccess) -> None:
     ("rbac.create=yes", "at '/rbac/create'"),
     ("metrics.serviceMonitor.interval=soon", "at '/metrics/serviceMonitor/interval'"),
     ("podDisruptionBudget.minAvailable=half", "at '/podDisruptionBudget/minAvailable'"),
+    ("metrics.prometheusRule.queueAgeFor=soon", "at '/metrics/prometheusRule/queueAgeFor'"),
+    ("metrics.prometheusRule.leaseLosses=-1", "at '/metrics/prometheusRule/leaseLosses'"),
+    ("metrics.podMonitor.scrape=1", "at '/metrics/podMonitor': additional properties"),
 ])
 def test_schema_rejects_a_bad_value_naming_it(kube: KubeAccess, value: str, message: str) -> None:
     for command in (["template", "shoal"], ["lint", "--strict"]):
@@ -170,6 +175,35 @@ def test_service_monitor_scrapes_the_metrics_service(kube: KubeAccess) -> None:
     [endpoint] = monitor["spec"]["endpoints"]
     assert endpoint["port"] in [p["name"] for p in service["spec"]["ports"]]
     assert (endpoint["path"], endpoint["interval"]) == ("/metrics", "30s")
+
+
+def test_pod_monitor_selects_worker_pods_of_the_watched_namespaces(kube: KubeAccess) -> None:
+    everywhere = one(render(kube, "metrics.podMonitor.enabled=true"), "PodMonitor")["spec"]
+    assert everywhere["namespaceSelector"] == {"any": True}
+    assert everywhere["selector"] == {
+        "matchLabels": {"app.kubernetes.io/name": "shoal-worker"},
+        "matchExpressions": [{"key": "shoal.dev/pool", "operator": "Exists"}]}
+    [endpoint] = everywhere["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
+    assert endpoint["relabelings"] == [{
+        "sourceLabels": ["__meta_kubernetes_pod_label_shoal_dev_pool"], "targetLabel": "pool"}]
+    listed = one(render(kube, "metrics.podMonitor.enabled=true", "watchNamespaces={a,b}"),
+                 "PodMonitor")["spec"]
+    assert listed["namespaceSelector"] == {"matchNames": ["a", "b"]}
+
+
+def test_alert_thresholds_come_from_values(kube: KubeAccess) -> None:
+    docs = render(kube, "metrics.prometheusRule.enabled=true",
+                  "metrics.prometheusRule.queueAgeSeconds=90",
+                  "metrics.prometheusRule.atMaxReplicasFor=1h")
+    alerts = {r["alert"]: r for g in one(docs, "PrometheusRule")["spec"]["groups"]
+              for r in g["rules"]}
+    assert sorted(alerts) == ["ShoalBackendUnreachable", "ShoalDeadLettersGrowing",
+                              "ShoalLeaseLosses", "ShoalPoolAtMaxReplicas", "ShoalQueueStalled",
+                              "ShoalWorkersBackendErrors"]
+    assert alerts["ShoalQueueStalled"]["expr"].strip().endswith("> 90")
+    assert alerts["ShoalPoolAtMaxReplicas"]["for"] == "1h"
+    assert "{{ $labels.pool }}" in alerts["ShoalQueueStalled"]["annotations"]["summary"]
 
 
 @pytest.mark.parametrize(("values", "budget"), [

@@ -1,4 +1,4 @@
-"""`shoal operator` arguments: where to watch, ports, schema, re-check interval."""
+"""`shoal operator` arguments: where to watch, ports, schema, re-check interval, logs."""
 
 from __future__ import annotations
 
@@ -27,3 +27,17 @@ def test_bad_arguments_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         parse_args(argv)
     assert exc.value.code == 2
+
+
+def test_log_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SHOAL_LOG_FORMAT", raising=False)
+    monkeypatch.delenv("SHOAL_LOG_LEVEL", raising=False)
+    config = parse_args(["-A"])
+    assert (config.log_format, config.log_level) == ("text", "info")
+    assert parse_args(["-A", "--verbose"]).log_level == "debug"
+    config = parse_args(["-A", "--log-format", "json", "--log-level", "warning", "-v"])
+    assert (config.log_format, config.log_level) == ("json", "warning")  # explicit wins
+    monkeypatch.setenv("SHOAL_LOG_FORMAT", "json")
+    assert parse_args(["-A"]).log_format == "json"
+    with pytest.raises(SystemExit):
+        parse_args(["-A", "--log-format", "xml"])

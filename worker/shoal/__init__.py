@@ -13,11 +13,15 @@ from shoal.errors import (
     InvalidWorkflow,
     NotFound,
     ShoalError,
+    TaskFailed,
     UnknownTask,
+    WaitTimeout,
+    WorkflowFailed,
 )
+from shoal.version import VERSION
 from shoal.worker import App, PermanentError, TaskContext, Worker, WorkerConfig
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "App",
@@ -32,9 +36,12 @@ __all__ = [
     "ShoalError",
     "StepSpec",
     "TaskContext",
+    "TaskFailed",
     "UnknownTask",
+    "WaitTimeout",
     "Worker",
     "WorkerConfig",
+    "WorkflowFailed",
     "WorkflowSpec",
     "parse_workflow",
 ]

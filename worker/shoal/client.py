@@ -2,17 +2,25 @@
 
     async with await Client.connect(dsn, app=app) as client:
         task_id = await client.enqueue("resize", {"url": ...}, priority=5)
+        result = await client.wait(task_id, timeout=30)
         workflow_id = await client.submit_workflow(spec, name="nightly")
+
+    async with conn.transaction():            # the caller's own asyncpg connection
+        await conn.execute("INSERT INTO orders ...")
+        await client.enqueue("ship", {"order": 42}, connection=conn)
 
 Given the `App`, the client refuses unknown task names and payloads that do
 not fit a handler's input model before anything is written, and takes each
 task's retries, timeout, priority and tags from its definition.
+`shoal.sync.Client` is the same API for code that is not async.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -21,16 +29,31 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from shoal import dag
+from shoal.aio import wait_event
 from shoal.backend import (
+    FINAL_WORKFLOW_STATES,
     Backend,
+    CancelResult,
     CommandRecord,
+    Connection,
     DeadLetter,
     DeadLetterFilter,
     NewTask,
+    QueueDepth,
+    ScheduleStatus,
+    Subscription,
+    TaskFilter,
     TaskRow,
+    TaskSummary,
     WorkflowStatus,
 )
-from shoal.errors import InvalidInput, InvalidWorkflow
+from shoal.errors import (
+    InvalidInput,
+    InvalidWorkflow,
+    TaskFailed,
+    WaitTimeout,
+    WorkflowFailed,
+)
 from shoal.units import parse_duration
 from shoal.worker.app import App, check_tags
 
@@ -57,6 +80,7 @@ class Client:
         self.backend = backend
         self.app = app
         self.namespace = namespace
+        self._completions: Completions | None = None
 
     @classmethod
     async def connect(cls, dsn: str, *, schema: str = "shoal", app: App | None = None,
@@ -65,6 +89,8 @@ class Client:
                    namespace)
 
     async def close(self) -> None:
+        if self._completions is not None:
+            await self._completions.close()
         await self.backend.close()
 
     async def __aenter__(self) -> Client:
@@ -75,14 +101,23 @@ class Client:
 
     # -- tasks --------------------------------------------------------------------
 
-    async def enqueue(self, name: str, payload: Any = None, **options: Any) -> int:
-        """Enqueue one task and return its id (the existing id for a known idempotency key)."""
-        (task_id,) = await self.enqueue_many([Job(name, payload, **options)])
+    async def enqueue(self, name: str, payload: Any = None, *,
+                      connection: Connection | None = None, **options: Any) -> int:
+        """Enqueue one task and return its id (the existing id for a known idempotency key).
+
+        With `connection` (an asyncpg connection of the caller's, in a
+        transaction), the task exists if and only if that transaction commits;
+        workers are woken when it does.
+        """
+        (task_id,) = await self.enqueue_many([Job(name, payload, **options)],
+                                             connection=connection)
         return task_id
 
-    async def enqueue_many(self, jobs: Sequence[Job]) -> list[int]:
-        """Enqueue tasks in one statement with one wake-up notification."""
-        return await self.backend.enqueue([self._new_task(job) for job in jobs])
+    async def enqueue_many(self, jobs: Sequence[Job], *,
+                           connection: Connection | None = None) -> list[int]:
+        """Enqueue tasks in one statement with one wake-up notification (see `enqueue`)."""
+        return await self.backend.enqueue([self._new_task(job) for job in jobs],
+                                          connection=connection)
 
     def _new_task(self, job: Job) -> NewTask:
         definition = self.app.get(job.name) if self.app is not None else None
@@ -110,6 +145,69 @@ class Client:
 
     async def task(self, task_id: int) -> TaskRow:
         return await self.backend.get_task(task_id)
+
+    async def tasks(self, where: TaskFilter | None = None, limit: int = 100) -> list[TaskSummary]:
+        """Tasks matching `where`, newest first."""
+        return await self.backend.list_tasks(where or TaskFilter(), limit)
+
+    async def cancel_task(self, task_id: int, *, reason: str = "",
+                          actor: str | None = None) -> CancelResult:
+        """Cancel a plain task: a ready or delayed one never runs; a running one's
+        handler is told (`ctx.cancelled`, and async handlers are cancelled) and
+        its late result is refused. Finished tasks are left alone (not applied)."""
+        return await self.backend.cancel_task(task_id, actor=actor or _actor(), reason=reason)
+
+    async def wait(self, task_id: int, *,
+                   timeout: float | None = None) -> Any:  # noqa: ASYNC109 (the API)
+        """The task's result once it succeeds, woken by its completion notification.
+
+        Raises TaskFailed (a dead letter, with its recorded error, or cancelled),
+        WaitTimeout after `timeout` seconds, NotFound for an unknown id.
+        """
+        deadline = Deadline(timeout)
+        completions = await self._listening(deadline)
+        with completions.watching(completions.finished, str(task_id)) as finished:
+            while True:
+                finished.clear()
+                state, result, error = await self.backend.watch_task(task_id)
+                if state == "succeeded":
+                    return result
+                if state in ("dead", "cancelled"):
+                    raise TaskFailed(task_id, state, error)
+                await deadline.wait(finished, f"task {task_id} is still {state}")
+
+    async def wait_workflow(self, workflow_id: UUID, *,
+                            timeout: float | None = None  # noqa: ASYNC109 (the API)
+                            ) -> WorkflowStatus:
+        """The workflow's status once it succeeds, woken by its notifications.
+
+        Raises WorkflowFailed (failed or cancelled), WaitTimeout, NotFound.
+        """
+        deadline = Deadline(timeout)
+        completions = await self._listening(deadline)
+        with completions.watching(completions.workflows, str(workflow_id)) as changed:
+            while True:
+                changed.clear()
+                status = await self.backend.workflow_status(workflow_id)
+                if status.state == "succeeded":
+                    return status
+                if status.state in FINAL_WORKFLOW_STATES:
+                    raise WorkflowFailed(workflow_id, status.state, status.message)
+                await deadline.wait(changed, f"workflow {workflow_id} is still {status.state}")
+
+    async def _listening(self, deadline: Deadline) -> Completions:
+        if self._completions is None:
+            self._completions = Completions(self.backend)
+        await deadline.wait(self._completions.start(), "not listening for notifications yet")
+        return self._completions
+
+    async def queue(self, namespace: str | None = None) -> list[QueueDepth]:
+        """Tasks by namespace, name and state, with the age of the oldest ready one."""
+        return await self.backend.queue_depth(namespace)
+
+    async def schedules(self, namespace: str | None = None) -> list[ScheduleStatus]:
+        """The periodic schedules the workers declared, with their last tick."""
+        return await self.backend.list_periodic(namespace)
 
     # -- workflows ----------------------------------------------------------------
 
@@ -175,6 +273,70 @@ def parse_workflow(spec: dag.WorkflowSpec | dict[str, Any] | str) -> dag.Workflo
             raise InvalidWorkflow(f"invalid workflow spec: {exc}") from None
     dag.validate(model)
     return model
+
+
+class Deadline:
+    """The end of a wait of `timeout` seconds (None: no end) from its creation."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.end = None if timeout is None else asyncio.get_running_loop().time() + timeout
+
+    async def wait(self, event: asyncio.Event, what: str) -> None:
+        """Until `event` is set; WaitTimeout saying `what` once the deadline passed."""
+        if self.end is None:
+            await event.wait()
+        elif not await wait_event(event, self.end - asyncio.get_running_loop().time()):
+            raise WaitTimeout(f"timed out after {self.timeout:g}s: {what}")
+
+
+class Completions:
+    """One LISTEN connection for all of a client's waits, started by the first.
+
+    A wait registers an event for (channel, payload) before it reads the state,
+    so a notification between the read and the sleep is not lost; after the
+    connection is re-established every event is set, so each wait reads again.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.finished = backend.queries.finished_channel
+        self.workflows = backend.queries.workflows_channel
+        self.events: dict[tuple[str, str], set[asyncio.Event]] = {}
+        self.subscription = Subscription(backend.dsn, [self.finished, self.workflows],
+                                         self._notified, self._reconnected)
+        self.listener: asyncio.Task[None] | None = None
+
+    def start(self) -> asyncio.Event:
+        """Start listening (once); the event is set while the connection listens."""
+        if self.listener is None:
+            self.listener = asyncio.create_task(self.subscription.run(), name="shoal-waits")
+        return self.subscription.connected
+
+    @contextlib.contextmanager
+    def watching(self, channel: str, payload: str) -> Iterator[asyncio.Event]:
+        event = asyncio.Event()
+        watchers = self.events.setdefault((channel, payload), set())
+        watchers.add(event)
+        try:
+            yield event
+        finally:
+            watchers.discard(event)
+            if not watchers:
+                del self.events[(channel, payload)]
+
+    def _notified(self, channel: str, payload: str) -> None:
+        for event in self.events.get((channel, payload), ()):
+            event.set()
+
+    def _reconnected(self) -> None:
+        for events in self.events.values():
+            for event in events:
+                event.set()
+
+    async def close(self) -> None:
+        if self.listener is not None:
+            self.listener.cancel()
+            await asyncio.gather(self.listener, return_exceptions=True)
 
 
 def _actor() -> str:

@@ -31,3 +31,27 @@ class BackendUnavailable(ShoalError, ConnectionError):
 
 class InvalidCommand(ShoalError):
     """A workflow command that the workflow's state does not allow (e.g. resume after cancel)."""
+
+
+class TaskFailed(ShoalError):
+    """A task waited for ended without a result: a dead letter, or cancelled."""
+
+    def __init__(self, task_id: int, state: str, error: str | None) -> None:
+        super().__init__(f"task {task_id} is {state}: {error or 'no error recorded'}")
+        self.task_id = task_id
+        self.state = state  # dead | cancelled
+        self.error = error  # the error recorded with the task
+
+
+class WorkflowFailed(ShoalError):
+    """A workflow waited for ended without succeeding: failed or cancelled."""
+
+    def __init__(self, workflow_id: object, state: str, message: str | None) -> None:
+        super().__init__(f"workflow {workflow_id} is {state}: {message or 'no message'}")
+        self.workflow_id = workflow_id
+        self.state = state  # failed | cancelled
+        self.message = message
+
+
+class WaitTimeout(ShoalError, TimeoutError):
+    """A task or workflow waited for did not finish within the timeout."""

@@ -31,6 +31,7 @@ from shoal_operator.conditions import Condition, make_condition, now_rfc3339
 from shoal_operator.errors import DatabaseSecretError, InvalidPoolSpec, SchemaNotReady
 from shoal_operator.kube import KubeError, deployment_path, kube, pods_path
 from shoal_operator.pools.deployment import selector_string
+from shoal_operator.pools.queue_metrics import QueueMetrics
 from shoal_operator.pools.scaler import (
     Decision,
     Observation,
@@ -76,6 +77,7 @@ class PoolScaler:
         self.backend_failing = False
         self.last_warnings: dict[str, tuple[str, float]] = {}  # reason -> (message, when)
         self.last_report: tuple[tuple[object, ...], float] | None = None
+        self.queue_metrics = QueueMetrics(self.namespace, self.name)
 
     async def run(self, stopped: kopf.DaemonStopped) -> None:
         _scalers[(self.namespace, self.name)] = self
@@ -129,6 +131,7 @@ class PoolScaler:
             await self._report_error("QueryFailed", f"cannot read the backlog: {exc}", spec)
             return
         self._record_backlog(backlog)
+        await self.queue_metrics.observe(spec, backend)
         if self.backend_failing:
             self.backend_failing = False
             kopf.event(self.body, type="Normal", reason="BackendReachable",

@@ -31,6 +31,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from shoal.aio import wait_event
 from shoal.backend import Backend
 from shoal.errors import ShoalError
+from shoal_operator import metrics
 from shoal_operator.backends import notifications, pool_backend
 from shoal_operator.conditions import Condition
 from shoal_operator.kube import GROUP, VERSION, KubeError, kube
@@ -207,6 +208,8 @@ class StatusSync:
                 patches = await self.sync(dirty)
                 ROUNDS.observe(time.monotonic() - t0)
                 TRACKED.set(len(self.registry.entries))
+                metrics.record_workflows((e.namespace, (e.written or e.status).get("phase")
+                                          or "Pending") for e in self.registry.entries.values())
                 log.debug("status sync: %d CRs read, %d patches, %.3fs", len(dirty), patches,
                           time.monotonic() - t0)
             except Exception:  # one bad round must not stop the service

@@ -3,9 +3,17 @@
 It knows nothing of Kubernetes or of the worker runtime; both call `Backend`.
 """
 
-from shoal.backend.driver import FINAL_WORKFLOW_STATES, Backend, connect, parse_handoff
+from shoal.backend.driver import (
+    FINAL_WORKFLOW_STATES,
+    TRANSIENT_ERRORS,
+    Backend,
+    Connection,
+    connect,
+    parse_handoff,
+)
 from shoal.backend.models import (
     Backlog,
+    CancelResult,
     ClaimedTask,
     CommandRecord,
     DeadLetter,
@@ -13,8 +21,13 @@ from shoal.backend.models import (
     HeartbeatReply,
     NewTask,
     Outcome,
+    QueueDepth,
+    Schedule,
+    ScheduleStatus,
     StepStatus,
+    TaskFilter,
     TaskRow,
+    TaskSummary,
     WorkerIdentity,
     WorkerRow,
     WorkflowStatus,
@@ -23,18 +36,26 @@ from shoal.backend.notifications import Subscription
 
 __all__ = [
     "FINAL_WORKFLOW_STATES",
+    "TRANSIENT_ERRORS",
     "Backend",
     "Backlog",
+    "CancelResult",
     "ClaimedTask",
     "CommandRecord",
+    "Connection",
     "DeadLetter",
     "DeadLetterFilter",
     "HeartbeatReply",
     "NewTask",
     "Outcome",
+    "QueueDepth",
+    "Schedule",
+    "ScheduleStatus",
     "StepStatus",
     "Subscription",
+    "TaskFilter",
     "TaskRow",
+    "TaskSummary",
     "WorkerIdentity",
     "WorkerRow",
     "WorkflowStatus",

@@ -11,7 +11,8 @@ import json
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
 from uuid import UUID
 
 import asyncpg
@@ -22,6 +23,7 @@ from shoal import dag
 from shoal.backend import migrate as migrations
 from shoal.backend.models import (
     Backlog,
+    CancelResult,
     ClaimedTask,
     CommandRecord,
     DeadLetter,
@@ -29,14 +31,26 @@ from shoal.backend.models import (
     HeartbeatReply,
     NewTask,
     Outcome,
+    QueueDepth,
+    Schedule,
+    ScheduleStatus,
     StepStatus,
+    TaskFilter,
     TaskRow,
+    TaskSummary,
     WorkerIdentity,
     WorkerRow,
     WorkflowStatus,
 )
 from shoal.backend.queries import Queries
 from shoal.errors import BackendUnavailable, InvalidCommand, InvalidInput, NotFound
+
+# A caller's own connection (transactional enqueue); the only asyncpg name
+# the layers above the backend see.
+Connection: TypeAlias = asyncpg.Connection
+
+# Errors of a database call that a later attempt may not meet: retry with backoff.
+TRANSIENT_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError)
 
 SCHEMA_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 FINAL_WORKFLOW_STATES = frozenset({"cancelled", "succeeded", "failed"})
@@ -159,11 +173,16 @@ class Backend:
 
     # -- tasks -----------------------------------------------------------------
 
-    async def enqueue(self, tasks: Sequence[NewTask]) -> list[int]:
+    async def enqueue(self, tasks: Sequence[NewTask], *,
+                      connection: Connection | None = None) -> list[int]:
         """Insert tasks in one statement with one NOTIFY per namespace; return their ids.
 
         A task whose idempotency key already exists in its namespace is not
         inserted again; the existing task's id is returned in its place.
+        With `connection` (the caller's, inside its transaction), the tasks
+        exist if and only if that transaction commits, and Postgres delivers
+        the wake-up NOTIFY on commit; no task is handed off to a parked worker
+        then (that would hold the worker's row until the caller commits).
         """
         if not tasks:
             return []
@@ -173,12 +192,14 @@ class Backend:
             if t.max_attempts is not None and t.max_attempts < 1:
                 raise InvalidInput(f"task {t.name!r}: max_attempts must be at least 1")
         payloads = [_json(t.payload, f"payload of task {t.name!r}") for t in tasks]
-        rows = await self.pool.fetch(
+        target: asyncpg.Pool | Connection = self.pool if connection is None else connection
+        rows = await target.fetch(
             self.queries.enqueue,
             [t.namespace for t in tasks], [t.name for t in tasks], payloads,
             [t.priority for t in tasks], [",".join(t.tags) for t in tasks],
             [t.delay_seconds for t in tasks], [t.max_attempts for t in tasks],
-            [_millis(t.timeout_seconds) for t in tasks], [t.idempotency_key for t in tasks])
+            [_millis(t.timeout_seconds) for t in tasks], [t.idempotency_key for t in tasks],
+            connection is None)
         by_key = {r["idempotency_key"]: r["id"] for r in rows if r["idempotency_key"]}
         inserted = iter(r["id"] for r in rows if not r["idempotency_key"])
         missing: dict[str, list[str]] = {}
@@ -186,7 +207,7 @@ class Backend:
             if t.idempotency_key and t.idempotency_key not in by_key:
                 missing.setdefault(t.namespace, []).append(t.idempotency_key)
         for namespace, keys in missing.items():
-            for r in await self.pool.fetch(self.queries.existing_keys, namespace, keys):
+            for r in await target.fetch(self.queries.existing_keys, namespace, keys):
                 by_key[r["idempotency_key"]] = r["id"]
         return [by_key[t.idempotency_key] if t.idempotency_key else next(inserted)
                 for t in tasks]
@@ -294,7 +315,8 @@ class Backend:
                 list(worker.tags), list(worker.task_names), worker.concurrency, in_flight,
                 draining, _max_attempts(worker), worker.channel)
         return HeartbeatReply(held=frozenset(r["id"] for r in rows),
-                              cancel=frozenset(r["id"] for r in rows if r["cancel"]))
+                              cancel=frozenset(r["id"] for r in rows if r["cancel"]),
+                              withdrawn=frozenset(r["id"] for r in rows if r["withdrawn"]))
 
     async def remove_worker(self, worker_id: str) -> None:
         await self.pool.execute(self.queries.remove_worker, worker_id)
@@ -375,7 +397,8 @@ class Backend:
                 q.insert_workflow, workflow_id or uuid.uuid4(), key, name, namespace,
                 spec_json, _json(spec.input, "workflow input"), "paused" if paused else "running")
             if new_id is None:
-                return await conn.fetchval(q.workflow_by_key, key)
+                existing: UUID = await conn.fetchval(q.workflow_by_key, key)
+                return existing
             await conn.execute(
                 q.insert_steps, namespace, new_id,
                 [s.name for s in spec.steps], [s.task for s in spec.steps], payloads,
@@ -386,7 +409,8 @@ class Backend:
                 [_millis(s.timeout_seconds) for s in spec.steps])
             await conn.execute(q.notify_tasks, namespace)
             await conn.execute(q.notify_workflow, str(new_id))
-            return new_id
+            created: UUID = new_id
+            return created
 
     async def _advance(self, conn: asyncpg.Connection, workflow_id: UUID) -> None:
         """Start the steps that became ready and settle the workflow's state.
@@ -503,7 +527,8 @@ class Backend:
                 for wf in workflows}
 
     async def workflow_id_by_key(self, key: str) -> UUID | None:
-        return await self.pool.fetchval(self.queries.workflow_by_key, key)
+        found: UUID | None = await self.pool.fetchval(self.queries.workflow_by_key, key)
+        return found
 
     # -- what the operator reads ---------------------------------------------------
 
@@ -517,6 +542,93 @@ class Backend:
     async def pool_workers(self, pool: str) -> list[WorkerRow]:
         rows = await self.pool.fetch(self.queries.pool_workers, pool)
         return [WorkerRow(**dict(r)) for r in rows]
+
+
+    # -- day two: cancel one task, wait, inspect, periodic schedules ----------------
+
+    async def cancel_task(self, task_id: int, *, actor: str, reason: str = "") -> CancelResult:
+        """Cancel one plain task: ready or delayed ones at once; a running one is
+        ended under its holder, which its next heartbeat (sent at once, on the
+        control notification) tells to stop, and whose late result the fence
+        refuses. A finished task is left as it is (`applied` False). A workflow
+        step raises InvalidCommand: cancel its workflow instead.
+        """
+        q = self.queries
+        message = f"cancelled by {actor}" + (f": {reason}" if reason else "")
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(q.task_for_cancel, task_id)
+            if row is None:
+                raise NotFound(f"no task with id {task_id}")
+            if row["workflow_id"] is not None:
+                raise InvalidCommand(f"task {task_id} is a step of workflow {row['workflow_id']}:"
+                                     f" cancel the workflow (shoal cancel {row['workflow_id']})")
+            applied = row["state"] in ("ready", "running")
+            if applied:
+                await conn.execute(q.cancel_task, task_id, message)
+            if row["state"] == "running":
+                await conn.execute(q.notify_control, f"task:{task_id}")
+        return CancelResult(task_id, row["state"], applied)
+
+    async def watch_task(self, task_id: int) -> tuple[str, Any, str | None]:
+        """Mark the task waited for, so its end is notified on the finished channel;
+        return its (state, result, error) now. NotFound if there is no such task."""
+        row = await self.pool.fetchrow(self.queries.wait_for_task, task_id)
+        if row is None:
+            raise NotFound(f"no task with id {task_id}")
+        return row["state"], row["result"], row["error"]
+
+    async def list_tasks(self, where: TaskFilter, limit: int = 100) -> list[TaskSummary]:
+        """Tasks matching `where`, newest first."""
+        states = list(where.states) if where.states is not None else None
+        tags = list(where.tags) if where.tags is not None else None
+        rows = await self.pool.fetch(
+            self.queries.list_tasks, states, where.name, where.namespace, tags,
+            where.workflow_id, where.older_than, where.newer_than, where.before_id, limit)
+        return [TaskSummary(**dict(r)) for r in rows]
+
+    async def queue_depth(self, namespace: str | None = None,
+                          tags: Iterable[str] | None = None,
+                          task_names: Iterable[str] | None = None) -> list[QueueDepth]:
+        """Depth by namespace and task name (see `Queries.queue_depth`); None matches all."""
+        rows = await self.pool.fetch(
+            self.queries.queue_depth, namespace, None if tags is None else list(tags),
+            None if task_names is None else list(task_names))
+        return [QueueDepth(**dict(r)) for r in rows]
+
+    async def declare_periodic(self, namespace: str, schedules: Sequence[Schedule],
+                               now: datetime) -> dict[str, datetime]:
+        """Store the schedules (new ones start at `now`); return each one's last tick."""
+        rows = await self.pool.fetch(
+            self.queries.declare_periodic, namespace, [s.name for s in schedules],
+            [s.task for s in schedules], [s.cron for s in schedules],
+            [s.timezone for s in schedules],
+            [_json(s.payload, f"payload of schedule {s.name!r}") for s in schedules],
+            [s.priority for s in schedules], [",".join(s.tags) for s in schedules], now)
+        return {r["name"]: r["last_tick"] for r in rows}
+
+    async def fire_periodic(self, namespace: str, schedule: str, tick: datetime) -> int | None:
+        """Enqueue the schedule's task for `tick` unless someone did; return its id, or None.
+
+        One transaction moves the schedule's last tick forward and enqueues the
+        task under a key unique to the tick, so however many workers call this
+        for one tick, one task exists.
+        """
+        q = self.queries
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(q.take_tick, namespace, schedule, tick)
+            if row is None:
+                return None
+            key = f"periodic:{schedule}:{tick.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+            (task_id,) = await self.enqueue(
+                [NewTask(name=row["task"], payload=row["payload"], namespace=namespace,
+                         priority=row["priority"], tags=tuple(row["tags"]),
+                         idempotency_key=key)], connection=conn)
+            await conn.execute(q.record_tick_task, namespace, schedule, task_id)
+            return int(task_id)
+
+    async def list_periodic(self, namespace: str | None = None) -> list[ScheduleStatus]:
+        rows = await self.pool.fetch(self.queries.list_periodic, namespace)
+        return [ScheduleStatus(**dict(r)) for r in rows]
 
 
 def _workflow_status(wf: asyncpg.Record, steps: Sequence[asyncpg.Record],

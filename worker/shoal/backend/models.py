@@ -71,10 +71,14 @@ class WorkerIdentity:
 
 @dataclass(frozen=True, slots=True)
 class HeartbeatReply:
-    """Leases still held after a heartbeat, and those whose work must be cancelled."""
+    """Leases still held after a heartbeat, and those whose work must be cancelled.
+
+    `withdrawn` (a subset of both): attempts `cancel_task` ended; nothing to report.
+    """
 
     held: frozenset[int]
     cancel: frozenset[int]
+    withdrawn: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,3 +197,101 @@ class WorkflowStatus:
     def progress(self) -> tuple[int, int]:
         """(succeeded steps, all steps)."""
         return sum(s.state == "succeeded" for s in self.steps), len(self.steps)
+
+
+# -- day two ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """What `cancel_task` did: the state the task was in, and whether it is cancelled now."""
+
+    task_id: int
+    previous_state: str
+    applied: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    """Selects tasks to list; unset fields match everything.
+
+    `states` may name `delayed` (ready, not due yet) beside the stored states;
+    `tags`: tasks carrying all of them; ages in seconds since enqueue.
+    """
+
+    states: tuple[str, ...] | None = None
+    name: str | None = None
+    namespace: str | None = None
+    tags: tuple[str, ...] | None = None
+    workflow_id: UUID | None = None
+    older_than: float | None = None
+    newer_than: float | None = None
+    before_id: int | None = None  # paging: only ids below this one
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSummary:
+    """One row of a task listing (no payload or result)."""
+
+    id: int
+    namespace: str
+    name: str
+    state: str
+    priority: int
+    tags: list[str]
+    attempts: int
+    max_attempts: int | None
+    run_at: datetime
+    enqueued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker_id: str | None
+    workflow_id: UUID | None
+    step: str | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """Tasks of one name in one namespace by state, and how long the oldest ready one waits."""
+
+    namespace: str
+    name: str
+    ready: int
+    delayed: int
+    paused: int
+    running: int
+    blocked: int
+    dead: int
+    oldest_ready_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A periodic schedule as a worker declares it."""
+
+    name: str
+    task: str
+    cron: str
+    timezone: str = "UTC"
+    payload: Any = None
+    priority: int = 0
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleStatus:
+    """A periodic schedule as stored: its definition, last tick and the task enqueued for it."""
+
+    namespace: str
+    name: str
+    task: str
+    cron: str
+    timezone: str
+    payload: Any
+    priority: int
+    tags: list[str]
+    last_tick: datetime
+    last_task_id: int | None
+    last_state: str | None
+    declared_at: datetime

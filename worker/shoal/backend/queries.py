@@ -47,6 +47,9 @@ class Queries:
 
     # -- tasks ---------------------------------------------------------------------
 
+    # Payloads are JSON text ($3::text[]), so the statement also runs on a caller's
+    # connection whatever jsonb codec it set (transactional enqueue); $10 false
+    # turns the handoff off (a caller's transaction must not hold a worker's row).
     # Handoff: an enqueue of exactly one task, due now, without idempotency key,
     # whose JSON fits in a notification, is leased in the same statement to one
     # parked worker that could claim it (namespace, name, tags), provided no
@@ -57,9 +60,11 @@ class Queries:
     # the workers.
     enqueue = """
     WITH rows AS (
-        SELECT r.*, CASE WHEN r.tags = '' THEN '{}'::text[] ELSE string_to_array(r.tags, ',') END
+        SELECT r.namespace, r.name, r.payload::jsonb AS payload, r.priority, r.delay_s,
+               r.max_attempts, r.timeout_ms, r.key,
+               CASE WHEN r.tags = '' THEN '{}'::text[] ELSE string_to_array(r.tags, ',') END
                     AS tag_array
-        FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::text[],
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
                     $6::float8[], $7::int[], $8::int[], $9::text[])
             AS r(namespace, name, payload, priority, tags, delay_s, max_attempts, timeout_ms, key)
     ), handoff AS (
@@ -70,7 +75,7 @@ class Queries:
                    coalesce(r.max_attempts,
                             p.max_attempts[array_position(p.task_names, r.name)]) AS max_attempts
             FROM rows r, {schema}.workers p
-            WHERE (SELECT count(*) FROM rows) = 1
+            WHERE $10::boolean AND (SELECT count(*) FROM rows) = 1
               AND r.delay_s <= 0 AND r.key IS NULL AND octet_length(r.payload::text) <= 7000
               AND p.parked_channel IS NOT NULL
               AND p.namespace = r.namespace
@@ -124,6 +129,13 @@ class Queries:
     WHERE namespace = $1 AND idempotency_key = ANY($2::text[])
     """
 
+    # The end of a task someone waits for (`waited`, set by Client.wait) is
+    # announced on the finished channel by the statement that ends it, from its
+    # RETURNING list, so it is delivered when that transaction commits. A task
+    # nobody waits for costs one boolean test; pg_notify is not even called.
+    _finished = ("CASE WHEN t.waited THEN (SELECT pg_notify('{schema}_finished', t.id::text)) "
+                 "IS NULL END")
+
     # What a successful attempt's report writes (complete, and claim's completed).
     _succeed = ("state = 'succeeded', result = r.result, error = NULL, finished_at = now(), "
                 "lease_expires_at = NULL")
@@ -146,7 +158,7 @@ class Queries:
         FROM unnest($9::bigint[], $10::bigint[], $11::jsonb[]) AS r(id, token, result)
         WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
           AND t.worker_id = $6
-        RETURNING t.id
+        RETURNING t.id, """ + _finished + """
     ), candidates AS (
         SELECT t.ctid AS tid
         FROM {schema}.tasks t
@@ -198,7 +210,7 @@ class Queries:
     FROM unnest($1::bigint[], $2::bigint[], $3::jsonb[]) AS r(id, token, result)
     WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
       AND ($4::text IS NULL OR t.worker_id = $4)
-    RETURNING t.id
+    RETURNING t.id, """ + _finished + """
     """
 
     # retry_in_s NULL: the task is dead; otherwise it is ready again after the delay.
@@ -216,7 +228,7 @@ class Queries:
     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[]) AS r(id, token, error, retry_in_s)
     WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
       AND ($5::text IS NULL OR t.worker_id = $5)
-    RETURNING t.id
+    RETURNING t.id, """ + _finished.replace("t.waited", "t.waited AND t.state = 'dead'") + """
     """
 
     cancelled = """
@@ -225,7 +237,7 @@ class Queries:
     FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS r(id, token, error)
     WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
       AND ($4::text IS NULL OR t.worker_id = $4)
-    RETURNING t.id
+    RETURNING t.id, """ + _finished + """
     """
 
     # A drained task goes back to the front of the line; the interrupted attempt
@@ -241,7 +253,8 @@ class Queries:
     """
 
     # One statement extends every lease a worker holds and refreshes its liveness
-    # row; the answer lists the leases still held and which must be cancelled.
+    # row; the answer lists the leases still held and which must be cancelled,
+    # and (withdrawn) the attempts `cancel_task` ended under this worker's lease.
     heartbeat = """
     WITH beat AS (
         UPDATE {schema}.tasks t
@@ -265,8 +278,14 @@ class Queries:
                                   THEN $14 END
         RETURNING 1
     )
-    SELECT b.id, coalesce(w.state IN ('cancelling', 'cancelled'), false) AS cancel
+    SELECT b.id, coalesce(w.state IN ('cancelling', 'cancelled'), false) AS cancel,
+           false AS withdrawn
     FROM beat b LEFT JOIN {schema}.workflows w ON w.id = b.workflow_id
+    UNION ALL
+    SELECT t.id, true, true
+    FROM unnest($1::bigint[], $2::bigint[]) AS r(id, token)
+    JOIN {schema}.tasks t ON t.id = r.id AND t.lease_token = r.token
+    WHERE t.state = 'cancelled'
     """
 
     remove_worker = "DELETE FROM {schema}.workers WHERE id = $1"
@@ -298,7 +317,8 @@ class Queries:
         worker_id = NULL
     FROM expired e
     WHERE t.id = e.id
-    RETURNING t.id, t.namespace, t.workflow_id, t.state::text
+    RETURNING t.id, t.namespace, t.workflow_id, t.state::text,
+              """ + _finished.replace("t.waited", "t.waited AND t.state = 'dead'") + """
     """
 
     notify_tasks = "SELECT pg_notify('{schema}_tasks', $1)"
@@ -422,9 +442,10 @@ class Queries:
     """
 
     cancel_pending_steps = """
-    UPDATE {schema}.tasks
+    UPDATE {schema}.tasks t
     SET state = 'cancelled', finished_at = now(), error = $2
     WHERE workflow_id = $1 AND state IN ('blocked', 'ready')
+    RETURNING """ + _finished + """
     """
 
     set_workflow_state = """
@@ -493,6 +514,124 @@ class Queries:
     FROM {schema}.workers WHERE pool = $1 ORDER BY id
     """
 
+    # == Day two: cancel one task, wait for a result, inspect, periodic schedules =====
+    # (statements of migration 0003; the ones above are unchanged but for a parameter)
+
+    # -- cancel one task ---------------------------------------------------------------
+
+    task_for_cancel = """
+    SELECT id, state::text, workflow_id, worker_id FROM {schema}.tasks WHERE id = $1 FOR UPDATE
+    """
+
+    # A running task keeps its lease token: its holder's report, fenced on
+    # state = 'running', is refused; the heartbeat tells the holder (withdrawn).
+    cancel_task = """
+    UPDATE {schema}.tasks t
+    SET state = 'cancelled', error = $2, finished_at = now(), lease_expires_at = NULL
+    WHERE id = $1 AND state IN ('ready', 'running')
+    RETURNING """ + _finished + """
+    """
+
+    # -- wait for a task's end (see _finished) -----------------------------------------
+
+    wait_for_task = """
+    UPDATE {schema}.tasks SET waited = true
+    WHERE id = $1
+    RETURNING state::text, result, error
+    """
+
+    # -- inspect -----------------------------------------------------------------------
+
+    # `delayed`: ready, but not due yet. Newest first; $8 pages (ids below it).
+    list_tasks = """
+    SELECT * FROM (
+        SELECT id, namespace, name,
+               CASE WHEN state = 'ready' AND run_at > now() THEN 'delayed'
+                    ELSE state::text END AS state,
+               priority, tags, attempts, max_attempts, run_at, enqueued_at, started_at,
+               finished_at, worker_id, workflow_id, step, error
+        FROM {schema}.tasks
+        WHERE ($2::text IS NULL OR name = $2)
+          AND ($3::text IS NULL OR namespace = $3)
+          AND ($4::text[] IS NULL OR tags @> $4::text[])
+          AND ($5::uuid IS NULL OR workflow_id = $5)
+          AND ($6::float8 IS NULL OR enqueued_at <= now() - $6 * interval '1 second')
+          AND ($7::float8 IS NULL OR enqueued_at >= now() - $7 * interval '1 second')
+          AND ($8::bigint IS NULL OR id < $8)
+    ) t
+    WHERE $1::text[] IS NULL OR t.state = ANY($1::text[])
+    ORDER BY t.id DESC
+    LIMIT $9
+    """
+
+    # Depth by namespace and task name. ready: due and runnable; paused: due but
+    # its workflow is not running; delayed: not due yet. $1 namespace, $2 tags
+    # (only tasks whose tags are a subset), $3 names: NULL matches all.
+    queue_depth = """
+    SELECT t.namespace, t.name,
+        count(*) FILTER (WHERE t.state = 'ready' AND t.run_at <= now() AND runnable) AS ready,
+        count(*) FILTER (WHERE t.state = 'ready' AND t.run_at > now()) AS delayed,
+        count(*) FILTER (WHERE t.state = 'ready' AND t.run_at <= now() AND NOT runnable) AS paused,
+        count(*) FILTER (WHERE t.state = 'running') AS running,
+        count(*) FILTER (WHERE t.state = 'blocked') AS blocked,
+        count(*) FILTER (WHERE t.state = 'dead') AS dead,
+        extract(epoch FROM now() - min(t.run_at) FILTER (
+            WHERE t.state = 'ready' AND t.run_at <= now() AND runnable))::float8
+            AS oldest_ready_seconds
+    FROM {schema}.tasks t
+    LEFT JOIN LATERAL (
+        SELECT t.workflow_id IS NULL OR EXISTS (
+            SELECT 1 FROM {schema}.workflows w WHERE w.id = t.workflow_id AND w.state = 'running')
+        AS runnable) r ON true
+    WHERE t.state IN ('ready', 'running', 'blocked', 'dead')
+      AND ($1::text IS NULL OR t.namespace = $1)
+      AND ($2::text[] IS NULL OR t.tags <@ $2::text[])
+      AND ($3::text[] IS NULL OR t.name = ANY($3::text[]))
+    GROUP BY t.namespace, t.name
+    ORDER BY t.namespace, t.name
+    """
+
+    # -- periodic schedules ------------------------------------------------------------
+
+    # A schedule seen for the first time starts at $9 (no run for earlier ticks);
+    # declaring it again updates its definition and keeps its last tick.
+    declare_periodic = """
+    INSERT INTO {schema}.periodic AS p
+        (namespace, name, task, cron, timezone, payload, priority, tags, last_tick)
+    SELECT $1, r.name, r.task, r.cron, r.timezone, r.payload::jsonb, r.priority,
+           CASE WHEN r.tags = '' THEN '{}'::text[] ELSE string_to_array(r.tags, ',') END, $9
+    FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
+                $8::text[])
+        AS r(name, task, cron, timezone, payload, priority, tags)
+    ON CONFLICT (namespace, name) DO UPDATE
+    SET task = EXCLUDED.task, cron = EXCLUDED.cron, timezone = EXCLUDED.timezone,
+        payload = EXCLUDED.payload, priority = EXCLUDED.priority, tags = EXCLUDED.tags,
+        declared_at = now()
+    RETURNING name, last_tick
+    """
+
+    # Moves the schedule to tick $3 unless it is there already (or past it): the
+    # row lock makes one of many concurrent callers win; the others see the
+    # tick taken and enqueue nothing.
+    take_tick = """
+    UPDATE {schema}.periodic SET last_tick = $3
+    WHERE namespace = $1 AND name = $2 AND last_tick < $3
+    RETURNING task, payload, priority, tags
+    """
+
+    record_tick_task = """
+    UPDATE {schema}.periodic SET last_task_id = $3 WHERE namespace = $1 AND name = $2
+    """
+
+    list_periodic = """
+    SELECT p.namespace, p.name, p.task, p.cron, p.timezone, p.payload, p.priority, p.tags,
+           p.last_tick,
+           p.last_task_id, t.state::text AS last_state, p.declared_at
+    FROM {schema}.periodic p LEFT JOIN {schema}.tasks t ON t.id = p.last_task_id
+    WHERE $1::text IS NULL OR p.namespace = $1
+    ORDER BY p.namespace, p.name
+    """
+
     def __init__(self, schema: str) -> None:
         self.schema = schema
         for name, template in vars(Queries).items():
@@ -514,3 +653,8 @@ class Queries:
     @property
     def control_channel(self) -> str:
         return f"{self.schema}_control"
+
+    @property
+    def finished_channel(self) -> str:
+        """Where migration 0003's trigger announces the end of a task someone waits for."""
+        return f"{self.schema}_finished"

@@ -6,24 +6,43 @@ only then); nothing imports it. Each module here registers one group of
 subcommands.
 
 Every database subcommand takes `--dsn` (default `$SHOAL_DSN`) and `--schema`
-(default `$SHOAL_SCHEMA` or `shoal`). Bad input exits with status 2 and one
-clear line on stderr; nothing is written in that case.
+(default `$SHOAL_SCHEMA` or `shoal`). Every error is one line on stderr: bad
+input exits with status 2 (nothing is written then), a database error with 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
-from shoal.cli import dead_letters, migrate, tasks, worker, workflows
+from shoal import logs
+from shoal.backend import TRANSIENT_ERRORS
+from shoal.cli import (
+    dead_letters,
+    migrate,
+    periodic,
+    queue,
+    task_admin,
+    tasks,
+    worker,
+    workflows,
+)
 from shoal.cli.common import Commands
 from shoal.errors import ShoalError
+from shoal.version import VERSION
 
-GROUPS = (migrate, worker, tasks, workflows, dead_letters)
+GROUPS = (migrate, worker, tasks, task_admin, queue, periodic, workflows, dead_letters)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`shoal tasks list: error: ...`), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,15 +54,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return operator_main(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
-    logging.basicConfig(level=os.environ.get("SHOAL_LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.dsn:
-        parser.error("no database: pass --dsn or set SHOAL_DSN")
+        args.parser.error("no database: pass --dsn or set SHOAL_DSN")
     try:
+        logs.configure(getattr(args, "log_format", None)
+                       or os.environ.get("SHOAL_LOG_FORMAT", "text"),
+                       getattr(args, "log_level", None)
+                       or os.environ.get("SHOAL_LOG_LEVEL", "info"))
         status: int = asyncio.run(args.run(args))
     except ShoalError as exc:
         print(f"shoal: error: {exc}", file=sys.stderr)
         return 2
+    except TRANSIENT_ERRORS as exc:
+        print(f"shoal: error: database: {type(exc).__name__}: {exc}".splitlines()[0],
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return status
@@ -51,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole `shoal` parser: every group's subcommands, plus `operator`."""
-    parser = argparse.ArgumentParser(prog="shoal", description=__doc__.splitlines()[0])
+    parser = Parser(prog="shoal", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"shoal {VERSION}")
     commands = Commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     for group in GROUPS:
         group.register(commands)

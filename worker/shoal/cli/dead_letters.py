@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from uuid import UUID
 
-from shoal.backend import DeadLetterFilter
+from shoal.backend import DeadLetter, DeadLetterFilter
 from shoal.cli.common import Commands
 from shoal.client import Client
 
@@ -32,10 +33,14 @@ async def run(args: argparse.Namespace) -> int:
         elif args.action == "retry":
             print(f"retried {await client.retry_dead_letters(where)}")
         else:
-            letters = await client.dead_letters(where, args.limit)
-            if args.output == "json":
-                print(json.dumps([asdict(d) for d in letters], default=str, indent=2))
-            for d in letters if args.output == "text" else []:
-                print(f"{d.id}\t{d.namespace}\t{d.name}\tattempts {d.attempts}/"
-                      f"{d.max_attempts}\t{d.error}")
+            text = render_list(await client.dead_letters(where, args.limit), args.output)
+            if text:  # no dead letters: no line
+                print(text)
     return 0
+
+
+def render_list(letters: Sequence[DeadLetter], output: str) -> str:
+    if output == "json":
+        return json.dumps([asdict(d) for d in letters], default=str, indent=2)
+    return "\n".join(f"{d.id}\t{d.namespace}\t{d.name}\tattempts {d.attempts}/"
+                     f"{d.max_attempts}\t{d.error}" for d in letters)

@@ -22,6 +22,10 @@ async def run(args: argparse.Namespace) -> int:
         aging = await backend.aging_seconds()
     finally:
         await backend.close()
-    done = ", ".join(map(str, applied)) if applied else "none (up to date)"
-    print(f"schema {args.schema}: applied migrations {done}; aging interval {aging:g}s")
+    print(render(args.schema, applied, aging))
     return 0
+
+
+def render(schema: str, applied: list[int], aging: float) -> str:
+    done = ", ".join(map(str, applied)) if applied else "none (up to date)"
+    return f"schema {schema}: applied migrations {done}; aging interval {aging:g}s"

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 
+from shoal import logs
 from shoal.cli.common import Commands, csv, duration
 from shoal.worker import Worker, WorkerConfig, load_app
 
@@ -42,6 +43,7 @@ def register(commands: Commands) -> None:
     flags.add_argument("--worker-id", help="default: $POD_NAME or HOST-PID")
     flags.add_argument("--pool", default=os.environ.get("SHOAL_POOL"),
                        help="WorkerPool name recorded in the liveness row")
+    logs.add_flags(p)
 
 
 async def run(args: argparse.Namespace) -> int:

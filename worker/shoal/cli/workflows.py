@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from uuid import UUID
 
+from shoal.backend import CommandRecord, WorkflowStatus
 from shoal.cli.common import Commands, read_text
 from shoal.client import Client, parse_workflow
 from shoal.worker import load_app
@@ -50,21 +51,28 @@ async def command(args: argparse.Namespace) -> int:
     async with await Client.connect(args.dsn, schema=args.schema) as client:
         record = await getattr(client, args.verb)(args.workflow_id, reason=args.reason,
                                                   actor=args.actor)
-    print(f"{args.verb}: {'applied' if record.applied else 'already in effect'}")
+    print(render_command(args.verb, record))
     return 0
+
+
+def render_command(verb: str, record: CommandRecord) -> str:
+    return f"{verb}: {'applied' if record.applied else 'already in effect'}"
 
 
 async def status(args: argparse.Namespace) -> int:
     async with await Client.connect(args.dsn, schema=args.schema) as client:
         found = await client.status(args.workflow_id)
-    if args.output == "json":
-        print(json.dumps(asdict(found), default=str, indent=2))
-        return 0
-    done, total = found.progress
-    print(f"workflow {found.name} ({found.id}): {found.state} {done}/{total}")
-    if found.message:
-        print(f"  message: {found.message}")
-    for step in found.steps:
-        print(f"  {step.name:<24} {step.state:<10} attempts {step.attempts}/{step.max_attempts}"
-              + (f"  error: {step.error}" if step.error else ""))
+    print(render_status(found, args.output))
     return 0
+
+
+def render_status(found: WorkflowStatus, output: str) -> str:
+    if output == "json":
+        return json.dumps(asdict(found), default=str, indent=2)
+    done, total = found.progress
+    lines = [f"workflow {found.name} ({found.id}): {found.state} {done}/{total}"]
+    if found.message:
+        lines.append(f"  message: {found.message}")
+    lines += [f"  {step.name:<24} {step.state:<10} attempts {step.attempts}/{step.max_attempts}"
+              + (f"  error: {step.error}" if step.error else "") for step in found.steps]
+    return "\n".join(lines)

@@ -5,6 +5,10 @@
     @app.task("resize", retries=5, timeout="30s")
     async def resize(image: ResizeInput, ctx: TaskContext) -> ResizeOutput: ...
 
+A task may run on a schedule too: `@app.task("report", cron="0 * * * *")` or
+`app.periodic("report", cron=..., timezone=..., payload=...)` (see
+`shoal.worker.periodic` for what happens to missed ticks).
+
 A handler takes the task's payload as its first argument. When that argument
 is annotated with a pydantic model, the payload is validated into it (a payload
 that does not fit fails the task at once, without retries); a pydantic model
@@ -28,9 +32,11 @@ from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
 
+from shoal.backend import Schedule
 from shoal.dag import TAG_PATTERN
 from shoal.errors import InvalidInput, UnknownTask
 from shoal.units import parse_duration
+from shoal.worker.periodic import check_schedule
 
 TASK_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.:]{0,199}$")
 
@@ -124,12 +130,18 @@ class App:
     def __init__(self, name: str = "shoal") -> None:
         self.name = name
         self.tasks: dict[str, TaskDefinition] = {}
+        self.schedules: dict[str, Schedule] = {}
 
     def task(self, name: str | None = None, *, retries: int = 0,
              timeout: str | float | None = None, priority: int = 0,
              tags: tuple[str, ...] | list[str] = (), backoff: str | float = "1s",
-             max_backoff: str | float = "5m") -> Callable[[Handler], Handler]:
-        """Register the decorated function as task `name` (default: the function's name)."""
+             max_backoff: str | float = "5m", cron: str | None = None,
+             timezone: str = "UTC", payload: Any = None) -> Callable[[Handler], Handler]:
+        """Register the decorated function as task `name` (default: the function's name).
+
+        With `cron`, the task also runs on that schedule (in `timezone`, with
+        `payload`): `periodic(name, cron=...)` in one go.
+        """
 
         def register(fn: Handler) -> Handler:
             task_name = name or fn.__name__
@@ -142,9 +154,37 @@ class App:
                 timeout=parse_duration(timeout) if timeout is not None else None,
                 priority=priority, tags=tuple(check_tags(tags)),
                 backoff=parse_duration(backoff), max_backoff=parse_duration(max_backoff))
+            if cron is not None:
+                self.periodic(task_name, cron=cron, timezone=timezone, payload=payload)
             return fn
 
         return register
+
+    def periodic(self, task: str, *, cron: str, name: str | None = None,
+                 timezone: str = "UTC", payload: Any = None,
+                 priority: int | None = None) -> Schedule:
+        """Run registered task `task` on schedule `cron` in `timezone` with `payload`.
+
+        `name` (default: the task's name) identifies the schedule; give each
+        schedule of one task its own. The task's tags and (unless given) its
+        priority apply. Raises UnknownTask, or ValueError for a bad cron
+        expression, time zone or payload.
+        """
+        definition = self.get(task)
+        schedule_name = name or task
+        if schedule_name in self.schedules:
+            raise ValueError(f"schedule {schedule_name!r} is declared twice")
+        if not TASK_NAME_PATTERN.match(schedule_name):
+            raise ValueError(f"invalid schedule name {schedule_name!r}")
+        if isinstance(payload, BaseModel):
+            payload = payload.model_dump(mode="json")
+        definition.validate_payload(payload)
+        schedule = check_schedule(Schedule(
+            name=schedule_name, task=task, cron=cron, timezone=timezone, payload=payload,
+            priority=definition.priority if priority is None else priority,
+            tags=definition.tags))
+        self.schedules[schedule_name] = schedule
+        return schedule
 
     def get(self, name: str) -> TaskDefinition:
         try:

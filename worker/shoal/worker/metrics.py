@@ -1,6 +1,7 @@
 """The worker's Prometheus metrics and its small HTTP endpoint.
 
-`/metrics` serves the registry; `/healthz` answers 200 while the event loop
+`/metrics` serves the registry (the worker's own series, its build, and the
+process's CPU, memory, file descriptors and Python GC); `/healthz` answers 200 while the event loop
 runs (a liveness probe must not fail just because the database is down);
 `/readyz` answers 200 while the worker reaches the database and is not draining.
 """
@@ -12,32 +13,44 @@ import bisect
 import itertools
 import logging
 import math
+import platform
 from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
+    Info,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from shoal.version import VERSION
+
 log = logging.getLogger(__name__)
 
 # A registry of the worker's own: importing shoal (as the operator does) must
 # not add worker series to another process's /metrics.
 REGISTRY = CollectorRegistry()
-_IN = {"registry": REGISTRY}
-IN_FLIGHT = Gauge("shoal_tasks_in_flight", "Attempts running or awaiting their report", **_IN)
+for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    REGISTRY.register(_collector)  # also in the default registry: stateless, safe to share
+BUILD_INFO = Info("shoal_worker_build", "Shoal worker build information", registry=REGISTRY)
+BUILD_INFO.info({"version": VERSION, "python": platform.python_version()})
+IN_FLIGHT = Gauge("shoal_tasks_in_flight", "Attempts running or awaiting their report",
+                  registry=REGISTRY)
 LEASES_LOST = Counter("shoal_leases_lost_total",
                       "Attempts whose lease another worker took over, or whose report was refused",
-                      **_IN)
+                      registry=REGISTRY)
 RECLAIMED = Counter("shoal_tasks_reclaimed_total",
-                    "Expired leases this worker's reaper made claimable again", **_IN)
-DB_ERRORS = Counter("shoal_backend_errors_total", "Failed database calls", ("operation",), **_IN)
+                    "Expired leases this worker's reaper made claimable again", registry=REGISTRY)
+DB_ERRORS = Counter("shoal_backend_errors_total", "Failed database calls", ("operation",),
+                    registry=REGISTRY)
 
 DURATION_BUCKETS = (.001, .005, .01, .05, .1, .5, 1, 5, 10, 30, 60, 300, 900)
 CLAIM_LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
@@ -59,8 +72,14 @@ class Buckets:
         self.sum += value
 
     def cumulative(self) -> list[tuple[str, float]]:
-        return [(floatToGoString(bound), float(count)) for bound, count in
+        return [(_go_float(bound), float(count)) for bound, count in
                 zip((*self.bounds, math.inf), itertools.accumulate(self.counts), strict=True)]
+
+
+def _go_float(value: float) -> str:
+    """A bucket bound as Prometheus writes it (`+Inf`, `0.5`)."""
+    text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
+    return text
 
 
 class TaskMetrics:

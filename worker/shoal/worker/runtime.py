@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
+from shoal import logs
 from shoal.aio import Backoff, wait_event
 from shoal.backend import (
     Backend,
@@ -49,6 +51,7 @@ from shoal.policy import next_delay
 from shoal.worker import metrics
 from shoal.worker.app import App, PermanentError, TaskContext, TaskDefinition, encode_result
 from shoal.worker.config import WorkerConfig
+from shoal.worker.periodic import PeriodicScheduler
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,7 @@ class Execution:
     task: ClaimedTask
     context: TaskContext
     future: asyncio.Task[None] | None = None
-    stop_reason: str | None = None  # cancelled | lease_lost | drain
+    stop_reason: str | None = None  # cancelled | withdrawn | lease_lost | drain
 
 
 class Worker:
@@ -122,8 +125,9 @@ class Worker:
         listener = Subscription(
             self.config.dsn, [q.tasks_channel, q.control_channel, self.identity.channel],
             self._on_notify, on_connect=self._on_listen)
-        services: list[Callable[[], Awaitable[None]]] = [
-            listener.run, self._report_loop, self._heartbeat_loop, self._reaper_loop]
+        services: list[Callable[[], Coroutine[Any, Any, None]]] = [
+            listener.run, self._report_loop, self._heartbeat_loop, self._reaper_loop,
+            PeriodicScheduler(self.backend, self.config.namespace, self.app.schedules).run]
         if self.config.metrics_port:
             services.append(metrics.MetricsServer(self.config.metrics_host,
                                                   self.config.metrics_port, self.ready).run)
@@ -275,7 +279,10 @@ class Worker:
         definition = self.app.tasks[task.name]
         self.task_metrics[task.name].claimed += 1
         metrics.CLAIM_LATENCY.observe(max(0.0, now - task.due_at))
-        execution.future = asyncio.create_task(self._execute(execution, definition))
+        execution.future = asyncio.create_task(
+            self._execute(execution, definition),
+            context=logs.attempt_context(task.id, task.name, task.attempt, task.workflow_id,
+                                         self.identity.pod_name or self.identity.id))
 
     # -- running ----------------------------------------------------------------------
 
@@ -323,7 +330,8 @@ class Worker:
             work: Awaitable[Any] = definition.call(task.payload, ctx)
         else:
             loop = asyncio.get_running_loop()
-            work = loop.run_in_executor(self.threads, definition.call, task.payload, ctx)
+            work = loop.run_in_executor(self.threads, contextvars.copy_context().run,
+                                        definition.call, task.payload, ctx)
         return await (asyncio.wait_for(work, timeout) if timeout else work)
 
     def _on_stopped(self, execution: Execution) -> Outcome | None:
@@ -331,7 +339,9 @@ class Worker:
         if execution.stop_reason == "cancelled":
             return Outcome(task.id, task.lease_token, task.workflow_id, cancelled=True,
                            error="cancelled: the workflow was cancelled")
-        if execution.stop_reason == "drain":
+        if execution.stop_reason == "withdrawn":  # cancel_task ended it: nothing to report
+            self.task_metrics[task.name].finished["cancelled"] += 1
+        elif execution.stop_reason == "drain":
             self.releases.append((task.id, task.lease_token))
         elif execution.stop_reason == "lease_lost":
             metrics.LEASES_LOST.inc()
@@ -431,6 +441,9 @@ class Worker:
             if task_id not in reply.held:
                 log.warning("lease on task #%d lost; cancelling its handler", task_id)
                 self._interrupt(execution, "lease_lost")
+            elif task_id in reply.withdrawn:
+                log.info("task #%d was cancelled; cancelling its handler", task_id)
+                self._interrupt(execution, "withdrawn")
             elif task_id in reply.cancel:
                 log.info("task #%d: workflow cancelled; cancelling its handler", task_id)
                 self._interrupt(execution, "cancelled")
