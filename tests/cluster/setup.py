@@ -47,7 +47,7 @@ def prepare(name: str, nodes: int, helm_home: Path) -> tuple[KubeAccess, bool]:
     with cache_lock():
         say("[1/6] docker engine")
         ensure_engine()
-        say(f"[2/6] kind {tools.KIND.version} and helm {tools.HELM_VERSION}")
+        say(f"[2/6] kind {tools.KIND.version} and helm {tools.HELM.version}")
         tools.KIND.ensure()
         helm = tools.helm()
         say("[3/6] node image")

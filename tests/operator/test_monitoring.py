@@ -21,10 +21,10 @@ from shoal import Client
 from shoal.backend import Backend, NewTask
 from tests.cluster.access import KubeAccess
 from tests.cluster.postgres import free_port
+from tests.cluster.tools import PROMTOOL
 from tests.operator.harness import OperatorProcess, apply
 from tests.operator.test_workerpool import create_secret, pool
 from tests.support import Spawner, eventually, spawn, wait_for
-from tests.tools.promtool import build_promtool
 
 pytestmark = pytest.mark.kube
 __all__ = ["spawn"]  # a fixture: `shoal worker` processes
@@ -137,7 +137,7 @@ def test_promtool_accepts_the_rules(kube: KubeAccess, tmp_path: Path) -> None:
     [rule] = [d for d in render(kube) if d["kind"] == "PrometheusRule"]
     rules = tmp_path / "shoal-rules.yaml"
     rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
-    result = subprocess.run([str(build_promtool()), "check", "rules", str(rules)],
+    result = subprocess.run([str(PROMTOOL.ensure()), "check", "rules", str(rules)],
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 6 rules found" in result.stdout + result.stderr
