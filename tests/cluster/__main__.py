@@ -13,23 +13,9 @@ import argparse
 import signal
 import sys
 
-from tests.cluster import tools
-from tests.cluster.engine import ensure_engine
 from tests.cluster.kind import KindCluster
-from tests.cluster.nodeimage import node_image
-from tests.cluster.setup import build_images, prepare
-from tests.cluster.shell import cache_lock, cache_root
-
-
-def build() -> int:
-    """Everything a cluster needs, built or found in the cache."""
-    with cache_lock():
-        ensure_engine()
-        tools.KIND.ensure()
-        tools.helm()
-        node_image()
-        build_images()
-    return 0
+from tests.cluster.setup import build, prepare
+from tests.cluster.shell import cache_root
 
 
 def up(name: str, nodes: int) -> int:
@@ -55,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGINT as ignored; Ctrl-C (or `kill -INT`) must still tear down.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.command == "build":
-        return build()
+        build()
+        return 0
     if args.command == "up":
         return up(args.name, args.nodes)
     if args.command == "down":

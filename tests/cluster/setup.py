@@ -28,13 +28,29 @@ from tests.cluster.shell import cache_lock, cache_root, say
 
 
 def build_images() -> list[str]:
-    """Steps 4 and 5 (a Docker engine first): Shoal's image and the test app image."""
+    """Steps 4 and 5 (on a running engine): Shoal's image and the test app image."""
     with cache_lock():
         ensure_engine()
-        say("[4/6] python base image")
-        base = images.python_base()
-        say("[5/6] Shoal's image and the test app image")
-        return [images.build_shoal(base), images.build_app()]
+        return _images()
+
+
+def build() -> tuple[str, list[str], Path]:
+    """Steps 1 to 5: the node image, Shoal's and the test app's images, and helm."""
+    with cache_lock():
+        say("[1/6] docker engine")
+        ensure_engine()
+        say(f"[2/6] kind {tools.KIND.version} and helm {tools.HELM.version}")
+        tools.KIND.ensure()
+        helm = tools.helm()
+        say("[3/6] node image")
+        return node_image(), _images(), helm
+
+
+def _images() -> list[str]:
+    say("[4/6] python base image")
+    base = images.python_base()
+    say("[5/6] Shoal's image and the test app image")
+    return [images.build_shoal(base), images.build_app()]
 
 
 def prepare(name: str, nodes: int, helm_home: Path) -> tuple[KubeAccess, bool]:
@@ -45,14 +61,7 @@ def prepare(name: str, nodes: int, helm_home: Path) -> tuple[KubeAccess, bool]:
     an unchanged tree cost seconds).
     """
     with cache_lock():
-        say("[1/6] docker engine")
-        ensure_engine()
-        say(f"[2/6] kind {tools.KIND.version} and helm {tools.HELM.version}")
-        tools.KIND.ensure()
-        helm = tools.helm()
-        say("[3/6] node image")
-        image = node_image()
-        built = build_images()
+        image, built, helm = build()
         say(f"[6/6] kind cluster {name}")
         cluster = KindCluster(name)
         shared = cache_root() / "clusters" / name / "shared"
