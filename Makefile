@@ -17,8 +17,9 @@ venv: $(BIN)/shoal
 cluster: venv  ## build (or find in the cache) etcd, kube-*, kubectl and helm
 	$(BIN)/python -m tests.cluster build
 
-lint: venv  ## Python and Dockerfile
+lint: venv  ## Python (ruff, mypy --strict) and Dockerfile
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 
 test: cluster lint  ## the whole suite: unit, Postgres, Kubernetes end-to-end

@@ -38,8 +38,8 @@ def start(port: int, host: str = "0.0.0.0") -> None:
 
 def forget_pool(namespace: str, pool: str) -> None:
     """Drop a deleted pool's series so dashboards do not show ghosts."""
-    removals = [(backlog, (namespace, pool, state))
-                for state in ("ready", "running", "waiting", "dead")]
+    removals: list[tuple[Gauge | Histogram, tuple[str, ...]]] = [
+        (backlog, (namespace, pool, state)) for state in ("ready", "running", "waiting", "dead")]
     removals.append((desired_replicas, (namespace, pool)))
     removals.append((evaluation_seconds, (namespace, pool)))
     for metric, labels in removals:

@@ -143,7 +143,7 @@ def drifted(desired: Any, actual: Any) -> bool:
         if not isinstance(actual, list) or len(actual) != len(desired):
             return True
         return any(drifted(d, a) for d, a in zip(desired, actual, strict=True))
-    return desired != actual
+    return bool(desired != actual)
 
 
 def ready_condition(deployment: Mapping[str, Any]) -> tuple[bool, str, str]:

@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
 from shoal_operator import backends, kube, metrics
 from shoal_operator.conditions import make_condition
 from shoal_operator.errors import InvalidPoolSpec
-from shoal_operator.kube import GROUP, VERSION, KubeError, deployment_path, workerpool_path
+from shoal_operator.kube import (
+    GROUP,
+    VERSION,
+    KubeError,
+    deployment_path,
+    namespaced,
+    workerpool_path,
+)
 from shoal_operator.pools import autoscaler, status
 from shoal_operator.pools.deployment import (
     MANAGED_BY,
@@ -62,8 +69,9 @@ async def _apply(pool: Obj, spec: PoolSpec, replicas: int) -> Obj:
 @kopf.on.resume(GROUP, VERSION, "workerpools")
 @kopf.on.create(GROUP, VERSION, "workerpools")
 @kopf.on.update(GROUP, VERSION, "workerpools")
-async def reconcile_pool(body: kopf.Body, name: str, namespace: str, **_: Any) -> None:
+async def reconcile_pool(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
     """Apply the pool's Deployment; report InvalidSpec instead of retrying bad input."""
+    namespace = namespaced(namespace)
     started = time.monotonic()
     generation = body.metadata.get("generation")
     try:
@@ -101,8 +109,9 @@ async def reconcile_pool(body: kopf.Body, name: str, namespace: str, **_: Any) -
 @kopf.daemon(GROUP, VERSION, "workerpools", cancellation_backoff=5.0,
              cancellation_timeout=5.0)
 async def scale_pool(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo,
-                     name: str, namespace: str, **_: Any) -> None:
+                     name: str, namespace: str | None, **_: Any) -> None:
     """The pool's scaler, for as long as the pool exists."""
+    namespace = namespaced(namespace)
     try:
         await autoscaler.PoolScaler(body, memo.config.recheck_seconds).run(stopped)
     finally:
@@ -112,12 +121,13 @@ async def scale_pool(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Me
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=dict(MANAGED_BY))
-async def watch_deployment(event: kopf.RawEvent, body: kopf.Body, namespace: str,
+async def watch_deployment(event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
                            **_: Any) -> None:
     """Repair a deleted or edited pool Deployment; otherwise mirror its status."""
     pool_name = (body.metadata.get("labels") or {}).get(POOL_LABEL)
     if not pool_name:
         return
+    namespace = namespaced(namespace)
     started = time.monotonic()
     try:
         pool = await (await kube.kube()).get(workerpool_path(namespace, pool_name))
@@ -150,7 +160,7 @@ async def watch_deployment(event: kopf.RawEvent, body: kopf.Body, namespace: str
             if exc.namespace_terminating:
                 return  # the namespace's deletion takes the pool too
             raise
-        kopf.event(pool, type="Warning", reason="DeploymentRepaired",
+        kopf.event(kopf.Body(cast(kopf.RawBody, pool)), type="Warning", reason="DeploymentRepaired",
                    message=f"Deployment {namespace}/{pool_name} {what}; re-applied it")
         metrics.reconciles.labels("Deployment", "repaired").inc()
     else:

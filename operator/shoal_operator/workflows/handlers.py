@@ -5,7 +5,7 @@
   instance instead of making a second one. A DAG that cannot run (a cycle, a
   missing dependency, a step the pool cannot serve) is refused: condition
   Accepted=False/InvalidSpec and a Warning Event.
-- annotation change → `annotations.plan` decides the pause/resume/cancel
+- annotation change → `steering.plan` decides the pause/resume/cancel
   commands; each is sent with a request id the backend deduplicates, so no
   command is lost or doubled across restarts. Values it cannot accept get a
   Warning Event and condition AnnotationsValid=False, and no command.
@@ -40,7 +40,7 @@ from shoal.policy import retry_delay
 from shoal_operator.conditions import make_condition
 from shoal_operator.errors import DatabaseSecretError, PoolNotFound
 from shoal_operator.kube import GROUP, VERSION, KubeError
-from shoal_operator.workflows import annotations
+from shoal_operator.workflows import annotations as steering
 from shoal_operator.workflows.spec import PLURAL, check_pool_fit, parse_spec
 from shoal_operator.workflows.status import PHASE_LABEL
 from shoal_operator.workflows.sync import PoolResolver, StatusSync, Tracked, WorkflowRegistry
@@ -105,7 +105,7 @@ async def track(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
     if event.get("type") == "DELETED":
         runtime.registry.forget(str(body.metadata.uid))
         return
-    _, new = runtime.registry.observe(body)
+    new = runtime.registry.observe(body)[1]
     if new:  # first sight since start: catch up with whatever changed meanwhile
         runtime.sync.mark([str(body.metadata.uid)])
 
@@ -127,7 +127,7 @@ async def _submit(runtime: WorkflowRuntime, entry: Tracked, body: kopf.Body,
         check_pool_fit(parsed, pool.tasks)
         # Created with pause=true: paused from the start, so no step slips through
         # before the pause command (which `_steer` then records as already satisfied).
-        intent = annotations.read_intent(body.metadata.annotations)
+        intent = steering.read_intent(body.metadata.annotations)
         paused = intent.pause is not None and intent.pause.flag is True
         workflow_id = await backend.submit_workflow(
             parsed.dag(), name=f"{entry.namespace}/{entry.name}",
@@ -160,17 +160,17 @@ async def _steer(runtime: WorkflowRuntime, entry: Tracked, backend: Backend,
                  body: kopf.Body) -> None:
     """Send the commands the annotations ask for; note and report what cannot be done."""
     assert entry.workflow_id is not None
-    intent = annotations.read_intent(body.metadata.annotations)
+    intent = steering.read_intent(body.metadata.annotations)
     steered = "AnnotationsValid" in entry.notes or any(
         c.get("type") == "AnnotationsValid" for c in entry.status.get("conditions") or ())
-    if intent == annotations.Intent(None, None) and not steered:
+    if intent == steering.Intent(None, None) and not steered:
         return  # never steered by annotations: no command log to read
     current = await backend.workflow_status(entry.workflow_id)
-    plan = annotations.plan(intent, uid=entry.uid, state=current.state, log=current.commands)
+    plan = steering.plan(intent, uid=entry.uid, state=current.state, log=current.commands)
     rejections = list(plan.rejections)
     managed = body.metadata.get("managedFields")
     for command in plan.commands:
-        owner = annotations.annotation_manager(managed, command.key) if command.key else None
+        owner = steering.annotation_manager(managed, command.key) if command.key else None
         actor = f"{owner[0] if owner else 'kubernetes'} ({command.annotation})"
         try:
             await backend.command(
@@ -193,7 +193,7 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, retry: in
                     patch: kopf.Patch, **_: Any) -> None:
     """Make sure the instance exists, then apply the annotations' commands."""
     runtime = _runtime(memo)
-    entry, _ = runtime.registry.observe(body)
+    entry = runtime.registry.observe(body)[0]
     if entry.workflow_id is None and not await _submit(runtime, entry, body, spec, retry, patch):
         return
     if entry.generation is not None and body.metadata.get("generation", 1) > entry.generation:
@@ -201,7 +201,7 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, retry: in
                   message="the spec of a submitted Workflow cannot change; create a new one")
     try:
         if entry.backend is None:
-            _, entry.backend = await runtime.pools.resolve(entry.namespace, entry.pool)
+            entry.backend = (await runtime.pools.resolve(entry.namespace, entry.pool))[1]
             runtime.sync.watch(entry.backend)
         await _steer(runtime, entry, entry.backend, body)
     except NotFound:
@@ -217,10 +217,10 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, retry: in
 async def cancel_on_delete(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
     """Cancel the instance; release the CR after DELETE_RETRIES failed attempts."""
     runtime = _runtime(memo)
-    entry, _ = runtime.registry.observe(body)
+    entry = runtime.registry.observe(body)[0]
     try:
         if entry.backend is None:
-            _, entry.backend = await runtime.pools.resolve(entry.namespace, entry.pool)
+            entry.backend = (await runtime.pools.resolve(entry.namespace, entry.pool))[1]
         if entry.workflow_id is None:
             found = await entry.backend.workflow_id_by_key(entry.uid)
             if found is None:

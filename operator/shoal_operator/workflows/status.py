@@ -101,8 +101,8 @@ def cr_status(backend: WorkflowStatus | None, *, previous: Mapping[str, Any] | N
     elif "observedGeneration" in previous:
         status["observedGeneration"] = previous["observedGeneration"]
     if backend is None:
-        accepted = next((c for c in conditions if c["type"] == "Accepted"), None)
-        refused = accepted is not None and accepted.get("status") == "False"
+        accepted = next((c for c in conditions if c["type"] == "Accepted"), {})
+        refused = accepted.get("status") == "False"
         invalid = refused and accepted.get("reason") == "InvalidSpec"
         status["phase"] = "Failed" if invalid else "Pending"
         if refused:

@@ -30,14 +30,15 @@ log = logging.getLogger(__name__)
 # A registry of the worker's own: importing shoal (as the operator does) must
 # not add worker series to another process's /metrics.
 REGISTRY = CollectorRegistry()
-_IN = {"registry": REGISTRY}
-IN_FLIGHT = Gauge("shoal_tasks_in_flight", "Attempts running or awaiting their report", **_IN)
+IN_FLIGHT = Gauge("shoal_tasks_in_flight", "Attempts running or awaiting their report",
+                  registry=REGISTRY)
 LEASES_LOST = Counter("shoal_leases_lost_total",
                       "Attempts whose lease another worker took over, or whose report was refused",
-                      **_IN)
+                      registry=REGISTRY)
 RECLAIMED = Counter("shoal_tasks_reclaimed_total",
-                    "Expired leases this worker's reaper made claimable again", **_IN)
-DB_ERRORS = Counter("shoal_backend_errors_total", "Failed database calls", ("operation",), **_IN)
+                    "Expired leases this worker's reaper made claimable again", registry=REGISTRY)
+DB_ERRORS = Counter("shoal_backend_errors_total", "Failed database calls", ("operation",),
+                    registry=REGISTRY)
 
 DURATION_BUCKETS = (.001, .005, .01, .05, .1, .5, 1, 5, 10, 30, 60, 300, 900)
 CLAIM_LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
@@ -59,7 +60,7 @@ class Buckets:
         self.sum += value
 
     def cumulative(self) -> list[tuple[str, float]]:
-        return [(floatToGoString(bound), float(count)) for bound, count in
+        return [(floatToGoString(bound), float(count)) for bound, count in  # type: ignore[no-untyped-call]
                 zip((*self.bounds, math.inf), itertools.accumulate(self.counts), strict=True)]
 
 
