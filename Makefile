@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv cluster lint test bench demo clean
+.PHONY: venv cluster crds lint test bench demo clean
 
 $(BIN)/shoal: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ venv: $(BIN)/shoal
 
 cluster: venv  ## build (or find in the cache) etcd, kube-*, kubectl and helm
 	$(BIN)/python -m tests.cluster build
+
+crds: venv  ## the CRDs (crds/, charts/shoal/crds/) from the models, then docs/reference.md
+	$(BIN)/python hack/gen_crds.py
+	$(BIN)/python hack/gen_docs.py
 
 lint: venv  ## Python (ruff, mypy --strict) and Dockerfile
 	$(BIN)/ruff check .

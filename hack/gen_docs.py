@@ -79,15 +79,22 @@ def _rules(schema: Schema) -> list[str]:
     return rules
 
 
+def _documented(schema: Schema) -> dict[str, Schema]:
+    """The fields of `schema`, unless they have no descriptions: the fields of an embedded
+    Kubernetes type (env, tolerations, volumes...), which `kubectl explain pod.spec` has."""
+    properties: dict[str, Schema] = schema.get("properties") or {}
+    return properties if any("description" in c for c in properties.values()) else {}
+
+
 def _fields(schema: Schema, path: str) -> Iterator[tuple[str, Schema, bool]]:
-    """(path, schema, required) of every field below `schema`, depth first."""
+    """(path, schema, required) of every documented field below `schema`, depth first."""
     required = set(schema.get("required") or ())
-    for name, child in (schema.get("properties") or {}).items():
+    for name, child in _documented(schema).items():
         child_path = f"{path}.{name}" if path else name
         yield child_path, child, name in required
         yield from _fields(child, child_path)
         items = child.get("items") or {}
-        if child.get("type") == "array" and items.get("properties"):
+        if child.get("type") == "array" and _documented(items):
             yield from _fields(items, f"{child_path}[]")
 
 
@@ -112,7 +119,7 @@ def _intro(path: Path) -> str:
     """The CRD file's leading comment, which introduces the kind."""
     lines = []
     for line in path.read_text().splitlines():
-        if not line.startswith("#"):
+        if not line.startswith("#") or line.startswith("# Generated from the models"):
             break
         lines.append(line[1:].removeprefix(" "))
     return "\n".join(lines).strip()

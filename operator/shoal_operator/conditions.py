@@ -12,8 +12,27 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
 Status = Literal["True", "False", "Unknown"]
 Condition = dict[str, Any]
+
+
+class StatusCondition(BaseModel):
+    """The schema of one condition in a resource's status (what `make_condition` builds)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True,
+                              extra="forbid")
+
+    type: str = Field(description="Ready, Reconciling, Stalled, ... (one entry per type).")
+    status: Status = Field(description="True, False or Unknown.")
+    reason: str = Field(description="A CamelCase word a program may compare.")
+    message: str = Field("", description="What it means, in words.")
+    last_transition_time: datetime = Field(description="When status last changed.")
+    observed_generation: int | None = Field(None, json_schema_extra={"format": "int64"},
+                                            description="The spec generation it was judged "
+                                            "against.")
 
 
 def now_rfc3339(now: datetime | None = None) -> str:

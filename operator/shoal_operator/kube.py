@@ -18,9 +18,9 @@ from urllib.parse import quote
 
 from kubernetes_asyncio import client, config
 
+from shoal_operator.resource import GROUP, VERSION
+
 FIELD_MANAGER = "shoal-operator"
-GROUP = "shoal.dev"
-VERSION = "v1alpha1"
 
 Obj = dict[str, Any]
 

@@ -23,8 +23,15 @@ def test_generated_docs_are_current() -> None:
 
 
 def _walk(node: dict[str, Any], path: str) -> Iterator[str]:
-    """The path of every field below `node`; items of an array of objects as `path[]`."""
-    for name, child in (node.get("properties") or {}).items():
+    """The path of every field below `node`; items of an array of objects as `path[]`.
+
+    The fields of an embedded Kubernetes type (they have no descriptions in the
+    CRD; `kubectl explain pod.spec` has them) are not the reference's.
+    """
+    properties = node.get("properties") or {}
+    if not any("description" in child for child in properties.values()):
+        return
+    for name, child in properties.items():
         yield f"{path}.{name}"
         yield from _walk(child, f"{path}.{name}")
         yield from _walk(child.get("items") or {}, f"{path}.{name}[]")

@@ -101,9 +101,13 @@ def test_task_code_can_come_from_a_volume() -> None:
     container = pod["containers"][0]
     assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}, mount]
     assert container["args"][container["args"].index("--app") + 1] == "/opt/tasks/etl.py:app"
-    for volumes in ([{"name": "tmp", "emptyDir": {}}], [code, code]):
-        with pytest.raises(InvalidPoolSpec, match=r"template\.volumes names must be unique"):
-            PoolSpec.from_body({**SPEC, "template": SPEC["template"] | {"volumes": volumes}})
+    for field, items, message in (
+            ("volumes", [{"name": "tmp", "emptyDir": {}}], "volume name 'tmp' is the operator's"),
+            ("volumes", [code, code], "each name must be unique"),
+            ("volumeMounts", [{"name": "code", "mountPath": "/tmp"}], "/tmp is the operator's"),
+            ("volumeMounts", [mount, mount], "each mountPath must be unique")):
+        with pytest.raises(InvalidPoolSpec, match=rf"spec\.template\.{field}: .*{message}"):
+            PoolSpec.from_body({**SPEC, "template": SPEC["template"] | {field: items}})
 
 
 def test_invalid_specs_name_the_field() -> None:

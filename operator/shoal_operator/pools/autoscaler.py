@@ -138,7 +138,7 @@ class PoolScaler:
         if spec.scaling.mode == "manual":
             await self._write_status({
                 "backlog": _backlog_status(backlog), "mode": "manual",
-                "paused": False, "desiredReplicas": spec.replicas or 0,
+                "paused": False, "desiredReplicas": spec.replicas,
             }, [reachable,
                 self._condition("ScalingActive", False, "ManualMode",
                                 "spec.replicas (the scale subresource) sets the replicas"),

@@ -1,12 +1,12 @@
 """The Deployment a WorkerPool owns, as a pure function of the pool.
 
 `desired_deployment` guarantees: the pool is the controller owner; the
-selector is the immutable `shoal.dev/pool` label; the worker's flags come
-from the spec (the task selector, concurrency, TTLs, the pool name for its
-liveness row); the DSN comes only from the Secret; POD_NAME/POD_IP come from
-the downward API; probes hit the worker's /healthz; the container runs
-non-root with a read-only root filesystem and no capabilities; the grace
-period covers the drain timeout.
+selector is the immutable `shoal.dev/pool` label; the worker's flags are
+`WorkerSettings.to_argv()` of the spec's settings (the task selector,
+concurrency, TTLs, the pool name for its liveness row); the DSN comes
+only from the Secret; POD_NAME/POD_IP come from the downward API; probes
+hit the worker's /healthz; the container runs non-root with a read-only root
+filesystem and no capabilities; the grace period covers the drain timeout.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from shoal_operator.kube import GROUP, VERSION
+from shoal.worker.config import WorkerSettings
 from shoal_operator.pools.spec import RESERVED_VOLUME, PoolSpec
+from shoal_operator.resource import GROUP, VERSION
 
 POOL_LABEL = "shoal.dev/pool"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "shoal-operator"}
@@ -33,24 +34,22 @@ def selector_string(pool_name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in selector_labels(pool_name).items())
 
 
-def _seconds_flag(seconds: float) -> str:
-    return f"{seconds:g}s"
+def worker_settings(pool_name: str, spec: PoolSpec, schema: str) -> WorkerSettings:
+    """The worker settings the spec asks for; the worker's defaults cover the rest."""
+    settings: dict[str, Any] = {
+        "db_schema": schema, "namespace": spec.tasks.namespace,
+        "concurrency": spec.concurrency, "claim_ttl": spec.claim_ttl_seconds,
+        "drain_timeout": spec.drain_timeout_seconds, "metrics_port": spec.metrics_port,
+        "pool": pool_name, "tags": spec.tasks.tags, "tasks": spec.tasks.names,
+        "batch_size": spec.batch_size}
+    return WorkerSettings.model_validate(
+        {k: v for k, v in settings.items() if v is not None and v != ()})
 
 
 def worker_args(pool_name: str, spec: PoolSpec, schema: str) -> list[str]:
-    """The `shoal worker` flags that carry the spec into the worker."""
-    args = ["--app", spec.app, "--namespace", spec.tasks.namespace, "--schema", schema,
-            "--concurrency", str(spec.concurrency),
-            "--claim-ttl", _seconds_flag(spec.claim_ttl_seconds),
-            "--drain-timeout", _seconds_flag(spec.drain_timeout_seconds),
-            "--metrics-port", str(spec.metrics_port), "--pool", pool_name]
-    if spec.tasks.tags:
-        args += ["--tags", ",".join(spec.tasks.tags)]
-    if spec.tasks.names:
-        args += ["--tasks", ",".join(spec.tasks.names)]
-    if spec.batch_size is not None:
-        args += ["--batch-size", str(spec.batch_size)]
-    return [*args, *spec.template.args]
+    """The `shoal worker` arguments: the app, the settings' flags, the template's extra args."""
+    return ["--app", spec.app, *worker_settings(pool_name, spec, schema).to_argv(),
+            *spec.template.args]
 
 
 def _env(spec: PoolSpec) -> list[dict[str, Any]]:

@@ -21,8 +21,6 @@ from shoal_operator import backends, kube, metrics
 from shoal_operator.conditions import make_condition
 from shoal_operator.errors import InvalidPoolSpec
 from shoal_operator.kube import (
-    GROUP,
-    VERSION,
     KubeError,
     deployment_path,
     namespaced,
@@ -38,6 +36,7 @@ from shoal_operator.pools.deployment import (
     selector_string,
 )
 from shoal_operator.pools.spec import PoolSpec
+from shoal_operator.resource import GROUP, VERSION
 
 Obj = Mapping[str, Any]
 
@@ -46,7 +45,7 @@ async def _current_replicas(namespace: str, name: str, pool: Obj, spec: PoolSpec
     """Manual mode: spec.replicas. Auto mode: what the scaler last set, else minReplicas."""
     scaling = spec.scaling
     if scaling.mode == "manual":
-        return spec.replicas if spec.replicas is not None else scaling.min_replicas
+        return spec.replicas
     try:
         existing = await (await kube.kube()).get(deployment_path(namespace, name))
         return int(existing["spec"].get("replicas", scaling.min_replicas))

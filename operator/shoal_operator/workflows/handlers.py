@@ -39,7 +39,8 @@ from shoal.errors import (
 from shoal.policy import retry_delay
 from shoal_operator.conditions import make_condition
 from shoal_operator.errors import DatabaseSecretError, PoolNotFound
-from shoal_operator.kube import GROUP, VERSION, KubeError
+from shoal_operator.kube import KubeError
+from shoal_operator.resource import GROUP, VERSION
 from shoal_operator.workflows import annotations as steering
 from shoal_operator.workflows.spec import PLURAL, check_pool_fit, parse_spec
 from shoal_operator.workflows.status import PHASE_LABEL

@@ -33,8 +33,9 @@ from shoal.backend import Backend
 from shoal.errors import ShoalError
 from shoal_operator.backends import notifications, pool_backend
 from shoal_operator.conditions import Condition
-from shoal_operator.kube import GROUP, VERSION, KubeError, kube
+from shoal_operator.kube import KubeError, kube
 from shoal_operator.pools.spec import PoolSpec
+from shoal_operator.resource import GROUP, VERSION
 from shoal_operator.workflows.spec import PLURAL, sinks
 from shoal_operator.workflows.status import FINAL_PHASES, PHASE_LABEL, cr_status, merge_patch
 

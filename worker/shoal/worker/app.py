@@ -28,11 +28,9 @@ from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
 
-from shoal.dag import TAG_PATTERN
+from shoal.dag import TAG_PATTERN, TASK_NAME_PATTERN
 from shoal.errors import InvalidInput, UnknownTask
 from shoal.units import parse_duration
-
-TASK_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.:]{0,199}$")
 
 
 class PermanentError(Exception):
@@ -155,7 +153,7 @@ class App:
 
 
 def _definition(name: str, fn: Handler, **options: Any) -> TaskDefinition:
-    if not TASK_NAME_PATTERN.match(name):
+    if not re.match(TASK_NAME_PATTERN, name):
         raise ValueError(f"invalid task name {name!r}")
     params = list(inspect.signature(fn).parameters.values())
     if not params:
