@@ -159,7 +159,9 @@ async def test_three_steps_succeed_with_outputs_flowing(kube: KubeAccess, pool: 
     assert json.loads(status["output"]) == {"text": "got 42 from 42"}
     assert [s["state"] for s in status["steps"]] == ["succeeded"] * 3
     assert status["finishedAt"] >= status["startedAt"]
-    assert condition(obj, "Finished")["reason"] == "Succeeded"
+    assert (condition(obj, "Complete")["status"], condition(obj, "Complete")["reason"]) == (
+        "True", "Succeeded")
+    assert condition(obj, "Failed")["status"] == "False"
     assert condition(obj, "Accepted")["status"] == "True"
     assert obj["metadata"]["labels"]["shoal.dev/phase"] == "Succeeded"
     # The phase label is the operator's output, not a change kopf must record (and patch).
@@ -234,7 +236,9 @@ async def test_cancel_stops_a_long_step_cooperatively(kube: KubeAccess, pool: st
                        lambda s: step_state(s, "long") == "cancelled", within=3)
     obj = wait_phase(kube, "cancellable", "Cancelled", timeout=20)
     assert [s["state"] for s in obj["status"]["steps"]] == ["cancelled", "cancelled"]
-    assert condition(obj, "Finished")["reason"] == "Cancelled"
+    assert (condition(obj, "Failed")["status"], condition(obj, "Failed")["reason"]) == (
+        "True", "Cancelled")
+    assert condition(obj, "Complete")["status"] == "False"
     # Cancel is irreversible: cancel=false is refused with an Event and a condition.
     annotate(kube, "cancellable", "shoal.dev/cancel=false")
     refused = wait_for(lambda: (c := condition(get_wf(kube, "cancellable"), "AnnotationsValid"))

@@ -145,19 +145,31 @@ def drifted(desired: Any, actual: Any) -> bool:
     return bool(desired != actual)
 
 
-def ready_condition(deployment: Mapping[str, Any]) -> tuple[bool, str, str]:
-    """(ready, reason, message) of a pool from its Deployment: every wanted replica is
-    updated and ready, and the Deployment controller has seen the latest spec."""
+def rollout_state(deployment: Mapping[str, Any]) -> tuple[bool | None, str, str]:
+    """(state, reason, message) of a pool from its Deployment, for `status.readiness`.
+
+    True when the Deployment controller has seen the latest spec and every
+    wanted replica is updated and ready; None while it rolls out or scales
+    (pods missing, not ready, or still terminating after a scale-down); False
+    when it gave up (Progressing=False, ProgressDeadlineExceeded).
+    """
     wanted = int(deployment.get("spec", {}).get("replicas", 1))
     status = deployment.get("status") or {}
     ready = int(status.get("readyReplicas") or 0)
     updated = int(status.get("updatedReplicas") or 0)
+    current = int(status.get("replicas") or 0)
     seen = int(status.get("observedGeneration") or 0) >= int(
         deployment.get("metadata", {}).get("generation") or 0)
+    progressing: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or () if c.get("type") == "Progressing"), {})
+    if progressing.get("reason") == "ProgressDeadlineExceeded":
+        return False, "ProgressDeadlineExceeded", str(progressing.get("message") or "")
     if not seen:
-        return False, "RollingOut", "the Deployment controller has not seen the latest spec"
+        return None, "RollingOut", "the Deployment controller has not seen the latest spec"
+    if current > wanted:
+        return None, "ScalingDown", f"{current - wanted} replica(s) still terminating"
     if wanted == 0:
         return True, "ScaledToZero", "no replicas wanted"
     if ready >= wanted and updated >= wanted:
         return True, "AllReplicasReady", f"{ready}/{wanted} replicas ready"
-    return False, "ReplicasNotReady", f"{ready}/{wanted} replicas ready, {updated} updated"
+    return None, "ReplicasNotReady", f"{ready}/{wanted} replicas ready, {updated} updated"

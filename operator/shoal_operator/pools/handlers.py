@@ -1,11 +1,13 @@
 """kopf handlers of WorkerPool: the owned Deployment, its repair, status and the scaler.
 
 - create/update/resume: apply the desired Deployment (server-side apply, the
-  operator's field manager) and wake the scaler; an invalid spec becomes
-  Ready=False with reason InvalidSpec and a Warning Event, never a retry loop.
+  operator's field manager) and wake the scaler; a spec that cannot be served
+  (InvalidSpec, or a Deployment the API server refuses: DeploymentRejected)
+  becomes Stalled=True, Ready=False and a Warning Event, never a retry loop.
 - the Deployment watcher: a deleted or edited Deployment is re-applied
-  (Warning Event DeploymentRepaired); otherwise its replica counts and the
-  Ready condition are copied to the pool's status.
+  (Warning Event DeploymentRepaired); otherwise its replica counts and
+  Ready/Reconciling/Stalled (`status.readiness` of its rollout) go to the
+  pool's status.
 - a daemon per pool runs its `PoolScaler` until the pool is deleted.
 """
 
@@ -18,7 +20,6 @@ from typing import Any, cast
 import kopf
 
 from shoal_operator import backends, kube, metrics
-from shoal_operator.conditions import make_condition
 from shoal_operator.errors import InvalidPoolSpec
 from shoal_operator.kube import (
     KubeError,
@@ -32,7 +33,7 @@ from shoal_operator.pools.deployment import (
     POOL_LABEL,
     desired_deployment,
     drifted,
-    ready_condition,
+    rollout_state,
     selector_string,
 )
 from shoal_operator.pools.spec import PoolSpec
@@ -78,8 +79,9 @@ async def reconcile_pool(body: kopf.Body, name: str, namespace: str | None, **_:
     except InvalidPoolSpec as exc:
         metrics.reconciles.labels("WorkerPool", "invalid").inc()
         kopf.event(body, type="Warning", reason="InvalidSpec", message=str(exc))
-        await status.patch_status(namespace, name, {"observedGeneration": generation}, [
-            make_condition("Ready", False, "InvalidSpec", str(exc), generation=generation)])
+        await status.patch_status(namespace, name, {"observedGeneration": generation},
+                                  status.readiness(False, "InvalidSpec", str(exc),
+                                                   generation=generation))
         return
     try:
         replicas = await _current_replicas(namespace, name, body, spec)
@@ -90,8 +92,10 @@ async def reconcile_pool(body: kopf.Body, name: str, namespace: str | None, **_:
         reason = "DeploymentRejected" if rejected else "DeploymentFailed"
         message = f"cannot apply the pool's Deployment: {exc.message}"
         kopf.event(body, type="Warning", reason=reason, message=message)
-        await status.patch_status(namespace, name, {"observedGeneration": generation}, [
-            make_condition("Ready", False, reason, message, generation=generation)])
+        # Refused: stalled until the spec changes. Failed otherwise: retried.
+        await status.patch_status(namespace, name, {"observedGeneration": generation},
+                                  status.readiness(False if rejected else None, reason,
+                                                   message, generation=generation))
         if not rejected:
             raise kopf.TemporaryError(message, delay=10) from exc
         # The API server refused what the spec asks for (e.g. an unknown toleration
@@ -166,11 +170,11 @@ async def watch_deployment(event: kopf.RawEvent, body: kopf.Body, namespace: str
         metrics.reconciles.labels("Deployment", "synced").inc()
     if deleted:
         return
-    ready, reason, message = ready_condition(body)
+    state, reason, message = rollout_state(body)
     st = body.get("status") or {}
     generation = pool["metadata"].get("generation")
     await status.patch_status(namespace, pool_name, {
         "replicas": int(st.get("replicas") or 0),
         "readyReplicas": int(st.get("readyReplicas") or 0),
-    }, [make_condition("Ready", ready, reason, message, generation=generation)])
+    }, status.readiness(state, reason, message, generation=generation))
     metrics.reconcile_seconds.labels("Deployment").observe(time.monotonic() - started)

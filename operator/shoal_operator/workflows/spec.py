@@ -141,10 +141,10 @@ RESOURCE = Resource(
     kind="Workflow", plural="workflows", short_names=("shwf",),
     about=("""Workflow: a DAG of steps run by a WorkerPool's workers, steered with annotations.
 
-  kubectl annotate workflows.shoal.dev nightly-etl pause=true    # running steps finish, nothing new starts
-  kubectl annotate workflows.shoal.dev nightly-etl pause=false   # (or remove it) resume
-  kubectl annotate workflows.shoal.dev nightly-etl cancel=true   # irreversible
-  kubectl wait --for=condition=Complete workflows.shoal.dev/nightly-etl   # success only
+  kubectl annotate workflows.shoal.dev nightly-etl pause=true   # running steps finish
+  kubectl annotate workflows.shoal.dev nightly-etl pause=false  # (or remove it) resume
+  kubectl annotate workflows.shoal.dev nightly-etl cancel=true  # irreversible
+  kubectl wait --for=condition=Complete workflows.shoal.dev/nightly-etl  # success only
 
 The shoal.dev/pause and shoal.dev/cancel keys mean the same. `workflows.shoal.dev`
 (or the short name `shwf`) stays unambiguous on a cluster that also has Argo

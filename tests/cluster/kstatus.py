@@ -1,0 +1,40 @@
+"""The kstatus rules of sigs.k8s.io/cli-utils, as a function tests can call.
+
+kstatus is how Flux, Config Sync and kapply read a resource's status:
+Current, InProgress, Failed... `kstatus(objects)` runs tests/cluster/cmd/kstatus
+(a tiny Go main) on the objects. The binary is built once, like the cluster's
+own, into ``$SHOAL_CACHE_DIR/kstatus-<cli-utils version>/bin``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import subprocess
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tests.cluster.build import CMD_DIR, _build, cache_root
+
+MODULE = CMD_DIR / "kstatus"
+
+
+@functools.cache
+def binary() -> Path:
+    """The kstatus binary of the cli-utils version go.mod pins, built if missing."""
+    found = re.search(r"sigs\.k8s\.io/cli-utils (v\S+)", (MODULE / "go.mod").read_text())
+    assert found, "tests/cluster/cmd/kstatus/go.mod pins no sigs.k8s.io/cli-utils"
+    path = cache_root() / f"kstatus-{found.group(1)}" / "bin" / "kstatus"
+    if not path.exists():
+        _build(MODULE, ".", path, "-s -w")
+    return path
+
+
+def kstatus(objects: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """{status, message} of each object, as kstatus computes it."""
+    text = "\n".join(json.dumps(o) for o in objects)
+    done = subprocess.run([str(binary())], input=text, capture_output=True, text=True,
+                          check=True, timeout=60)
+    return [json.loads(line) for line in done.stdout.splitlines()]
