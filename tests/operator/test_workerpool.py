@@ -19,6 +19,7 @@ import pytest
 
 from shoal.backend import Backend, NewTask
 from tests.cluster.access import KubeAccess
+from tests.cluster.kstatus import kstatus
 from tests.operator.harness import (
     OperatorProcess,
     apply,
@@ -277,6 +278,16 @@ def test_spec_the_api_server_rejects_gets_a_condition(
     assert c["status"] == "False" and "Sometimes" in c["message"]
     assert "DeploymentRejected" in [e["reason"] for e in events_for(kube, namespace, "quota")]
     assert deployment(kube, namespace, "quota") is None
+    # Stalled: it cannot be served until the spec changes (kstatus: Failed, not InProgress).
+    waited = kube.kubectl("wait", "--for=condition=Stalled", "--timeout=30s",
+                          "workerpools.shoal.dev/quota", "-n", namespace)
+    assert waited.returncode == 0, waited.stderr
+    stalled = wp(kube, namespace, "quota")
+    assert condition(stalled, "Stalled")["reason"] == "DeploymentRejected"
+    assert condition(stalled, "Reconciling")["status"] == "False"
+    assert stalled["status"]["observedGeneration"] == stalled["metadata"]["generation"]
+    [read] = kstatus([stalled])
+    assert read["status"] == "Failed" and "Sometimes" in read["message"], read
     # A malformed quantity is refused by the CRD's schema before it gets that far.
     bad["spec"]["template"]["resources"] = {"limits": {"cpu": "lots"}}
     assert kube.kubectl("apply", "-f", "-", input=json.dumps(bad)).returncode != 0
@@ -285,6 +296,9 @@ def test_spec_the_api_server_rejects_gets_a_condition(
     bad["spec"]["template"]["tolerations"] = [{"key": "gpu", "operator": "Exists"}]
     apply(kube, bad)
     wait_for(lambda: deployment(kube, namespace, "quota"), 30, "the Deployment")
+    wait_for(lambda: (condition(wp(kube, namespace, "quota"), "Stalled") or {}).get(
+        "status") == "False", 30, "Stalled=False once the spec is fixed")
+    assert kstatus([wp(kube, namespace, "quota")])[0]["status"] != "Failed"
 
 
 def test_manual_mode_follows_kubectl_scale(kube: KubeAccess, shoal_operator: OperatorProcess,
@@ -304,6 +318,38 @@ def test_manual_mode_follows_kubectl_scale(kube: KubeAccess, shoal_operator: Ope
                                     f"{namespace}/workerpools/manual/scale").stdout)
     assert scale["spec"]["replicas"] == 3 and scale["status"]["selector"] == \
         "shoal.dev/pool=manual"
+    assert get_scale(kube, namespace, "manual") == {
+        "spec": {"replicas": 3}, "status": {"replicas": 3, "selector": "shoal.dev/pool=manual"}}
+
+
+def get_scale(kube: KubeAccess, namespace: str, name: str) -> dict[str, Any]:
+    """`kubectl get --subresource=scale`: spec and status of the pool's Scale."""
+    result = kube.kubectl("get", "--subresource=scale", "workerpools.shoal.dev", name,
+                          "-n", namespace, "-o", "json")
+    assert result.returncode == 0, result.stderr
+    scale = json.loads(result.stdout)
+    assert scale["kind"] == "Scale", scale
+    return {"spec": scale["spec"], "status": scale["status"]}
+
+
+def test_scale_subresource_in_auto_mode_reads_the_scalers_count(
+        kube: KubeAccess, shoal_operator: OperatorProcess, pod_dsn: str, namespace: str) -> None:
+    """Auto mode: spec.replicas mirrors the scaler's count, so /scale reads what runs;
+    `kubectl scale` is overridden at the evaluation it wakes (as under an HPA)."""
+    create_secret(kube, namespace, pod_dsn)
+    apply(kube, pool("auto", namespace, minReplicas=2, maxReplicas=4))
+    wait_for(lambda: (d := deployment(kube, namespace, "auto")) and d["spec"]["replicas"] == 2,
+             30, "the Deployment at minReplicas")
+    scale = wait_for(lambda: (s := get_scale(kube, namespace, "auto"))
+                     and s["spec"]["replicas"] == 2 and s, 30, "spec.replicas mirrored")
+    assert scale["status"]["selector"] == "shoal.dev/pool=auto"
+    result = kube.kubectl("scale", "wp", "auto", "-n", namespace, "--replicas=4")
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: get_scale(kube, namespace, "auto")["spec"]["replicas"] == 2, 15,
+             "the scaler's count back in spec.replicas")
+    assert deployment(kube, namespace, "auto")["spec"]["replicas"] == 2
+    obj = wp(kube, namespace, "auto")
+    assert (condition(obj, "ScalingActive") or {}).get("status") == "True"
 
 
 async def test_pause_annotation_holds_replicas(

@@ -22,6 +22,7 @@ import pytest
 
 from shoal.backend import Backend, WorkflowStatus
 from tests.cluster.access import KubeAccess
+from tests.cluster.kstatus import kstatus
 from tests.operator.harness import (
     VENV_BIN,
     OperatorProcess,
@@ -172,14 +173,49 @@ async def test_three_steps_succeed_with_outputs_flowing(kube: KubeAccess, pool: 
     table = kube.kubectl("get", "workflows", "-n", NS, "chain").stdout
     assert table.split("\n")[0].split() == ["NAME", "PHASE", "PROGRESS", "PAUSED", "AGE"]
     assert table.split("\n")[1].split()[:4] == ["chain", "Succeeded", "3/3", "false"]
-    wide = kube.kubectl("get", "wf", "-n", NS, "chain", "-o", "wide").stdout
+    wide = kube.kubectl("get", "shwf", "-n", NS, "chain", "-o", "wide").stdout
     assert "MESSAGE" in wide and "POOL" in wide
+    # `wf` is Argo Workflows' short name, no longer Shoal's.
+    assert "doesn't have a resource type" in kube.kubectl("get", "wf", "-n", NS).stderr
     selected = kube.kubectl("get", "shoal", "-n", NS, "-l", "shoal.dev/phase=Succeeded",
                             "-o", "name").stdout
     assert "workflow.shoal.dev/chain" in selected
     metrics = shoal_operator.metrics()
     assert 'shoal_workflow_patches_total{kind="status"}' in metrics
     assert "shoal_workflows_tracked" in metrics
+
+
+def kubectl_wait(kube: KubeAccess, condition_: str, name: str, timeout: str
+                 ) -> subprocess.CompletedProcess[str]:
+    return kube.kubectl("wait", f"--for=condition={condition_}", f"--timeout={timeout}",
+                        f"workflows.shoal.dev/{name}", "-n", NS)
+
+
+async def test_kubectl_wait_and_kstatus_read_success_failure_and_cancel(
+        kube: KubeAccess, pool: str, workers: None, backend: Backend):
+    """Complete only on success, Failed on failure and cancel: a script waiting for
+    success stops waiting; kstatus reads Current, Failed, Failed."""
+    apply(kube, workflow("goes-well", [{"name": "a", "task": "echo", "input": {"x": 1}}]))
+    apply(kube, workflow("goes-wrong", [{"name": "a", "task": "fail", "input": "boom"}]))
+    await start_long_step(kube, backend, "goes-away", 120)
+    [running] = kstatus([get_wf(kube, "goes-away")])
+    assert running["status"] == "InProgress", running
+    annotate(kube, "goes-away", "cancel=true")
+
+    waited = kubectl_wait(kube, "Complete", "goes-well", "60s")
+    assert waited.returncode == 0, waited.stderr
+    for name in ("goes-wrong", "goes-away"):
+        failed = kubectl_wait(kube, "Failed", name, "60s")
+        assert failed.returncode == 0, (name, failed.stderr)
+        never = kubectl_wait(kube, "Complete", name, "2s")
+        assert never.returncode != 0 and "timed out" in never.stderr, (name, never)
+    objects = [get_wf(kube, n) for n in ("goes-well", "goes-wrong", "goes-away")]
+    assert [o["status"]["phase"] for o in objects] == ["Succeeded", "Failed", "Cancelled"]
+    assert [condition(o, "Failed")["reason"] for o in objects] == [
+        "Succeeded", "Failed", "Cancelled"]
+    assert [r["status"] for r in kstatus(objects)] == ["Current", "Failed", "Failed"]
+    assert all(o["status"]["observedGeneration"] == o["metadata"]["generation"]
+               for o in objects)
 
 
 async def test_pause_stops_new_steps_and_resume_continues(kube: KubeAccess, pool: str,

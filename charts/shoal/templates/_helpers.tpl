@@ -40,6 +40,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [shoal.dev]
   resources: [workerpools/status, workflows/status]
   verbs: [patch]
+# Auto mode: the scaler's count mirrored into spec.replicas through /scale.
+- apiGroups: [shoal.dev]
+  resources: [workerpools/scale]
+  verbs: [patch]
 # Owner references with blockOwnerDeletion on the pool's Deployment.
 - apiGroups: [shoal.dev]
   resources: [workerpools/finalizers]

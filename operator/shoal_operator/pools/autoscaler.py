@@ -7,9 +7,10 @@ notifications for its task namespace (the operator's one LISTEN connection
 per database, `backends.notifications`) and after every reconnect of that
 connection, so nothing enqueued meanwhile is missed. Each evaluation reads
 the backlog, asks the pure `scaler.decide`, marks pod-deletion costs from the worker liveness rows
-before lowering replicas (idle pods go first), patches the Deployment, and
-reports status conditions, an Event per scale decision or backend error,
-and metrics. A failed read never changes replicas except to the fallback.
+before lowering replicas (idle pods go first), patches the Deployment, mirrors
+the count into spec.replicas (the scale subresource), and reports status
+conditions, an Event per scale decision or backend error, and metrics. A
+failed read never changes replicas except to the fallback.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from shoal.errors import BackendUnavailable, ShoalError
 from shoal_operator import backends, metrics
 from shoal_operator.conditions import Condition, make_condition, now_rfc3339
 from shoal_operator.errors import DatabaseSecretError, InvalidPoolSpec, SchemaNotReady
-from shoal_operator.kube import KubeError, deployment_path, kube, pods_path
+from shoal_operator.kube import KubeError, deployment_path, kube, pods_path, workerpool_path
 from shoal_operator.pools.deployment import selector_string
 from shoal_operator.pools.scaler import (
     Decision,
@@ -164,6 +165,7 @@ class PoolScaler:
             decision = replace(decision, reason="InvalidAnnotation",
                                message=f"{bad_annotation}: holding {current} replicas")
         await self._apply(decision, current, backend)
+        await self._mirror(decision.desired)
         await self._report(decision, current, backlog, reachable, paused)
 
     def _condition(self, type_: str, status: bool, reason: str, message: str = "") -> Condition:
@@ -197,6 +199,15 @@ class PoolScaler:
                                          {"spec": {"replicas": decision.desired}})
         kopf.event(self.body, type="Normal", reason=decision.reason, message=decision.message)
         log.info("%s/%s: %s", self.namespace, self.name, decision.message)
+
+    async def _mirror(self, desired: int) -> None:
+        """Auto mode: spec.replicas, through the scale subresource, says the scaler's count,
+        so `/scale` reads what runs (as a Deployment's does under an HPA). A write there
+        by anyone else is overridden here, at the evaluation it wakes."""
+        if (self.body.get("spec") or {}).get("replicas") != desired:
+            await (await kube()).merge_patch(
+                workerpool_path(self.namespace, self.name) + "/scale",
+                {"spec": {"replicas": desired}})
 
     async def _report(self, decision: Decision, current: int, backlog: Backlog,
                       reachable: Condition, paused: bool) -> None:
@@ -298,6 +309,7 @@ class PoolScaler:
                                              {"spec": {"replicas": decision.desired}})
             kopf.event(self.body, type="Warning", reason=decision.reason,
                        message=decision.message)
+            await self._mirror(decision.desired)
             return {"desiredReplicas": decision.desired, "lastScaleTime": now_rfc3339(),
                     "lastScaleReason": decision.message}
         return {}
