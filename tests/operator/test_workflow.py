@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import shlex
 import subprocess
 import time
 import uuid
@@ -94,7 +96,7 @@ def workflow(name: str, steps: list[dict[str, Any]], **spec: Any) -> dict[str, A
 
 
 def get_wf(kube: KubeAccess, name: str) -> dict[str, Any] | None:
-    found: dict[str, Any] | None = kube.get_json("workflow", name, "-n", NS)
+    found: dict[str, Any] | None = kube.get_json("workflows.shoal.dev", name, "-n", NS)
     return found
 
 
@@ -106,7 +108,7 @@ def wait_phase(kube: KubeAccess, name: str, phase: str, timeout: float = 30) -> 
 
 
 def annotate(kube: KubeAccess, name: str, *pairs: str) -> None:
-    result = kube.kubectl("annotate", "workflow", name, "-n", NS, "--overwrite", *pairs)
+    result = kube.kubectl("annotate", "workflows.shoal.dev", name, "-n", NS, "--overwrite", *pairs)
     assert result.returncode == 0, result.stderr
 
 
@@ -299,6 +301,9 @@ async def test_bad_annotation_value_is_refused_without_a_command(
     events = wait_for(lambda: [e for e in events_for(kube, NS, "maybe")
                                if e["reason"] == "InvalidAnnotation"], 15, "the Event")
     assert events[0]["type"] == "Warning"
+    # Named so that kubectl reaches it even beside Argo's Workflow kind.
+    assert f"kubectl annotate --overwrite workflows.shoal.dev/maybe -n {NS}" in \
+        events[0]["message"]
     status = await backend.workflow_status(await instance(backend, kube, "maybe"))
     assert status.commands == []
     wait_phase(kube, "maybe", "Succeeded")
@@ -335,7 +340,7 @@ def test_spec_is_immutable_once_started(kube: KubeAccess, pool: str, workers: No
     apply(kube, workflow("frozen", [{"name": "a", "task": "noop"}]))
     wait_for(lambda: ((get_wf(kube, "frozen") or {}).get("status") or {}).get("workflowId"),
              30, "the instance id in status")
-    result = kube.kubectl("patch", "workflow", "frozen", "-n", NS, "--type=merge",
+    result = kube.kubectl("patch", "workflows.shoal.dev", "frozen", "-n", NS, "--type=merge",
                           "-p", json.dumps({"spec": {"priority": 5}}))
     assert result.returncode != 0
     assert "spec is immutable once the workflow has started" in result.stderr
@@ -382,7 +387,7 @@ async def test_create_survives_an_operator_killed_mid_submit(
 async def test_delete_cancels_the_instance(kube: KubeAccess, pool: str, workers: None,
                                            backend: Backend):
     wid = await start_long_step(kube, backend, "doomed", 120)
-    result = kube.kubectl("delete", "workflow", "doomed", "-n", NS, "--timeout=30s")
+    result = kube.kubectl("delete", "workflows.shoal.dev", "doomed", "-n", NS, "--timeout=30s")
     assert result.returncode == 0, result.stderr
     assert get_wf(kube, "doomed") is None
     status = await wait_backend(backend, wid, "cancelled", lambda s: s.state == "cancelled")
@@ -409,8 +414,79 @@ async def test_delete_goes_through_when_the_backend_is_unreachable(
     assert refused["reason"] == "BackendUnavailable"
     assert get_wf(kube, "stranded")["status"]["phase"] == "Pending"
     t0 = time.monotonic()
-    result = kube.kubectl("delete", "workflow", "stranded", "-n", NS, "--timeout=90s")
+    result = kube.kubectl("delete", "workflows.shoal.dev", "stranded", "-n", NS, "--timeout=90s")
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - t0 < 90
     events = events_for(kube, NS, "stranded")
     assert [e for e in events if e["reason"] == "CancelFailed" and e["type"] == "Warning"]
+
+
+README = REPO / "README.md"
+MARKER = "<!-- With Argo Workflows installed: tests/operator/test_workflow.py runs these. -->"
+ARGO_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "workflows.argoproj.io"},
+    "spec": {"group": "argoproj.io", "scope": "Namespaced",
+             "names": {"kind": "Workflow", "listKind": "WorkflowList", "plural": "workflows",
+                       "singular": "workflow", "shortNames": ["wf", "wfs"]},
+             "versions": [{"name": "v1alpha1", "served": True, "storage": True,
+                           "schema": {"openAPIV3Schema": {
+                               "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
+}
+
+
+def readme_commands() -> list[list[str]]:
+    """The kubectl commands of the README's block for clusters with Argo Workflows."""
+    text = README.read_text()
+    block = re.search(re.escape(MARKER) + r"\n```sh\n(.*?)```", text, re.DOTALL)
+    assert block, "README.md lacks the block for clusters with Argo Workflows"
+    commands = [shlex.split(line) for line in block.group(1).splitlines() if line.strip()]
+    assert commands and all(c[0] == "kubectl" for c in commands), commands
+    return commands
+
+
+@pytest.fixture
+def argo(kube: KubeAccess, tmp_path: Path) -> Iterator[str]:
+    """A stand-in of Argo Workflows' CRD (its names: plural `workflows`, short name `wf`),
+    installed for one test. Yields the `--cache-dir` flag every kubectl of that test must
+    use: no other test's kubectl ever learns of the stand-in from its discovery cache."""
+    cache = f"--cache-dir={tmp_path / 'kube-cache'}"
+    kube.kubectl(cache, "apply", "-f", "-", input=json.dumps(ARGO_CRD), check=True)
+    kube.kubectl(cache, "wait", "--for=condition=Established", "--timeout=60s",
+                 "crd/workflows.argoproj.io", check=True)
+    try:
+        yield cache
+    finally:
+        kube.kubectl(cache, "delete", "crd", "workflows.argoproj.io", "--timeout=60s")
+
+
+def test_readme_commands_reach_shoal_with_argo_workflows_installed(
+        kube: KubeAccess, pool: str, workers: None, argo: str):
+    """With Argo's Workflow kind beside Shoal's, the bare `workflow` reaches Argo's, and the
+    README's commands for that case reach Shoal's."""
+    for obj in ({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+                 "metadata": {"name": "nightly-etl", "namespace": NS},
+                 "spec": {"entrypoint": "main"}},
+                workflow("nightly-etl", [{"name": "a", "task": "echo", "input": 1}])):
+        kube.kubectl(argo, "apply", "-f", "-", input=json.dumps(obj), check=True)
+    wait_phase(kube, "nightly-etl", "Succeeded")
+    bare = kube.kubectl(argo, "annotate", "workflow", "nightly-etl", "-n", NS, "probe=bare",
+                        check=True)
+    assert "workflow.argoproj.io/nightly-etl annotated" in bare.stdout, bare.stdout
+
+    for command in readme_commands():
+        result = kube.kubectl(argo, *command[1:], "-n", NS)
+        assert result.returncode == 0, (command, result.stderr)
+        assert "nightly-etl" in result.stdout and "argoproj" not in result.stdout, (
+            command, result.stdout)
+
+    def annotations(resource: str) -> dict[str, str]:
+        found = json.loads(kube.kubectl(argo, "get", resource, "nightly-etl", "-n", NS,
+                                        "-o", "json", check=True).stdout)
+        return dict(found["metadata"].get("annotations") or {})
+
+    shoal = annotations("workflows.shoal.dev")
+    assert (shoal.get("pause"), shoal.get("cancel"), shoal.get("probe")) == (
+        "false", "true", None)
+    assert annotations("workflows.argoproj.io").get("probe") == "bare"
+    assert not {"pause", "cancel"} & set(annotations("workflows.argoproj.io"))

@@ -42,7 +42,7 @@ from shoal_operator.errors import DatabaseSecretError, PoolNotFound
 from shoal_operator.kube import KubeError
 from shoal_operator.resource import GROUP, VERSION
 from shoal_operator.workflows import annotations as steering
-from shoal_operator.workflows.spec import PLURAL, check_pool_fit, parse_spec
+from shoal_operator.workflows.spec import PLURAL, RESOURCE, check_pool_fit, parse_spec
 from shoal_operator.workflows.status import PHASE_LABEL
 from shoal_operator.workflows.sync import PoolResolver, StatusSync, Tracked, WorkflowRegistry
 
@@ -109,6 +109,11 @@ async def track(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
     new = runtime.registry.observe(body)[1]
     if new:  # first sight since start: catch up with whatever changed meanwhile
         runtime.sync.mark([str(body.metadata.uid)])
+
+
+def qualified(entry: Tracked) -> str:
+    """`workflows.shoal.dev/NAME`: what kubectl reaches even beside Argo's Workflow kind."""
+    return f"{RESOURCE.name}/{entry.name}"
 
 
 def _note(runtime: WorkflowRuntime, entry: Tracked, type_: str, status: bool, reason: str,
@@ -182,7 +187,9 @@ async def _steer(runtime: WorkflowRuntime, entry: Tracked, backend: Backend,
     if rejections:
         message = "; ".join(rejections)
         _note(runtime, entry, "AnnotationsValid", False, "InvalidAnnotation", message)
-        kopf.warn(body, reason="InvalidAnnotation", message=message)
+        kopf.warn(body, reason="InvalidAnnotation", message=(
+            f"{message} (kubectl annotate --overwrite {qualified(entry)} -n {entry.namespace} "
+            "pause=true|false or cancel=true)"))
     else:
         _note(runtime, entry, "AnnotationsValid", True, "Accepted")
 
@@ -198,8 +205,9 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, retry: in
     if entry.workflow_id is None and not await _submit(runtime, entry, body, spec, retry, patch):
         return
     if entry.generation is not None and body.metadata.get("generation", 1) > entry.generation:
-        kopf.warn(body, reason="SpecIgnored",
-                  message="the spec of a submitted Workflow cannot change; create a new one")
+        kopf.warn(body, reason="SpecIgnored", message=(
+            "the spec of a submitted Workflow cannot change; create a new one (kubectl delete "
+            f"{qualified(entry)} -n {entry.namespace} frees the name)"))
     try:
         if entry.backend is None:
             entry.backend = (await runtime.pools.resolve(entry.namespace, entry.pool))[1]
