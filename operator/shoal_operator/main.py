@@ -15,6 +15,7 @@ import kopf
 
 import shoal_operator.pools.handlers  # noqa: F401  (registers WorkerPool handlers)
 from shoal_operator import backends, kube, metrics
+from shoal_operator.health import Health
 from shoal_operator.workflows import handlers as _workflows  # noqa: F401  (registers them)
 from shoal_operator.workflows.status import PHASE_LABEL_FIELD
 
@@ -43,7 +44,8 @@ def parse_args(argv: list[str]) -> OperatorConfig:
     where.add_argument("--all-namespaces", "-A", action="store_true",
                        help="watch every namespace (needs cluster-wide RBAC)")
     parser.add_argument("--liveness-port", type=int, default=8080,
-                        help="serve GET /healthz on this port (0: off; default 8080)")
+                        help="serve GET /healthz (liveness) and /readyz (readiness) on this "
+                             "port (0: off; default 8080)")
     parser.add_argument("--metrics-port", type=int, default=9090,
                         help="serve Prometheus /metrics on this port (0: off; default 9090)")
     parser.add_argument("--schema", default="shoal",
@@ -87,14 +89,21 @@ async def shutdown(**_: object) -> None:
     await kube.close()
 
 
-async def run(config: OperatorConfig) -> None:
+async def run(config: OperatorConfig) -> int:
+    """Serve until SIGINT/SIGTERM (0) or until one of the services died (1)."""
     backends.set_default_schema(config.schema)
-    liveness = (f"http://0.0.0.0:{config.liveness_port}/healthz"
-                if config.liveness_port else None)
-    await kopf.operator(
-        clusterwide=config.all_namespaces, namespaces=config.namespaces,
-        standalone=config.peering is None, peering_name=config.peering,
-        liveness_endpoint=liveness, memo=kopf.Memo(config=config))
+    health = Health()
+    server = await health.serve(config.liveness_port) if config.liveness_port else None
+    try:
+        await kopf.operator(
+            clusterwide=config.all_namespaces, namespaces=config.namespaces,
+            standalone=config.peering is None, peering_name=config.peering,
+            ready_flag=health.ready, stop_flag=health.stop,
+            memo=kopf.Memo(config=config, health=health))
+    finally:
+        if server is not None:
+            await server.cleanup()
+    return 1 if health.dead else 0
 
 
 def main(argv: list[str]) -> int:
@@ -103,5 +112,4 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.DEBUG if config.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metrics.start(config.metrics_port)
-    asyncio.run(run(config))
-    return 0
+    return asyncio.run(run(config))

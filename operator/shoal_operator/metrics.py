@@ -24,6 +24,12 @@ reconciles = Counter("shoal_reconcile_total", "Reconciles by kind and result",
 reconcile_seconds = Histogram("shoal_reconcile_duration_seconds", "Reconcile duration by kind",
                               ["kind"])
 build_info = Info("shoal_build", "Shoal operator build information")
+service_failures = Counter("shoal_operator_service_failures_total",
+                           "Failed rounds of the operator's services (scaler/NS/POOL, "
+                           "workflow-sync)", ["service"])
+service_failing = Gauge("shoal_operator_service_failing",
+                        "1 while a service failed its last rounds in a row or died (the "
+                        "operator is then not ready)", ["service"])
 
 
 def start(port: int, host: str = "0.0.0.0") -> None:
@@ -50,3 +56,10 @@ def forget_pool(namespace: str, pool: str) -> None:
                if (sample.labels["namespace"], sample.labels["pool"]) == (namespace, pool)}
     for reason in reasons:  # one series per reason seen
         scaler_errors.remove(namespace, pool, reason)
+
+
+def forget_service(service: str) -> None:
+    """Drop the series of a service that ended on purpose (its pool was deleted)."""
+    for metric in (service_failures, service_failing):
+        with contextlib.suppress(KeyError):
+            metric.remove(service)

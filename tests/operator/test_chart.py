@@ -151,7 +151,7 @@ def test_operator_pod_is_restricted_and_alone(kube: KubeAccess) -> None:
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
 def test_optional_objects_are_off_by_default(kube: KubeAccess) -> None:

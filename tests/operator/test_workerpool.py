@@ -413,3 +413,65 @@ def test_operator_restart_resumes_and_repairs(kube: KubeAccess, shoal_operator: 
                      and d["spec"]["replicas"] == 3 and d, 30,
                      "the Deployment re-created with the scale made while the operator was down")
     assert again["metadata"]["ownerReferences"][0]["name"] == "resume"
+
+
+async def test_a_scaler_that_keeps_failing_shows_on_the_pool_and_in_readiness(
+        kube: KubeAccess, shoal_operator: OperatorProcess, pod_dsn: str, namespace: str,
+        backend: Backend) -> None:
+    """The API server refuses every replica change of the pool's Deployment (a
+    ValidatingAdmissionPolicy): once the scaler's rounds keep failing, the pool says
+    ScalingActive=False ScalerFailing, the operator's metric counts them and /readyz
+    answers 503 naming the scaler. Lifting the policy recovers all three."""
+    create_secret(kube, namespace, pod_dsn)
+    apply(kube, pool("frozen", namespace, maxReplicas=4))
+    await asyncio.to_thread(
+        wait_for, lambda: (condition(wp(kube, namespace, "frozen"), "ScalingActive") or {}).get(
+            "status") == "True", 30, "ScalingActive=True")
+    service = f"scaler/{namespace}/frozen"
+    policy = {"apiVersion": "admissionregistration.k8s.io/v1",
+              "kind": "ValidatingAdmissionPolicy", "metadata": {"name": namespace},
+              "spec": {"failurePolicy": "Fail", "matchConstraints": {"resourceRules": [{
+                  "apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["UPDATE"],
+                  "resources": ["deployments"]}]},
+                  "validations": [{"expression": "object.spec.replicas == oldObject.spec.replicas",
+                                   "message": "replicas are frozen here"}]}}
+    binding = {"apiVersion": "admissionregistration.k8s.io/v1",
+               "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": namespace},
+               "spec": {"policyName": namespace, "validationActions": ["Deny"],
+                        "matchResources": {"namespaceSelector": {"matchLabels": {
+                            "kubernetes.io/metadata.name": namespace}}}}}
+    for obj in (policy, binding):
+        apply(kube, obj)
+    try:
+        # Until the API server enforces it, a probe edit is let through.
+        def enforced() -> bool:
+            probe = kube.kubectl("label", "deployment", "frozen", "-n", namespace,
+                                 "--overwrite", "probe=1", "--dry-run=server")
+            scaled = kube.kubectl("patch", "deployment", "frozen", "-n", namespace,
+                                  "-p", '{"spec": {"replicas": 2}}', "--dry-run=server")
+            return probe.returncode == 0 and "replicas are frozen here" in scaled.stderr
+        await asyncio.to_thread(wait_for, enforced, 30, "the policy enforced")
+        await backend.enqueue([NewTask("sleep", {"seconds": 20}, namespace=namespace)
+                               for _ in range(8)])
+        failing = await asyncio.to_thread(
+            wait_for, lambda: (c := condition(wp(kube, namespace, "frozen"), "ScalingActive"))
+            and c["reason"] == "ScalerFailing" and c, 30, "ScalingActive=False, ScalerFailing")
+        assert failing["status"] == "False" and "replicas are frozen here" in failing["message"]
+        status, text = shoal_operator.probe("/readyz")
+        assert status == 503 and f"{service}: failed " in text, (status, text)
+        assert f'shoal_operator_service_failing{{service="{service}"}} 1.0' in \
+            shoal_operator.metrics()
+        assert shoal_operator.probe("/healthz")[0] == 200  # alive: not restarted for this
+        assert deployment(kube, namespace, "frozen")["spec"]["replicas"] == 1
+    finally:
+        for obj in (binding, policy):
+            kube.kubectl("delete", obj["kind"].lower(), namespace, "--ignore-not-found")
+    await asyncio.to_thread(
+        wait_for, lambda: deployment(kube, namespace, "frozen")["spec"]["replicas"] == 4, 30,
+        "the scale-up once the policy is gone")
+    await asyncio.to_thread(wait_for, shoal_operator.ready, 15, "/readyz 200 again")
+    assert f'shoal_operator_service_failing{{service="{service}"}} 0.0' in \
+        shoal_operator.metrics()
+    await asyncio.to_thread(
+        wait_for, lambda: (condition(wp(kube, namespace, "frozen"), "ScalingActive") or {}).get(
+            "status") == "True", 15, "ScalingActive=True again")

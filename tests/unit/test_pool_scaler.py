@@ -9,6 +9,7 @@ import kopf
 import pytest
 
 from shoal.backend import WorkerRow
+from shoal_operator.health import Health
 from shoal_operator.pools import autoscaler
 from shoal_operator.pools.scaler import (
     Observation,
@@ -166,7 +167,7 @@ async def test_a_recovery_right_after_a_failure_is_written(
 
     monkeypatch.setattr(autoscaler, "patch_status", patch_status)
     scaler = autoscaler.PoolScaler(kopf.Body({"metadata": {"namespace": "ns", "name": "p"},
-                                              "spec": {}}), recheck_seconds=10)
+                                              "spec": {}}), recheck_seconds=10, health=Health())
     ok = [scaler._condition("ScalingActive", True, "WithinTolerance", "ok")]
     await scaler._write_status({"replicas": 1}, ok)
     await scaler.evaluate()  # spec {} is invalid: ScalingActive=False, InvalidSpec

@@ -113,14 +113,16 @@ async def reconcile_pool(body: kopf.Body, name: str, namespace: str | None, **_:
              cancellation_timeout=5.0)
 async def scale_pool(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo,
                      name: str, namespace: str | None, **_: Any) -> None:
-    """The pool's scaler, for as long as the pool exists."""
+    """The pool's scaler, for as long as the pool exists (a service: see health.py)."""
     namespace = namespaced(namespace)
+    scaler = autoscaler.PoolScaler(body, memo.config.recheck_seconds, memo.health)
     try:
-        await autoscaler.PoolScaler(body, memo.config.recheck_seconds).run(stopped)
+        await memo.health.supervise(scaler.service, lambda: scaler.run(stopped))
     finally:
         if body.metadata.get("deletionTimestamp"):
             metrics.forget_pool(namespace, name)
             status.forget(namespace, name)
+            memo.health.forget(scaler.service)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=dict(MANAGED_BY))

@@ -44,7 +44,13 @@ from shoal_operator.resource import GROUP, VERSION
 from shoal_operator.workflows import annotations as steering
 from shoal_operator.workflows.spec import PLURAL, RESOURCE, check_pool_fit, parse_spec
 from shoal_operator.workflows.status import PHASE_LABEL
-from shoal_operator.workflows.sync import PoolResolver, StatusSync, Tracked, WorkflowRegistry
+from shoal_operator.workflows.sync import (
+    SERVICE,
+    PoolResolver,
+    StatusSync,
+    Tracked,
+    WorkflowRegistry,
+)
 
 DELETE_RETRIES = 5
 # Errors that mean "the database cannot be used right now"; the handlers retry them.
@@ -85,9 +91,9 @@ async def start_workflow_services(memo: kopf.Memo, **_: Any) -> None:
     logging.getLogger("kopf.objects").addFilter(_QuietTracking())
     registry = WorkflowRegistry()
     pools = PoolResolver()
-    sync = StatusSync(registry, pools)
-    memo.workflows = WorkflowRuntime(registry, pools, sync,
-                                     [asyncio.create_task(sync.run(), name="workflow-sync")])
+    sync = StatusSync(registry, pools, memo.health)
+    memo.workflows = WorkflowRuntime(registry, pools, sync, [asyncio.create_task(
+        memo.health.supervise(SERVICE, sync.run), name=SERVICE)])
 
 
 @kopf.on.cleanup()
