@@ -39,6 +39,10 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests.support import load_script  # noqa: E402
+
+GEN_DOCS = load_script(REPO / "hack/gen_docs.py")  # its stale check and writer serve both
 OPENAPI = REPO / "hack/kubernetes-openapi.json"
 TARGETS = (REPO / "crds", REPO / "charts/shoal/crds")
 REGENERATE = ".venv/bin/python hack/gen_crds.py"
@@ -355,12 +359,6 @@ def generated() -> dict[Path, str]:
     return {target / name: text for target in TARGETS for name, text in texts.items()}
 
 
-def stale(texts: Mapping[Path, str]) -> list[Path]:
-    """The files whose content differs from (or lacks) what `texts` would write."""
-    return [path for path, text in texts.items()
-            if not path.exists() or path.read_text() != text]
-
-
 # -- refreshing the trimmed OpenAPI definitions -------------------------------------
 
 def models(root: type[BaseModel]) -> list[type[BaseModel]]:
@@ -402,7 +400,6 @@ def _kube_fields() -> Iterator[tuple[str, str]]:
 def refresh_openapi() -> None:
     """Re-trim hack/kubernetes-openapi.json from the k8s.io/kubernetes module of the
     release the test cluster runs (tests/cluster/build.py K8S_VERSION)."""
-    sys.path.insert(0, str(REPO))
     from tests.cluster.build import K8S_VERSION
 
     module = json.loads(subprocess.run(
@@ -443,16 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.refresh_openapi:
         refresh_openapi()
-    texts = generated()
-    stale_files = stale(texts)
-    if args.check:
-        for path in stale_files:
-            print(f"{path.relative_to(REPO)} is stale: run {REGENERATE}", file=sys.stderr)
-        return 1 if stale_files else 0
-    for path, text in texts.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return 0
+    return int(GEN_DOCS.write_or_check(generated(), check=args.check, regenerate=REGENERATE))
 
 
 if __name__ == "__main__":

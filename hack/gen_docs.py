@@ -233,11 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="change nothing; exit 1 when a generated file is stale")
     args = parser.parse_args(argv)
-    texts = generated()
-    stale_files = stale(texts)
-    if args.check:
+    return write_or_check(generated(), check=args.check, regenerate=REGENERATE)
+
+
+def write_or_check(texts: dict[Path, str], *, check: bool, regenerate: str) -> int:
+    """Write `texts`; with `check`, write nothing and return 1 when a file is stale."""
+    if check:
+        stale_files = stale(texts)
         for path in stale_files:
-            print(f"{path.relative_to(REPO)} is stale: run {REGENERATE}", file=sys.stderr)
+            print(f"{path.relative_to(REPO)} is stale: run {regenerate}", file=sys.stderr)
         return 1 if stale_files else 0
     for path, text in texts.items():
         path.parent.mkdir(parents=True, exist_ok=True)

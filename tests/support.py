@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import inspect
 import os
 import signal
@@ -14,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import pytest
@@ -178,3 +180,12 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str,
 async def task_in(backend: Backend, task_id: int, state: str) -> bool:
     """Whether the task is in `state` now."""
     return (await backend.get_task(task_id)).state == state
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script that is not in a package (hack/gen_docs.py ...), imported as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -82,3 +82,8 @@ def set_conditions(conditions: Sequence[Mapping[str, Any]] | None,
                                u.get("message", ""), generation=u.get("observedGeneration"),
                                now=now)
     return result
+
+
+# A status's `conditions`: one entry per type (a list-map for server-side apply).
+Conditions = Annotated[list[StatusCondition], Field(json_schema_extra={
+    "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})]

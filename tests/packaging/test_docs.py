@@ -3,21 +3,19 @@ metrics table with the metrics the code defines (hack/gen_docs.py writes both)."
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tests.support import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_generated_docs_are_current() -> None:
-    spec = importlib.util.spec_from_file_location("gen_docs", REPO / "hack/gen_docs.py")
-    assert spec is not None and spec.loader is not None
-    gen_docs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen_docs)
+    gen_docs = load_script(REPO / "hack/gen_docs.py")
     stale = [str(path.relative_to(REPO)) for path in gen_docs.stale(gen_docs.generated())]
     assert not stale, f"stale: {', '.join(stale)}; run {gen_docs.REGENERATE}"
 

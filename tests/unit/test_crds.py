@@ -4,10 +4,8 @@ either fails here, and every rule the CRDs carry is checked by the models too.""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -15,19 +13,12 @@ import yaml
 
 from shoal.validation import Rule
 from tests.crd_cases import leaf_paths
+from tests.support import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def gen_crds() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_crds", REPO / "hack/gen_crds.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-GEN = gen_crds()
+GEN = load_script(REPO / "hack/gen_crds.py")
 
 
 def test_committed_crds_are_the_generated_ones() -> None:
@@ -35,7 +26,7 @@ def test_committed_crds_are_the_generated_ones() -> None:
     assert {p.relative_to(REPO).as_posix() for p in texts} == {
         f"{folder}/{name}.shoal.dev.yaml" for folder in ("crds", "charts/shoal/crds")
         for name in ("workerpools", "workflows")}
-    stale = [str(path.relative_to(REPO)) for path in GEN.stale(texts)]
+    stale = [str(path.relative_to(REPO)) for path in GEN.GEN_DOCS.stale(texts)]
     assert not stale, f"stale: {', '.join(stale)}; run {GEN.REGENERATE} (make crds)"
 
 
@@ -46,10 +37,10 @@ def test_a_hand_edit_of_either_copy_is_caught(tmp_path: Path, folder: str) -> No
     for path in texts:
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / path.relative_to(tmp_path), path)
-    assert GEN.stale(texts) == []
+    assert GEN.GEN_DOCS.stale(texts) == []
     edited = tmp_path / folder / "workerpools.shoal.dev.yaml"
     edited.write_text(edited.read_text().replace("default: 4\n", "default: 8\n", 1))
-    assert GEN.stale(texts) == [edited]
+    assert GEN.GEN_DOCS.stale(texts) == [edited]
 
 
 def test_both_copies_are_the_same() -> None:

@@ -19,6 +19,7 @@ from shoal_operator import kube
 from shoal_operator.health import Health
 from shoal_operator.pools.autoscaler import PoolScaler
 from tests.cluster.postgres import free_port
+from tests.support import eventually
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -125,9 +126,8 @@ async def test_a_scaler_that_keeps_failing_makes_the_operator_not_ready(
     stopped = Stopped()
     task = asyncio.create_task(scaler.run(stopped))  # type: ignore[arg-type]
     try:
-        async with asyncio.timeout(20):
-            while not health.is_failing(scaler.service):
-                await asyncio.sleep(0.05)
+        await eventually(lambda: health.is_failing(scaler.service), within=20,
+                         what="the scaler failing")
     finally:
         stopped.event.set()
         await asyncio.wait_for(task, 10)

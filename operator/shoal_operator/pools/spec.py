@@ -22,7 +22,7 @@ from shoal.dag import TASK_NAME_PATTERN, Tag
 from shoal.units import parse_duration
 from shoal.validation import Checked, Duration, KubeField, Rule, problems
 from shoal.worker.config import BatchSize, Concurrency
-from shoal_operator.conditions import StatusCondition
+from shoal_operator.conditions import Conditions
 from shoal_operator.errors import InvalidPoolSpec
 from shoal_operator.flags import read_flag
 from shoal_operator.resource import Column, Resource, Scale
@@ -321,8 +321,7 @@ class PoolStatus(_Model):
         "When the scaler last changed the replica count."))
     last_scale_reason: str | None = Field(None, description="Why it did, in words.")
     backlog: Backlog | None = Field(None, description=Backlog.__doc__)
-    conditions: Annotated[list[StatusCondition], Field(json_schema_extra={
-        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})] = Field(
+    conditions: Conditions = Field(
         default_factory=list, description=(
             "Ready, Reconciling, Stalled (kstatus), BackendReachable, ScalingActive and "
             "ScalingLimited."))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
@@ -19,7 +19,7 @@ from pydantic.alias_generators import to_camel
 from shoal import dag
 from shoal.errors import InvalidWorkflow
 from shoal.validation import Rule, problems
-from shoal_operator.conditions import StatusCondition
+from shoal_operator.conditions import Conditions
 from shoal_operator.pools.spec import TaskSelector
 from shoal_operator.resource import Column, Resource
 
@@ -130,8 +130,7 @@ class WorkflowCRStatus(_Status):
     steps: list[StepStatus] = Field(default_factory=list, description=StepStatus.__doc__)
     commands: list[CommandStatus] = Field(default_factory=list, description=(
         "The last commands recorded for this workflow, with who asked and when."))
-    conditions: Annotated[list[StatusCondition], Field(json_schema_extra={
-        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})] = Field(
+    conditions: Conditions = Field(
         default_factory=list, description=(
             "Ready, Complete, Failed, Reconciling, Stalled (kstatus), Accepted, Paused and "
             "AnnotationsValid."))
