@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv cluster lint test bench demo clean
+.PHONY: venv cluster crds lint test bench demo clean
 
 $(BIN)/shoal: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,13 @@ venv: $(BIN)/shoal
 cluster: venv  ## docker engine, kind, helm, node image, Shoal's image (built or found in the cache)
 	$(BIN)/python -m tests.cluster build
 
-lint: venv  ## Python and Dockerfile
+crds: venv  ## the CRDs (crds/, charts/shoal/crds/) from the models, then docs/reference.md
+	$(BIN)/python hack/gen_crds.py
+	$(BIN)/python hack/gen_docs.py
+
+lint: venv  ## Python (ruff, mypy --strict) and Dockerfile
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 
 test: cluster lint  ## the whole suite: unit, Postgres, Kubernetes end-to-end

@@ -81,15 +81,22 @@ def _rules(schema: Schema) -> list[str]:
     return rules
 
 
+def _documented(schema: Schema) -> dict[str, Schema]:
+    """The fields of `schema`, unless they have no descriptions: the fields of an embedded
+    Kubernetes type (env, tolerations, volumes...), which `kubectl explain pod.spec` has."""
+    properties: dict[str, Schema] = schema.get("properties") or {}
+    return properties if any("description" in c for c in properties.values()) else {}
+
+
 def _fields(schema: Schema, path: str) -> Iterator[tuple[str, Schema, bool]]:
-    """(path, schema, required) of every field below `schema`, depth first."""
+    """(path, schema, required) of every documented field below `schema`, depth first."""
     required = set(schema.get("required") or ())
-    for name, child in (schema.get("properties") or {}).items():
+    for name, child in _documented(schema).items():
         child_path = f"{path}.{name}" if path else name
         yield child_path, child, name in required
         yield from _fields(child, child_path)
         items = child.get("items") or {}
-        if child.get("type") == "array" and items.get("properties"):
+        if child.get("type") == "array" and _documented(items):
             yield from _fields(items, f"{child_path}[]")
 
 
@@ -114,7 +121,7 @@ def _intro(path: Path) -> str:
     """The CRD file's leading comment, which introduces the kind."""
     lines = []
     for line in path.read_text().splitlines():
-        if not line.startswith("#"):
+        if not line.startswith("#") or line.startswith("# Generated from the models"):
             break
         lines.append(line[1:].removeprefix(" "))
     return "\n".join(lines).strip()
@@ -386,11 +393,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="change nothing; exit 1 when a generated file is stale")
     args = parser.parse_args(argv)
-    texts = generated()
-    stale_files = stale(texts)
-    if args.check:
+    return write_or_check(generated(), check=args.check, regenerate=REGENERATE)
+
+
+def write_or_check(texts: dict[Path, str], *, check: bool, regenerate: str) -> int:
+    """Write `texts`; with `check`, write nothing and return 1 when a file is stale."""
+    if check:
+        stale_files = stale(texts)
         for path in stale_files:
-            print(f"{path.relative_to(REPO)} is stale: run {REGENERATE}", file=sys.stderr)
+            print(f"{path.relative_to(REPO)} is stale: run {regenerate}", file=sys.stderr)
         return 1 if stale_files else 0
     for path, text in texts.items():
         path.parent.mkdir(parents=True, exist_ok=True)

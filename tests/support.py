@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import inspect
 import os
 import signal
@@ -14,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import pytest
@@ -185,3 +187,10 @@ async def waited_for(backend: Backend, *task_ids: int) -> bool:
     marked = await backend.pool.fetchval(
         "SELECT count(*) FROM shoal.tasks WHERE id = ANY($1::bigint[]) AND waited", task_ids)
     return bool(marked == len(task_ids))
+def load_script(path: Path) -> ModuleType:
+    """A script that is not in a package (hack/gen_docs.py ...), imported as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -10,10 +10,29 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 Status = Literal["True", "False", "Unknown"]
 Condition = dict[str, Any]
+
+
+class StatusCondition(BaseModel):
+    """The schema of one condition in a resource's status (what `make_condition` builds)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True,
+                              extra="forbid")
+
+    type: str = Field(description="Ready, Reconciling, Stalled, ... (one entry per type).")
+    status: Status = Field(description="True, False or Unknown.")
+    reason: str = Field(description="A CamelCase word a program may compare.")
+    message: str = Field("", description="What it means, in words.")
+    last_transition_time: datetime = Field(description="When status last changed.")
+    observed_generation: int | None = Field(None, json_schema_extra={"format": "int64"},
+                                            description="The spec generation it was judged "
+                                            "against.")
 
 
 def now_rfc3339(now: datetime | None = None) -> str:
@@ -63,3 +82,8 @@ def set_conditions(conditions: Sequence[Mapping[str, Any]] | None,
                                u.get("message", ""), generation=u.get("observedGeneration"),
                                now=now)
     return result
+
+
+# A status's `conditions`: one entry per type (a list-map for server-side apply).
+Conditions = Annotated[list[StatusCondition], Field(json_schema_extra={
+    "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})]

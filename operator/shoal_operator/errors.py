@@ -1,7 +1,5 @@
 """Errors the operator reports on a resource's status: each says what to fix."""
 
-from pydantic import ValidationError
-
 from shoal.errors import BackendUnavailable, InvalidInput, ShoalError
 
 
@@ -19,9 +17,3 @@ class DatabaseSecretError(ShoalError, ValueError):
 
 class SchemaNotReady(BackendUnavailable):
     """The database answers, but Shoal's schema could not be created or upgraded there."""
-
-
-def spec_problems(exc: ValidationError) -> str:
-    """A custom resource's validation errors as `spec.field.path: message; ...`."""
-    return "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                     for e in exc.errors())

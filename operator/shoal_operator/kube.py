@@ -18,9 +18,9 @@ from urllib.parse import quote
 
 from kubernetes_asyncio import client, config
 
+from shoal_operator.resource import GROUP, VERSION
+
 FIELD_MANAGER = "shoal-operator"
-GROUP = "shoal.dev"
-VERSION = "v1alpha1"
 
 Obj = dict[str, Any]
 
@@ -86,6 +86,13 @@ class Kube:
                                   content_type="application/apply-patch+yaml")
 
 
+def namespaced(namespace: str | None) -> str:
+    """The namespace kopf passes to handlers of a namespaced resource, which always has one."""
+    if namespace is None:
+        raise TypeError("a namespaced resource without a namespace")
+    return namespace
+
+
 def workerpool_path(namespace: str, name: str = "") -> str:
     base = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/workerpools"
     return f"{base}/{quote(name)}" if name else base
@@ -115,7 +122,7 @@ async def kube() -> Kube:
     async with _lock:
         if _kube is None:
             if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-                config.load_incluster_config()
+                config.load_incluster_config()  # type: ignore[no-untyped-call]
             else:  # read $KUBECONFIG now, not when kubernetes_asyncio was imported
                 await config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
             _kube = Kube(client.ApiClient())

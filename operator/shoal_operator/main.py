@@ -19,6 +19,7 @@ import shoal_operator.pools.handlers  # noqa: F401  (registers WorkerPool handle
 from shoal import logs
 from shoal.errors import InvalidInput
 from shoal_operator import backends, kube, metrics
+from shoal_operator.health import Health
 from shoal_operator.workflows import handlers as _workflows  # noqa: F401  (registers them)
 from shoal_operator.workflows.status import PHASE_LABEL_FIELD
 
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--all-namespaces", "-A", action="store_true",
                        help="watch every namespace (needs cluster-wide RBAC)")
     parser.add_argument("--liveness-port", type=int, default=8080,
-                        help="serve GET /healthz on this port (0: off; default 8080)")
+                        help="serve GET /healthz (liveness) and /readyz (readiness) on this "
+                             "port (0: off; default 8080)")
     parser.add_argument("--metrics-port", type=int, default=9090,
                         help="serve Prometheus /metrics on this port (0: off; default 9090)")
     parser.add_argument("--schema", default="shoal",
@@ -103,14 +105,21 @@ async def shutdown(**_: object) -> None:
     await kube.close()
 
 
-async def run(config: OperatorConfig) -> None:
+async def run(config: OperatorConfig) -> int:
+    """Serve until SIGINT/SIGTERM (0) or until one of the services died (1)."""
     backends.set_default_schema(config.schema)
-    liveness = (f"http://0.0.0.0:{config.liveness_port}/healthz"
-                if config.liveness_port else None)
-    await kopf.operator(
-        clusterwide=config.all_namespaces, namespaces=config.namespaces,
-        standalone=config.peering is None, peering_name=config.peering,
-        liveness_endpoint=liveness, memo=kopf.Memo(config=config))
+    health = Health()
+    server = await health.serve(config.liveness_port) if config.liveness_port else None
+    try:
+        await kopf.operator(
+            clusterwide=config.all_namespaces, namespaces=config.namespaces,
+            standalone=config.peering is None, peering_name=config.peering,
+            ready_flag=health.ready, stop_flag=health.stop,
+            memo=kopf.Memo(config=config, health=health))
+    finally:
+        if server is not None:
+            await server.cleanup()
+    return 1 if health.dead else 0
 
 
 def main(argv: list[str]) -> int:
@@ -122,5 +131,4 @@ def main(argv: list[str]) -> int:
         print(f"shoal operator: error: {exc}", file=sys.stderr)
         return 2
     metrics.start(config.metrics_port)
-    asyncio.run(run(config))
-    return 0
+    return asyncio.run(run(config))

@@ -6,6 +6,7 @@ sum up under task="_other"); workflows by Kubernetes namespace and phase.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 
@@ -49,6 +50,12 @@ WORKFLOW_PHASES = ("Pending", "Running", "Paused", "Cancelling", "Cancelled", "S
 POOL_METRICS: tuple[MetricWrapperBase, ...] = (
     backlog, desired_replicas, scaler_errors, evaluation_seconds, max_replicas, tasks,
     oldest_ready)
+service_failures = Counter("shoal_operator_service_failures_total",
+                           "Failed rounds of the operator's services (scaler/NS/POOL, "
+                           "workflow-sync)", ["service"])
+service_failing = Gauge("shoal_operator_service_failing",
+                        "1 while a service failed its last rounds in a row or died (the "
+                        "operator is then not ready)", ["service"])
 
 
 def start(port: int, host: str = "0.0.0.0") -> None:
@@ -122,3 +129,10 @@ def record_workflows(phases: Iterable[tuple[str, str]]) -> None:
     for namespace in namespaces:
         for phase in WORKFLOW_PHASES:
             workflows.labels(namespace, phase).set(counts.get((namespace, phase), 0))
+
+
+def forget_service(service: str) -> None:
+    """Drop the series of a service that ended on purpose (its pool was deleted)."""
+    for metric in (service_failures, service_failing):
+        with contextlib.suppress(KeyError):
+            metric.remove(service)

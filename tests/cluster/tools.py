@@ -165,16 +165,16 @@ def kubeadm_constant(name: str, version: str = K8S_VERSION) -> str:
 def etcd() -> tuple[Path, str]:
     """etcd at the version kubeadm deploys, and that image tag (e.g. ``3.6.6-0``)."""
     tag = kubeadm_constant("DefaultEtcdVersion")
-    return _pinned("etcd", "go.etcd.io/etcd/server/v3", "v" + tag.split("-")[0]), tag
+    return pinned_build("etcd", "go.etcd.io/etcd/server/v3", "v" + tag.split("-")[0]), tag
 
 
 def coredns() -> tuple[Path, str]:
     """CoreDNS, with the plugins kubeadm's Corefile needs, at the version kubeadm deploys."""
     version = kubeadm_constant("CoreDNSVersion")
-    return _pinned("coredns", "github.com/coredns/coredns", version), version
+    return pinned_build("coredns", "github.com/coredns/coredns", version), version
 
 
-def _pinned(name: str, module: str, version: str) -> Path:
+def pinned_build(name: str, module: str, version: str) -> Path:
     """Build ``cmd/<name>`` with its go.mod requiring `module` at `version`."""
     path = cache_root() / f"{name}-{version}" / "bin" / name
     if not path.exists():

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ DENIED = re.compile(r'is forbidden: User ".*" cannot |not enough permissions', r
 
 
 class OperatorProcess:
-    """`shoal operator` as a subprocess; `start()` returns once /healthz answers.
+    """`shoal operator` as a subprocess; `start()` returns once /readyz answers 200.
 
     It authenticates only as `kubeconfig` says (default: `kube`'s own
     kubeconfig); no other credentials are in its environment.
@@ -56,19 +57,26 @@ class OperatorProcess:
                 "--metrics-port", str(self.metrics_port), *self.extra]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-        wait_for(self._healthy, 60, "the operator's /healthz")
+        wait_for(self.ready, 60, "the operator's /readyz")
         return self
 
-    def _healthy(self) -> bool:
+    def ready(self) -> bool:
+        """/readyz answers 200 (raises if the process exited)."""
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"operator exited {self.proc.returncode}:\n{self.log_tail()}")
+        return self.probe("/readyz")[0] == 200
+
+    def probe(self, path: str) -> tuple[int, str]:
+        """(status, body) of GET `path` on the liveness port; (0, error) if it does not answer."""
         try:
             with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
+                    f"http://127.0.0.1:{self.liveness_port}{path}", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError as exc:
+            return 0, str(exc)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",

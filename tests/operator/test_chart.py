@@ -59,11 +59,22 @@ def local_image() -> tuple[str, ...]:
     return f"image.repository={repository}", f"image.tag={tag}", "image.pullPolicy=IfNotPresent"
 
 
+EXPECTED_VALUES = (
+    "nameOverride=queue", "fullnameOverride=jobs-operator",
+    "priorityClassName=system-cluster-critical",
+    "topologySpreadConstraints[0].maxSkew=1",
+    "topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+    "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+    "extraEnv[0].name=TZ", "extraEnv[0].value=UTC",
+    "logging.format=json", "logging.level=debug",
+)
+
+
 def test_helm_lint_strict_passes(kube: KubeAccess) -> None:
     for values in ((), ("watchNamespaces={team-a,team-b}", "podDisruptionBudget.enabled=true",
                         "metrics.serviceMonitor.enabled=true", "metrics.podMonitor.enabled=true",
                         "metrics.prometheusRule.enabled=true",
-                        "metrics.grafanaDashboard.enabled=true")):
+                        "metrics.grafanaDashboard.enabled=true"), EXPECTED_VALUES):
         result = kube.helm("lint", "--strict", str(CHART), *sets(values))
         assert result.returncode == 0, result.stdout + result.stderr
         assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
@@ -83,6 +94,11 @@ def test_helm_lint_strict_passes(kube: KubeAccess) -> None:
     ("metrics.prometheusRule.queueAgeFor=soon", "at '/metrics/prometheusRule/queueAgeFor'"),
     ("metrics.prometheusRule.leaseLosses=-1", "at '/metrics/prometheusRule/leaseLosses'"),
     ("metrics.podMonitor.scrape=1", "at '/metrics/podMonitor': additional properties"),
+    ("logging.level=loud", "at '/logging/level': value must be one of"),
+    ("logging.format=xml", "at '/logging/format': value must be one of"),
+    ("nameOverride=Shoal", "at '/nameOverride': 'Shoal' does not match"),
+    ("extraEnv[0].value=x", "at '/extraEnv/0': missing property 'name'"),
+    ("topologySpreadConstraints[0].maxSkew=1", "at '/topologySpreadConstraints/0': missing"),
 ])
 def test_schema_rejects_a_bad_value_naming_it(kube: KubeAccess, value: str, message: str) -> None:
     for command in (["template", "shoal"], ["lint", "--strict"]):
@@ -103,6 +119,30 @@ def test_template_rejects_values_that_contradict_each_other(
     result = kube.helm("template", "shoal", str(CHART), *sets(values))
     assert result.returncode != 0, f"helm template accepted {values}"
     assert message in result.stderr, result.stderr
+
+
+def test_values_users_of_the_keda_and_cnpg_charts_expect(kube: KubeAccess) -> None:
+    """Names, priority, spreading, extra env and log format/level reach the operator."""
+    docs = render(kube, *EXPECTED_VALUES)
+    named = {d["kind"]: d["metadata"]["name"] for d in docs
+             if d["kind"] in ("Deployment", "ServiceAccount", "Service")}
+    assert named == {"Deployment": "jobs-operator", "ServiceAccount": "jobs-operator",
+                     "Service": "jobs-operator-metrics"}
+    deployment = one(docs, "Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector["app.kubernetes.io/name"] == "queue"
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    assert pod["topologySpreadConstraints"] == [{
+        "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": selector}}]
+    [container] = pod["containers"]
+    assert container["env"] == [{"name": "TZ", "value": "UTC"}]
+    assert container["args"][-2:] == ["--log-format=json", "--log-level=debug"]
+    defaults = one(render(kube), "Deployment")["spec"]["template"]["spec"]
+    assert not {"priorityClassName", "topologySpreadConstraints"} & set(defaults)
+    assert not [a for a in defaults["containers"][0]["args"] if a.startswith("--log-")]
+    assert "env" not in defaults["containers"][0]
 
 
 def test_cluster_wide_rbac_is_least_privilege(kube: KubeAccess) -> None:
@@ -155,7 +195,7 @@ def test_operator_pod_is_restricted_and_alone(kube: KubeAccess) -> None:
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
 def test_optional_objects_are_off_by_default(kube: KubeAccess) -> None:

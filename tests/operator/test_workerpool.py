@@ -19,6 +19,7 @@ import pytest
 
 from shoal.backend import Backend, NewTask
 from tests.cluster.access import KubeAccess
+from tests.cluster.kstatus import kstatus
 from tests.operator.harness import (
     OperatorProcess,
     apply,
@@ -150,9 +151,9 @@ async def test_burst_scales_up_then_idle_pods_go_first(
         wait_for, lambda: (p := live_pods(kube, namespace, "burst")) and len(p) == 1 and p,
         40, "one pod left")
     assert survivors == [busy_pod]
-    # Age alone would keep this pod too (it is the oldest); the operator's mark is
-    # what makes it survive when it is not (tests/kube proves the ReplicaSet
-    # honours the mark): the busy pod costs its in-flight count, idle ones 0.
+    # Age alone would keep this pod too (it is the oldest); the operator's mark,
+    # which the ReplicaSet controller ranks before age, is what makes it survive
+    # when it is not: the busy pod costs its in-flight count, idle ones 0.
     survivor = kube.get_json("pod", busy_pod, "-n", namespace)
     assert survivor["metadata"]["annotations"][
         "controller.kubernetes.io/pod-deletion-cost"] == "1"
@@ -277,6 +278,16 @@ def test_spec_the_api_server_rejects_gets_a_condition(
     assert c["status"] == "False" and "Sometimes" in c["message"]
     assert "DeploymentRejected" in [e["reason"] for e in events_for(kube, namespace, "quota")]
     assert deployment(kube, namespace, "quota") is None
+    # Stalled: it cannot be served until the spec changes (kstatus: Failed, not InProgress).
+    waited = kube.kubectl("wait", "--for=condition=Stalled", "--timeout=30s",
+                          "workerpools.shoal.dev/quota", "-n", namespace)
+    assert waited.returncode == 0, waited.stderr
+    stalled = wp(kube, namespace, "quota")
+    assert condition(stalled, "Stalled")["reason"] == "DeploymentRejected"
+    assert condition(stalled, "Reconciling")["status"] == "False"
+    assert stalled["status"]["observedGeneration"] == stalled["metadata"]["generation"]
+    [read] = kstatus([stalled])
+    assert read["status"] == "Failed" and "Sometimes" in read["message"], read
     # A malformed quantity is refused by the CRD's schema before it gets that far.
     bad["spec"]["template"]["resources"] = {"limits": {"cpu": "lots"}}
     assert kube.kubectl("apply", "-f", "-", input=json.dumps(bad)).returncode != 0
@@ -285,6 +296,9 @@ def test_spec_the_api_server_rejects_gets_a_condition(
     bad["spec"]["template"]["tolerations"] = [{"key": "gpu", "operator": "Exists"}]
     apply(kube, bad)
     wait_for(lambda: deployment(kube, namespace, "quota"), 30, "the Deployment")
+    wait_for(lambda: (condition(wp(kube, namespace, "quota"), "Stalled") or {}).get(
+        "status") == "False", 30, "Stalled=False once the spec is fixed")
+    assert kstatus([wp(kube, namespace, "quota")])[0]["status"] != "Failed"
 
 
 def test_manual_mode_follows_kubectl_scale(kube: KubeAccess, shoal_operator: OperatorProcess,
@@ -304,6 +318,38 @@ def test_manual_mode_follows_kubectl_scale(kube: KubeAccess, shoal_operator: Ope
                                     f"{namespace}/workerpools/manual/scale").stdout)
     assert scale["spec"]["replicas"] == 3 and scale["status"]["selector"] == \
         "shoal.dev/pool=manual"
+    assert get_scale(kube, namespace, "manual") == {
+        "spec": {"replicas": 3}, "status": {"replicas": 3, "selector": "shoal.dev/pool=manual"}}
+
+
+def get_scale(kube: KubeAccess, namespace: str, name: str) -> dict[str, Any]:
+    """`kubectl get --subresource=scale`: spec and status of the pool's Scale."""
+    result = kube.kubectl("get", "--subresource=scale", "workerpools.shoal.dev", name,
+                          "-n", namespace, "-o", "json")
+    assert result.returncode == 0, result.stderr
+    scale = json.loads(result.stdout)
+    assert scale["kind"] == "Scale", scale
+    return {"spec": scale["spec"], "status": scale["status"]}
+
+
+def test_scale_subresource_in_auto_mode_reads_the_scalers_count(
+        kube: KubeAccess, shoal_operator: OperatorProcess, pod_dsn: str, namespace: str) -> None:
+    """Auto mode: spec.replicas mirrors the scaler's count, so /scale reads what runs;
+    `kubectl scale` is overridden at the evaluation it wakes (as under an HPA)."""
+    create_secret(kube, namespace, pod_dsn)
+    apply(kube, pool("auto", namespace, minReplicas=2, maxReplicas=4))
+    wait_for(lambda: (d := deployment(kube, namespace, "auto")) and d["spec"]["replicas"] == 2,
+             30, "the Deployment at minReplicas")
+    scale = wait_for(lambda: (s := get_scale(kube, namespace, "auto"))
+                     and s["spec"]["replicas"] == 2 and s, 30, "spec.replicas mirrored")
+    assert scale["status"]["selector"] == "shoal.dev/pool=auto"
+    result = kube.kubectl("scale", "wp", "auto", "-n", namespace, "--replicas=4")
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: get_scale(kube, namespace, "auto")["spec"]["replicas"] == 2, 15,
+             "the scaler's count back in spec.replicas")
+    assert deployment(kube, namespace, "auto")["spec"]["replicas"] == 2
+    obj = wp(kube, namespace, "auto")
+    assert (condition(obj, "ScalingActive") or {}).get("status") == "True"
 
 
 async def test_pause_annotation_holds_replicas(
@@ -367,3 +413,65 @@ def test_operator_restart_resumes_and_repairs(kube: KubeAccess, shoal_operator: 
                      and d["spec"]["replicas"] == 3 and d, 30,
                      "the Deployment re-created with the scale made while the operator was down")
     assert again["metadata"]["ownerReferences"][0]["name"] == "resume"
+
+
+async def test_a_scaler_that_keeps_failing_shows_on_the_pool_and_in_readiness(
+        kube: KubeAccess, shoal_operator: OperatorProcess, pod_dsn: str, namespace: str,
+        backend: Backend) -> None:
+    """The API server refuses every replica change of the pool's Deployment (a
+    ValidatingAdmissionPolicy): once the scaler's rounds keep failing, the pool says
+    ScalingActive=False ScalerFailing, the operator's metric counts them and /readyz
+    answers 503 naming the scaler. Lifting the policy recovers all three."""
+    create_secret(kube, namespace, pod_dsn)
+    apply(kube, pool("frozen", namespace, maxReplicas=4))
+    await asyncio.to_thread(
+        wait_for, lambda: (condition(wp(kube, namespace, "frozen"), "ScalingActive") or {}).get(
+            "status") == "True", 30, "ScalingActive=True")
+    service = f"scaler/{namespace}/frozen"
+    policy = {"apiVersion": "admissionregistration.k8s.io/v1",
+              "kind": "ValidatingAdmissionPolicy", "metadata": {"name": namespace},
+              "spec": {"failurePolicy": "Fail", "matchConstraints": {"resourceRules": [{
+                  "apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["UPDATE"],
+                  "resources": ["deployments"]}]},
+                  "validations": [{"expression": "object.spec.replicas == oldObject.spec.replicas",
+                                   "message": "replicas are frozen here"}]}}
+    binding = {"apiVersion": "admissionregistration.k8s.io/v1",
+               "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": namespace},
+               "spec": {"policyName": namespace, "validationActions": ["Deny"],
+                        "matchResources": {"namespaceSelector": {"matchLabels": {
+                            "kubernetes.io/metadata.name": namespace}}}}}
+    for obj in (policy, binding):
+        apply(kube, obj)
+    try:
+        # Until the API server enforces it, a probe edit is let through.
+        def enforced() -> bool:
+            probe = kube.kubectl("label", "deployment", "frozen", "-n", namespace,
+                                 "--overwrite", "probe=1", "--dry-run=server")
+            scaled = kube.kubectl("patch", "deployment", "frozen", "-n", namespace,
+                                  "-p", '{"spec": {"replicas": 2}}', "--dry-run=server")
+            return probe.returncode == 0 and "replicas are frozen here" in scaled.stderr
+        await asyncio.to_thread(wait_for, enforced, 30, "the policy enforced")
+        await backend.enqueue([NewTask("sleep", {"seconds": 20}, namespace=namespace)
+                               for _ in range(8)])
+        failing = await asyncio.to_thread(
+            wait_for, lambda: (c := condition(wp(kube, namespace, "frozen"), "ScalingActive"))
+            and c["reason"] == "ScalerFailing" and c, 30, "ScalingActive=False, ScalerFailing")
+        assert failing["status"] == "False" and "replicas are frozen here" in failing["message"]
+        status, text = shoal_operator.probe("/readyz")
+        assert status == 503 and f"{service}: failed " in text, (status, text)
+        assert f'shoal_operator_service_failing{{service="{service}"}} 1.0' in \
+            shoal_operator.metrics()
+        assert shoal_operator.probe("/healthz")[0] == 200  # alive: not restarted for this
+        assert deployment(kube, namespace, "frozen")["spec"]["replicas"] == 1
+    finally:
+        for obj in (binding, policy):
+            kube.kubectl("delete", obj["kind"].lower(), namespace, "--ignore-not-found")
+    await asyncio.to_thread(
+        wait_for, lambda: deployment(kube, namespace, "frozen")["spec"]["replicas"] == 4, 30,
+        "the scale-up once the policy is gone")
+    await asyncio.to_thread(wait_for, shoal_operator.ready, 15, "/readyz 200 again")
+    assert f'shoal_operator_service_failing{{service="{service}"}} 0.0' in \
+        shoal_operator.metrics()
+    await asyncio.to_thread(
+        wait_for, lambda: (condition(wp(kube, namespace, "frozen"), "ScalingActive") or {}).get(
+            "status") == "True", 15, "ScalingActive=True again")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import shlex
 import subprocess
 import time
 import uuid
@@ -22,6 +24,7 @@ import pytest
 
 from shoal.backend import Backend, WorkflowStatus
 from tests.cluster.access import KubeAccess
+from tests.cluster.kstatus import kstatus
 from tests.operator.harness import (
     VENV_BIN,
     OperatorProcess,
@@ -93,7 +96,7 @@ def workflow(name: str, steps: list[dict[str, Any]], **spec: Any) -> dict[str, A
 
 
 def get_wf(kube: KubeAccess, name: str) -> dict[str, Any] | None:
-    found: dict[str, Any] | None = kube.get_json("workflow", name, "-n", NS)
+    found: dict[str, Any] | None = kube.get_json("workflows.shoal.dev", name, "-n", NS)
     return found
 
 
@@ -105,7 +108,7 @@ def wait_phase(kube: KubeAccess, name: str, phase: str, timeout: float = 30) -> 
 
 
 def annotate(kube: KubeAccess, name: str, *pairs: str) -> None:
-    result = kube.kubectl("annotate", "workflow", name, "-n", NS, "--overwrite", *pairs)
+    result = kube.kubectl("annotate", "workflows.shoal.dev", name, "-n", NS, "--overwrite", *pairs)
     assert result.returncode == 0, result.stderr
 
 
@@ -159,7 +162,9 @@ async def test_three_steps_succeed_with_outputs_flowing(kube: KubeAccess, pool: 
     assert json.loads(status["output"]) == {"text": "got 42 from 42"}
     assert [s["state"] for s in status["steps"]] == ["succeeded"] * 3
     assert status["finishedAt"] >= status["startedAt"]
-    assert condition(obj, "Finished")["reason"] == "Succeeded"
+    assert (condition(obj, "Complete")["status"], condition(obj, "Complete")["reason"]) == (
+        "True", "Succeeded")
+    assert condition(obj, "Failed")["status"] == "False"
     assert condition(obj, "Accepted")["status"] == "True"
     assert obj["metadata"]["labels"]["shoal.dev/phase"] == "Succeeded"
     # The phase label is the operator's output, not a change kopf must record (and patch).
@@ -170,14 +175,49 @@ async def test_three_steps_succeed_with_outputs_flowing(kube: KubeAccess, pool: 
     table = kube.kubectl("get", "workflows", "-n", NS, "chain").stdout
     assert table.split("\n")[0].split() == ["NAME", "PHASE", "PROGRESS", "PAUSED", "AGE"]
     assert table.split("\n")[1].split()[:4] == ["chain", "Succeeded", "3/3", "false"]
-    wide = kube.kubectl("get", "wf", "-n", NS, "chain", "-o", "wide").stdout
+    wide = kube.kubectl("get", "shwf", "-n", NS, "chain", "-o", "wide").stdout
     assert "MESSAGE" in wide and "POOL" in wide
+    # `wf` is Argo Workflows' short name, no longer Shoal's.
+    assert "doesn't have a resource type" in kube.kubectl("get", "wf", "-n", NS).stderr
     selected = kube.kubectl("get", "shoal", "-n", NS, "-l", "shoal.dev/phase=Succeeded",
                             "-o", "name").stdout
     assert "workflow.shoal.dev/chain" in selected
     metrics = shoal_operator.metrics()
     assert 'shoal_workflow_patches_total{kind="status"}' in metrics
     assert "shoal_workflows_tracked" in metrics
+
+
+def kubectl_wait(kube: KubeAccess, condition_: str, name: str, timeout: str
+                 ) -> subprocess.CompletedProcess[str]:
+    return kube.kubectl("wait", f"--for=condition={condition_}", f"--timeout={timeout}",
+                        f"workflows.shoal.dev/{name}", "-n", NS)
+
+
+async def test_kubectl_wait_and_kstatus_read_success_failure_and_cancel(
+        kube: KubeAccess, pool: str, workers: None, backend: Backend):
+    """Complete only on success, Failed on failure and cancel: a script waiting for
+    success stops waiting; kstatus reads Current, Failed, Failed."""
+    apply(kube, workflow("goes-well", [{"name": "a", "task": "echo", "input": {"x": 1}}]))
+    apply(kube, workflow("goes-wrong", [{"name": "a", "task": "fail", "input": "boom"}]))
+    await start_long_step(kube, backend, "goes-away", 120)
+    [running] = kstatus([get_wf(kube, "goes-away")])
+    assert running["status"] == "InProgress", running
+    annotate(kube, "goes-away", "cancel=true")
+
+    waited = kubectl_wait(kube, "Complete", "goes-well", "60s")
+    assert waited.returncode == 0, waited.stderr
+    for name in ("goes-wrong", "goes-away"):
+        failed = kubectl_wait(kube, "Failed", name, "60s")
+        assert failed.returncode == 0, (name, failed.stderr)
+        never = kubectl_wait(kube, "Complete", name, "2s")
+        assert never.returncode != 0 and "timed out" in never.stderr, (name, never)
+    objects = [get_wf(kube, n) for n in ("goes-well", "goes-wrong", "goes-away")]
+    assert [o["status"]["phase"] for o in objects] == ["Succeeded", "Failed", "Cancelled"]
+    assert [condition(o, "Failed")["reason"] for o in objects] == [
+        "Succeeded", "Failed", "Cancelled"]
+    assert [r["status"] for r in kstatus(objects)] == ["Current", "Failed", "Failed"]
+    assert all(o["status"]["observedGeneration"] == o["metadata"]["generation"]
+               for o in objects)
 
 
 async def test_pause_stops_new_steps_and_resume_continues(kube: KubeAccess, pool: str,
@@ -234,7 +274,9 @@ async def test_cancel_stops_a_long_step_cooperatively(kube: KubeAccess, pool: st
                        lambda s: step_state(s, "long") == "cancelled", within=3)
     obj = wait_phase(kube, "cancellable", "Cancelled", timeout=20)
     assert [s["state"] for s in obj["status"]["steps"]] == ["cancelled", "cancelled"]
-    assert condition(obj, "Finished")["reason"] == "Cancelled"
+    assert (condition(obj, "Failed")["status"], condition(obj, "Failed")["reason"]) == (
+        "True", "Cancelled")
+    assert condition(obj, "Complete")["status"] == "False"
     # Cancel is irreversible: cancel=false is refused with an Event and a condition.
     annotate(kube, "cancellable", "shoal.dev/cancel=false")
     refused = wait_for(lambda: (c := condition(get_wf(kube, "cancellable"), "AnnotationsValid"))
@@ -259,6 +301,9 @@ async def test_bad_annotation_value_is_refused_without_a_command(
     events = wait_for(lambda: [e for e in events_for(kube, NS, "maybe")
                                if e["reason"] == "InvalidAnnotation"], 15, "the Event")
     assert events[0]["type"] == "Warning"
+    # Named so that kubectl reaches it even beside Argo's Workflow kind.
+    assert f"kubectl annotate --overwrite workflows.shoal.dev/maybe -n {NS}" in \
+        events[0]["message"]
     status = await backend.workflow_status(await instance(backend, kube, "maybe"))
     assert status.commands == []
     wait_phase(kube, "maybe", "Succeeded")
@@ -295,7 +340,7 @@ def test_spec_is_immutable_once_started(kube: KubeAccess, pool: str, workers: No
     apply(kube, workflow("frozen", [{"name": "a", "task": "noop"}]))
     wait_for(lambda: ((get_wf(kube, "frozen") or {}).get("status") or {}).get("workflowId"),
              30, "the instance id in status")
-    result = kube.kubectl("patch", "workflow", "frozen", "-n", NS, "--type=merge",
+    result = kube.kubectl("patch", "workflows.shoal.dev", "frozen", "-n", NS, "--type=merge",
                           "-p", json.dumps({"spec": {"priority": 5}}))
     assert result.returncode != 0
     assert "spec is immutable once the workflow has started" in result.stderr
@@ -342,7 +387,7 @@ async def test_create_survives_an_operator_killed_mid_submit(
 async def test_delete_cancels_the_instance(kube: KubeAccess, pool: str, workers: None,
                                            backend: Backend):
     wid = await start_long_step(kube, backend, "doomed", 120)
-    result = kube.kubectl("delete", "workflow", "doomed", "-n", NS, "--timeout=30s")
+    result = kube.kubectl("delete", "workflows.shoal.dev", "doomed", "-n", NS, "--timeout=30s")
     assert result.returncode == 0, result.stderr
     assert get_wf(kube, "doomed") is None
     status = await wait_backend(backend, wid, "cancelled", lambda s: s.state == "cancelled")
@@ -369,8 +414,79 @@ async def test_delete_goes_through_when_the_backend_is_unreachable(
     assert refused["reason"] == "BackendUnavailable"
     assert get_wf(kube, "stranded")["status"]["phase"] == "Pending"
     t0 = time.monotonic()
-    result = kube.kubectl("delete", "workflow", "stranded", "-n", NS, "--timeout=90s")
+    result = kube.kubectl("delete", "workflows.shoal.dev", "stranded", "-n", NS, "--timeout=90s")
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - t0 < 90
     events = events_for(kube, NS, "stranded")
     assert [e for e in events if e["reason"] == "CancelFailed" and e["type"] == "Warning"]
+
+
+README = REPO / "README.md"
+MARKER = "<!-- With Argo Workflows installed: tests/operator/test_workflow.py runs these. -->"
+ARGO_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "workflows.argoproj.io"},
+    "spec": {"group": "argoproj.io", "scope": "Namespaced",
+             "names": {"kind": "Workflow", "listKind": "WorkflowList", "plural": "workflows",
+                       "singular": "workflow", "shortNames": ["wf", "wfs"]},
+             "versions": [{"name": "v1alpha1", "served": True, "storage": True,
+                           "schema": {"openAPIV3Schema": {
+                               "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
+}
+
+
+def readme_commands() -> list[list[str]]:
+    """The kubectl commands of the README's block for clusters with Argo Workflows."""
+    text = README.read_text()
+    block = re.search(re.escape(MARKER) + r"\n```sh\n(.*?)```", text, re.DOTALL)
+    assert block, "README.md lacks the block for clusters with Argo Workflows"
+    commands = [shlex.split(line) for line in block.group(1).splitlines() if line.strip()]
+    assert commands and all(c[0] == "kubectl" for c in commands), commands
+    return commands
+
+
+@pytest.fixture
+def argo(kube: KubeAccess, tmp_path: Path) -> Iterator[str]:
+    """A stand-in of Argo Workflows' CRD (its names: plural `workflows`, short name `wf`),
+    installed for one test. Yields the `--cache-dir` flag every kubectl of that test must
+    use: no other test's kubectl ever learns of the stand-in from its discovery cache."""
+    cache = f"--cache-dir={tmp_path / 'kube-cache'}"
+    kube.kubectl(cache, "apply", "-f", "-", input=json.dumps(ARGO_CRD), check=True)
+    kube.kubectl(cache, "wait", "--for=condition=Established", "--timeout=60s",
+                 "crd/workflows.argoproj.io", check=True)
+    try:
+        yield cache
+    finally:
+        kube.kubectl(cache, "delete", "crd", "workflows.argoproj.io", "--timeout=60s")
+
+
+def test_readme_commands_reach_shoal_with_argo_workflows_installed(
+        kube: KubeAccess, pool: str, workers: None, argo: str):
+    """With Argo's Workflow kind beside Shoal's, the bare `workflow` reaches Argo's, and the
+    README's commands for that case reach Shoal's."""
+    for obj in ({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+                 "metadata": {"name": "nightly-etl", "namespace": NS},
+                 "spec": {"entrypoint": "main"}},
+                workflow("nightly-etl", [{"name": "a", "task": "echo", "input": 1}])):
+        kube.kubectl(argo, "apply", "-f", "-", input=json.dumps(obj), check=True)
+    wait_phase(kube, "nightly-etl", "Succeeded")
+    bare = kube.kubectl(argo, "annotate", "workflow", "nightly-etl", "-n", NS, "probe=bare",
+                        check=True)
+    assert "workflow.argoproj.io/nightly-etl annotated" in bare.stdout, bare.stdout
+
+    for command in readme_commands():
+        result = kube.kubectl(argo, *command[1:], "-n", NS)
+        assert result.returncode == 0, (command, result.stderr)
+        assert "nightly-etl" in result.stdout and "argoproj" not in result.stdout, (
+            command, result.stdout)
+
+    def annotations(resource: str) -> dict[str, str]:
+        found = json.loads(kube.kubectl(argo, "get", resource, "nightly-etl", "-n", NS,
+                                        "-o", "json", check=True).stdout)
+        return dict(found["metadata"].get("annotations") or {})
+
+    shoal = annotations("workflows.shoal.dev")
+    assert (shoal.get("pause"), shoal.get("cancel"), shoal.get("probe")) == (
+        "false", "true", None)
+    assert annotations("workflows.argoproj.io").get("probe") == "bare"
+    assert not {"pause", "cancel"} & set(annotations("workflows.argoproj.io"))

@@ -3,28 +3,33 @@ metrics table with the metrics the code defines (hack/gen_docs.py writes both)."
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tests.support import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_generated_docs_are_current() -> None:
-    spec = importlib.util.spec_from_file_location("gen_docs", REPO / "hack/gen_docs.py")
-    assert spec is not None and spec.loader is not None
-    gen_docs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen_docs)
+    gen_docs = load_script(REPO / "hack/gen_docs.py")
     stale = [str(path.relative_to(REPO)) for path in gen_docs.stale(gen_docs.generated())]
     assert not stale, f"stale: {', '.join(stale)}; run {gen_docs.REGENERATE}"
 
 
 def _walk(node: dict[str, Any], path: str) -> Iterator[str]:
-    """The path of every field below `node`; items of an array of objects as `path[]`."""
-    for name, child in (node.get("properties") or {}).items():
+    """The path of every field below `node`; items of an array of objects as `path[]`.
+
+    The fields of an embedded Kubernetes type (they have no descriptions in the
+    CRD; `kubectl explain pod.spec` has them) are not the reference's.
+    """
+    properties = node.get("properties") or {}
+    if not any("description" in child for child in properties.values()):
+        return
+    for name, child in properties.items():
         yield f"{path}.{name}"
         yield from _walk(child, f"{path}.{name}")
         yield from _walk(child.get("items") or {}, f"{path}.{name}[]")

@@ -58,9 +58,11 @@ def test_duplicate_step_names_are_refused() -> None:
         validate(spec([{"name": "a", "task": "t"}, {"name": "a", "task": "u"}]))
 
 
-def test_invalid_tag_is_refused() -> None:
-    with pytest.raises(InvalidWorkflow, match="invalid tag"):
-        validate(spec([{"name": "a", "task": "t", "tags": ["no spaces"]}]))
+@pytest.mark.parametrize("tag", ["no spaces", "a,b", "x" * 64])
+def test_invalid_tag_is_refused(tag: str) -> None:
+    with pytest.raises(InvalidWorkflow, match=r"^invalid workflow spec: steps\.0\.tags\.0: "
+                       r"String should match pattern '\^\[A-Za-z0-9\]"):
+        parse_workflow({"steps": [{"name": "a", "task": "t", "tags": [tag]}]})
 
 
 @pytest.mark.parametrize(("ref", "message"), [

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from shoal_operator.errors import InvalidPoolSpec
-from shoal_operator.pools.deployment import desired_deployment, drifted, ready_condition
+from shoal_operator.pools.deployment import desired_deployment, drifted, rollout_state
 from shoal_operator.pools.spec import PoolSpec, is_paused
+from shoal_operator.pools.status import readiness
 
 BODY: dict[str, Any] = {"metadata": {"name": "etl", "namespace": "jobs", "uid": "u-1"}}
 SPEC: dict[str, Any] = {
@@ -82,14 +83,40 @@ def test_drift_ignores_server_defaults_but_sees_edits() -> None:
     assert drifted(desired, None)
 
 
-def test_ready_condition_from_deployment_status() -> None:
-    dep = {"metadata": {"generation": 2}, "spec": {"replicas": 3},
-           "status": {"observedGeneration": 2, "readyReplicas": 3, "updatedReplicas": 3}}
-    assert ready_condition(dep)[:2] == (True, "AllReplicasReady")
+def conditions(deployment: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """{type: (status, reason)} of the pool's kstatus conditions for `deployment`."""
+    state, reason, message = rollout_state(deployment)
+    return {c["type"]: (c["status"], c["reason"])
+            for c in readiness(state, reason, message, generation=3)}
+
+
+def test_rollout_state_from_deployment_status() -> None:
+    dep: dict[str, Any] = {
+        "metadata": {"generation": 2}, "spec": {"replicas": 3},
+        "status": {"observedGeneration": 2, "replicas": 3, "readyReplicas": 3,
+                   "updatedReplicas": 3}}
+    assert rollout_state(dep)[:2] == (True, "AllReplicasReady")
+    assert conditions(dep) == {"Ready": ("True", "AllReplicasReady"),
+                               "Reconciling": ("False", "AllReplicasReady"),
+                               "Stalled": ("False", "AllReplicasReady")}
     dep["status"]["readyReplicas"] = 1
-    assert ready_condition(dep)[:2] == (False, "ReplicasNotReady")
+    assert rollout_state(dep)[:2] == (None, "ReplicasNotReady")
+    assert conditions(dep) == {"Ready": ("False", "ReplicasNotReady"),
+                               "Reconciling": ("True", "ReplicasNotReady"),
+                               "Stalled": ("False", "ReplicasNotReady")}
     dep["status"]["observedGeneration"] = 1
-    assert ready_condition(dep)[:2] == (False, "RollingOut")
+    assert rollout_state(dep)[:2] == (None, "RollingOut")
+    dep["status"] |= {"observedGeneration": 2, "readyReplicas": 3, "replicas": 5}
+    assert rollout_state(dep)[:2] == (None, "ScalingDown")  # pods still draining
+    dep["status"]["conditions"] = [{"type": "Progressing", "status": "False",
+                                    "reason": "ProgressDeadlineExceeded",
+                                    "message": 'ReplicaSet "w-1" has timed out progressing.'}]
+    assert rollout_state(dep) == (False, "ProgressDeadlineExceeded",
+                                  'ReplicaSet "w-1" has timed out progressing.')
+    assert conditions(dep) == {"Ready": ("False", "ProgressDeadlineExceeded"),
+                               "Reconciling": ("False", "ProgressDeadlineExceeded"),
+                               "Stalled": ("True", "ProgressDeadlineExceeded")}
+    assert all(c["observedGeneration"] == 3 for c in readiness(False, "X", "", generation=3))
 
 
 def test_task_code_can_come_from_a_volume() -> None:
@@ -101,9 +128,13 @@ def test_task_code_can_come_from_a_volume() -> None:
     container = pod["containers"][0]
     assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}, mount]
     assert container["args"][container["args"].index("--app") + 1] == "/opt/tasks/etl.py:app"
-    for volumes in ([{"name": "tmp", "emptyDir": {}}], [code, code]):
-        with pytest.raises(InvalidPoolSpec, match=r"template\.volumes names must be unique"):
-            PoolSpec.from_body({**SPEC, "template": SPEC["template"] | {"volumes": volumes}})
+    for field, items, message in (
+            ("volumes", [{"name": "tmp", "emptyDir": {}}], "volume name 'tmp' is the operator's"),
+            ("volumes", [code, code], "each name must be unique"),
+            ("volumeMounts", [{"name": "code", "mountPath": "/tmp"}], "/tmp is the operator's"),
+            ("volumeMounts", [mount, mount], "each mountPath must be unique")):
+        with pytest.raises(InvalidPoolSpec, match=rf"spec\.template\.{field}: .*{message}"):
+            PoolSpec.from_body({**SPEC, "template": SPEC["template"] | {field: items}})
 
 
 def test_invalid_specs_name_the_field() -> None:

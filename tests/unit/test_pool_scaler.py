@@ -9,6 +9,7 @@ import kopf
 import pytest
 
 from shoal.backend import WorkerRow
+from shoal_operator.health import Health
 from shoal_operator.pools import autoscaler
 from shoal_operator.pools.scaler import (
     Observation,
@@ -16,15 +17,16 @@ from shoal_operator.pools.scaler import (
     decide,
     deletion_costs,
 )
-from shoal_operator.pools.spec import Fallback, RateLimit, Scaling
+from shoal_operator.pools.spec import Fallback, ScaleDown, ScaleUp, Scaling
 
-FAST = RateLimit(pods=100, percent=100, period_seconds=15)
+FAST_UP = ScaleUp(pods=100, percent=100, period="15s")
+FAST_DOWN = ScaleDown(pods=100, percent=100, period="15s")
 
 
 def scaling(**overrides: object) -> Scaling:
     base: dict[str, object] = {"min_replicas": 1, "max_replicas": 10,
-                               "scale_down_stabilization_seconds": 60,
-                               "scale_up": FAST, "scale_down": FAST}
+                               "scale_down_stabilization": "60s",
+                               "scale_up": FAST_UP, "scale_down": FAST_DOWN}
     return Scaling(**(base | overrides))
 
 
@@ -49,7 +51,7 @@ def test_clamped_to_max_reports_limited() -> None:
 
 
 def test_min_replicas_floor() -> None:
-    d = decide(scaling(min_replicas=2, scale_down_stabilization_seconds=0), 10,
+    d = decide(scaling(min_replicas=2, scale_down_stabilization="0s"), 10,
                Observation(100, 5, 0), ScalerState())
     assert d.desired == 2
     assert d.limit_reason == "TooFewReplicas"
@@ -65,7 +67,7 @@ def test_activation_threshold_from_zero() -> None:
 
 
 def test_scale_down_waits_out_the_stabilization_window() -> None:
-    s = scaling(scale_down_stabilization_seconds=30)
+    s = scaling(scale_down_stabilization="30s")
     state = ScalerState.starting(0, 5)
     d = decide(s, 10, Observation(0, 5, 50), state)
     assert d.desired == 5
@@ -78,7 +80,7 @@ def test_scale_down_waits_out_the_stabilization_window() -> None:
 
 
 def test_stabilization_takes_highest_recent_recommendation() -> None:
-    s = scaling(scale_down_stabilization_seconds=30)
+    s = scaling(scale_down_stabilization="30s")
     d = decide(s, 10, Observation(0, 6, 60), ScalerState.starting(0, 6))
     d = decide(s, 10, Observation(20, 6, 30), d.state)  # wants 3, window still has 6
     assert d.desired == 6
@@ -87,13 +89,13 @@ def test_stabilization_takes_highest_recent_recommendation() -> None:
 
 
 def test_restart_does_not_skip_the_window() -> None:
-    s = scaling(scale_down_stabilization_seconds=30)
+    s = scaling(scale_down_stabilization="30s")
     d = decide(s, 10, Observation(1000, 4, 0), ScalerState.starting(1000, 4))
     assert d.desired == 4
 
 
 def test_scale_up_rate_limit_per_period() -> None:
-    s = scaling(max_replicas=100, scale_up=RateLimit(pods=2, percent=50, period_seconds=10))
+    s = scaling(max_replicas=100, scale_up=ScaleUp(pods=2, percent=50, period="10s"))
     d = decide(s, 1, Observation(0, 2, 100), ScalerState())
     assert (d.desired, d.limit_reason) == (4, "ScaleUpLimit")  # max(2 pods, 50% of 2) = +2
     d = decide(s, 1, Observation(5, 4, 100), d.state)
@@ -103,8 +105,8 @@ def test_scale_up_rate_limit_per_period() -> None:
 
 
 def test_scale_down_rate_limit_per_period() -> None:
-    s = scaling(min_replicas=0, scale_down_stabilization_seconds=0,
-                scale_down=RateLimit(pods=1, percent=0, period_seconds=10))
+    s = scaling(min_replicas=0, scale_down_stabilization="0s",
+                scale_down=ScaleDown(pods=1, percent=0, period="10s"))
     d = decide(s, 10, Observation(0, 5, 0), ScalerState())
     assert (d.desired, d.limit_reason) == (4, "ScaleDownLimit")
     d = decide(s, 10, Observation(5, 4, 0), d.state)
@@ -165,7 +167,7 @@ async def test_a_recovery_right_after_a_failure_is_written(
 
     monkeypatch.setattr(autoscaler, "patch_status", patch_status)
     scaler = autoscaler.PoolScaler(kopf.Body({"metadata": {"namespace": "ns", "name": "p"},
-                                              "spec": {}}), recheck_seconds=10)
+                                              "spec": {}}), recheck_seconds=10, health=Health())
     ok = [scaler._condition("ScalingActive", True, "WithinTolerance", "ok")]
     await scaler._write_status({"replicas": 1}, ok)
     await scaler.evaluate()  # spec {} is invalid: ScalingActive=False, InvalidSpec

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from shoal.backend import CommandRecord, StepStatus, WorkflowStatus
 from shoal_operator.conditions import make_condition
+from shoal_operator.workflows.spec import WorkflowCRStatus
 from shoal_operator.workflows.status import MAX_OUTPUT, cr_status, merge_patch
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -30,6 +31,14 @@ def by_type(status):
     return {c["type"]: c for c in status["conditions"]}
 
 
+def lifecycle(status) -> dict[str, str]:
+    """{type: status} of the lifecycle conditions (not Accepted, Paused, AnnotationsValid); the
+    status must also be what the CRD's schema keeps (the API server prunes unknown keys)."""
+    WorkflowCRStatus.model_validate(status)
+    return {c["type"]: c["status"] for c in status["conditions"]
+            if c["type"] not in ("Accepted", "Paused", "AnnotationsValid")}
+
+
 def test_running_progress_and_times():
     s = cr_status(backend("running", [step("a", "succeeded", {"v": 1}, started=T0),
                                       step("b", "running", started=T0 + timedelta(seconds=1)),
@@ -44,7 +53,9 @@ def test_running_progress_and_times():
     conds = by_type(s)
     assert conds["Accepted"]["status"] == "True"
     assert conds["Paused"]["status"] == "False"
-    assert conds["Finished"]["reason"] == "InProgress"
+    assert lifecycle(s) == {"Ready": "Unknown", "Reconciling": "True", "Stalled": "False",
+                            "Complete": "False", "Failed": "False"}
+    assert conds["Complete"]["reason"] == "Running"
 
 
 def test_succeeded_output_of_single_and_many_sinks():
@@ -52,7 +63,9 @@ def test_succeeded_output_of_single_and_many_sinks():
     one = cr_status(backend("succeeded", steps, finished_at=T0), previous=None, sinks=["b"])
     assert one["phase"] == "Succeeded"
     assert one["output"] == '"B"'
-    assert by_type(one)["Finished"]["reason"] == "Succeeded"
+    assert by_type(one)["Complete"]["reason"] == "Succeeded"
+    assert lifecycle(one) == {"Ready": "True", "Reconciling": "False", "Stalled": "False",
+                              "Complete": "True", "Failed": "False"}
     many = cr_status(backend("succeeded", steps), previous=None, sinks=["a", "b"])
     assert many["output"] == '{"a":{"v":1},"b":"B"}'
 
@@ -66,6 +79,9 @@ def test_bounded_output_and_errors():
     assert len(s["steps"][0]["error"]) <= 256
     assert len(s["message"]) <= 1024
     assert s["phase"] == "Failed"
+    assert lifecycle(s) == {"Ready": "False", "Reconciling": "False", "Stalled": "True",
+                            "Complete": "False", "Failed": "True"}
+    assert by_type(s)["Failed"]["message"] == s["message"]
 
 
 def test_identical_input_gives_identical_status_and_keeps_transition_times():
@@ -98,8 +114,15 @@ def test_refused_before_submission():
     s = cr_status(None, previous=None, notes=[note], generation=1)
     assert s["phase"] == "Failed"
     assert s["message"] == "dependency cycle: a -> b -> a"
+    assert lifecycle(s) == {"Ready": "False", "Reconciling": "False",
+                            "Stalled": "True", "Complete": "False", "Failed": "True"}
+    assert by_type(s)["Failed"]["reason"] == "InvalidSpec"
     waiting = make_condition("Accepted", False, "PoolNotFound", "WorkerPool x/p does not exist")
-    assert cr_status(None, previous=None, notes=[waiting])["phase"] == "Pending"
+    pending = cr_status(None, previous=None, notes=[waiting])
+    assert pending["phase"] == "Pending"
+    assert lifecycle(pending) == {"Ready": "Unknown", "Reconciling": "True",
+                                  "Stalled": "False", "Complete": "False", "Failed": "False"}
+    assert by_type(pending)["Reconciling"]["reason"] == "PoolNotFound"
     # Handler-owned conditions survive a restart: the previous status carries them.
     again = cr_status(None, previous=s)
     assert again["phase"] == "Failed" and again["observedGeneration"] == 1

@@ -55,6 +55,7 @@ from shoal.errors import (
     WorkflowFailed,
 )
 from shoal.units import parse_duration
+from shoal.validation import problems
 from shoal.worker.app import App, check_tags
 
 
@@ -270,7 +271,7 @@ def parse_workflow(spec: dag.WorkflowSpec | dict[str, Any] | str) -> dag.Workflo
         try:
             model = dag.WorkflowSpec.model_validate(data)
         except ValidationError as exc:
-            raise InvalidWorkflow(f"invalid workflow spec: {exc}") from None
+            raise InvalidWorkflow(f"invalid workflow spec: {problems(exc)}") from None
     dag.validate(model)
     return model
 

@@ -21,41 +21,53 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from shoal.errors import InvalidWorkflow
 from shoal.units import parse_duration
+from shoal.validation import Checked, Duration, Rule
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"
-TAG_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+TAG_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"  # at most 63 characters
+TASK_NAME_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9_.:]{0,199}$"
+MAX_STEPS = 200
+INT32 = {"ge": -(2**31), "le": 2**31 - 1}
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
 
+# A tag, as tasks, workers and pools carry them.
+Tag = Annotated[str, Field(pattern=TAG_PATTERN)]
+StepName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
+Priority = Annotated[int, Field(**INT32, json_schema_extra={"format": "int32"})]
 
-class _Model(BaseModel):
+
+class _Model(Checked):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
 class StepSpec(_Model):
     """One step: a registered task, its input and the steps it waits for."""
 
-    name: str = Field(pattern=NAME_PATTERN, max_length=63)
-    task: str = Field(min_length=1, max_length=200)
-    input: Any = None
-    depends_on: list[str] = Field(default_factory=list)
-    retries: int = Field(default=0, ge=0, le=100)
-    timeout: str | None = None
-    priority: int | None = None
-    tags: list[str] | None = None
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout_parses(cls, value: str | None) -> str | None:
-        if value is not None and parse_duration(value) <= 0:
-            raise ValueError("timeout must be positive")
-        return value
+    name: StepName = Field(
+        description="Unique in the workflow; what dependsOn and ${steps.NAME...} refer to.")
+    task: str = Field(pattern=TASK_NAME_PATTERN,
+                      description="A task name registered in the pool's app.")
+    input: Any = Field(None, description="The task's input; may reference "
+                       "${steps.NAME.output.KEY} of a dependency or ${workflow.input.KEY}.")
+    depends_on: list[StepName] = Field(
+        default_factory=list, max_length=MAX_STEPS,
+        description="Names of the steps that must succeed before this one starts.")
+    retries: int = Field(0, ge=0, le=100, description=(
+        "Retries after a failed attempt, with exponential backoff; then the step is a dead "
+        "letter and the workflow fails."))
+    timeout: Annotated[str, Duration(gt=0)] | None = Field(
+        None, description="Per attempt, e.g. 30s, 5m, 1h30m (unset: no timeout).")
+    priority: Priority | None = Field(None, description="This step's priority (unset: "
+                                      "spec.priority).")
+    tags: list[Tag] | None = Field(None, max_length=32,
+                                   description="This step's tags (unset: spec.tags).")
 
     @property
     def timeout_seconds(self) -> float | None:
@@ -65,10 +77,19 @@ class StepSpec(_Model):
 class WorkflowSpec(_Model):
     """A DAG of steps plus workflow-wide input, priority and tags."""
 
-    steps: list[StepSpec] = Field(min_length=1)
-    input: Any = Field(default_factory=dict)
-    priority: int = 0
-    tags: list[str] = Field(default_factory=list)
+    steps: Annotated[list[StepSpec], Rule(
+        "self.all(s, self.exists_one(t, t.name == s.name))", "step names must be unique",
+        enforced_by="shoal.dag.validate")] = Field(
+        min_length=1, max_length=MAX_STEPS, description=(
+            "The steps. A step starts when every step in its dependsOn has succeeded; cycles "
+            "and missing dependencies are refused."))
+    input: Any = Field(default_factory=dict, description=(
+        "Workflow input, referenced in step inputs as ${workflow.input.KEY}."))
+    priority: Priority = Field(0, description=(
+        "Default priority of every step (higher runs first; a waiting task gains one point "
+        "per aging interval, so low priority never starves)."))
+    tags: list[Tag] = Field(default_factory=list, max_length=32, description=(
+        "Default tags of every step; a worker claims a step only if it has all its tags."))
 
 
 def validate(spec: WorkflowSpec) -> None:
@@ -78,18 +99,12 @@ def validate(spec: WorkflowSpec) -> None:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise InvalidWorkflow(f"duplicate step names: {', '.join(duplicates)}")
-    for tag in spec.tags:
-        if not re.match(TAG_PATTERN, tag):
-            raise InvalidWorkflow(f"workflow: invalid tag {tag!r}")
     known = set(names)
     for step in spec.steps:
         missing = [d for d in step.depends_on if d not in known]
         if missing:
             raise InvalidWorkflow(
                 f"step {step.name!r} depends on missing step(s): {', '.join(missing)}")
-        for tag in step.tags or []:
-            if not re.match(TAG_PATTERN, tag):
-                raise InvalidWorkflow(f"step {step.name!r}: invalid tag {tag!r}")
     cycle = find_cycle(spec)
     if cycle:
         raise InvalidWorkflow(f"dependency cycle: {' -> '.join(cycle)}")

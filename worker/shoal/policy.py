@@ -13,7 +13,7 @@ def retry_delay(attempt: int, *, base: float, cap: float,
     random, so retries spread out yet never come back sooner than half the
     nominal delay.
     """
-    nominal = min(cap, base * 2 ** max(attempt - 1, 0))
+    nominal = min(cap, base * 2.0 ** max(attempt - 1, 0))
     r = random.random() if rand is None else rand
     return nominal / 2 + nominal / 2 * r
 

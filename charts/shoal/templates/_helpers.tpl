@@ -1,13 +1,24 @@
+{{/* The chart's name, or nameOverride. */}}
+{{- define "shoal.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* fullnameOverride, else the release name (plus the chart's name unless it has it). */}}
 {{- define "shoal.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "shoal.name" . -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "shoal.selectorLabels" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/name: {{ include "shoal.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end -}}
@@ -39,6 +50,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   verbs: [get]
 - apiGroups: [shoal.dev]
   resources: [workerpools/status, workflows/status]
+  verbs: [patch]
+# Auto mode: the scaler's count mirrored into spec.replicas through /scale.
+- apiGroups: [shoal.dev]
+  resources: [workerpools/scale]
   verbs: [patch]
 # Owner references with blockOwnerDeletion on the pool's Deployment.
 - apiGroups: [shoal.dev]

@@ -7,9 +7,13 @@ notifications for its task namespace (the operator's one LISTEN connection
 per database, `backends.notifications`) and after every reconnect of that
 connection, so nothing enqueued meanwhile is missed. Each evaluation reads
 the backlog, asks the pure `scaler.decide`, marks pod-deletion costs from the worker liveness rows
-before lowering replicas (idle pods go first), patches the Deployment, and
-reports status conditions, an Event per scale decision or backend error,
-and metrics. A failed read never changes replicas except to the fallback.
+before lowering replicas (idle pods go first), patches the Deployment, mirrors
+the count into spec.replicas (the scale subresource), and reports status
+conditions, an Event per scale decision or backend error, and metrics. A
+failed read never changes replicas except to the fallback. A round that
+fails (the API server refused a request, or a bug) is retried with backoff
+and reported to `Health`; once rounds keep failing the pool says
+ScalingActive=False, ScalerFailing, and the operator is not ready.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ import kopf
 
 from shoal.backend import Backend, Backlog
 from shoal.errors import BackendUnavailable, ShoalError
+from shoal.policy import retry_delay
 from shoal_operator import backends, metrics
 from shoal_operator.conditions import Condition, make_condition, now_rfc3339
 from shoal_operator.errors import DatabaseSecretError, InvalidPoolSpec, SchemaNotReady
-from shoal_operator.kube import KubeError, deployment_path, kube, pods_path
+from shoal_operator.health import Health
+from shoal_operator.kube import KubeError, deployment_path, kube, pods_path, workerpool_path
 from shoal_operator.pools.deployment import selector_string
 from shoal_operator.pools.queue_metrics import QueueMetrics
 from shoal_operator.pools.scaler import (
@@ -65,11 +71,13 @@ def wake(namespace: str, name: str) -> None:
 class PoolScaler:
     """Scales one WorkerPool's Deployment; see the module docstring for guarantees."""
 
-    def __init__(self, body: kopf.Body, recheck_seconds: float) -> None:
+    def __init__(self, body: kopf.Body, recheck_seconds: float, health: Health) -> None:
         self.body = body  # kopf's live view: always the latest known object
         self.namespace: str = body.metadata["namespace"]
         self.name: str = body.metadata["name"]
+        self.service = f"scaler/{self.namespace}/{self.name}"
         self.recheck_seconds = recheck_seconds
+        self.health = health
         self.wake = asyncio.Event()
         self.state: ScalerState | None = None
         self.listening: tuple[str, str, str] | None = None
@@ -85,16 +93,20 @@ class PoolScaler:
         try:
             while not stopped:
                 started = time.monotonic()
+                wait = self.recheck_seconds
                 try:
                     await self.evaluate()
-                except READ_ERRORS as exc:  # the API server or database blinked: next round
-                    metrics.scaler_errors.labels(self.namespace, self.name, "Error").inc()
-                    log.warning("%s/%s: evaluation failed: %s", self.namespace, self.name, exc)
+                    self.health.succeeded(self.service)
+                except Exception as exc:  # a failed round: retried with backoff, reported
+                    failures = self.health.failed(self.service, exc,
+                                                  expected=isinstance(exc, READ_ERRORS))
+                    await self._report_failing(exc)
+                    wait = min(wait, retry_delay(failures, base=0.5, cap=wait))
                 metrics.evaluation_seconds.labels(self.namespace, self.name).observe(
                     time.monotonic() - started)
                 await asyncio.sleep(MIN_EVALUATION_GAP)
                 woken = asyncio.ensure_future(self.wake.wait())
-                await asyncio.wait({woken, stopping}, timeout=self.recheck_seconds,
+                await asyncio.wait({woken, stopping}, timeout=wait,
                                    return_when=asyncio.FIRST_COMPLETED)
                 woken.cancel()
                 self.wake.clear()
@@ -102,6 +114,17 @@ class PoolScaler:
             stopping.cancel()
             self.unsubscribe()
             _scalers.pop((self.namespace, self.name), None)
+
+    async def _report_failing(self, exc: Exception) -> None:
+        """Once this scaler keeps failing, its pool says so (if the API server lets it)."""
+        if not self.health.is_failing(self.service):
+            return
+        try:
+            await self._write_status({}, [self._condition(
+                "ScalingActive", False, "ScalerFailing",
+                f"the scaler failed its last evaluations: {type(exc).__name__}: {exc}")])
+        except READ_ERRORS as write_error:
+            log.debug("%s: cannot report the failures: %s", self.service, write_error)
 
     async def evaluate(self) -> None:
         """One evaluation; every failure becomes a condition and an Event, never a crash."""
@@ -141,7 +164,7 @@ class PoolScaler:
         if spec.scaling.mode == "manual":
             await self._write_status({
                 "backlog": _backlog_status(backlog), "mode": "manual",
-                "paused": False, "desiredReplicas": spec.replicas or 0,
+                "paused": False, "desiredReplicas": spec.replicas,
             }, [reachable,
                 self._condition("ScalingActive", False, "ManualMode",
                                 "spec.replicas (the scale subresource) sets the replicas"),
@@ -162,11 +185,12 @@ class PoolScaler:
         decision = decide(spec.scaling, spec.target_per_replica,
                           Observation(now, current, backlog.ready + backlog.running, paused),
                           state)
-        self.state = decision.state
         if bad_annotation:
             decision = replace(decision, reason="InvalidAnnotation",
                                message=f"{bad_annotation}: holding {current} replicas")
         await self._apply(decision, current, backend)
+        self.state = decision.state  # only once applied: a refused patch is no scale event
+        await self._mirror(decision.desired)
         await self._report(decision, current, backlog, reachable, paused)
 
     def _condition(self, type_: str, status: bool, reason: str, message: str = "") -> Condition:
@@ -200,6 +224,15 @@ class PoolScaler:
                                          {"spec": {"replicas": decision.desired}})
         kopf.event(self.body, type="Normal", reason=decision.reason, message=decision.message)
         log.info("%s/%s: %s", self.namespace, self.name, decision.message)
+
+    async def _mirror(self, desired: int) -> None:
+        """Auto mode: spec.replicas, through the scale subresource, says the scaler's count,
+        so `/scale` reads what runs (as a Deployment's does under an HPA). A write there
+        by anyone else is overridden here, at the evaluation it wakes."""
+        if (self.body.get("spec") or {}).get("replicas") != desired:
+            await (await kube()).merge_patch(
+                workerpool_path(self.namespace, self.name) + "/scale",
+                {"spec": {"replicas": desired}})
 
     async def _report(self, decision: Decision, current: int, backlog: Backlog,
                       reachable: Condition, paused: bool) -> None:
@@ -292,18 +325,21 @@ class PoolScaler:
         current = int(deployment["spec"].get("replicas", 1))
         now = time.monotonic()
         paused, _ = self._paused()
+        prior = self.state or ScalerState.starting(now, current)
         decision = decide(spec.scaling, spec.target_per_replica,
-                          Observation(now, current, None, paused),
-                          self.state or ScalerState.starting(now, current))
+                          Observation(now, current, None, paused), prior)
+        # The failed read counts even if the patch is refused; the scale event only once done.
+        self.state = replace(prior, failures=decision.state.failures)
+        if decision.desired == current:
+            self.state = decision.state
+            return {}
+        await (await kube()).merge_patch(deployment_path(self.namespace, self.name),
+                                         {"spec": {"replicas": decision.desired}})
         self.state = decision.state
-        if decision.desired != current:
-            await (await kube()).merge_patch(deployment_path(self.namespace, self.name),
-                                             {"spec": {"replicas": decision.desired}})
-            kopf.event(self.body, type="Warning", reason=decision.reason,
-                       message=decision.message)
-            return {"desiredReplicas": decision.desired, "lastScaleTime": now_rfc3339(),
-                    "lastScaleReason": decision.message}
-        return {}
+        kopf.event(self.body, type="Warning", reason=decision.reason, message=decision.message)
+        await self._mirror(decision.desired)
+        return {"desiredReplicas": decision.desired, "lastScaleTime": now_rfc3339(),
+                "lastScaleReason": decision.message}
 
 
 def _backlog_status(backlog: Backlog) -> dict[str, int]:

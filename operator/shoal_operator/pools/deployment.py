@@ -1,12 +1,12 @@
 """The Deployment a WorkerPool owns, as a pure function of the pool.
 
 `desired_deployment` guarantees: the pool is the controller owner; the
-selector is the immutable `shoal.dev/pool` label; the worker's flags come
-from the spec (the task selector, concurrency, TTLs, the pool name for its
-liveness row); the DSN comes only from the Secret; POD_NAME/POD_IP come from
-the downward API; probes hit the worker's /healthz; the container runs
-non-root with a read-only root filesystem and no capabilities; the grace
-period covers the drain timeout.
+selector is the immutable `shoal.dev/pool` label; the worker's flags are
+`WorkerSettings.to_argv()` of the spec's settings (the task selector,
+concurrency, TTLs, the pool name for its liveness row); the DSN comes
+only from the Secret; POD_NAME/POD_IP come from the downward API; probes
+hit the worker's /healthz; the container runs non-root with a read-only root
+filesystem and no capabilities; the grace period covers the drain timeout.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from shoal_operator.kube import GROUP, VERSION
+from shoal.worker.config import WorkerSettings
 from shoal_operator.pools.spec import RESERVED_VOLUME, PoolSpec
+from shoal_operator.resource import GROUP, VERSION
 
 POOL_LABEL = "shoal.dev/pool"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "shoal-operator"}
@@ -33,24 +34,22 @@ def selector_string(pool_name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in selector_labels(pool_name).items())
 
 
-def _seconds_flag(seconds: float) -> str:
-    return f"{seconds:g}s"
+def worker_settings(pool_name: str, spec: PoolSpec, schema: str) -> WorkerSettings:
+    """The worker settings the spec asks for; the worker's defaults cover the rest."""
+    settings: dict[str, Any] = {
+        "db_schema": schema, "namespace": spec.tasks.namespace,
+        "concurrency": spec.concurrency, "claim_ttl": spec.claim_ttl_seconds,
+        "drain_timeout": spec.drain_timeout_seconds, "metrics_port": spec.metrics_port,
+        "pool": pool_name, "tags": spec.tasks.tags, "tasks": spec.tasks.names,
+        "batch_size": spec.batch_size}
+    return WorkerSettings.model_validate(
+        {k: v for k, v in settings.items() if v is not None and v != ()})
 
 
 def worker_args(pool_name: str, spec: PoolSpec, schema: str) -> list[str]:
-    """The `shoal worker` flags that carry the spec into the worker."""
-    args = ["--app", spec.app, "--namespace", spec.tasks.namespace, "--schema", schema,
-            "--concurrency", str(spec.concurrency),
-            "--claim-ttl", _seconds_flag(spec.claim_ttl_seconds),
-            "--drain-timeout", _seconds_flag(spec.drain_timeout_seconds),
-            "--metrics-port", str(spec.metrics_port), "--pool", pool_name]
-    if spec.tasks.tags:
-        args += ["--tags", ",".join(spec.tasks.tags)]
-    if spec.tasks.names:
-        args += ["--tasks", ",".join(spec.tasks.names)]
-    if spec.batch_size is not None:
-        args += ["--batch-size", str(spec.batch_size)]
-    return [*args, *spec.template.args]
+    """The `shoal worker` arguments: the app, the settings' flags, the template's extra args."""
+    return ["--app", spec.app, *worker_settings(pool_name, spec, schema).to_argv(),
+            *spec.template.args]
 
 
 def _env(spec: PoolSpec) -> list[dict[str, Any]]:
@@ -143,22 +142,34 @@ def drifted(desired: Any, actual: Any) -> bool:
         if not isinstance(actual, list) or len(actual) != len(desired):
             return True
         return any(drifted(d, a) for d, a in zip(desired, actual, strict=True))
-    return desired != actual
+    return bool(desired != actual)
 
 
-def ready_condition(deployment: Mapping[str, Any]) -> tuple[bool, str, str]:
-    """(ready, reason, message) of a pool from its Deployment: every wanted replica is
-    updated and ready, and the Deployment controller has seen the latest spec."""
+def rollout_state(deployment: Mapping[str, Any]) -> tuple[bool | None, str, str]:
+    """(state, reason, message) of a pool from its Deployment, for `status.readiness`.
+
+    True when the Deployment controller has seen the latest spec and every
+    wanted replica is updated and ready; None while it rolls out or scales
+    (pods missing, not ready, or still terminating after a scale-down); False
+    when it gave up (Progressing=False, ProgressDeadlineExceeded).
+    """
     wanted = int(deployment.get("spec", {}).get("replicas", 1))
     status = deployment.get("status") or {}
     ready = int(status.get("readyReplicas") or 0)
     updated = int(status.get("updatedReplicas") or 0)
+    current = int(status.get("replicas") or 0)
     seen = int(status.get("observedGeneration") or 0) >= int(
         deployment.get("metadata", {}).get("generation") or 0)
+    progressing: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or () if c.get("type") == "Progressing"), {})
+    if progressing.get("reason") == "ProgressDeadlineExceeded":
+        return False, "ProgressDeadlineExceeded", str(progressing.get("message") or "")
     if not seen:
-        return False, "RollingOut", "the Deployment controller has not seen the latest spec"
+        return None, "RollingOut", "the Deployment controller has not seen the latest spec"
+    if current > wanted:
+        return None, "ScalingDown", f"{current - wanted} replica(s) still terminating"
     if wanted == 0:
         return True, "ScaledToZero", "no replicas wanted"
     if ready >= wanted and updated >= wanted:
         return True, "AllReplicasReady", f"{ready}/{wanted} replicas ready"
-    return False, "ReplicasNotReady", f"{ready}/{wanted} replicas ready, {updated} updated"
+    return None, "ReplicasNotReady", f"{ready}/{wanted} replicas ready, {updated} updated"

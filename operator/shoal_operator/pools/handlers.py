@@ -1,11 +1,13 @@
 """kopf handlers of WorkerPool: the owned Deployment, its repair, status and the scaler.
 
 - create/update/resume: apply the desired Deployment (server-side apply, the
-  operator's field manager) and wake the scaler; an invalid spec becomes
-  Ready=False with reason InvalidSpec and a Warning Event, never a retry loop.
+  operator's field manager) and wake the scaler; a spec that cannot be served
+  (InvalidSpec, or a Deployment the API server refuses: DeploymentRejected)
+  becomes Stalled=True, Ready=False and a Warning Event, never a retry loop.
 - the Deployment watcher: a deleted or edited Deployment is re-applied
-  (Warning Event DeploymentRepaired); otherwise its replica counts and the
-  Ready condition are copied to the pool's status.
+  (Warning Event DeploymentRepaired); otherwise its replica counts and
+  Ready/Reconciling/Stalled (`status.readiness` of its rollout) go to the
+  pool's status.
 - a daemon per pool runs its `PoolScaler` until the pool is deleted.
 """
 
@@ -13,24 +15,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
 from shoal_operator import backends, kube, metrics
-from shoal_operator.conditions import make_condition
 from shoal_operator.errors import InvalidPoolSpec
-from shoal_operator.kube import GROUP, VERSION, KubeError, deployment_path, workerpool_path
+from shoal_operator.kube import (
+    KubeError,
+    deployment_path,
+    namespaced,
+    workerpool_path,
+)
 from shoal_operator.pools import autoscaler, status
 from shoal_operator.pools.deployment import (
     MANAGED_BY,
     POOL_LABEL,
     desired_deployment,
     drifted,
-    ready_condition,
+    rollout_state,
     selector_string,
 )
 from shoal_operator.pools.spec import PoolSpec
+from shoal_operator.resource import GROUP, VERSION
 
 Obj = Mapping[str, Any]
 
@@ -39,7 +46,7 @@ async def _current_replicas(namespace: str, name: str, pool: Obj, spec: PoolSpec
     """Manual mode: spec.replicas. Auto mode: what the scaler last set, else minReplicas."""
     scaling = spec.scaling
     if scaling.mode == "manual":
-        return spec.replicas if spec.replicas is not None else scaling.min_replicas
+        return spec.replicas
     try:
         existing = await (await kube.kube()).get(deployment_path(namespace, name))
         return int(existing["spec"].get("replicas", scaling.min_replicas))
@@ -62,8 +69,9 @@ async def _apply(pool: Obj, spec: PoolSpec, replicas: int) -> Obj:
 @kopf.on.resume(GROUP, VERSION, "workerpools")
 @kopf.on.create(GROUP, VERSION, "workerpools")
 @kopf.on.update(GROUP, VERSION, "workerpools")
-async def reconcile_pool(body: kopf.Body, name: str, namespace: str, **_: Any) -> None:
+async def reconcile_pool(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
     """Apply the pool's Deployment; report InvalidSpec instead of retrying bad input."""
+    namespace = namespaced(namespace)
     started = time.monotonic()
     generation = body.metadata.get("generation")
     try:
@@ -71,8 +79,9 @@ async def reconcile_pool(body: kopf.Body, name: str, namespace: str, **_: Any) -
     except InvalidPoolSpec as exc:
         metrics.reconciles.labels("WorkerPool", "invalid").inc()
         kopf.event(body, type="Warning", reason="InvalidSpec", message=str(exc))
-        await status.patch_status(namespace, name, {"observedGeneration": generation}, [
-            make_condition("Ready", False, "InvalidSpec", str(exc), generation=generation)])
+        await status.patch_status(namespace, name, {"observedGeneration": generation},
+                                  status.readiness(False, "InvalidSpec", str(exc),
+                                                   generation=generation))
         return
     try:
         replicas = await _current_replicas(namespace, name, body, spec)
@@ -83,8 +92,10 @@ async def reconcile_pool(body: kopf.Body, name: str, namespace: str, **_: Any) -
         reason = "DeploymentRejected" if rejected else "DeploymentFailed"
         message = f"cannot apply the pool's Deployment: {exc.message}"
         kopf.event(body, type="Warning", reason=reason, message=message)
-        await status.patch_status(namespace, name, {"observedGeneration": generation}, [
-            make_condition("Ready", False, reason, message, generation=generation)])
+        # Refused: stalled until the spec changes. Failed otherwise: retried.
+        await status.patch_status(namespace, name, {"observedGeneration": generation},
+                                  status.readiness(False if rejected else None, reason,
+                                                   message, generation=generation))
         if not rejected:
             raise kopf.TemporaryError(message, delay=10) from exc
         # The API server refused what the spec asks for (e.g. an unknown toleration
@@ -101,23 +112,27 @@ async def reconcile_pool(body: kopf.Body, name: str, namespace: str, **_: Any) -
 @kopf.daemon(GROUP, VERSION, "workerpools", cancellation_backoff=5.0,
              cancellation_timeout=5.0)
 async def scale_pool(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo,
-                     name: str, namespace: str, **_: Any) -> None:
-    """The pool's scaler, for as long as the pool exists."""
+                     name: str, namespace: str | None, **_: Any) -> None:
+    """The pool's scaler, for as long as the pool exists (a service: see health.py)."""
+    namespace = namespaced(namespace)
+    scaler = autoscaler.PoolScaler(body, memo.config.recheck_seconds, memo.health)
     try:
-        await autoscaler.PoolScaler(body, memo.config.recheck_seconds).run(stopped)
+        await memo.health.supervise(scaler.service, lambda: scaler.run(stopped))
     finally:
         if body.metadata.get("deletionTimestamp"):
             metrics.forget_pool(namespace, name)
             status.forget(namespace, name)
+            memo.health.forget(scaler.service)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=dict(MANAGED_BY))
-async def watch_deployment(event: kopf.RawEvent, body: kopf.Body, namespace: str,
+async def watch_deployment(event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
                            **_: Any) -> None:
     """Repair a deleted or edited pool Deployment; otherwise mirror its status."""
     pool_name = (body.metadata.get("labels") or {}).get(POOL_LABEL)
     if not pool_name:
         return
+    namespace = namespaced(namespace)
     started = time.monotonic()
     try:
         pool = await (await kube.kube()).get(workerpool_path(namespace, pool_name))
@@ -150,18 +165,18 @@ async def watch_deployment(event: kopf.RawEvent, body: kopf.Body, namespace: str
             if exc.namespace_terminating:
                 return  # the namespace's deletion takes the pool too
             raise
-        kopf.event(pool, type="Warning", reason="DeploymentRepaired",
+        kopf.event(kopf.Body(cast(kopf.RawBody, pool)), type="Warning", reason="DeploymentRepaired",
                    message=f"Deployment {namespace}/{pool_name} {what}; re-applied it")
         metrics.reconciles.labels("Deployment", "repaired").inc()
     else:
         metrics.reconciles.labels("Deployment", "synced").inc()
     if deleted:
         return
-    ready, reason, message = ready_condition(body)
+    state, reason, message = rollout_state(body)
     st = body.get("status") or {}
     generation = pool["metadata"].get("generation")
     await status.patch_status(namespace, pool_name, {
         "replicas": int(st.get("replicas") or 0),
         "readyReplicas": int(st.get("readyReplicas") or 0),
-    }, [make_condition("Ready", ready, reason, message, generation=generation)])
+    }, status.readiness(state, reason, message, generation=generation))
     metrics.reconcile_seconds.labels("Deployment").observe(time.monotonic() - started)

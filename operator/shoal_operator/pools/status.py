@@ -1,4 +1,8 @@
-"""Writes of a WorkerPool's status subresource.
+"""A WorkerPool's status: its kstatus conditions, and the writes of its status subresource.
+
+`readiness` (pure) gives the three conditions tools read (kstatus, `kubectl
+wait`): Ready, Reconciling while the pool is getting there, Stalled with the
+reason when its spec cannot be served without a change.
 
 `patch_status` guarantees: writers for one pool are serialized; conditions
 are merged into the freshest copy of the object (so the scaler, the
@@ -12,10 +16,27 @@ import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from shoal_operator.conditions import Condition, set_conditions
+from shoal_operator.conditions import Condition, make_condition, set_conditions
 from shoal_operator.kube import KubeError, kube, workerpool_path
 
 _locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+
+def readiness(state: bool | None, reason: str, message: str, *,
+              generation: int | None) -> list[Condition]:
+    """Ready, Reconciling and Stalled for one judgement of the pool, all with its reason.
+
+    `state` True: serving as the spec says. None: getting there (rolling out,
+    scaling, retrying). False: it cannot be served until the spec (or the
+    cluster) changes.
+    """
+    return [
+        make_condition("Ready", state is True, reason, message, generation=generation),
+        make_condition("Reconciling", state is None, reason,
+                       message if state is None else "", generation=generation),
+        make_condition("Stalled", state is False, reason,
+                       message if state is False else "", generation=generation),
+    ]
 
 
 async def patch_status(namespace: str, name: str, fields: Mapping[str, Any] | None = None,

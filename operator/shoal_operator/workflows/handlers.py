@@ -5,7 +5,7 @@
   instance instead of making a second one. A DAG that cannot run (a cycle, a
   missing dependency, a step the pool cannot serve) is refused: condition
   Accepted=False/InvalidSpec and a Warning Event.
-- annotation change → `annotations.plan` decides the pause/resume/cancel
+- annotation change → `steering.plan` decides the pause/resume/cancel
   commands; each is sent with a request id the backend deduplicates, so no
   command is lost or doubled across restarts. Values it cannot accept get a
   Warning Event and condition AnnotationsValid=False, and no command.
@@ -39,11 +39,18 @@ from shoal.errors import (
 from shoal.policy import retry_delay
 from shoal_operator.conditions import make_condition
 from shoal_operator.errors import DatabaseSecretError, PoolNotFound
-from shoal_operator.kube import GROUP, VERSION, KubeError
-from shoal_operator.workflows import annotations
-from shoal_operator.workflows.spec import PLURAL, check_pool_fit, parse_spec
+from shoal_operator.kube import KubeError
+from shoal_operator.resource import GROUP, VERSION
+from shoal_operator.workflows import annotations as steering
+from shoal_operator.workflows.spec import PLURAL, RESOURCE, check_pool_fit, parse_spec
 from shoal_operator.workflows.status import PHASE_LABEL
-from shoal_operator.workflows.sync import PoolResolver, StatusSync, Tracked, WorkflowRegistry
+from shoal_operator.workflows.sync import (
+    SERVICE,
+    PoolResolver,
+    StatusSync,
+    Tracked,
+    WorkflowRegistry,
+)
 
 DELETE_RETRIES = 5
 # Errors that mean "the database cannot be used right now"; the handlers retry them.
@@ -84,9 +91,9 @@ async def start_workflow_services(memo: kopf.Memo, **_: Any) -> None:
     logging.getLogger("kopf.objects").addFilter(_QuietTracking())
     registry = WorkflowRegistry()
     pools = PoolResolver()
-    sync = StatusSync(registry, pools)
-    memo.workflows = WorkflowRuntime(registry, pools, sync,
-                                     [asyncio.create_task(sync.run(), name="workflow-sync")])
+    sync = StatusSync(registry, pools, memo.health)
+    memo.workflows = WorkflowRuntime(registry, pools, sync, [asyncio.create_task(
+        memo.health.supervise(SERVICE, sync.run), name=SERVICE)])
 
 
 @kopf.on.cleanup()
@@ -105,9 +112,14 @@ async def track(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
     if event.get("type") == "DELETED":
         runtime.registry.forget(str(body.metadata.uid))
         return
-    _, new = runtime.registry.observe(body)
+    new = runtime.registry.observe(body)[1]
     if new:  # first sight since start: catch up with whatever changed meanwhile
         runtime.sync.mark([str(body.metadata.uid)])
+
+
+def qualified(entry: Tracked) -> str:
+    """`workflows.shoal.dev/NAME`: what kubectl reaches even beside Argo's Workflow kind."""
+    return f"{RESOURCE.name}/{entry.name}"
 
 
 def _note(runtime: WorkflowRuntime, entry: Tracked, type_: str, status: bool, reason: str,
@@ -127,7 +139,7 @@ async def _submit(runtime: WorkflowRuntime, entry: Tracked, body: kopf.Body,
         check_pool_fit(parsed, pool.tasks)
         # Created with pause=true: paused from the start, so no step slips through
         # before the pause command (which `_steer` then records as already satisfied).
-        intent = annotations.read_intent(body.metadata.annotations)
+        intent = steering.read_intent(body.metadata.annotations)
         paused = intent.pause is not None and intent.pause.flag is True
         workflow_id = await backend.submit_workflow(
             parsed.dag(), name=f"{entry.namespace}/{entry.name}",
@@ -160,17 +172,17 @@ async def _steer(runtime: WorkflowRuntime, entry: Tracked, backend: Backend,
                  body: kopf.Body) -> None:
     """Send the commands the annotations ask for; note and report what cannot be done."""
     assert entry.workflow_id is not None
-    intent = annotations.read_intent(body.metadata.annotations)
+    intent = steering.read_intent(body.metadata.annotations)
     steered = "AnnotationsValid" in entry.notes or any(
         c.get("type") == "AnnotationsValid" for c in entry.status.get("conditions") or ())
-    if intent == annotations.Intent(None, None) and not steered:
+    if intent == steering.Intent(None, None) and not steered:
         return  # never steered by annotations: no command log to read
     current = await backend.workflow_status(entry.workflow_id)
-    plan = annotations.plan(intent, uid=entry.uid, state=current.state, log=current.commands)
+    plan = steering.plan(intent, uid=entry.uid, state=current.state, log=current.commands)
     rejections = list(plan.rejections)
     managed = body.metadata.get("managedFields")
     for command in plan.commands:
-        owner = annotations.annotation_manager(managed, command.key) if command.key else None
+        owner = steering.annotation_manager(managed, command.key) if command.key else None
         actor = f"{owner[0] if owner else 'kubernetes'} ({command.annotation})"
         try:
             await backend.command(
@@ -181,7 +193,9 @@ async def _steer(runtime: WorkflowRuntime, entry: Tracked, backend: Backend,
     if rejections:
         message = "; ".join(rejections)
         _note(runtime, entry, "AnnotationsValid", False, "InvalidAnnotation", message)
-        kopf.warn(body, reason="InvalidAnnotation", message=message)
+        kopf.warn(body, reason="InvalidAnnotation", message=(
+            f"{message} (kubectl annotate --overwrite {qualified(entry)} -n {entry.namespace} "
+            "pause=true|false or cancel=true)"))
     else:
         _note(runtime, entry, "AnnotationsValid", True, "Accepted")
 
@@ -193,15 +207,16 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, retry: in
                     patch: kopf.Patch, **_: Any) -> None:
     """Make sure the instance exists, then apply the annotations' commands."""
     runtime = _runtime(memo)
-    entry, _ = runtime.registry.observe(body)
+    entry = runtime.registry.observe(body)[0]
     if entry.workflow_id is None and not await _submit(runtime, entry, body, spec, retry, patch):
         return
     if entry.generation is not None and body.metadata.get("generation", 1) > entry.generation:
-        kopf.warn(body, reason="SpecIgnored",
-                  message="the spec of a submitted Workflow cannot change; create a new one")
+        kopf.warn(body, reason="SpecIgnored", message=(
+            "the spec of a submitted Workflow cannot change; create a new one (kubectl delete "
+            f"{qualified(entry)} -n {entry.namespace} frees the name)"))
     try:
         if entry.backend is None:
-            _, entry.backend = await runtime.pools.resolve(entry.namespace, entry.pool)
+            entry.backend = (await runtime.pools.resolve(entry.namespace, entry.pool))[1]
             runtime.sync.watch(entry.backend)
         await _steer(runtime, entry, entry.backend, body)
     except NotFound:
@@ -217,10 +232,10 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, retry: in
 async def cancel_on_delete(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
     """Cancel the instance; release the CR after DELETE_RETRIES failed attempts."""
     runtime = _runtime(memo)
-    entry, _ = runtime.registry.observe(body)
+    entry = runtime.registry.observe(body)[0]
     try:
         if entry.backend is None:
-            _, entry.backend = await runtime.pools.resolve(entry.namespace, entry.pool)
+            entry.backend = (await runtime.pools.resolve(entry.namespace, entry.pool))[1]
         if entry.workflow_id is None:
             found = await entry.backend.workflow_id_by_key(entry.uid)
             if found is None:

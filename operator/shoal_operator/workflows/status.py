@@ -15,7 +15,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shoal.backend import CommandRecord, WorkflowStatus
-from shoal_operator.conditions import Condition, make_condition, now_rfc3339, set_conditions
+from shoal_operator.conditions import (
+    Condition,
+    Status,
+    make_condition,
+    now_rfc3339,
+    set_conditions,
+)
 
 PHASE_LABEL = "shoal.dev/phase"
 # The label is the operator's own output, so kopf must not see its change as
@@ -35,9 +41,10 @@ MAX_STEP_ERROR = 256
 MAX_OUTPUT = 4096
 MAX_COMMANDS = 5
 
-# Conditions: Accepted (submitted, or refused with InvalidSpec/PoolNotFound/...), Paused and
-# Finished come from the backend once an instance exists; before that, and for
-# AnnotationsValid, the handlers' notes decide.
+# Conditions: Accepted (submitted, or refused with InvalidSpec/PoolNotFound/...) and Paused
+# come from the backend once an instance exists, and so do the lifecycle ones (Ready,
+# Reconciling, Stalled, Complete, Failed); before that, and for AnnotationsValid, the
+# handlers' notes decide.
 
 
 def bounded(text: str | None, limit: int) -> str | None:
@@ -68,18 +75,44 @@ def _commands(records: Sequence[CommandRecord]) -> list[dict[str, Any]]:
             for r in records[-MAX_COMMANDS:]]
 
 
+def lifecycle(phase: str, reason: str, message: str, *,
+              generation: int | None) -> list[Condition]:
+    """The conditions tools read, from the phase (Pending while not yet submitted).
+
+    Complete is True only on success and Failed on failure, cancellation or
+    refusal, so `kubectl wait --for=condition=Complete` waits for success and
+    `--for=condition=Failed` returns as soon as it cannot come. For kstatus:
+    Reconciling while the workflow is pending, running, paused or cancelling
+    (InProgress), Stalled once it failed (Failed), neither once it succeeded
+    (Current). Ready is Unknown while in progress, then True or False.
+    """
+    done = phase == "Succeeded"
+    failed = phase in FINAL_PHASES and not done
+    going = not done and not failed
+
+    def condition(type_: str, status: bool | Status, says: bool) -> Condition:
+        return make_condition(type_, status, reason, message if says else "",
+                              generation=generation)
+
+    return [
+        condition("Ready", "Unknown" if going else done, True),
+        condition("Reconciling", going, going),
+        condition("Stalled", failed, failed),
+        condition("Complete", done, done),
+        condition("Failed", failed, failed),
+    ]
+
+
 def _sync_conditions(status: WorkflowStatus, generation: int | None) -> list[Condition]:
     phase = PHASES.get(status.state, "Running")
     paused = status.state == "paused"
-    finished = phase in FINAL_PHASES
     message = bounded(status.message, MAX_MESSAGE) or ""
     return [
         make_condition("Accepted", True, "Submitted", f"workflow instance {status.id}",
                        generation=generation),
         make_condition("Paused", paused, "Paused" if paused else "NotPaused",
                        message if paused else "", generation=generation),
-        make_condition("Finished", finished, phase if finished else "InProgress",
-                       message if finished else "", generation=generation),
+        *lifecycle(phase, phase, message, generation=generation),
     ]
 
 
@@ -101,13 +134,16 @@ def cr_status(backend: WorkflowStatus | None, *, previous: Mapping[str, Any] | N
     elif "observedGeneration" in previous:
         status["observedGeneration"] = previous["observedGeneration"]
     if backend is None:
-        accepted = next((c for c in conditions if c["type"] == "Accepted"), None)
-        refused = accepted is not None and accepted.get("status") == "False"
+        accepted = next((c for c in conditions if c["type"] == "Accepted"), {})
+        refused = accepted.get("status") == "False"
         invalid = refused and accepted.get("reason") == "InvalidSpec"
         status["phase"] = "Failed" if invalid else "Pending"
-        if refused:
-            status["message"] = bounded(accepted.get("message"), MAX_MESSAGE)
-        status["conditions"] = conditions
+        message = bounded(accepted.get("message"), MAX_MESSAGE) if refused else None
+        if message:
+            status["message"] = message
+        status["conditions"] = set_conditions(conditions, lifecycle(
+            status["phase"], str(accepted.get("reason") or "Pending"), message or "",
+            generation=generation), now=now)
         return status
     done, total = backend.progress
     started = [s.started_at for s in backend.steps if s.started_at is not None]

@@ -31,11 +31,14 @@ from prometheus_client import Counter, Gauge, Histogram
 from shoal.aio import wait_event
 from shoal.backend import Backend
 from shoal.errors import ShoalError
+from shoal.policy import retry_delay
 from shoal_operator import metrics
 from shoal_operator.backends import notifications, pool_backend
 from shoal_operator.conditions import Condition
-from shoal_operator.kube import GROUP, VERSION, KubeError, kube
+from shoal_operator.health import Health
+from shoal_operator.kube import KubeError, kube
 from shoal_operator.pools.spec import PoolSpec
+from shoal_operator.resource import GROUP, VERSION
 from shoal_operator.workflows.spec import PLURAL, sinks
 from shoal_operator.workflows.status import FINAL_PHASES, PHASE_LABEL, cr_status, merge_patch
 
@@ -47,6 +50,11 @@ ROUNDS = Histogram("shoal_workflow_sync_round_seconds",
                    "Duration of one status sync round (batched reads and patches)",
                    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 TRACKED = Gauge("shoal_workflows_tracked", "Workflow CRs in the operator's registry")
+
+
+SERVICE = "workflow-sync"
+# What a round meets when the API server or a database blinks (logged without a traceback).
+ROUND_ERRORS = (ShoalError, KubeError, OSError, TimeoutError)
 
 
 def workflow_path(namespace: str, name: str, subresource: str = "") -> str:
@@ -153,14 +161,16 @@ class StatusSync:
     go out at once; after a LISTEN connection is (re)established every CR of that
     backend is re-read (nothing announced while nobody listened is lost); and
     every unfinished CR is re-read every `resync` seconds as a safety net.
-    At most `concurrency` patches are in flight at once.
+    At most `concurrency` patches are in flight at once. A failed round is
+    retried with backoff and reported to `Health` (see health.py).
     """
 
-    def __init__(self, registry: WorkflowRegistry, pools: PoolResolver, *, window: float = 0.2,
-                 progress_interval: float = 2.0, resync: float = 120.0, concurrency: int = 8,
-                 batch: int = 500) -> None:
+    def __init__(self, registry: WorkflowRegistry, pools: PoolResolver, health: Health, *,
+                 window: float = 0.2, progress_interval: float = 2.0, resync: float = 120.0,
+                 concurrency: int = 8, batch: int = 500) -> None:
         self.registry = registry
         self.pools = pools
+        self.health = health
         self.window = window
         self.progress_interval = progress_interval
         self.resync = resync
@@ -212,10 +222,12 @@ class StatusSync:
                                           or "Pending") for e in self.registry.entries.values())
                 log.debug("status sync: %d CRs read, %d patches, %.3fs", len(dirty), patches,
                           time.monotonic() - t0)
-            except Exception:  # one bad round must not stop the service
-                log.exception("workflow status sync round failed; retrying those CRs")
+                self.health.succeeded(SERVICE)
+            except Exception as exc:  # a failed round: those CRs again, after a backoff
+                failures = self.health.failed(SERVICE, exc,
+                                              expected=isinstance(exc, ROUND_ERRORS))
                 self.mark(dirty)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(retry_delay(failures, base=0.5, cap=10))
 
     def stop(self) -> None:
         """Stop listening to workflow notifications."""
@@ -260,7 +272,7 @@ class StatusSync:
                                        return_exceptions=True)
         backends: dict[tuple[str, str], Backend] = {}
         for key, answer in zip(keys, answers, strict=True):
-            if isinstance(answer, ShoalError | KubeError | OSError):
+            if isinstance(answer, ROUND_ERRORS):
                 log.debug("WorkerPool %s/%s: no backend yet: %s", *key, answer)
             elif isinstance(answer, BaseException):
                 raise answer

@@ -33,12 +33,10 @@ from uuid import UUID
 from pydantic import BaseModel, ValidationError
 
 from shoal.backend import Schedule
-from shoal.dag import TAG_PATTERN
+from shoal.dag import TAG_PATTERN, TASK_NAME_PATTERN
 from shoal.errors import InvalidInput, UnknownTask
 from shoal.units import parse_duration
 from shoal.worker.periodic import check_schedule
-
-TASK_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.:]{0,199}$")
 
 
 class PermanentError(Exception):
@@ -174,7 +172,7 @@ class App:
         schedule_name = name or task
         if schedule_name in self.schedules:
             raise ValueError(f"schedule {schedule_name!r} is declared twice")
-        if not TASK_NAME_PATTERN.match(schedule_name):
+        if not re.match(TASK_NAME_PATTERN, schedule_name):
             raise ValueError(f"invalid schedule name {schedule_name!r}")
         if isinstance(payload, BaseModel):
             payload = payload.model_dump(mode="json")
@@ -195,7 +193,7 @@ class App:
 
 
 def _definition(name: str, fn: Handler, **options: Any) -> TaskDefinition:
-    if not TASK_NAME_PATTERN.match(name):
+    if not re.match(TASK_NAME_PATTERN, name):
         raise ValueError(f"invalid task name {name!r}")
     params = list(inspect.signature(fn).parameters.values())
     if not params:
