@@ -13,6 +13,8 @@ from tests.cluster.kind import network_gateway
 from tests.cluster.postgres import ExternalPostgres, PostgresServer, dsn_for
 from tests.cluster.setup import open_cluster
 
+pytest_plugins = ("tests.operator.fixtures",)
+
 KIND_ONLY = "acts on the nodes of a kind cluster made here; SHOAL_TEST_KUBECONFIG is set"
 
 

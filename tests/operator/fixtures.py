@@ -1,4 +1,6 @@
-"""Session fixtures of the operator end-to-end tests: CRDs, a database, the operator.
+"""Session fixtures of the Kubernetes end-to-end tests (tests/operator, tests/e2e): CRDs,
+a database, the operator. A plugin of the root conftest, so that every test shares one
+operator process for the session.
 
 The operator runs as the Helm chart's ServiceAccount with exactly the chart's
 RBAC (rendered from charts/shoal, applied, and a token minted for it), so a
