@@ -21,6 +21,7 @@ from typing import Any
 
 from shoal.backend import Backend
 from tests.cluster.access import KubeAccess
+from tests.cluster.images import SHOAL_IMAGE
 from tests.cluster.postgres import ExternalPostgres, PostgresServer, free_port
 from tests.support import wait_for
 
@@ -186,3 +187,25 @@ def create_secret(kube: KubeAccess, namespace: str, dsn: str, name: str = "pg") 
     kube.kubectl("delete", "secret", name, "-n", namespace, "--ignore-not-found")
     kube.kubectl("create", "secret", "generic", name, "-n", namespace,
                  f"--from-literal=dsn={dsn}", check=True)
+
+
+# The Dockerfile's image carries the demo app in its working directory.
+APP = "examples/tasks.py:app"
+IMAGE = os.environ.get("SHOAL_TEST_IMAGE", SHOAL_IMAGE)
+
+
+def pool(name: str, namespace: str, secret: str = "pg", replicas: int | None = None,
+         **scaling: Any) -> dict[str, Any]:
+    """A WorkerPool of the demo app in the Dockerfile's image; `scaling` overrides."""
+    spec: dict[str, Any] = {
+        "app": APP, "template": {"image": IMAGE, "imagePullPolicy": "IfNotPresent"},
+        "database": {"secretRef": {"name": secret}},
+        "tasks": {"namespace": namespace}, "concurrency": 2, "claimTTL": "4s",
+        "drainTimeout": "20s",
+        "scaling": {"minReplicas": 1, "maxReplicas": 5, "scaleDownStabilization": "6s"}
+        | scaling,
+    }
+    if replicas is not None:
+        spec["replicas"] = replicas
+    return {"apiVersion": "shoal.dev/v1alpha1", "kind": "WorkerPool",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}

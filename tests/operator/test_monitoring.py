@@ -22,8 +22,7 @@ from shoal.backend import Backend, NewTask
 from tests.cluster.access import KubeAccess
 from tests.cluster.postgres import free_port
 from tests.cluster.tools import PROMTOOL
-from tests.operator.harness import OperatorProcess, apply
-from tests.operator.test_workerpool import create_secret, pool
+from tests.operator.harness import OperatorProcess, apply, create_secret, pool
 from tests.support import Spawner, eventually, spawn, wait_for
 
 pytestmark = pytest.mark.kube

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from typing import Any
 
@@ -21,54 +20,28 @@ from shoal.backend import Backend, NewTask
 from tests.cluster.access import KubeAccess
 from tests.cluster.kstatus import kstatus
 from tests.operator.harness import (
+    APP,
+    IMAGE,
     OperatorProcess,
     apply,
     condition,
+    create_secret,
     events_for,
+    pod_ready,
+    pool,
+    pool_pods,
 )
 from tests.support import eventually, wait_for
 
 pytestmark = pytest.mark.kube
-
-# Relative to the container's working directory: the image's WORKDIR, or on
-# the local cluster the node agent's (the repository).
-APP = "examples/tasks.py:app"
-IMAGE = os.environ.get("SHOAL_TEST_IMAGE", "shoal:dev")
-
-
-def create_secret(kube: KubeAccess, namespace: str, dsn: str, name: str = "pg") -> None:
-    kube.kubectl("delete", "secret", name, "-n", namespace, "--ignore-not-found")
-    result = kube.kubectl("create", "secret", "generic", name, "-n", namespace,
-                          f"--from-literal=dsn={dsn}")
-    assert result.returncode == 0, result.stderr
-
-
-def pool(name: str, namespace: str, secret: str = "pg", replicas: int | None = None,
-         **scaling: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "app": APP, "template": {"image": IMAGE, "imagePullPolicy": "IfNotPresent"},
-        "database": {"secretRef": {"name": secret}},
-        "tasks": {"namespace": namespace}, "concurrency": 2, "claimTTL": "4s",
-        "drainTimeout": "20s",
-        "scaling": {"minReplicas": 1, "maxReplicas": 5, "scaleDownStabilization": "6s"}
-        | scaling,
-    }
-    if replicas is not None:
-        spec["replicas"] = replicas
-    return {"apiVersion": "shoal.dev/v1alpha1", "kind": "WorkerPool",
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
-
 
 def deployment(kube: KubeAccess, namespace: str, name: str) -> dict[str, Any] | None:
     return kube.get_json("deployment", name, "-n", namespace)
 
 
 def ready_pods(kube: KubeAccess, namespace: str, name: str) -> list[str]:
-    pods = kube.get_json("pods", "-n", namespace, "-l", f"shoal.dev/pool={name}")
-    return sorted(p["metadata"]["name"] for p in pods["items"]
-                  if not p["metadata"].get("deletionTimestamp")
-                  and any(c["type"] == "Ready" and c["status"] == "True"
-                          for c in p.get("status", {}).get("conditions", [])))
+    return sorted(p["metadata"]["name"] for p in pool_pods(kube, namespace, name)
+                  if pod_ready(p))
 
 
 def live_pods(kube: KubeAccess, namespace: str, name: str) -> list[str]:
