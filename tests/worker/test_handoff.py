@@ -47,9 +47,11 @@ async def test_handoff_missed_while_not_listening_runs_after_reconnecting(
     admin = await asyncpg.connect(dsn_for(dsn, "postgres"))  # not from inside the database
     await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
     try:
+        # the worker's one connection (it listens, claims, reports and heartbeats)
         assert await backend.pool.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND query LIKE 'LISTEN%'") == 1
+            " WHERE datname = current_database() AND application_name = $1",
+            f"shoal worker {worker.worker_id}") == 1
         (task_id,) = await Client(backend, app).enqueue_many([Job("record", {"log": log})])
         row = await backend.get_task(task_id)
         assert (row.state, row.worker_id) == ("running", worker.worker_id)  # handed over

@@ -178,7 +178,7 @@ class StatusSync:
 
     def watch(self, backend: Backend) -> None:
         """Listen to `backend`'s workflow notifications (once per database and schema)."""
-        key = (backend.dsn, backend.queries.schema)
+        key = (backend.dsn, backend.schema)
         if key in self._watching:
             return
 
@@ -192,7 +192,7 @@ class StatusSync:
             self.mark(e.uid for e in self.registry.entries.values() if e.backend is backend)
 
         self._watching[key] = notifications.subscribe(
-            backend, backend.queries.workflows_channel, None, notified, connected)
+            backend, backend.workflows_channel, None, notified, connected)
 
     async def run(self) -> None:
         """Rounds until cancelled: wait for a change (or the resync period), coalesce, write."""

@@ -3,7 +3,9 @@
 It knows nothing of Kubernetes or of the worker runtime; both call `Backend`.
 """
 
-from shoal.backend.driver import FINAL_WORKFLOW_STATES, Backend, connect, parse_handoff
+from shoal.backend.codec import MAX_JSON_BYTES, check_text, json_text, printable
+from shoal.backend.connections import TRANSIENT_ERRORS
+from shoal.backend.driver import FINAL_WORKFLOW_STATES, Backend, parse_handoff
 from shoal.backend.models import (
     Backlog,
     ClaimedTask,
@@ -23,6 +25,8 @@ from shoal.backend.notifications import Subscription
 
 __all__ = [
     "FINAL_WORKFLOW_STATES",
+    "MAX_JSON_BYTES",
+    "TRANSIENT_ERRORS",
     "Backend",
     "Backlog",
     "ClaimedTask",
@@ -38,6 +42,8 @@ __all__ = [
     "WorkerIdentity",
     "WorkerRow",
     "WorkflowStatus",
-    "connect",
+    "check_text",
+    "json_text",
     "parse_handoff",
+    "printable",
 ]

@@ -7,19 +7,19 @@ one short transaction, so a lost connection never leaves half a change.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-import orjson
+import asyncpg  # type: ignore[import-untyped]
 from pydantic_core import PydanticSerializationError
 
 from shoal import dag
 from shoal.backend import migrate as migrations
+from shoal.backend.codec import from_json, init_connection, json_text
+from shoal.backend.connections import TRANSIENT_ERRORS, Connections, OnNotify, Pool, Session
 from shoal.backend.models import (
     Backlog,
     ClaimedTask,
@@ -36,7 +36,13 @@ from shoal.backend.models import (
     WorkflowStatus,
 )
 from shoal.backend.queries import Queries
-from shoal.errors import BackendUnavailable, InvalidCommand, InvalidInput, NotFound
+from shoal.errors import (
+    InvalidCommand,
+    InvalidInput,
+    MigrationFailed,
+    NotFound,
+    SchemaNotMigrated,
+)
 
 SCHEMA_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 FINAL_WORKFLOW_STATES = frozenset({"cancelled", "succeeded", "failed"})
@@ -47,29 +53,6 @@ def check_schema(schema: str) -> str:
     if not SCHEMA_PATTERN.match(schema):
         raise InvalidInput(f"invalid schema name {schema!r}: use lower-case letters, digits, _")
     return schema
-
-
-# A run of 20 digits may be an integer beyond 64 bits, which orjson would
-# silently read as a float; `json` keeps it exact.
-_LONG_DIGITS = re.compile(r"\d{20}")
-
-
-def _from_json(text: str) -> Any:
-    """Decode JSON from the database exactly: orjson (five times faster than `json`
-    on a claim's payloads), or `json` for text with long digit runs or that orjson
-    refuses."""
-    if _LONG_DIGITS.search(text):
-        return json.loads(text)
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    """jsonb parameters are JSON text (encoded once, by `_json`); results are decoded."""
-    await conn.set_type_codec("jsonb", encoder=str, decoder=_from_json,
-                              schema="pg_catalog", format="text")
 
 
 async def _reset_connection(conn: asyncpg.Connection) -> None:
@@ -85,50 +68,19 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-# Session settings of every Shoal connection. JIT off: once ANALYZE has seen a
-# large backlog, the claim's estimated cost passes jit_above_cost, and LLVM then
-# compiled every claim (tens of ms of CPU each, for a statement that runs in a
-# few): 16 workers fell from 10,000 to 4,000 tasks/s with Postgres CPU per task
-# four times as high. Shoal's statements are short; JIT never pays for them.
-SESSION_SETTINGS = {"jit": "off"}
-
-
-async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
-    """One connection with Shoal's codecs and session settings; unreachable or
-    refused → BackendUnavailable."""
-    try:
-        conn = await asyncpg.connect(dsn, server_settings=SESSION_SETTINGS, **kwargs)
-    except Exception as exc:
-        raise unavailable(dsn, exc) from exc
-    await _init_connection(conn)
-    return conn
-
-
-def unavailable(dsn: str, exc: BaseException) -> BackendUnavailable:
-    """A BackendUnavailable that says why, without leaking the password."""
-    where = re.sub(r"//([^:@/]+):[^@/]*@", r"//\1:***@", dsn)
-    refused = asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
-    if isinstance(exc, refused):
-        return BackendUnavailable(f"database refused the credentials for {where}: {exc}")
-    if isinstance(exc, asyncpg.InvalidCatalogNameError):
-        return BackendUnavailable(f"database does not exist at {where}: {exc}")
-    if isinstance(exc, OSError | TimeoutError | asyncpg.CannotConnectNowError):
-        return BackendUnavailable(f"cannot reach the database at {where}: {exc}")
-    return BackendUnavailable(f"cannot connect to the database at {where}: {exc}")
-
-
 def _json(value: Any, what: str) -> str:
     try:
-        return json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        return json_text(value)
+    except InvalidInput as exc:
         raise InvalidInput(f"{what} is not JSON-serialisable: {exc}") from None
 
 
 class Backend:
     """Shoal's Postgres schema and every query over it."""
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str, schema: str) -> None:
-        self.pool = pool
+    def __init__(self, connections: Connections, dsn: str, schema: str) -> None:
+        self.pool = connections
+        self.session = connections if isinstance(connections, Session) else None
         self.dsn = dsn
         self.queries = Queries(check_schema(schema))
 
@@ -136,26 +88,88 @@ class Backend:
     async def connect(cls, dsn: str, *, schema: str = "shoal", min_size: int = 1,
                       max_size: int = 10) -> Backend:
         """Open a pool; raises BackendUnavailable with the reason when it cannot."""
-        check_schema(schema)
-        try:
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
-                                             server_settings=SESSION_SETTINGS,
-                                             init=_init_connection, reset=_reset_connection,
-                                             timeout=10)
-        except Exception as exc:
-            raise unavailable(dsn, exc) from exc
+        pool = await Pool.open(dsn, check_schema(schema), init_connection, _reset_connection,
+                               min_size=min_size, max_size=max_size)
         return cls(pool, dsn, schema)
+
+    @classmethod
+    def for_worker(cls, dsn: str, *, schema: str, worker_id: str, handoff_channel: str,
+                   on_notify: OnNotify, command_timeout: float = 30.0) -> Backend:
+        """A Backend over one connection (a `Session`, in `.session`) that also
+        listens on the tasks, control and `handoff_channel` channels. It
+        connects on first use; `pg_stat_activity` shows it as application
+        `shoal worker WORKER_ID`."""
+        queries = Queries(check_schema(schema))
+        channels = [queries.tasks_channel, queries.control_channel, handoff_channel]
+        session = Session(dsn, schema, channels, on_notify, init_connection,
+                          application_name=f"shoal worker {worker_id}"[:63],
+                          command_timeout=command_timeout)
+        return cls(session, dsn, schema)
+
+    @property
+    def schema(self) -> str:
+        return self.queries.schema
+
+    @property
+    def tasks_channel(self) -> str:
+        """Where enqueues announce ready tasks (payload: the namespace)."""
+        return self.queries.tasks_channel
+
+    @property
+    def workflows_channel(self) -> str:
+        """Where workflow changes are announced (payload: the workflow id)."""
+        return self.queries.workflows_channel
+
+    @property
+    def control_channel(self) -> str:
+        """Where cancels are announced to running workers (payload: the workflow id)."""
+        return self.queries.control_channel
 
     async def close(self) -> None:
         await self.pool.close()
 
     async def migrate(self, aging_seconds: float | None = None) -> list[int]:
-        """Create or upgrade the schema; see `shoal.backend.migrate`."""
-        async with self.pool.acquire() as conn:
-            return await migrations.migrate(conn, self.queries, aging_seconds)
+        """Create or upgrade the schema; see `shoal.backend.migrate`.
+
+        Raises MigrationFailed (with `privileges` when the role may not) or a
+        transient error.
+        """
+        try:
+            async with self.pool.acquire() as conn:
+                return await migrations.migrate(conn, self.queries, aging_seconds)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise MigrationFailed(f"schema {self.schema!r}: {exc}", privileges=True) from None
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, TRANSIENT_ERRORS):
+                raise
+            raise MigrationFailed(f"cannot create or upgrade schema {self.schema!r}: "
+                                  f"{exc}") from None
 
     async def aging_seconds(self) -> float:
         return float(await self.pool.fetchval(self.queries.aging_interval))
+
+    async def check_migrated(self) -> None:
+        """Raise SchemaNotMigrated unless every migration this version ships is applied."""
+        needed = migrations.latest_version()
+        try:
+            applied = await self.pool.fetchval(self.queries.schema_version)
+        except SchemaNotMigrated:
+            applied = None
+        if applied is None or applied < needed:
+            found = "missing" if applied is None else f"at version {applied}"
+            raise SchemaNotMigrated(f"schema {self.schema!r} is {found}, this Shoal needs "
+                                    f"version {needed}: run `shoal migrate`")
+
+    async def ping(self) -> None:
+        """One round trip (cancel it to time it out: the connection is then dropped)."""
+        await self.pool.execute(self.queries.ping)
+
+    async def lead(self) -> bool:
+        """Whether this worker's connection holds the schema's maintenance lock,
+        taking it when it is free. A session-level advisory lock: it goes when
+        the connection goes, so a dead leader's lock is free at once."""
+        assert self.session is not None, "a worker's Backend (for_worker) leads"
+        return await self.session.hold_lock(self.queries.lead)
 
     # -- tasks -----------------------------------------------------------------
 
@@ -199,21 +213,24 @@ class Backend:
 
     async def claim_and_complete(
             self, worker: WorkerIdentity, limit: int, lease_seconds: float,
-            succeeded: Sequence[Outcome]) -> tuple[list[ClaimedTask], set[int]]:
+            succeeded: Sequence[Outcome], holding: Iterable[int] = ()
+    ) -> tuple[list[ClaimedTask], set[int]]:
         """Lease up to `limit` claimable tasks to `worker` and, in the same
         transaction, record the successes `worker` holds the leases of.
 
         Returns the claimed tasks and the ids whose success was accepted (as
         `report` does). `succeeded` must be plain successes: no error, not
-        cancelled, no workflow step. When fewer tasks are found, the worker is
-        parked on `worker.channel` (if it has one) until its next claim or a
-        handoff: see `parse_handoff`.
+        cancelled, no workflow step. Tasks in `holding` (what the worker still
+        runs or has to report) are never claimed, even when their lease expired
+        meanwhile. When fewer tasks are found, the worker is parked on
+        `worker.channel` (if it has one) until its next claim or a handoff:
+        see `parse_handoff`.
         """
         rows = await self.pool.fetch(
             self.queries.claim, worker.namespace, list(worker.task_names), list(worker.tags),
             limit, lease_seconds, worker.id, _max_attempts(worker), worker.channel,
             [o.task_id for o in succeeded], [o.lease_token for o in succeeded],
-            [o.result_json for o in succeeded])
+            [o.result_json for o in succeeded], list(holding))
         return [_claimed(r) for r in rows[:-1]], set(rows[-1]["completed"])
 
     async def leased_to(self, worker_id: str) -> list[ClaimedTask]:
@@ -317,7 +334,9 @@ class Backend:
                 await self._advance(conn, workflow_id)
         return len(rows)
 
-    async def reap_workers(self, stale_seconds: float) -> list[str]:
+    async def reap_workers(self, stale_seconds: float | None = None) -> list[str]:
+        """Forget workers not seen for `stale_seconds` (None: three of their own
+        claim TTLs, i.e. six missed heartbeats); return their ids."""
         rows = await self.pool.fetch(self.queries.reap_workers, stale_seconds)
         return [r["id"] for r in rows]
 
@@ -375,7 +394,8 @@ class Backend:
                 q.insert_workflow, workflow_id or uuid.uuid4(), key, name, namespace,
                 spec_json, _json(spec.input, "workflow input"), "paused" if paused else "running")
             if new_id is None:
-                return await conn.fetchval(q.workflow_by_key, key)
+                existing: UUID = await conn.fetchval(q.workflow_by_key, key)
+                return existing
             await conn.execute(
                 q.insert_steps, namespace, new_id,
                 [s.name for s in spec.steps], [s.task for s in spec.steps], payloads,
@@ -386,7 +406,8 @@ class Backend:
                 [_millis(s.timeout_seconds) for s in spec.steps])
             await conn.execute(q.notify_tasks, namespace)
             await conn.execute(q.notify_workflow, str(new_id))
-            return new_id
+            created: UUID = new_id
+            return created
 
     async def _advance(self, conn: asyncpg.Connection, workflow_id: UUID) -> None:
         """Start the steps that became ready and settle the workflow's state.
@@ -503,7 +524,8 @@ class Backend:
                 for wf in workflows}
 
     async def workflow_id_by_key(self, key: str) -> UUID | None:
-        return await self.pool.fetchval(self.queries.workflow_by_key, key)
+        found: UUID | None = await self.pool.fetchval(self.queries.workflow_by_key, key)
+        return found
 
     # -- what the operator reads ---------------------------------------------------
 
@@ -537,7 +559,7 @@ def _workflow_status(wf: asyncpg.Record, steps: Sequence[asyncpg.Record],
 
 def parse_handoff(message: str) -> ClaimedTask:
     """The task an enqueue leased to this worker, from its notification (queries.enqueue)."""
-    return _claimed({**_from_json(message), "workflow_id": None, "step": None})  # plain tasks
+    return _claimed({**from_json(message), "workflow_id": None, "step": None})  # plain tasks
 
 
 def _claimed(r: asyncpg.Record | Mapping[str, Any]) -> ClaimedTask:

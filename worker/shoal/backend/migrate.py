@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 
 from shoal.backend.queries import Queries
 
@@ -26,6 +26,11 @@ def migrations() -> list[tuple[int, str, str]]:
         if match:
             found.append((int(match.group(1)), match.group(2), entry.read_text()))
     return sorted(found)
+
+
+def latest_version() -> int:
+    """The version of the newest migration shipped."""
+    return migrations()[-1][0]
 
 
 async def migrate(conn: asyncpg.Connection, queries: Queries,

@@ -52,6 +52,11 @@ class Outcome(NamedTuple):
     retry_in_seconds: float | None = None  # with error: None means dead letter
     cancelled: bool = False
 
+    @property
+    def is_plain_success(self) -> bool:
+        """A success outside any workflow: what a claim may carry."""
+        return self.error is None and not self.cancelled and self.workflow_id is None
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerIdentity:

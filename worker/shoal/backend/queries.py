@@ -30,6 +30,13 @@ class Queries:
 
     record_migration = "INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"
 
+    schema_version = "SELECT max(version) FROM {schema}.schema_migrations"
+
+    ping = "SELECT 1"
+
+    # The maintenance leader's lock, one per schema, held by a worker's session.
+    lead = "SELECT pg_try_advisory_lock(hashtext('shoal.maintenance.{schema}'))"
+
     # The aging interval is baked into an inlinable SQL function so every write
     # computes the same claim order and the claim needs no per-row arithmetic.
     define_sort_key = """
@@ -133,6 +140,8 @@ class Queries:
     # The candidates are found by their tuple address (ctid): this statement
     # holds their row locks, so the versions it found are the ones it updates,
     # and the update needs no second index lookup per row.
+    # Tasks $12 are the claimer's own (still running, or awaiting their report):
+    # never claimed by it again, even when their lease expired meanwhile.
     # A claim that finds fewer tasks than it asked for parks the worker on its
     # channel $8 (see enqueue); a full one unparks it. The liveness row is
     # written only when that changes.
@@ -155,6 +164,7 @@ class Queries:
           AND t.run_at <= now()
           AND t.name = ANY($2::text[])
           AND t.tags <@ $3::text[]
+          AND t.id <> ALL($12::bigint[])
           AND (t.workflow_id IS NULL OR EXISTS (
                 SELECT 1 FROM {schema}.workflows w
                 WHERE w.id = t.workflow_id AND w.state = 'running'))
@@ -304,7 +314,8 @@ class Queries:
     notify_tasks = "SELECT pg_notify('{schema}_tasks', $1)"
 
     reap_workers = """
-    DELETE FROM {schema}.workers WHERE last_seen < now() - $1::float8 * interval '1 second'
+    DELETE FROM {schema}.workers
+    WHERE last_seen < now() - coalesce($1::float8, 3 * claim_ttl) * interval '1 second'
     RETURNING id
     """
 

@@ -54,5 +54,4 @@ async def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, worker.stop)
     log.info("worker %s serving %s in namespace %s", worker.identity.id,
              ",".join(worker.identity.task_names), worker.config.namespace)
-    await worker.run()
-    return 0
+    return await worker.run()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import json
 import re
 import sys
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
 
+from shoal.backend import json_text
 from shoal.dag import TAG_PATTERN
 from shoal.errors import InvalidInput, UnknownTask
 from shoal.units import parse_duration
@@ -110,12 +110,16 @@ _PLAIN = frozenset({type(None), str, int, float, bool, dict, list})
 
 
 def encode_result(value: Any) -> str:
-    """A handler's return value as JSON text (pydantic models are dumped first)."""
+    """A handler's return value as JSON text (pydantic models are dumped first).
+
+    Raises InvalidInput for a value the database could not store (see
+    `shoal.backend.json_text`): such a result fails its task permanently.
+    """
     if value is None:
         return "null"
     if type(value) not in _PLAIN and isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
-    return json.dumps(value, allow_nan=False)
+    return json_text(value)
 
 
 class App:

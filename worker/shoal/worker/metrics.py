@@ -2,7 +2,8 @@
 
 `/metrics` serves the registry; `/healthz` answers 200 while the event loop
 runs (a liveness probe must not fail just because the database is down);
-`/readyz` answers 200 while the worker reaches the database and is not draining.
+`/readyz` answers 200 while the worker is connected to the database, not
+draining, and none of its services failed.
 """
 
 from __future__ import annotations
@@ -30,14 +31,15 @@ log = logging.getLogger(__name__)
 # A registry of the worker's own: importing shoal (as the operator does) must
 # not add worker series to another process's /metrics.
 REGISTRY = CollectorRegistry()
-_IN = {"registry": REGISTRY}
-IN_FLIGHT = Gauge("shoal_tasks_in_flight", "Attempts running or awaiting their report", **_IN)
+IN_FLIGHT = Gauge("shoal_tasks_in_flight", "Attempts running or awaiting their report",
+                  registry=REGISTRY)
 LEASES_LOST = Counter("shoal_leases_lost_total",
                       "Attempts whose lease another worker took over, or whose report was refused",
-                      **_IN)
+                      registry=REGISTRY)
 RECLAIMED = Counter("shoal_tasks_reclaimed_total",
-                    "Expired leases this worker's reaper made claimable again", **_IN)
-DB_ERRORS = Counter("shoal_backend_errors_total", "Failed database calls", ("operation",), **_IN)
+                    "Expired leases this worker's reaper made claimable again", registry=REGISTRY)
+DB_ERRORS = Counter("shoal_backend_errors_total", "Failed database calls", ("operation",),
+                    registry=REGISTRY)
 
 DURATION_BUCKETS = (.001, .005, .01, .05, .1, .5, 1, 5, 10, 30, 60, 300, 900)
 CLAIM_LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
@@ -59,7 +61,7 @@ class Buckets:
         self.sum += value
 
     def cumulative(self) -> list[tuple[str, float]]:
-        return [(floatToGoString(bound), float(count)) for bound, count in
+        return [(floatToGoString(bound), float(count)) for bound, count in  # type: ignore[no-untyped-call]
                 zip((*self.bounds, math.inf), itertools.accumulate(self.counts), strict=True)]
 
 
@@ -118,7 +120,14 @@ def task_metrics(name: str) -> TaskMetrics:
 
 
 class MetricsServer:
-    """Serves /metrics, /healthz and /readyz on one port until cancelled."""
+    """Serves /metrics, /healthz and /readyz on one port until cancelled.
+
+    Guarantees: /healthz answers 200 while the event loop runs; /readyz answers
+    200 only while `ready()` is true (503 otherwise), computed per request.
+    A port that cannot be bound fails the service (and so the worker).
+    """
+
+    name = "metrics"
 
     def __init__(self, host: str, port: int, ready: Callable[[], bool]) -> None:
         self.host = host
