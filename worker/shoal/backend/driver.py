@@ -45,7 +45,7 @@ from shoal.errors import (
 )
 
 SCHEMA_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-FINAL_WORKFLOW_STATES = frozenset({"cancelled", "succeeded", "failed"})
+FINAL_WORKFLOW_STATES = dag.FINAL_STATES
 HEARTBEAT_CHUNK = 1000
 
 
@@ -410,59 +410,50 @@ class Backend:
             return created
 
     async def _advance(self, conn: asyncpg.Connection, workflow_id: UUID) -> None:
-        """Start the steps that became ready and settle the workflow's state.
+        """Carry out `dag.advance` for a workflow one of whose steps changed.
 
         Runs inside the caller's transaction, under the workflow row's lock.
         """
-        q = self.queries
-        wf = await conn.fetchrow(q.lock_workflow, workflow_id)
+        wf = await conn.fetchrow(self.queries.lock_workflow, workflow_id)
         if wf is None:
             return
-        rows = await conn.fetch(q.workflow_steps, workflow_id)
-        states = {r["step"]: r["state"] for r in rows}
-        state, message = wf["state"], wf["message"]
-        if state in ("running", "paused"):
-            spec = dag.WorkflowSpec.model_validate(wf["spec"])
-            outputs = {r["step"]: r["result"] for r in rows if r["state"] == "succeeded"}
-            templates = {s.name: s.input for s in spec.steps}
-            ready, payloads = [], []
-            for step in dag.ready_steps(spec, states):
-                try:
-                    payloads.append(_json(dag.resolve_input(templates[step], wf["input"],
-                                                            outputs), f"input of {step!r}"))
-                    ready.append(step)
-                except InvalidInput as exc:
-                    states[step] = "dead"
-                    message = f"step {step!r} cannot start: {exc}"
-            if ready and await conn.fetch(q.unblock_steps, workflow_id, ready, payloads):
-                await conn.execute(q.notify_tasks, wf["namespace"])
-                states.update(dict.fromkeys(ready, "ready"))
-            result = dag.outcome(states)
-            if result == "failed":
-                dead = [r for r in rows if r["state"] == "dead"]
-                message = message or (f"step {dead[0]['step']!r} failed: {dead[0]['error']}"
-                                      if dead else "a step failed")
-                await conn.execute(q.cancel_pending_steps, workflow_id,
-                                   "workflow failed: " + message)
-                state = "failed"
-            elif result == "succeeded":
-                state, message = "succeeded", None
-        elif state == "cancelling" and not any(s == "running" for s in states.values()):
-            state = "cancelled"
-        if (state, message) != (wf["state"], wf["message"]):
-            await conn.execute(q.set_workflow_state, workflow_id, state, message)
-        await conn.execute(q.notify_workflow, str(workflow_id))
+        steps = await self._steps(conn, workflow_id)
+        spec = dag.WorkflowSpec.model_validate(wf["spec"])
+        plan = dag.advance(wf["state"], wf["message"], spec, wf["input"], steps, json_text)
+        await self._carry_out(conn, wf, plan)
+
+    async def _steps(self, conn: asyncpg.Connection, workflow_id: UUID) -> dict[str, dag.Step]:
+        rows = await conn.fetch(self.queries.workflow_steps, workflow_id)
+        return {r["step"]: dag.Step(r["state"], r["result"], r["error"]) for r in rows}
+
+    async def _carry_out(self, conn: asyncpg.Connection, wf: asyncpg.Record,
+                         plan: dag.Plan) -> None:
+        """Write a `dag.Plan` (see there) in the caller's transaction."""
+        q = self.queries
+        if plan.start:
+            await conn.execute(q.unblock_steps, wf["id"], list(plan.start),
+                               list(plan.start.values()))
+        if plan.cancel_pending is not None:
+            await conn.execute(q.cancel_pending_steps, wf["id"], plan.cancel_pending)
+        if (plan.state, plan.message) != (wf["state"], wf["message"]):
+            await conn.execute(q.set_workflow_state, wf["id"], plan.state, plan.message)
+        if plan.notify_tasks:
+            await conn.execute(q.notify_tasks, wf["namespace"])
+        if plan.notify_control:
+            await conn.execute(q.notify_control, str(wf["id"]))
+        await conn.execute(q.notify_workflow, str(wf["id"]))
 
     async def command(self, workflow_id: UUID, command: str, *, actor: str,
                       reason: str = "", request_id: str | None = None) -> CommandRecord:
-        """Pause, resume or cancel a workflow; idempotent, recorded with who/why/when.
+        """Pause, resume or cancel a workflow (`dag.command` decides); idempotent,
+        recorded with who/why/when.
 
         Repeating a command the state already satisfies is recorded as not
         applied; a command with a request id seen before returns the first
         record. Resuming or pausing a finished or cancelled workflow raises
         InvalidCommand.
         """
-        if command not in ("pause", "resume", "cancel"):
+        if command not in dag.COMMANDS:
             raise InvalidCommand(f"unknown command {command!r}: use pause, resume or cancel")
         q = self.queries
         async with self.pool.acquire() as conn, conn.transaction():
@@ -473,23 +464,13 @@ class Backend:
                 seen = await conn.fetchrow(q.command_by_request, workflow_id, request_id)
                 if seen is not None:
                     return CommandRecord(**dict(seen))
-            state = wf["state"]
-            target = _command_target(command, state)
-            if target != state:
-                if target in ("cancelling", "cancelled"):
-                    await conn.execute(q.cancel_pending_steps, workflow_id,
-                                       f"workflow cancelled by {actor}")
-                    running = await conn.fetch(q.workflow_steps, workflow_id)
-                    if not any(r["state"] == "running" for r in running):
-                        target = "cancelled"
-                    await conn.execute(q.notify_control, str(workflow_id))
-                await conn.execute(q.set_workflow_state, workflow_id, target,
-                                   f"{command} by {actor}" + (f": {reason}" if reason else ""))
-                if target == "running":
-                    await conn.execute(q.notify_tasks, wf["namespace"])
-                await conn.execute(q.notify_workflow, str(workflow_id))
+            plan = dag.command(command, wf["state"], await self._steps(conn, workflow_id),
+                               actor=actor, reason=reason)
+            applied = plan.state != wf["state"]
+            if applied:
+                await self._carry_out(conn, wf, plan)
             record = await conn.fetchrow(q.record_command, workflow_id, command, actor, reason,
-                                         request_id, target != state)
+                                         request_id, applied)
             return CommandRecord(**dict(record))
 
     async def workflow_status(self, workflow_id: UUID) -> WorkflowStatus:
@@ -581,12 +562,3 @@ def _millis(seconds: float | None) -> int | None:
 
 def _dead_args(where: DeadLetterFilter) -> tuple[Any, ...]:
     return where.task_name, where.namespace, where.workflow_id, where.task_id
-
-
-def _command_target(command: str, state: str) -> str:
-    """The state a command leads to from `state`; raise when it is not allowed."""
-    if command == "cancel":
-        return state if state in FINAL_WORKFLOW_STATES or state == "cancelling" else "cancelling"
-    if state in FINAL_WORKFLOW_STATES or state == "cancelling":
-        raise InvalidCommand(f"cannot {command} a workflow that is {state}")
-    return "paused" if command == "pause" else "running"
