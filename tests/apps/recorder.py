@@ -90,6 +90,26 @@ async def stall(run: Run, ctx: TaskContext) -> None:
     note(run, ctx, "done")
 
 
+class Poison(BaseModel):
+    log: str
+    kind: str  # nul | nan | surrogate | huge | nul-error | exit | hang
+
+
+@app.task("poison", timeout="2s")
+async def poison(run: Poison, ctx: TaskContext) -> Any:
+    """Results and behaviours that must end as this task's dead letter, nothing worse."""
+    note(Run(log=run.log), ctx, "start", kind=run.kind)
+    if run.kind == "exit":
+        os._exit(3)  # the worker process dies mid-task, as on an OOM kill
+    if run.kind == "hang":
+        await asyncio.Event().wait()  # until the timeout
+    if run.kind == "nul-error":
+        raise RuntimeError("bad\x00byte")
+    if run.kind == "huge":
+        return "x" * (16 * 1024 * 1024 + 1)
+    return {"nul": "a\x00b", "nan": float("nan"), "surrogate": "\ud800"}[run.kind]
+
+
 @app.task("unjsonable")
 async def unjsonable(run: Run) -> Any:
     return {"when": object()}

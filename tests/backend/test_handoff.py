@@ -58,9 +58,13 @@ async def test_one_due_task_is_leased_to_the_parked_worker(backend: Backend,
     assert await parked(backend) is None  # one handoff per park
     (second,) = await backend.enqueue([NewTask("t")])
     assert (await backend.get_task(second)).state == "ready"
-    # The lease fences as any claim's does: the token is accepted once.
+    # The lease fences as any claim's does: the token is accepted once; a re-report
+    # under it is acknowledged and changes nothing; an older token is refused.
     assert await backend.report([Outcome(task_id, 1)], worker_id="w1") == {task_id}
-    assert await backend.report([Outcome(task_id, 1)], worker_id="w1") == set()
+    assert await backend.report([Outcome(task_id, 1, result_json='"again"')],
+                                worker_id="w1") == {task_id}
+    assert (await backend.get_task(task_id)).result is None
+    assert await backend.report([Outcome(task_id, 0)], worker_id="w1") == set()
     # The next claim takes the ready task; finding fewer than asked parks again.
     assert [t.id for t in await backend.claim(ME, 4, 30)] == [second]
     assert await parked(backend) == CHANNEL

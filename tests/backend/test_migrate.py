@@ -23,7 +23,7 @@ async def schemas(backend: Backend) -> set[str]:
 async def test_migrate_is_idempotent(dsn: str) -> None:
     backend = await Backend.connect(dsn)
     try:
-        assert await backend.migrate() == [1]
+        assert await backend.migrate() == [1, 2]
         assert await backend.migrate() == []
         assert await backend.aging_seconds() == 300
         assert await backend.migrate(aging_seconds=1.5) == []
@@ -31,7 +31,7 @@ async def test_migrate_is_idempotent(dsn: str) -> None:
         assert await backend.migrate() == []  # an omitted interval keeps the setting
         assert await backend.aging_seconds() == 1.5
         versions = await backend.pool.fetch("SELECT version FROM shoal.schema_migrations")
-        assert [r["version"] for r in versions] == [1]
+        assert [r["version"] for r in versions] == [1, 2]
     finally:
         await backend.close()
 
@@ -40,12 +40,12 @@ async def test_eight_processes_migrate_at_once(dsn: str) -> None:
     results = await asyncio.gather(*(cli("migrate", "--dsn", dsn, "--aging-interval", "2s")
                                      for _ in range(8)))
     assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
-    applied = [r.stdout for r in results if "applied migrations 1;" in r.stdout]
+    applied = [r.stdout for r in results if "applied migrations 1, 2;" in r.stdout]
     assert len(applied) == 1, [r.stdout for r in results]
     assert all("aging interval 2s" in r.stdout for r in results)
     backend = await Backend.connect(dsn)
     try:
-        assert await backend.pool.fetchval("SELECT count(*) FROM shoal.schema_migrations") == 1
+        assert await backend.pool.fetchval("SELECT count(*) FROM shoal.schema_migrations") == 2
         assert await backend.enqueue([NewTask("t")])  # the schema works
     finally:
         await backend.close()
@@ -55,7 +55,7 @@ async def test_eight_connections_migrate_at_once(dsn: str) -> None:
     backends = [await Backend.connect(dsn, max_size=1) for _ in range(8)]
     try:
         applied = await asyncio.gather(*(b.migrate() for b in backends))
-        assert sorted(applied) == [[]] * 7 + [[1]]
+        assert sorted(applied) == [[]] * 7 + [[1, 2]]
     finally:
         for b in backends:
             await b.close()
@@ -65,8 +65,8 @@ async def test_custom_schemas_are_isolated(dsn: str) -> None:
     alpha = await Backend.connect(dsn, schema="alpha")
     beta = await Backend.connect(dsn, schema="shoal_beta_2")
     try:
-        assert await alpha.migrate(aging_seconds=10) == [1]
-        assert await beta.migrate() == [1]
+        assert await alpha.migrate(aging_seconds=10) == [1, 2]
+        assert await beta.migrate() == [1, 2]
         assert {"alpha", "shoal_beta_2"} <= await schemas(alpha)
         assert "shoal" not in await schemas(alpha)
         (task_id,) = await alpha.enqueue([NewTask("t", {"in": "alpha"})])

@@ -6,7 +6,7 @@
 
 Given the `App`, the client refuses unknown task names and payloads that do
 not fit a handler's input model before anything is written, and takes each
-task's retries, timeout, priority and tags from its definition.
+task's retries, lease expiries, timeout, priority and tags from its definition.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from shoal import dag
 from shoal.backend import (
+    DEFAULT_LEASE_EXPIRIES,
     Backend,
     CommandRecord,
     DeadLetter,
@@ -30,7 +31,7 @@ from shoal.backend import (
     TaskRow,
     WorkflowStatus,
 )
-from shoal.errors import InvalidInput, InvalidWorkflow
+from shoal.errors import InvalidInput, InvalidWorkflow, UnknownTask
 from shoal.units import parse_duration
 from shoal.worker.app import App, check_tags
 
@@ -45,6 +46,7 @@ class Job:
     tags: Sequence[str] | None = None
     delay: str | float | None = None
     retries: int | None = None
+    lease_expiries: int | None = None
     timeout: str | float | None = None
     idempotency_key: str | None = None
 
@@ -80,9 +82,22 @@ class Client:
         (task_id,) = await self.enqueue_many([Job(name, payload, **options)])
         return task_id
 
-    async def enqueue_many(self, jobs: Sequence[Job]) -> list[int]:
-        """Enqueue tasks in one statement with one wake-up notification."""
-        return await self.backend.enqueue([self._new_task(job) for job in jobs])
+    async def enqueue_many(self, jobs: Sequence[Job], *, force: bool = True) -> list[int]:
+        """Enqueue tasks in one statement with one wake-up notification.
+
+        Without an app and without `force`, a task name that no worker has ever
+        served in the namespace is refused (UnknownTask): a typo would sit ready
+        forever.
+        """
+        tasks = [self._new_task(job) for job in jobs]
+        if self.app is None and not force:
+            for name in sorted({t.name for t in tasks}):
+                if not await self.backend.task_name_known(self.namespace, name):
+                    raise UnknownTask(
+                        f"no worker has served task {name!r} in namespace "
+                        f"{self.namespace!r}: check the name, pass --app to check it "
+                        "against your app, or --force")
+        return await self.backend.enqueue(tasks)
 
     def _new_task(self, job: Job) -> NewTask:
         definition = self.app.get(job.name) if self.app is not None else None
@@ -93,6 +108,8 @@ class Client:
             definition.validate_payload(payload)
         retries = job.retries if job.retries is not None else (
             definition.retries if definition else None)
+        lease_expiries = job.lease_expiries if job.lease_expiries is not None else (
+            definition.lease_expiries if definition else DEFAULT_LEASE_EXPIRIES)
         timeout = job.timeout if job.timeout is not None else (
             definition.timeout if definition else None)
         tags = job.tags if job.tags is not None else (definition.tags if definition else ())
@@ -105,6 +122,7 @@ class Client:
             tags=tuple(check_tags(list(tags))),
             delay_seconds=parse_duration(job.delay) if job.delay is not None else 0.0,
             max_attempts=None if retries is None else retries + 1,
+            lease_expiries=lease_expiries,
             timeout_seconds=parse_duration(timeout) if timeout is not None else None,
             idempotency_key=job.idempotency_key)
 

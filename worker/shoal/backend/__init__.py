@@ -7,6 +7,7 @@ from shoal.backend.codec import MAX_JSON_BYTES, check_text, json_text, printable
 from shoal.backend.connections import TRANSIENT_ERRORS
 from shoal.backend.driver import FINAL_WORKFLOW_STATES, Backend, parse_handoff
 from shoal.backend.models import (
+    DEFAULT_LEASE_EXPIRIES,
     Backlog,
     ClaimedTask,
     CommandRecord,
@@ -24,6 +25,7 @@ from shoal.backend.models import (
 from shoal.backend.notifications import Subscription
 
 __all__ = [
+    "DEFAULT_LEASE_EXPIRIES",
     "FINAL_WORKFLOW_STATES",
     "MAX_JSON_BYTES",
     "TRANSIENT_ERRORS",

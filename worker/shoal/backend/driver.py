@@ -7,6 +7,7 @@ one short transaction, so a lost connection never leaves half a change.
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,7 +19,7 @@ from pydantic_core import PydanticSerializationError
 
 from shoal import dag
 from shoal.backend import migrate as migrations
-from shoal.backend.codec import from_json, init_connection, json_text
+from shoal.backend.codec import check_text, from_json, init_connection, json_text
 from shoal.backend.connections import TRANSIENT_ERRORS, Connections, OnNotify, Pool, Session
 from shoal.backend.models import (
     Backlog,
@@ -131,9 +132,12 @@ class Backend:
     async def migrate(self, aging_seconds: float | None = None) -> list[int]:
         """Create or upgrade the schema; see `shoal.backend.migrate`.
 
-        Raises MigrationFailed (with `privileges` when the role may not) or a
-        transient error.
+        Raises InvalidInput for an aging interval out of bounds, MigrationFailed
+        (with `privileges` when the role may not) or a transient error.
         """
+        if aging_seconds is not None and not 0 < aging_seconds <= MAX_AGING_SECONDS:
+            raise InvalidInput(f"aging interval must be positive and at most 30 days, not "
+                               f"{aging_seconds:g}s")
         try:
             async with self.pool.acquire() as conn:
                 return await migrations.migrate(conn, self.queries, aging_seconds)
@@ -182,17 +186,15 @@ class Backend:
         if not tasks:
             return []
         for t in tasks:
-            if any("," in tag or not tag for tag in t.tags):
-                raise InvalidInput(f"task {t.name!r}: invalid tags {list(t.tags)!r}")
-            if t.max_attempts is not None and t.max_attempts < 1:
-                raise InvalidInput(f"task {t.name!r}: max_attempts must be at least 1")
+            _check_task(t)
         payloads = [_json(t.payload, f"payload of task {t.name!r}") for t in tasks]
         rows = await self.pool.fetch(
             self.queries.enqueue,
             [t.namespace for t in tasks], [t.name for t in tasks], payloads,
             [t.priority for t in tasks], [",".join(t.tags) for t in tasks],
             [t.delay_seconds for t in tasks], [t.max_attempts for t in tasks],
-            [_millis(t.timeout_seconds) for t in tasks], [t.idempotency_key for t in tasks])
+            [_millis(t.timeout_seconds) for t in tasks], [t.idempotency_key for t in tasks],
+            [t.lease_expiries for t in tasks])
         by_key = {r["idempotency_key"]: r["id"] for r in rows if r["idempotency_key"]}
         inserted = iter(r["id"] for r in rows if not r["idempotency_key"])
         missing: dict[str, list[str]] = {}
@@ -231,7 +233,9 @@ class Backend:
             limit, lease_seconds, worker.id, _max_attempts(worker), worker.channel,
             [o.task_id for o in succeeded], [o.lease_token for o in succeeded],
             [o.result_json for o in succeeded], list(holding))
-        return [_claimed(r) for r in rows[:-1]], set(rows[-1]["completed"])
+        completed = set(rows[-1]["completed"])
+        return ([_claimed(r) for r in rows[:-1]],
+                completed | await self._acknowledged(succeeded, completed))
 
     async def leased_to(self, worker_id: str) -> list[ClaimedTask]:
         """The unexpired leases `worker_id` holds (handoffs it may not have heard of)."""
@@ -243,7 +247,9 @@ class Backend:
 
         A report is accepted only with the task's current lease token (and,
         when given, by the worker holding it), so a worker that lost its lease
-        cannot overwrite the new holder's result.
+        cannot overwrite the new holder's result. A report whose outcome was
+        recorded already under the same lease (the reply to the first one was
+        lost) is accepted again and changes nothing.
         Workflow steps are recorded in one transaction with the workflow's
         next steps, so a crash never leaves a DAG stuck between two steps.
         """
@@ -260,7 +266,17 @@ class Backend:
                 for workflow_id in sorted({o.workflow_id for o in steps
                                            if o.task_id in done and o.workflow_id}):
                     await self._advance(conn, workflow_id)
-        return accepted
+        return accepted | await self._acknowledged(outcomes, accepted)
+
+    async def _acknowledged(self, outcomes: Sequence[Outcome], accepted: set[int]) -> set[int]:
+        """Of the outcomes the fence refused, those recorded already under the same
+        lease: a re-report (its first reply was lost) is acknowledged, not refused."""
+        refused = [o for o in outcomes if o.task_id not in accepted]
+        if not refused:
+            return set()
+        rows = await self.pool.fetch(self.queries.reported, [o.task_id for o in refused],
+                                     [o.lease_token for o in refused])
+        return {r["id"] for r in rows}
 
     async def _report(self, conn: asyncpg.Connection, outcomes: Sequence[Outcome],
                       worker_id: str | None) -> set[int]:
@@ -316,6 +332,14 @@ class Backend:
     async def remove_worker(self, worker_id: str) -> None:
         await self.pool.execute(self.queries.remove_worker, worker_id)
 
+    async def register_task_names(self, namespace: str, names: Sequence[str]) -> None:
+        """Remember that a worker serves `names` in `namespace` (see `task_name_known`)."""
+        await self.pool.execute(self.queries.register_task_names, namespace, list(names))
+
+    async def task_name_known(self, namespace: str, name: str) -> bool:
+        """Whether any worker ever served task `name` in `namespace`."""
+        return bool(await self.pool.fetchval(self.queries.task_name_known, namespace, name))
+
     async def get_task(self, task_id: int) -> TaskRow:
         row = await self.pool.fetchrow(self.queries.get_task, task_id)
         if row is None:
@@ -350,6 +374,7 @@ class Backend:
     # -- dead letters --------------------------------------------------------------
 
     async def dead_letters(self, where: DeadLetterFilter, limit: int = 100) -> list[DeadLetter]:
+        _check_int(limit, "limit", 0, MAX_LIST)
         rows = await self.pool.fetch(self.queries.list_dead, *_dead_args(where), limit)
         return [DeadLetter(**dict(r)) for r in rows]
 
@@ -381,6 +406,7 @@ class Backend:
         With `paused`, the instance is created paused: no step starts before a resume.
         """
         dag.validate(spec)
+        _check_workflow(spec, name, namespace, key)
         q = self.queries
         roots = {s.name for s in spec.steps if not s.depends_on}
         payloads = [_json(dag.resolve_input(s.input, spec.input, {}) if s.name in roots
@@ -455,6 +481,8 @@ class Backend:
         """
         if command not in dag.COMMANDS:
             raise InvalidCommand(f"unknown command {command!r}: use pause, resume or cancel")
+        check_text(actor, "actor")
+        check_text(reason, "reason")
         q = self.queries
         async with self.pool.acquire() as conn, conn.transaction():
             wf = await conn.fetchrow(q.lock_workflow, workflow_id)
@@ -561,4 +589,82 @@ def _millis(seconds: float | None) -> int | None:
 
 
 def _dead_args(where: DeadLetterFilter) -> tuple[Any, ...]:
+    if where.task_name is not None:
+        check_text(where.task_name, "task name")
+    if where.namespace is not None:
+        check_text(where.namespace, "namespace")
+    if where.task_id is not None:
+        _check_int(where.task_id, "task id", 1, INT64)
     return where.task_name, where.namespace, where.workflow_id, where.task_id
+
+
+# Bounds checked before any SQL, so bad input is a clear error and never a failed
+# statement. Priority times the aging interval must stay a sane timestamp offset.
+INT32, INT64 = 2**31 - 1, 2**63 - 1
+MAX_PRIORITY = 10_000
+MAX_AGING_SECONDS = 30 * 86400.0
+MAX_DELAY_SECONDS = 10 * 365 * 86400.0
+MAX_TIMEOUT_SECONDS = INT32 / 1000  # stored in milliseconds, as an int32: 24.8 days
+MAX_ATTEMPTS = 1001  # retries <= 1000
+MAX_LEASE_EXPIRIES = 1000
+MAX_NAMESPACE = 253  # a NOTIFY's payload; Kubernetes namespaces have 63
+MAX_NAME = 200
+MAX_KEY = 1000
+MAX_LIST = 100_000
+
+
+def _check_int(value: int, what: str, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise InvalidInput(f"{what} must be between {low:,} and {high:,}, not {value:,}")
+
+
+def _check_name(value: str, what: str, limit: int) -> None:
+    if not value or len(value) > limit:
+        raise InvalidInput(f"{what} must have 1 to {limit} characters, not {len(value):,}")
+    check_text(value, what)
+
+
+def _check_seconds(value: float, what: str, limit: float, unit: str) -> None:
+    if not (math.isfinite(value) and 0 <= value <= limit):
+        raise InvalidInput(f"{what} must be between 0 and {unit}, not {value:g}s")
+
+
+def _check_task(t: NewTask) -> None:
+    """Raise InvalidInput unless every field of `t` fits its column."""
+    _check_name(t.name, "task name", MAX_NAME)
+    what = f"task {t.name!r}"
+    _check_name(t.namespace, f"{what}: namespace", MAX_NAMESPACE)
+    if any("," in tag or not tag for tag in t.tags):
+        raise InvalidInput(f"{what}: invalid tags {list(t.tags)!r}")
+    for tag in t.tags:
+        check_text(tag, f"{what}: tag")
+    _check_int(t.priority, f"{what}: priority", -MAX_PRIORITY, MAX_PRIORITY)
+    _check_seconds(t.delay_seconds, f"{what}: delay", MAX_DELAY_SECONDS, "10 years")
+    if t.max_attempts is not None:
+        if t.max_attempts < 1:
+            raise InvalidInput(f"{what}: max_attempts must be at least 1")
+        _check_int(t.max_attempts - 1, f"{what}: retries", 0, MAX_ATTEMPTS - 1)
+    _check_int(t.lease_expiries, f"{what}: lease expiries", 0, MAX_LEASE_EXPIRIES)
+    if t.timeout_seconds is not None:
+        _check_seconds(t.timeout_seconds, f"{what}: timeout", MAX_TIMEOUT_SECONDS, "24 days")
+    if t.idempotency_key is not None:
+        _check_name(t.idempotency_key, f"{what}: idempotency key", MAX_KEY)
+
+
+def _check_workflow(spec: dag.WorkflowSpec, name: str, namespace: str, key: str | None) -> None:
+    """Raise InvalidInput unless the workflow's names and numbers fit their columns."""
+    _check_name(name, "workflow name", MAX_NAME)
+    _check_name(namespace, "workflow namespace", MAX_NAMESPACE)
+    if key is not None:
+        _check_name(key, "workflow key", MAX_KEY)
+    _check_int(spec.priority, "workflow priority", -MAX_PRIORITY, MAX_PRIORITY)
+    for step in spec.steps:
+        if step.priority is not None:
+            _check_int(step.priority, f"step {step.name!r}: priority", -MAX_PRIORITY,
+                       MAX_PRIORITY)
+        if step.timeout_seconds is not None:
+            _check_seconds(step.timeout_seconds, f"step {step.name!r}: timeout",
+                           MAX_TIMEOUT_SECONDS, "24 days")
+        check_text(step.task, f"step {step.name!r}: task")
+        for tag in step.tags or spec.tags:
+            check_text(tag, f"step {step.name!r}: tag")

@@ -7,6 +7,8 @@ from datetime import datetime
 from typing import Any, NamedTuple
 from uuid import UUID
 
+DEFAULT_LEASE_EXPIRIES = 3
+
 
 @dataclass(frozen=True, slots=True)
 class NewTask:
@@ -19,6 +21,9 @@ class NewTask:
     tags: tuple[str, ...] = ()
     delay_seconds: float = 0.0
     max_attempts: int | None = None  # None: the handler's retries decide at claim time
+    # Leases that may expire (worker killed, frozen, cut off) without the task
+    # becoming a dead letter; such a run does not use up an attempt.
+    lease_expiries: int = DEFAULT_LEASE_EXPIRIES
     timeout_seconds: float | None = None
     idempotency_key: str | None = None
 
@@ -120,6 +125,8 @@ class TaskRow:
     enqueued_at: datetime
     attempts: int
     max_attempts: int
+    expiries: int
+    max_expiries: int
     lease_token: int
     worker_id: str | None
     workflow_id: UUID | None

@@ -56,7 +56,9 @@ class Queries:
 
     # Handoff: an enqueue of exactly one task, due now, without idempotency key,
     # whose JSON fits in a notification, is leased in the same statement to one
-    # parked worker that could claim it (namespace, name, tags), provided no
+    # parked worker that could claim it (namespace, name, tags) and is alive: seen
+    # within its claim TTL, and the backend process of the connection it parked
+    # (and listens) on still exists. Provided no
     # due ready task in the namespace comes first in claim order. The worker
     # gets the task in a NOTIFY on its own channel and starts it without a
     # claim round trip; the lease (token 1, the worker's TTL) fences it as
@@ -67,8 +69,9 @@ class Queries:
         SELECT r.*, CASE WHEN r.tags = '' THEN '{}'::text[] ELSE string_to_array(r.tags, ',') END
                     AS tag_array
         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int[], $5::text[],
-                    $6::float8[], $7::int[], $8::int[], $9::text[])
-            AS r(namespace, name, payload, priority, tags, delay_s, max_attempts, timeout_ms, key)
+                    $6::float8[], $7::int[], $8::int[], $9::text[], $10::int[])
+            AS r(namespace, name, payload, priority, tags, delay_s, max_attempts, timeout_ms, key,
+                 max_expiries)
     ), handoff AS (
         UPDATE {schema}.workers w
         SET parked_channel = NULL
@@ -80,6 +83,9 @@ class Queries:
             WHERE (SELECT count(*) FROM rows) = 1
               AND r.delay_s <= 0 AND r.key IS NULL AND octet_length(r.payload::text) <= 7000
               AND p.parked_channel IS NOT NULL
+              AND p.last_seen > now() - p.claim_ttl * interval '1 second'
+              AND p.parked_pid IN (SELECT pg_stat_get_backend_pid(b)
+                                   FROM pg_stat_get_backend_idset() b)
               AND p.namespace = r.namespace
               AND r.name = ANY(p.task_names)
               AND r.tag_array <@ p.tags
@@ -99,12 +105,12 @@ class Queries:
     ), inserted AS (
         INSERT INTO {schema}.tasks
             (namespace, name, payload, priority, tags, run_at, sort_key,
-             max_attempts, timeout_ms, idempotency_key,
+             max_attempts, max_expiries, timeout_ms, idempotency_key,
              state, attempts, lease_token, lease_expires_at, worker_id, started_at)
         SELECT r.namespace, r.name, r.payload, r.priority, r.tag_array,
                now() + r.delay_s * interval '1 second',
                {schema}.sort_key(now() + r.delay_s * interval '1 second', r.priority),
-               coalesce(h.max_attempts, r.max_attempts), r.timeout_ms, r.key,
+               coalesce(h.max_attempts, r.max_attempts), r.max_expiries, r.timeout_ms, r.key,
                CASE WHEN h.id IS NULL THEN 'ready' ELSE 'running' END::{schema}.task_state,
                (h.id IS NOT NULL)::int, (h.id IS NOT NULL)::int,
                now() + h.claim_ttl * interval '1 second', h.id,
@@ -143,8 +149,8 @@ class Queries:
     # Tasks $12 are the claimer's own (still running, or awaiting their report):
     # never claimed by it again, even when their lease expired meanwhile.
     # A claim that finds fewer tasks than it asked for parks the worker on its
-    # channel $8 (see enqueue); a full one unparks it. The liveness row is
-    # written only when that changes.
+    # channel $8 (see enqueue), recording the backend process it listens on; a
+    # full one unparks it. The liveness row is written only when that changes.
     # In the same statement (one round trip, one commit) it completes the
     # claimer's successful attempts $9..$11, fenced as `complete` is; the last
     # row lists the ids it completed, its task columns NULL.
@@ -188,9 +194,10 @@ class Queries:
     ), parking AS (
         SELECT CASE WHEN count(*) < $4 THEN $8::text END AS channel FROM claimed
     ), parked AS (
-        UPDATE {schema}.workers w SET parked_channel = p.channel
+        UPDATE {schema}.workers w SET parked_channel = p.channel, parked_pid = pg_backend_pid()
         FROM parking p
-        WHERE w.id = $6 AND w.parked_channel IS DISTINCT FROM p.channel
+        WHERE w.id = $6 AND (w.parked_channel IS DISTINCT FROM p.channel
+                             OR w.parked_pid IS DISTINCT FROM pg_backend_pid())
     )
     SELECT *, NULL::bigint[] AS completed FROM claimed
     UNION ALL
@@ -239,11 +246,13 @@ class Queries:
     """
 
     # A drained task goes back to the front of the line; the interrupted attempt
-    # does not count against max_attempts.
+    # does not count against max_attempts. Every way a lease ends without a report
+    # (a release, an expiry) bumps the token, so a report under the old one is
+    # refused and `reported` tells acknowledged reports from refused ones.
     release = """
     UPDATE {schema}.tasks t
     SET state = 'ready', attempts = greatest(t.attempts - 1, 0), lease_expires_at = NULL,
-        worker_id = NULL
+        lease_token = t.lease_token + 1, worker_id = NULL
     FROM unnest($1::bigint[], $2::bigint[]) AS r(id, token)
     WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
       AND ($3::text IS NULL OR t.worker_id = $3)
@@ -281,6 +290,16 @@ class Queries:
 
     remove_worker = "DELETE FROM {schema}.workers WHERE id = $1"
 
+    register_task_names = """
+    INSERT INTO {schema}.task_names (namespace, name)
+    SELECT $1, unnest($2::text[])
+    ON CONFLICT DO NOTHING
+    """
+
+    task_name_known = """
+    SELECT EXISTS (SELECT 1 FROM {schema}.task_names WHERE namespace = $1 AND name = $2)
+    """
+
     # Tasks leased to a worker, for a worker whose listener reconnected: a
     # handoff notified while it was not listening is found here.
     leased_to = """
@@ -290,8 +309,9 @@ class Queries:
     WHERE t.worker_id = $1 AND t.state = 'running' AND t.lease_expires_at > now()
     """
 
-    # Expired leases: back to ready (keeping their place in line) or, when their
-    # attempts are used up, dead.
+    # Expired leases: back to ready (keeping their place in line), the attempt not
+    # counted and one lease expiry used up; the expiry after the last makes the
+    # task dead. The token is bumped (see release).
     reap_expired = """
     WITH expired AS (
         SELECT id FROM {schema}.tasks
@@ -301,14 +321,26 @@ class Queries:
         FOR UPDATE SKIP LOCKED
     )
     UPDATE {schema}.tasks t
-    SET state = CASE WHEN t.attempts >= coalesce(t.max_attempts, 1) THEN 'dead' ELSE 'ready' END::{schema}.task_state,
-        error = 'lease expired: worker ' || coalesce(t.worker_id, '?') || ' stopped heartbeating',
-        finished_at = CASE WHEN t.attempts >= coalesce(t.max_attempts, 1) THEN now() END,
+    SET state = CASE WHEN t.expiries >= t.max_expiries THEN 'dead' ELSE 'ready' END::{schema}.task_state,
+        error = 'lease expired (' || (t.expiries + 1) || ' of ' || (t.max_expiries + 1)
+                || ' allowed): worker ' || coalesce(t.worker_id, '?') || ' stopped heartbeating',
+        finished_at = CASE WHEN t.expiries >= t.max_expiries THEN now() END,
+        attempts = greatest(t.attempts - 1, 0),
+        expiries = t.expiries + 1,
+        lease_token = t.lease_token + 1,
         lease_expires_at = NULL,
         worker_id = NULL
     FROM expired e
     WHERE t.id = e.id
     RETURNING t.id, t.namespace, t.workflow_id, t.state::text
+    """
+
+    # Of reports the fence refused, those whose outcome is recorded already under
+    # the same lease (a re-report after a lost reply): acknowledged, not refused.
+    reported = """
+    SELECT t.id FROM unnest($1::bigint[], $2::bigint[]) AS r(id, token)
+    JOIN {schema}.tasks t ON t.id = r.id AND t.lease_token = r.token
+    WHERE t.state <> 'running'
     """
 
     notify_tasks = "SELECT pg_notify('{schema}_tasks', $1)"
@@ -336,8 +368,8 @@ class Queries:
 
     get_task = """
     SELECT id, namespace, name, payload, state::text, priority, tags, run_at, enqueued_at, attempts,
-           max_attempts, lease_token, worker_id, workflow_id, step, result, error, started_at,
-           finished_at
+           max_attempts, expiries, max_expiries, lease_token, worker_id, workflow_id, step, result,
+           error, started_at, finished_at
     FROM {schema}.tasks WHERE id = $1
     """
 
@@ -363,7 +395,8 @@ class Queries:
     retry_dead = """
     WITH retried AS (
         UPDATE {schema}.tasks
-        SET state = 'ready', attempts = 0, run_at = now(), sort_key = {schema}.sort_key(now(), priority),
+        SET state = 'ready', attempts = 0, expiries = 0, run_at = now(),
+            sort_key = {schema}.sort_key(now(), priority),
             finished_at = NULL, error = NULL, worker_id = NULL
         WHERE """ + dead_filter + """
         RETURNING id, namespace, workflow_id

@@ -8,7 +8,10 @@ import logging
 import os
 import signal
 
+from pydantic import ValidationError
+
 from shoal.cli.common import Commands, csv, duration
+from shoal.errors import InvalidInput
 from shoal.worker import Worker, WorkerConfig, load_app
 
 log = logging.getLogger("shoal")
@@ -48,7 +51,13 @@ async def run(args: argparse.Namespace) -> int:
     app = load_app(args.app)
     given = {name: getattr(args, name) for name in WorkerConfig.model_fields
              if name not in ("dsn", "db_schema") and hasattr(args, name)}
-    worker = Worker(app, WorkerConfig(dsn=args.dsn, db_schema=args.schema, **given))
+    try:
+        config = WorkerConfig(dsn=args.dsn, db_schema=args.schema, **given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        flag = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "a flag"
+        raise InvalidInput(f"{flag}: {error['msg']}") from None
+    worker = Worker(app, config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)

@@ -2,7 +2,7 @@
 
     app = App()
 
-    @app.task("resize", retries=5, timeout="30s")
+    @app.task("resize", retries=5, timeout="30s")  # lease_expiries=3 by default
     async def resize(image: ResizeInput, ctx: TaskContext) -> ResizeOutput: ...
 
 A handler takes the task's payload as its first argument. When that argument
@@ -27,7 +27,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
 
-from shoal.backend import json_text
+from shoal.backend import DEFAULT_LEASE_EXPIRIES, json_text
 from shoal.dag import TAG_PATTERN
 from shoal.errors import InvalidInput, UnknownTask
 from shoal.units import parse_duration
@@ -76,6 +76,7 @@ class TaskDefinition:
     name: str
     handler: Handler
     retries: int = 0
+    lease_expiries: int = DEFAULT_LEASE_EXPIRIES
     timeout: float | None = None
     priority: int = 0
     tags: tuple[str, ...] = ()
@@ -130,10 +131,16 @@ class App:
         self.tasks: dict[str, TaskDefinition] = {}
 
     def task(self, name: str | None = None, *, retries: int = 0,
+             lease_expiries: int = DEFAULT_LEASE_EXPIRIES,
              timeout: str | float | None = None, priority: int = 0,
              tags: tuple[str, ...] | list[str] = (), backoff: str | float = "1s",
              max_backoff: str | float = "5m") -> Callable[[Handler], Handler]:
-        """Register the decorated function as task `name` (default: the function's name)."""
+        """Register the decorated function as task `name` (default: the function's name).
+
+        `retries` counts handler failures; `lease_expiries` counts runs whose lease
+        expired (the worker was killed, frozen or cut off), which are not
+        failures and use up no attempt. Either budget used up: a dead letter.
+        """
 
         def register(fn: Handler) -> Handler:
             task_name = name or fn.__name__
@@ -141,8 +148,10 @@ class App:
                 raise ValueError(f"task {task_name!r} is registered twice")
             if retries < 0:
                 raise ValueError(f"task {task_name!r}: retries must be >= 0")
+            if lease_expiries < 0:
+                raise ValueError(f"task {task_name!r}: lease_expiries must be >= 0")
             self.tasks[task_name] = _definition(
-                task_name, fn, retries=retries,
+                task_name, fn, retries=retries, lease_expiries=lease_expiries,
                 timeout=parse_duration(timeout) if timeout is not None else None,
                 priority=priority, tags=tuple(check_tags(tags)),
                 backoff=parse_duration(backoff), max_backoff=parse_duration(max_backoff))

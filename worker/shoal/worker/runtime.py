@@ -171,6 +171,8 @@ class Worker:
             attempt += 1
             try:
                 await self.backend.check_migrated()
+                await self.backend.register_task_names(self.config.namespace,
+                                                       self.identity.task_names)
                 await self.heartbeat.beat()
             except (*TRANSIENT_ERRORS, SchemaNotMigrated) as exc:
                 delay = backoff.next()
