@@ -147,7 +147,7 @@ async def produce(client: Client, conn: asyncpg.Connection, args: argparse.Names
     than `args.backlog` are ready; until `until`."""
     batch = max(1, args.rate // 10)
     next_at = time.monotonic()
-    while next_at < until:
+    while time.monotonic() < until:
         if await conn.fetchval(READY) < args.backlog:
             await client.enqueue_many([Job("noop", {"id": 0, "ts": 0.0})] * batch)
             counter[0] += batch
@@ -162,6 +162,8 @@ async def run(args: argparse.Namespace, admin_dsn: str, logs: Path) -> None:
     workers = Workers(dsn, args.workers, args.retention, logs)
     conn = await asyncpg.connect(dsn)
     producing = await asyncpg.connect(dsn)
+    naptime = float(await conn.fetchval(
+        "SELECT setting FROM pg_settings WHERE name = 'autovacuum_naptime'"))
     samples: list[Sample] = []
     try:
         start = time.monotonic()
@@ -208,10 +210,11 @@ async def run(args: argparse.Namespace, admin_dsn: str, logs: Path) -> None:
         await conn.close()
         await producing.close()
         await client.close()
-    summarize(samples, args, moved)
+    summarize(samples, args, moved, naptime)
 
 
-def summarize(samples: list[Sample], args: argparse.Namespace, moved: float | None) -> None:
+def summarize(samples: list[Sample], args: argparse.Namespace, moved: float | None,
+              naptime: float) -> None:
     warm = [s for s in samples if s.at >= 2 * args.retention + args.every]
     half = len(warm) // 2
     if half < 1:
@@ -222,6 +225,9 @@ def summarize(samples: list[Sample], args: argparse.Namespace, moved: float | No
         a = max(getattr(s, what) for s in first)
         b = max(getattr(s, what) for s in second)
         verdict = "flat" if b <= 1.25 * a else "GROWING"
+        if what == "bytes" and second[-1].at - first[0].at < 2 * naptime:
+            verdict = (f"not judged: shorter than two autovacuum cycles ({naptime:g}s each), "
+                       "which reclaim the space")
         print(f"{what}: max {a:,} in the first half, {b:,} in the second: {verdict}")
     print("leadership moved after the kill in "
           + (f"{moved:.1f}s" if moved is not None else "no time seen: NOT MOVED"))

@@ -13,6 +13,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,10 @@ def flag_set(path: str | None) -> bool:
     return bool(path) and Path(path).exists()  # type: ignore[arg-type]
 
 
-@app.task("record", retries=5, backoff="50ms")
-async def record(run: Run, ctx: TaskContext) -> dict[str, int]:
-    note(run, ctx, "start")
+async def sleep(run: Run, ctx: TaskContext, **extra: Any) -> None:
+    """`run.sleep` seconds (less once `fast_flag` exists), between its start and done
+    notes; a cancellation is noted too."""
+    note(run, ctx, "start", **extra)
     try:
         deadline = time.monotonic() + run.sleep
         while (left := deadline - time.monotonic()) > 0:
@@ -51,10 +53,25 @@ async def record(run: Run, ctx: TaskContext) -> dict[str, int]:
                 break
             await asyncio.sleep(min(0.02, left) if run.fast_flag else left)
     except asyncio.CancelledError:
-        note(run, ctx, "cancelled")
+        note(run, ctx, "cancelled", **extra)
         raise
-    note(run, ctx, "done")
+    note(run, ctx, "done", **extra)
+
+
+@app.task("record", retries=5, backoff="50ms")
+async def record(run: Run, ctx: TaskContext) -> dict[str, int]:
+    await sleep(run, ctx)
     return {"pid": os.getpid(), "attempt": ctx.attempt}
+
+
+@app.task("tracked", backoff="50ms")
+async def tracked(run: Run, ctx: TaskContext) -> dict[str, str]:
+    """`record` with an id for each run, in its notes and its result: the chaos suite
+    tells every run apart, and which run's result was stored. Default budgets: no
+    retries, three lease expiries."""
+    run_id = uuid.uuid4().hex
+    await sleep(run, ctx, run_id=run_id)
+    return {"run_id": run_id}
 
 
 @app.task("record-sync", retries=5, backoff="50ms")

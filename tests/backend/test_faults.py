@@ -144,3 +144,15 @@ async def test_a_claim_never_returns_a_task_its_worker_holds(backend: Backend) -
     assert claimed == []
     claimed, _ = await backend.claim_and_complete(ME, 4, 30, ())
     assert [(t.id, t.lease_token) for t in claimed] == [(task_id, first.lease_token + 2)]
+
+
+async def test_a_suspect_is_claimed_alone(backend: Backend) -> None:
+    """A task whose lease expired twice may be what kills its workers: it is claimed
+    alone, so that it takes no other task down with it again."""
+    ids = await backend.enqueue([NewTask("t") for _ in range(5)])
+    await backend.pool.execute("UPDATE shoal.tasks SET expiries = 2 WHERE id = $1", ids[2])
+    (suspect,) = await backend.claim(ME, 5, 30)
+    assert (suspect.id, suspect.alone) == (ids[2], True)
+    rest = await backend.claim(ME, 5, 30)
+    assert sorted(t.id for t in rest) == [ids[0], ids[1], ids[3], ids[4]]
+    assert not any(t.alone for t in rest)

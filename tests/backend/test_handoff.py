@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 
@@ -120,6 +121,9 @@ async def test_a_draining_or_restarted_worker_is_not_parked(backend: Backend) ->
 async def test_leases_a_worker_holds_are_found_for_it(backend: Backend) -> None:
     await park(backend)
     (task_id,) = await backend.enqueue([NewTask("t")])  # nobody listens: the handoff is lost
-    (found,) = await backend.leased_to(ME.id)
+    since = await backend.clock()
+    (found,) = await backend.leased_to(ME.id, since - timedelta(seconds=5))
     assert (found.id, found.lease_token, found.attempt) == (task_id, 1, 1)
-    assert await backend.leased_to("someone-else") == []
+    assert await backend.leased_to("someone-else", since - timedelta(seconds=5)) == []
+    # a lease taken before a process started is an earlier process's: not its own
+    assert await backend.leased_to(ME.id, await backend.clock()) == []

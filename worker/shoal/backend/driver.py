@@ -11,6 +11,7 @@ import math
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -237,9 +238,19 @@ class Backend:
         return ([_claimed(r) for r in rows[:-1]],
                 completed | await self._acknowledged(succeeded, completed))
 
-    async def leased_to(self, worker_id: str) -> list[ClaimedTask]:
-        """The unexpired leases `worker_id` holds (handoffs it may not have heard of)."""
-        return [_claimed(r) for r in await self.pool.fetch(self.queries.leased_to, worker_id)]
+    async def leased_to(self, worker_id: str, since: datetime) -> list[ClaimedTask]:
+        """The unexpired leases `worker_id` took at or after `since` (the database's
+        clock): handoffs and claims whose reply it may have missed. Leases of an
+        earlier process under the same id (a restarted container) are not
+        among them: they expire, and each expiry counts, so a task that kills
+        its worker ends as a dead letter instead of killing every restart."""
+        rows = await self.pool.fetch(self.queries.leased_to, worker_id, since)
+        return [_claimed(r) for r in rows]
+
+    async def clock(self) -> datetime:
+        """The database's time now."""
+        now: datetime = await self.pool.fetchval(self.queries.clock)
+        return now
 
     async def report(self, outcomes: Sequence[Outcome], *,
                      worker_id: str | None = None) -> set[int]:
@@ -568,7 +579,8 @@ def _workflow_status(wf: asyncpg.Record, steps: Sequence[asyncpg.Record],
 
 def parse_handoff(message: str) -> ClaimedTask:
     """The task an enqueue leased to this worker, from its notification (queries.enqueue)."""
-    return _claimed({**from_json(message), "workflow_id": None, "step": None})  # plain tasks
+    return _claimed({**from_json(message), "workflow_id": None, "step": None,  # plain, new
+                     "alone": False})
 
 
 def _claimed(r: asyncpg.Record | Mapping[str, Any]) -> ClaimedTask:
@@ -577,7 +589,7 @@ def _claimed(r: asyncpg.Record | Mapping[str, Any]) -> ClaimedTask:
         id=r["id"], name=r["name"], payload=r["payload"], attempt=r["attempts"],
         max_attempts=r["max_attempts"], lease_token=r["lease_token"],
         timeout_seconds=r["timeout_ms"] / 1000 if r["timeout_ms"] else None,
-        workflow_id=r["workflow_id"], step=r["step"], due_at=r["due_at"])
+        workflow_id=r["workflow_id"], step=r["step"], due_at=r["due_at"], alone=r["alone"])
 
 
 def _max_attempts(worker: WorkerIdentity) -> list[int]:

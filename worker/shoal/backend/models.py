@@ -44,6 +44,8 @@ class ClaimedTask(NamedTuple):
     workflow_id: UUID | None
     step: str | None
     due_at: float  # when it became claimable (run_at), in Unix seconds
+    # A suspect (its lease expired twice): its worker runs nothing else beside it.
+    alone: bool = False
 
 
 class Outcome(NamedTuple):

@@ -148,6 +148,10 @@ class Queries:
     # and the update needs no second index lookup per row.
     # Tasks $12 are the claimer's own (still running, or awaiting their report):
     # never claimed by it again, even when their lease expired meanwhile.
+    # A suspect — a task whose lease expired twice, which may be what kills its
+    # workers — is claimed alone (the first one among the candidates, nothing
+    # else), and its worker claims nothing more while it runs (see `alone`):
+    # tasks that share a worker with it lose at most one expiry to it.
     # A claim that finds fewer tasks than it asked for parks the worker on its
     # channel $8 (see enqueue), recording the backend process it listens on; a
     # full one unparks it. The liveness row is written only when that changes.
@@ -163,7 +167,7 @@ class Queries:
           AND t.worker_id = $6
         RETURNING t.id
     ), candidates AS (
-        SELECT t.ctid AS tid
+        SELECT t.ctid AS tid, t.sort_key, t.id, t.expiries >= 2 AS alone
         FROM {schema}.tasks t
         WHERE t.state = 'ready'
           AND t.namespace = $1
@@ -177,6 +181,11 @@ class Queries:
         ORDER BY t.sort_key, t.id
         LIMIT $4
         FOR UPDATE SKIP LOCKED
+    ), chosen AS (
+        SELECT c.tid FROM candidates c
+        WHERE NOT EXISTS (SELECT 1 FROM candidates s WHERE s.alone)
+           OR c.tid = (SELECT s.tid FROM candidates s WHERE s.alone
+                       ORDER BY s.sort_key, s.id LIMIT 1)
     ), claimed AS (
         UPDATE {schema}.tasks t
         SET state = 'running',
@@ -186,11 +195,11 @@ class Queries:
             lease_expires_at = now() + $5::float8 * interval '1 second',
             worker_id = $6,
             started_at = now()
-        FROM candidates c, unnest($2::text[], $7::int[]) AS d(name, max_attempts)
+        FROM chosen c, unnest($2::text[], $7::int[]) AS d(name, max_attempts)
         WHERE t.ctid = c.tid AND d.name = t.name
         RETURNING t.id, t.name, t.payload, t.attempts, t.max_attempts, t.lease_token,
                   t.timeout_ms, t.workflow_id, t.step,
-                  extract(epoch FROM t.run_at)::float8 AS due_at
+                  extract(epoch FROM t.run_at)::float8 AS due_at, t.expiries >= 2 AS alone
     ), parking AS (
         SELECT CASE WHEN count(*) < $4 THEN $8::text END AS channel FROM claimed
     ), parked AS (
@@ -201,7 +210,7 @@ class Queries:
     )
     SELECT *, NULL::bigint[] AS completed FROM claimed
     UNION ALL
-    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
            coalesce((SELECT array_agg(id) FROM completed), '{}')
     """
 
@@ -300,14 +309,18 @@ class Queries:
     SELECT EXISTS (SELECT 1 FROM {schema}.task_names WHERE namespace = $1 AND name = $2)
     """
 
-    # Tasks leased to a worker, for a worker whose listener reconnected: a
-    # handoff notified while it was not listening is found here.
+    # Tasks leased to a worker since it started, for a worker that reconnected: a
+    # claim whose reply it lost is found here.
     leased_to = """
     SELECT t.id, t.name, t.payload, t.attempts, t.max_attempts, t.lease_token, t.timeout_ms,
-           t.workflow_id, t.step, extract(epoch FROM t.run_at)::float8 AS due_at
+           t.workflow_id, t.step, extract(epoch FROM t.run_at)::float8 AS due_at,
+           t.expiries >= 2 AS alone
     FROM {schema}.tasks t
     WHERE t.worker_id = $1 AND t.state = 'running' AND t.lease_expires_at > now()
+      AND t.started_at >= $2
     """
+
+    clock = "SELECT now()"
 
     # Expired leases: back to ready (keeping their place in line), the attempt not
     # counted and one lease expiry used up; the expiry after the last makes the

@@ -27,9 +27,8 @@ class Listener:
     the database answers; a connection is checked every PING_INTERVAL, so a
     half-open one is noticed within PING_INTERVAL + PING_TIMEOUT. After every
     new connection the worker catches up: it claims at once, and runs the
-    tasks leased to it that it does not know of — handoffs notified while
-    nobody listened, and claims whose reply was lost — so none of them waits
-    for its lease to expire.
+    tasks leased to it since it started that it does not know of (claims
+    whose reply was lost), so none of them waits for its lease to expire.
     """
 
     name = "listener"
@@ -67,5 +66,5 @@ class Listener:
         w.wake.set()
         if w.stopping.is_set():
             return
-        for task in await w.backend.leased_to(w.identity.id):
+        for task in await w.backend.leased_to(w.identity.id, w.since):
             w.on_handoff(task)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from shoal.aio import Backoff
@@ -37,8 +38,12 @@ class Maintenance:
     an expired lease is reclaimed (or dead-lettered) within one interval of
     expiring, a worker unseen for three of its claim TTLs is forgotten, and
     finished plain tasks and finished workflows older than `retention` are
-    deleted, however fast they come. Transient database errors are retried
-    with backoff.
+    deleted, however fast they come. A leader's term begins with one claim
+    TTL in which it reaps no lease: a new connection usually follows an
+    outage (a restart, a failover) that cut the other workers off too, and
+    they renew their leases in that time instead of having their running
+    tasks given to someone else. Transient database errors are retried with
+    backoff.
     """
 
     name = "maintenance"
@@ -46,6 +51,7 @@ class Maintenance:
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.leading = False
+        self.term: tuple[int, float] = (0, 0.0)  # connection generation led on, since when
 
     async def run(self) -> None:
         w = self.worker
@@ -65,14 +71,28 @@ class Maintenance:
             await asyncio.sleep(interval)
 
     async def _lead(self) -> bool:
-        leading = await self.worker.backend.lead()
+        backend = self.worker.backend
+        leading = await backend.lead()
         if leading != self.leading:
             log.info("%s maintenance of schema %s", "leading" if leading else "no longer leading",
-                     self.worker.backend.schema)
+                     backend.schema)
             self.leading = leading
+        assert backend.session is not None
+        if leading and self.term[0] != backend.session.generation:
+            self.term = (backend.session.generation, time.monotonic())
         return leading
 
     async def _pass(self) -> None:
+        backend = self.worker.backend
+        if time.monotonic() - self.term[1] >= self.worker.config.claim_ttl:
+            await self._reap()
+        await backend.reap_workers()
+        while True:
+            tasks, workflows = await backend.prune(self.worker.config.retention, PRUNE_BATCH)
+            if tasks < PRUNE_BATCH and workflows < PRUNE_BATCH:
+                break
+
+    async def _reap(self) -> None:
         backend = self.worker.backend
         while True:
             reclaimed = await backend.reap_expired(REAP_BATCH)
@@ -80,9 +100,4 @@ class Maintenance:
                 metrics.RECLAIMED.inc(reclaimed)
                 log.info("reclaimed %d tasks with expired leases", reclaimed)
             if reclaimed < REAP_BATCH:
-                break
-        await backend.reap_workers()
-        while True:
-            tasks, workflows = await backend.prune(self.worker.config.retention, PRUNE_BATCH)
-            if tasks < PRUNE_BATCH and workflows < PRUNE_BATCH:
                 break

@@ -38,6 +38,7 @@ import time
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from shoal.aio import Backoff, wait_event
@@ -104,6 +105,7 @@ class Worker:
         self.handing_back: set[asyncio.Task[set[int]]] = set()
         self.report_lock = asyncio.Lock()  # one report at a time; the drain waits for it
         self.registered = asyncio.Event()  # the liveness row exists: claims may begin
+        self.since = datetime.now(UTC)  # start-up in the database's clock (see `_open`)
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
         self.slot_free = asyncio.Event()
@@ -170,6 +172,7 @@ class Worker:
         while not self.stopping.is_set():
             attempt += 1
             try:
+                self.since = await self.backend.clock()
                 await self.backend.check_migrated()
                 await self.backend.register_task_names(self.config.namespace,
                                                        self.identity.task_names)
@@ -197,9 +200,15 @@ class Worker:
 
     def free_slots(self) -> int:
         """Tasks this worker may claim now: at most `concurrency` handlers running,
-        and at most `concurrency` more results waiting for their report."""
+        at most `concurrency` more results waiting for their report, and none
+        while a suspect runs (a task whose lease expired twice runs alone)."""
+        if self.suspect_running():
+            return 0
         c = self.config.concurrency
         return min(c - self.busy, 2 * c - len(self.held))
+
+    def suspect_running(self) -> bool:
+        return any(e.task.alone for e in self.executions.values())
 
     # -- notifications and handoffs -------------------------------------------------
 
@@ -224,7 +233,8 @@ class Worker:
         handoff, or a claim whose reply was lost), or hand it back at once."""
         if task.id in self.held:
             return  # heard of twice: notified and found on reconnecting
-        if self.stopping.is_set() or self.busy >= self.config.concurrency:
+        if (self.stopping.is_set() or self.busy >= self.config.concurrency
+                or self.suspect_running()):
             self._hand_back(task)
             return
         self.start(task, time.time())
