@@ -115,7 +115,7 @@ class Poison(BaseModel):
 @app.task("poison", timeout="2s")
 async def poison(run: Poison, ctx: TaskContext) -> Any:
     """Results and behaviours that must end as this task's dead letter, nothing worse."""
-    note(Run(log=run.log), ctx, "start", kind=run.kind)
+    note(Run(log=run.log), ctx, "start", kind=run.kind, run_id=uuid.uuid4().hex)
     if run.kind == "exit":
         os._exit(3)  # the worker process dies mid-task, as on an OOM kill
     if run.kind == "hang":

@@ -13,7 +13,8 @@ The count, per scenario:
   that lived on (its report refused: a lease that moved on while it ran);
 - stale overwrites: a task whose stored result is not that of its latest-started
   completed run (an older lease's result overwrote a newer one's);
-- recovery: seconds from the end of the fault to the next completed run.
+- recovery: seconds from the end of the fault to the first run that starts after it
+  (its claim reached the database after the fault).
 """
 
 from __future__ import annotations
@@ -125,10 +126,13 @@ class Fleet:
         return await self.add()
 
     async def stop(self) -> None:
-        """SIGTERM every worker; each must drain and exit 0."""
+        """SIGTERM every worker once it handles signals; each must drain and exit 0."""
         if self._watch is not None:
             self._watch.cancel()
             await asyncio.gather(self._watch, return_exceptions=True)
+        for slot in self.slots:  # a restart may still be importing: SIGTERM would kill it
+            await eventually(lambda s=slot: " serving " in s.process.output(), within=60,
+                             what=f"{slot.worker_id} to handle signals")
         for slot in self.slots:
             slot.ended_on_purpose = True
             slot.process.signal(signal.SIGTERM)
@@ -223,7 +227,7 @@ async def analyze(scenario: str, backend: Backend, log: str, ids: Sequence[int],
             latest = max(done[i], key=lambda e: started.get(e["run_id"], 0.0))
             if rows[i]["result"]["run_id"] != latest["run_id"]:
                 stale.append(i)
-    after = [e["t"] for events in done.values() for e in events if e["t"] >= fault_end]
+    after = [e["t"] for events in starts.values() for e in events if e["t"] >= fault_end]
     recovery = min(after) - fault_end if after else None
     report = Report(scenario, len(ids), len(lost), dup_killed, dup_other, len(stale),
                     recovery, notes)

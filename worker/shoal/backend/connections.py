@@ -284,5 +284,6 @@ class Session(_Statements):
         async with self._lock:
             if self._conn is not None:
                 with contextlib.suppress(*TRANSIENT_ERRORS):
-                    await asyncio.wait_for(self._conn.close(), 5)
+                    async with asyncio.timeout(5):
+                        await self._conn.close()
             self._drop()

@@ -57,7 +57,8 @@ class Listener:
             backoff.reset()
             if not await wait_event(session.lost, PING_INTERVAL):
                 try:
-                    await asyncio.wait_for(w.backend.ping(), PING_TIMEOUT)
+                    async with asyncio.timeout(PING_TIMEOUT):
+                        await w.backend.ping()
                 except TRANSIENT_ERRORS as exc:
                     log.warning("database connection lost: %s", exc)
 

@@ -142,7 +142,8 @@ class MetricsServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            async with asyncio.timeout(5):
+                request = await reader.readuntil(b"\r\n\r\n")
             path = request.split(b" ", 2)[1].decode() if request.count(b" ") >= 2 else "/"
             if path.startswith("/metrics"):
                 status, body, kind = "200 OK", generate_latest(REGISTRY), CONTENT_TYPE_LATEST

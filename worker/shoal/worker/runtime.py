@@ -153,7 +153,8 @@ class Worker:
             self.threads.shutdown(wait=False, cancel_futures=True)
             if self.registered.is_set():
                 try:
-                    await asyncio.wait_for(self.backend.remove_worker(self.identity.id), 5)
+                    async with asyncio.timeout(5):
+                        await self.backend.remove_worker(self.identity.id)
                 except TRANSIENT_ERRORS as exc:
                     log.warning("could not remove the liveness row: %s", exc)
             await self.backend.close()
@@ -317,7 +318,8 @@ class Worker:
         else:
             loop = asyncio.get_running_loop()
             work = loop.run_in_executor(self.threads, definition.call, task.payload, ctx)
-        return await (asyncio.wait_for(work, timeout) if timeout else work)
+        async with asyncio.timeout(timeout):  # None: no limit
+            return await work
 
     def _on_stopped(self, execution: Execution) -> Outcome | None:
         task = execution.task

@@ -80,7 +80,12 @@ class Supervisor:
             self.fail(name, exc)
 
     async def stop(self) -> None:
-        """Cancel every service still running and wait for it to end."""
+        """Cancel every service still running and wait for it to end (10 s at most:
+        one that does not end is logged, and the process goes on exiting)."""
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if not self._tasks:
+            return
+        _done, stuck = await asyncio.wait(self._tasks, timeout=10)
+        for task in stuck:
+            log.error("service %s did not stop when cancelled", self._tasks[task].name)
