@@ -327,7 +327,7 @@ class Queries:
     # task dead. The token is bumped (see release).
     reap_expired = """
     WITH expired AS (
-        SELECT id FROM {schema}.tasks
+        SELECT ctid AS tid FROM {schema}.tasks
         WHERE lease_expires_at < now() AND state = 'running'
         ORDER BY lease_expires_at
         LIMIT $1
@@ -344,7 +344,7 @@ class Queries:
         lease_expires_at = NULL,
         worker_id = NULL
     FROM expired e
-    WHERE t.id = e.id
+    WHERE t.ctid = e.tid
     RETURNING t.id, t.namespace, t.workflow_id, t.state::text
     """
 
@@ -364,19 +364,30 @@ class Queries:
     RETURNING id
     """
 
+    # Pruning: the oldest finished rows first (through their partial index), locked
+    # with SKIP LOCKED so that no claim's or report's lock makes it wait, and deleted
+    # by tuple address (`id IN (...)` was planned as a scan of the whole table).
     prune_tasks = """
-    DELETE FROM {schema}.tasks WHERE id IN (
-        SELECT id FROM {schema}.tasks
+    WITH doomed AS (
+        SELECT ctid AS tid FROM {schema}.tasks
         WHERE state IN ('succeeded', 'cancelled') AND workflow_id IS NULL
           AND finished_at < now() - $1::float8 * interval '1 second'
-        LIMIT $2)
+        ORDER BY finished_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    )
+    DELETE FROM {schema}.tasks t USING doomed d WHERE t.ctid = d.tid
     """
 
     prune_workflows = """
-    DELETE FROM {schema}.workflows WHERE id IN (
-        SELECT id FROM {schema}.workflows
+    WITH doomed AS (
+        SELECT ctid AS tid FROM {schema}.workflows
         WHERE finished_at < now() - $1::float8 * interval '1 second'
-        LIMIT $2)
+        ORDER BY finished_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    )
+    DELETE FROM {schema}.workflows w USING doomed d WHERE w.ctid = d.tid
     """
 
     get_task = """

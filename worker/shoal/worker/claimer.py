@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 from shoal.aio import Backoff, wait_event
 from shoal.backend import TRANSIENT_ERRORS, ClaimedTask
-from shoal.worker import metrics
 from shoal.worker.reporter import REPORT_CHUNK
+from shoal.worker.supervisor import retry_later
 
 if TYPE_CHECKING:
     from shoal.worker.runtime import Worker
@@ -65,9 +65,7 @@ class Claimer:
             try:
                 claimed = await self._claim(want)
             except TRANSIENT_ERRORS as exc:
-                metrics.DB_ERRORS.labels("claim").inc()
-                log.warning("claim failed: %s", exc)
-                await backoff.wait()
+                await retry_later("claim", exc, backoff)
                 continue
             backoff.reset()
             now = time.time()

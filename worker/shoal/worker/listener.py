@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from shoal.aio import Backoff, wait_event
 from shoal.backend import TRANSIENT_ERRORS
-from shoal.worker import metrics
+from shoal.worker.supervisor import retry_later
 
 if TYPE_CHECKING:
     from shoal.worker.runtime import Worker
@@ -50,9 +50,7 @@ class Listener:
                     await self._catch_up()
                     caught_up = session.generation
             except TRANSIENT_ERRORS as exc:
-                metrics.DB_ERRORS.labels("listen").inc()
-                log.warning("database connection: %s; retrying", exc)
-                await backoff.wait()
+                await retry_later("listen", exc, backoff)
                 continue
             backoff.reset()
             if not await wait_event(session.lost, PING_INTERVAL):

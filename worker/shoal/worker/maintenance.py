@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from shoal.aio import Backoff
 from shoal.backend import TRANSIENT_ERRORS
 from shoal.worker import metrics
+from shoal.worker.supervisor import retry_later
 
 if TYPE_CHECKING:
     from shoal.worker.runtime import Worker
@@ -63,9 +64,7 @@ class Maintenance:
                 if await self._lead():
                     await self._pass()
             except TRANSIENT_ERRORS as exc:
-                metrics.DB_ERRORS.labels("maintenance").inc()
-                log.warning("maintenance failed: %s", exc)
-                await backoff.wait()
+                await retry_later("maintenance", exc, backoff)
                 continue
             backoff.reset()
             await asyncio.sleep(interval)

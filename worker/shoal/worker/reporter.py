@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from shoal.aio import Backoff
 from shoal.backend import TRANSIENT_ERRORS
-from shoal.worker import metrics
+from shoal.worker.supervisor import retry_later
 
 if TYPE_CHECKING:
     from shoal.worker.runtime import Worker
@@ -43,8 +43,6 @@ class Reporter:
             try:
                 await w.report(successes=not w.claimer.will_claim())
             except TRANSIENT_ERRORS as exc:
-                metrics.DB_ERRORS.labels("report").inc()
-                log.warning("report failed, will retry: %s", exc)
-                await backoff.wait()
+                await retry_later("report", exc, backoff)
                 continue
             backoff.reset()

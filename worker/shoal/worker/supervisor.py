@@ -17,7 +17,18 @@ import logging
 from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol
 
+from shoal.aio import Backoff
+from shoal.worker import metrics
+
 log = logging.getLogger(__name__)
+
+
+async def retry_later(operation: str, exc: BaseException, backoff: Backoff) -> None:
+    """What a service does with a transient database error: count it (by operation),
+    log it, and wait the next backoff delay before trying again."""
+    metrics.DB_ERRORS.labels(operation).inc()
+    log.warning("%s failed, retrying: %s", operation, exc)
+    await backoff.wait()
 
 
 class Service(Protocol):
