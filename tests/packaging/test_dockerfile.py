@@ -79,6 +79,9 @@ async def test_example_pool_app_runs_a_task(image: Image, dsn: str, tmp_path: Pa
             stderr=asyncio.subprocess.STDOUT)
     backend = await Backend.connect(dsn, max_size=2)
     try:
+        # `shoal enqueue` takes a name a worker has served (or --app/--force)
+        await eventually(lambda: backend.pool.fetchval("SELECT count(*) FROM shoal.workers"),
+                         within=60, what="the worker to register")
         enqueued = await asyncio.to_thread(
             subprocess.run, [*image.entrypoint, "enqueue", "add", "--payload",
                              json.dumps({"a": 2, "b": 3})],
