@@ -277,7 +277,7 @@ def _cli_samples() -> dict[str, str]:
                     "ConnectionError: upstream closed the connection"),
     ]
     task = TaskRow(1201, "default", "extract", {"table": "orders"}, "dead", 0, [], ago(900),
-                   ago(900), 3, 3, 3, None, wf, "extract", None,
+                   ago(900), 3, 3, 0, 3, 3, None, wf, "extract", None,
                    "ConnectionError: upstream closed the connection", ago(880), ago(870))
     depth = [QueueDepth("default", "report", 0, 1, 0, 0, 0, 0, None),
              QueueDepth("default", "resize", 212, 0, 0, 8, 0, 1, 47.2),

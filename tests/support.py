@@ -93,10 +93,13 @@ class Spawner:
         self.started: list[WorkerProcess] = []
 
     async def worker(self, dsn: str, *args: str, app: str = RECORDER,
-                     claim_ttl: str = "30s", poll_interval: str = "1s") -> WorkerProcess:
-        worker_id = f"w{len(self.started)}-{uuid.uuid4().hex[:6]}"
+                     claim_ttl: str = "30s", poll_interval: str = "1s",
+                     worker_id: str | None = None) -> WorkerProcess:
+        """A new worker process; `worker_id` again for a restart (as a Pod's container
+        restarts under the same POD_NAME)."""
+        worker_id = worker_id or f"w{len(self.started)}-{uuid.uuid4().hex[:6]}"
         output = self.tmp / f"{worker_id}.log"
-        with output.open("wb") as sink:
+        with output.open("ab") as sink:
             proc = await asyncio.create_subprocess_exec(
                 SHOAL, "worker", "--dsn", dsn, "--app", app, "--worker-id", worker_id,
                 "--metrics-port", "0", "--claim-ttl", claim_ttl,

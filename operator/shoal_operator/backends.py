@@ -19,9 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import asyncpg
-
-from shoal.backend import Backend, Subscription
+from shoal.backend import TRANSIENT_ERRORS, Backend, Subscription
+from shoal.errors import MigrationFailed
 from shoal_operator.errors import DatabaseSecretError, PoolNotFound, SchemaNotReady
 from shoal_operator.kube import KubeError, kube, secret_path, workerpool_path
 from shoal_operator.pools.spec import Database, PoolSpec
@@ -72,13 +71,16 @@ async def _ensure_schema(backend: Backend) -> None:
     administrator's own `shoal migrate`: a missing schema then shows as a
     failed backlog read.
     """
-    schema = backend.queries.schema
+    schema = backend.schema
     try:
         applied = await backend.migrate()
-    except asyncpg.InsufficientPrivilegeError as exc:
-        log.info("schema %s not migrated by the operator (%s); run `shoal migrate`", schema, exc)
-        return
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+    except MigrationFailed as exc:
+        if exc.privileges:
+            log.info("schema %s not migrated by the operator (%s); run `shoal migrate`",
+                     schema, exc)
+            return
+        raise SchemaNotReady(str(exc)) from None
+    except TRANSIENT_ERRORS as exc:
         raise SchemaNotReady(f"cannot create or upgrade schema {schema!r}: {exc}") from None
     if applied:
         log.info("schema %s: applied migrations %s", schema, applied)
@@ -176,7 +178,7 @@ class NotifyHub:
     def subscribe(self, backend: Backend, channel: str, payload: str | None,
                   on_notify: OnPayload, on_connect: Callable[[], None]) -> Callable[[], None]:
         """Start calling `on_notify(payload)`; returns the function that stops it."""
-        key = (backend.dsn, backend.queries.schema)
+        key = (backend.dsn, backend.schema)
         listener = self._listeners.get(key)
         if listener is None:
             listener = self._listeners[key] = self._listen(backend)
@@ -202,12 +204,11 @@ class NotifyHub:
             for callback in list(listener.on_connect):
                 callback()
 
-        queries = backend.queries
-        subscription = Subscription(backend.dsn, [queries.tasks_channel,
-                                                  queries.workflows_channel],
+        subscription = Subscription(backend.dsn, [backend.tasks_channel,
+                                                  backend.workflows_channel],
                                     notified, connected)
         listener = _Listener(asyncio.create_task(subscription.run(),
-                                                 name=f"listen:{queries.schema}"))
+                                                 name=f"listen:{backend.schema}"))
         return listener
 
     async def close(self) -> None:

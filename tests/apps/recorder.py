@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,10 @@ def flag_set(path: str | None) -> bool:
     return bool(path) and Path(path).exists()  # type: ignore[arg-type]
 
 
-@app.task("record", retries=5, backoff="50ms")
-async def record(run: Run, ctx: TaskContext) -> dict[str, int]:
-    note(run, ctx, "start")
+async def sleep(run: Run, ctx: TaskContext, **extra: Any) -> None:
+    """`run.sleep` seconds (less once `fast_flag` exists), between its start and done
+    notes; a cancellation is noted too."""
+    note(run, ctx, "start", **extra)
     try:
         deadline = time.monotonic() + run.sleep
         while (left := deadline - time.monotonic()) > 0:
@@ -58,10 +60,25 @@ async def record(run: Run, ctx: TaskContext) -> dict[str, int]:
                 break
             await asyncio.sleep(min(0.02, left) if run.fast_flag else left)
     except asyncio.CancelledError:
-        note(run, ctx, "cancelled")
+        note(run, ctx, "cancelled", **extra)
         raise
-    note(run, ctx, "done")
+    note(run, ctx, "done", **extra)
+
+
+@app.task("record", retries=5, backoff="50ms")
+async def record(run: Run, ctx: TaskContext) -> dict[str, int]:
+    await sleep(run, ctx)
     return {"pid": os.getpid(), "attempt": ctx.attempt}
+
+
+@app.task("tracked", backoff="50ms")
+async def tracked(run: Run, ctx: TaskContext) -> dict[str, str]:
+    """`record` with an id for each run, in its notes and its result: the chaos suite
+    tells every run apart, and which run's result was stored. Default budgets: no
+    retries, three lease expiries."""
+    run_id = uuid.uuid4().hex
+    await sleep(run, ctx, run_id=run_id)
+    return {"run_id": run_id}
 
 
 @app.task("record-sync", retries=5, backoff="50ms")
@@ -95,6 +112,26 @@ async def stall(run: Run, ctx: TaskContext) -> None:
     note(run, ctx, "start")
     await asyncio.sleep(run.sleep)
     note(run, ctx, "done")
+
+
+class Poison(BaseModel):
+    log: str
+    kind: str  # nul | nan | surrogate | huge | nul-error | exit | hang
+
+
+@app.task("poison", timeout="2s")
+async def poison(run: Poison, ctx: TaskContext) -> Any:
+    """Results and behaviours that must end as this task's dead letter, nothing worse."""
+    note(Run(log=run.log), ctx, "start", kind=run.kind, run_id=uuid.uuid4().hex)
+    if run.kind == "exit":
+        os._exit(3)  # the worker process dies mid-task, as on an OOM kill
+    if run.kind == "hang":
+        await asyncio.Event().wait()  # until the timeout
+    if run.kind == "nul-error":
+        raise RuntimeError("bad\x00byte")
+    if run.kind == "huge":
+        return "x" * (16 * 1024 * 1024 + 1)
+    return {"nul": "a\x00b", "nan": float("nan"), "surrogate": "\ud800"}[run.kind]
 
 
 @app.task("unjsonable")

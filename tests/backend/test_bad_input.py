@@ -4,6 +4,7 @@ wrong password, an invalid --app reference, invalid durations, unknown ids."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -118,8 +119,18 @@ async def test_cli_enqueue_bad_input_exits_2_with_one_line(dsn: str, backend: Ba
     assert one_line(result.stderr) == ("shoal: error: invalid duration '2x': use a number "
                                        "with a unit, e.g. 30s, 5m, 1h30m, 250ms")
     assert await row_counts(backend) == EMPTY
-    good = await cli("enqueue", "--dsn", dsn, "echo", "--payload", '{"ok": 1}', "--key", "k")
-    again = await cli("enqueue", "--dsn", dsn, "echo", "--payload", '{"ok": 2}', "--key", "k")
+    # no worker ever served `echo` here and no --app says it exists: a typo would sit
+    # ready forever, so it is refused unless --force
+    result = await cli("enqueue", "--dsn", dsn, "echo", "--payload", '{"ok": 1}')
+    assert result.returncode == 2
+    assert one_line(result.stderr) == (
+        "shoal: error: no worker has served task 'echo' in namespace 'default': check the "
+        "name, pass --app to check it against your app, or --force")
+    assert await row_counts(backend) == EMPTY
+    good = await cli("enqueue", "--dsn", dsn, "echo", "--payload", '{"ok": 1}', "--key", "k",
+                     "--force")
+    again = await cli("enqueue", "--dsn", dsn, "echo", "--payload", '{"ok": 2}', "--key", "k",
+                      "--force")
     assert good.returncode == again.returncode == 0
     assert good.stdout == again.stdout  # the idempotency key returns the same id
     assert (await row_counts(backend))["tasks"] == 1
@@ -234,3 +245,102 @@ async def test_commands_on_unknown_ids(dsn: str, backend: Backend) -> None:
     result = await cli("pause", "--dsn", dsn, "not-a-uuid")
     assert result.returncode == 2 and "invalid UUID value" in result.stderr
     assert await row_counts(backend) == EMPTY
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"priority": 2**31}, "task 'echo': priority must be between -10,000 and 10,000, not "
+                          "2,147,483,648"),
+    ({"retries": 2**31}, "task 'echo': retries must be between 0 and 1,000"),
+    ({"lease_expiries": -1}, "task 'echo': lease expiries must be between 0 and 1,000"),
+    ({"timeout": "25d"}, "task 'echo': timeout must be between 0 and 24 days, not 2.16e+06s"),
+    ({"delay": float("inf")}, "task 'echo': delay must be between 0 and 10 years, not infs"),
+    ({"delay": "nan"}, "task 'echo': delay must be between 0 and 10 years, not nans"),
+    ({"delay": "4000d"}, "task 'echo': delay must be between 0 and 10 years"),
+    ({"idempotency_key": "k\x00"}, "task 'echo': idempotency key contains a NUL character"),
+])
+async def test_out_of_range_options_are_refused_before_any_sql(
+        backend: Backend, options: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        await Client(backend).enqueue("echo", None, **options)
+    assert await row_counts(backend) == EMPTY
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    ("a\x00b", "a string contains a NUL character (U+0000)"),
+    ({"k\x00": 1}, "a string contains a NUL character (U+0000)"),
+    ("\udc80", "a string contains an unpaired surrogate"),
+    ("x" * (16 * 2**20), "16,777,218 bytes of JSON, over the limit of 16,777,216"),
+])
+async def test_payloads_postgres_cannot_store_are_refused(backend: Backend, payload: object,
+                                                         message: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(
+            f"payload of task 'echo' is not JSON-serialisable: {message}")):
+        await Client(backend).enqueue("echo", payload)
+    assert await row_counts(backend) == EMPTY
+
+
+async def test_names_that_do_not_fit_are_refused(backend: Backend) -> None:
+    with pytest.raises(InvalidInput, match="namespace must have 1 to 253 characters, not 9,000"):
+        await Client(backend, namespace="n" * 9000).enqueue("echo")
+    with pytest.raises(InvalidInput, match="task name contains a NUL character"):
+        await Client(backend).enqueue("ec\x00ho")
+    with pytest.raises(InvalidInput, match="workflow name contains a NUL character"):
+        await Client(backend).submit_workflow({"steps": [{"name": "a", "task": "echo"}]},
+                                              name="w\x00")
+    with pytest.raises(InvalidInput, match="invalid workflow spec: priority: Input should be less than or equal to 2147483647"):
+        await Client(backend).submit_workflow(
+            {"priority": 2**40, "steps": [{"name": "a", "task": "echo"}]}, name="w")
+    with pytest.raises(InvalidInput, match="reason contains a NUL character"):
+        await Client(backend).cancel(uuid.uuid4(), reason="bad\x00")
+    with pytest.raises(InvalidInput, match="step 'a': timeout must be between 0 and 24 days"):
+        await Client(backend).submit_workflow(
+            {"steps": [{"name": "a", "task": "echo", "timeout": "600h"}]}, name="w")
+    assert await row_counts(backend) == EMPTY
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["enqueue", "echo", "--force", "--priority", "3000000000"],
+     "task 'echo': priority must be between -10,000 and 10,000, not 3,000,000,000"),
+    (["enqueue", "echo", "--force", "--timeout", "30d"],
+     "task 'echo': timeout must be between 0 and 24 days, not 2.592e+06s"),
+    (["enqueue", "echo", "--force", "--retries", "99999999999"],
+     "task 'echo': retries must be between 0 and 1,000, not 99,999,999,999"),
+    (["enqueue", "echo", "--force", "--payload", '"a\\u0000b"'],
+     "payload of task 'echo' is not JSON-serialisable: a string contains a NUL character"),
+    (["enqueue", "echo", "--force", "--payload", "NaN"],
+     "payload of task 'echo' is not JSON-serialisable: Out of range float values"),
+    (["enqueue", "echo", "--force", "--namespace", "n" * 9000],
+     "task 'echo': namespace must have 1 to 253 characters, not 9,000"),
+    (["worker", "--app", RECORDER, "--concurrency", "0"],
+     "--concurrency: Input should be greater than or equal to 1"),
+    (["worker", "--app", RECORDER, "--claim-ttl", "2d"],
+     "--claim-ttl: Input should be less than or equal to 86400"),
+    (["worker", "--app", RECORDER, "--metrics-port", "70000"],
+     "--metrics-port: Input should be less than or equal to 65535"),
+    (["migrate", "--aging-interval", "60d"],
+     "aging interval must be positive and at most 30 days, not 5.184e+06s"),
+    (["dead-letters", "list", "--limit", "-1"], "limit must be between 0 and 100,000, not -1"),
+    (["dead-letters", "count", "--id", "99999999999999999999"],
+     "task id must be between 1 and 9,223,372,036,854,775,807"),
+])
+async def test_cli_bad_input_is_one_line_and_exit_2(dsn: str, backend: Backend,
+                                                    args: list[str], message: str) -> None:
+    result = await cli(*args, "--dsn", dsn)
+    assert result.returncode == 2, result.stderr
+    assert one_line(result.stderr).startswith(f"shoal: error: {message}"), result.stderr
+    assert await row_counts(backend) == EMPTY
+
+
+@pytest.mark.parametrize("args", [
+    ["enqueue", "echo", "--force"],
+    ["status", str(uuid.UUID(int=1))],
+    ["dead-letters", "count"],
+    ["submit", "examples/workflow.yaml"],
+])
+async def test_an_unmigrated_database_says_run_shoal_migrate(dsn: str,
+                                                             args: list[str]) -> None:
+    result = await cli(*args, "--dsn", dsn)
+    assert result.returncode == 2, result.stderr
+    line = one_line(result.stderr)
+    assert line.startswith("shoal: error: schema 'shoal' is missing or not up to date (")
+    assert line.endswith("): run `shoal migrate`")

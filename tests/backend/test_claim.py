@@ -128,10 +128,13 @@ async def test_expired_lease_is_reclaimed_and_the_old_holder_is_fenced(
     assert await backend.reap_expired() == 0  # not expired yet
     await eventually(backend.reap_expired, within=10, what="the lease to expire")
     task = await backend.get_task(task_id)
-    assert (task.state, task.worker_id) == ("ready", None)
-    assert "lease expired: worker a stopped heartbeating" in (task.error or "")
+    # not a failure: the attempt is not counted, one lease expiry is used up, and the
+    # expiry ends the lease (the token moves on)
+    assert (task.state, task.worker_id, task.attempts, task.expiries) == ("ready", None, 0, 1)
+    assert task.lease_token == first.lease_token + 1
+    assert task.error == "lease expired (1 of 4 allowed): worker a stopped heartbeating"
     (second,) = await backend.claim(worker("b"), 1, lease_seconds=30)
-    assert (second.id, second.attempt, second.lease_token) == (task_id, 2, first.lease_token + 1)
+    assert (second.id, second.attempt, second.lease_token) == (task_id, 1, first.lease_token + 2)
     # a's heartbeat no longer holds the lease, and its late result is refused
     beat = await backend.heartbeat(worker("a"), [(task_id, first.lease_token)], 30, 1, False)
     assert beat.held == frozenset()
@@ -146,12 +149,30 @@ async def test_expired_lease_is_reclaimed_and_the_old_holder_is_fenced(
         "succeeded", "fresh", "b", None)
 
 
-async def test_lease_expiry_on_the_last_attempt_makes_a_dead_letter(backend: Backend) -> None:
-    (task_id,) = await backend.enqueue([NewTask("t", max_attempts=1)])
+async def test_lease_expiries_have_their_own_budget(backend: Backend) -> None:
+    """A crash is not a failure: with no retries at all (max_attempts 1), a task survives
+    its lease expiries up to its budget; the expiry after that makes it a dead letter."""
+    (task_id,) = await backend.enqueue([NewTask("t", max_attempts=1, lease_expiries=1)])
     await backend.claim(worker(), 1, lease_seconds=0.2)
     await eventually(backend.reap_expired, within=10, what="the lease to expire")
     task = await backend.get_task(task_id)
-    assert (task.state, task.attempts) == ("dead", 1)
+    assert (task.state, task.attempts, task.expiries, task.max_expiries) == ("ready", 0, 1, 1)
+    (again,) = await backend.claim(worker(), 1, lease_seconds=0.2)
+    assert again.attempt == 1
+    await eventually(backend.reap_expired, within=10, what="the lease to expire again")
+    task = await backend.get_task(task_id)
+    assert (task.state, task.attempts, task.expiries) == ("dead", 0, 2)
+    assert task.error == "lease expired (2 of 2 allowed): worker w stopped heartbeating"
+    assert task.finished_at is not None
+
+
+async def test_the_default_budget_is_three_expiries(backend: Backend) -> None:
+    (task_id,) = await backend.enqueue([NewTask("t", max_attempts=1)])
+    for expiry in range(1, 5):
+        await backend.claim(worker(), 1, lease_seconds=0.1)
+        await eventually(backend.reap_expired, within=10, what=f"expiry {expiry}")
+        task = await backend.get_task(task_id)
+        assert (task.state, task.expiries) == ("ready" if expiry <= 3 else "dead", expiry)
 
 
 async def test_idempotency_key_returns_the_same_id(backend: Backend) -> None:

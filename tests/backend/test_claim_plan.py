@@ -18,11 +18,12 @@ ME = WorkerIdentity(id="w", namespace="default", tags=(), task_names=("t",),
 
 
 async def explain_claim(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, Any]:
-    """EXPLAIN (FORMAT JSON) of a claim of 100 by ME, with nothing to complete."""
+    """EXPLAIN (FORMAT JSON) of a claim of 100 by ME, with nothing to complete and a
+    few tasks of its own to skip."""
     raw = await conn.fetchval(
         "EXPLAIN (FORMAT JSON) " + Queries("shoal").claim,
         ME.namespace, list(ME.task_names), list(ME.tags), 100, 30.0, ME.id,
-        list(ME.max_attempts), None, [], [], [])
+        list(ME.max_attempts), None, [], [], [], [1, 2, 3])
     return dict(json.loads(raw)[0])
 
 

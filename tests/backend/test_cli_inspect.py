@@ -131,9 +131,9 @@ async def test_version() -> None:
     (("tasks",), 2,
      "shoal tasks: error: the following arguments are required: COMMAND"),
     (("tasks", "show", "424242"), 2, "shoal: error: no task with id 424242"),
-    (("queue", "--schema", "nothing_here"), 1,
-     'shoal: error: database: UndefinedTableError: relation "nothing_here.tasks" does not '
-     "exist"),
+    (("queue", "--schema", "nothing_here"), 2,
+     "shoal: error: schema 'nothing_here' is missing or not up to date (relation "
+     '"nothing_here.tasks" does not exist): run `shoal migrate`'),
 ])
 async def test_every_error_is_one_line(dsn: str, backend: Backend, args: tuple[str, ...],
                                        status: int, error: str) -> None:

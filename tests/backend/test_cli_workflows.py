@@ -63,12 +63,13 @@ async def test_cli_steers_a_workflow(dsn: str, backend: Backend, tmp_path: Path)
 async def test_cli_enqueue_with_options(dsn: str, backend: Backend) -> None:
     result = await cli("enqueue", "--dsn", dsn, "echo", "--payload", '{"x": [1, 2]}',
                        "--namespace", "team-a", "--priority", "7", "--tags", "gpu,big",
-                       "--delay", "1h", "--retries", "3", "--timeout", "90s")
+                       "--delay", "1h", "--retries", "3", "--timeout", "90s",
+                       "--lease-expiries", "5", "--force")
     assert result.returncode == 0, result.stderr
     task = await backend.get_task(int(result.stdout))
     assert (task.name, task.payload, task.namespace, task.priority, task.tags, task.state,
-            task.max_attempts) == ("echo", {"x": [1, 2]}, "team-a", 7, ["gpu", "big"],
-                                   "ready", 4)
+            task.max_attempts, task.max_expiries) == ("echo", {"x": [1, 2]}, "team-a", 7,
+                                                      ["gpu", "big"], "ready", 4, 5)
     assert (task.run_at - task.enqueued_at).total_seconds() == 3600
     timeout_ms = await backend.pool.fetchval("SELECT timeout_ms FROM shoal.tasks")
     assert timeout_ms == 90_000

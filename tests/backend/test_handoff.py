@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 
@@ -58,9 +59,13 @@ async def test_one_due_task_is_leased_to_the_parked_worker(backend: Backend,
     assert await parked(backend) is None  # one handoff per park
     (second,) = await backend.enqueue([NewTask("t")])
     assert (await backend.get_task(second)).state == "ready"
-    # The lease fences as any claim's does: the token is accepted once.
+    # The lease fences as any claim's does: the token is accepted once; a re-report
+    # under it is acknowledged and changes nothing; an older token is refused.
     assert await backend.report([Outcome(task_id, 1)], worker_id="w1") == {task_id}
-    assert await backend.report([Outcome(task_id, 1)], worker_id="w1") == set()
+    assert await backend.report([Outcome(task_id, 1, result_json='"again"')],
+                                worker_id="w1") == {task_id}
+    assert (await backend.get_task(task_id)).result is None
+    assert await backend.report([Outcome(task_id, 0)], worker_id="w1") == set()
     # The next claim takes the ready task; finding fewer than asked parks again.
     assert [t.id for t in await backend.claim(ME, 4, 30)] == [second]
     assert await parked(backend) == CHANNEL
@@ -116,6 +121,9 @@ async def test_a_draining_or_restarted_worker_is_not_parked(backend: Backend) ->
 async def test_leases_a_worker_holds_are_found_for_it(backend: Backend) -> None:
     await park(backend)
     (task_id,) = await backend.enqueue([NewTask("t")])  # nobody listens: the handoff is lost
-    (found,) = await backend.leased_to(ME.id)
+    since = await backend.clock()
+    (found,) = await backend.leased_to(ME.id, since - timedelta(seconds=5))
     assert (found.id, found.lease_token, found.attempt) == (task_id, 1, 1)
-    assert await backend.leased_to("someone-else") == []
+    assert await backend.leased_to("someone-else", since - timedelta(seconds=5)) == []
+    # a lease taken before a process started is an earlier process's: not its own
+    assert await backend.leased_to(ME.id, await backend.clock()) == []

@@ -30,7 +30,7 @@ async def test_threads_share_one_client(dsn: str, backend: Backend) -> None:
                                              for n in range(8)))
         ids = [i for batch in batches for i in batch]
         assert len(set(ids)) == 80
-        assert client.client.backend.pool.get_max_size() == 2  # one pool for every thread
+        assert client.client.backend.pool.pool.get_max_size() == 2  # one pool for every thread
 
         waits = [asyncio.to_thread(client.wait, i, timeout=30) for i in ids[:5]]
         waiting = asyncio.gather(*waits)

@@ -6,8 +6,10 @@ other address of the host, where it asks for the `postgres` role's random
 password (SCRAM), so that pods of a kind cluster reach it at the kind network's
 gateway (`dsn_for(database, host=...)`). It guarantees that `stop()` leaves no
 process and no folder behind, and that `restart()` keeps the data (tests use it
-to cut every connection under load). When the current user is root, the server
-runs as the `postgres` system user, because PostgreSQL refuses root.
+to cut every connection under load). `standby()` makes a streaming replica of a
+running server, and `promote()` turns it into the primary (failovers). When the
+current user is root, the server runs as the `postgres` system user, because
+PostgreSQL refuses root.
 """
 
 from __future__ import annotations
@@ -105,6 +107,21 @@ class PostgresServer:
         """Stop (by default as a crash would) and start again on the same port."""
         self.stop(mode)
         self.start()
+
+    def standby(self) -> PostgresServer:
+        """A streaming standby of this (running) server on a port of its own, not
+        started: `pg_basebackup -R` copies the data and configures the replication."""
+        replica = PostgresServer(bin_dir=self.bin, max_connections=self.max_connections)
+        if replica.run_as:
+            shutil.chown(replica.root, user=replica.run_as)
+        replica._run(self.bin / "pg_basebackup", "-D", replica.data, "-R", "-X", "stream",
+                     "--checkpoint=fast", "-h", "127.0.0.1", "-p", str(self.port),
+                     "-U", "postgres")
+        return replica
+
+    def promote(self) -> None:
+        """Make this standby a primary, and wait until it accepts writes."""
+        self._run(self.bin / "pg_ctl", "-D", self.data, "-w", "-t", "60", "promote")
 
     def create_database(self, name: str) -> str:
         """Create a database and return its DSN."""

@@ -1,5 +1,5 @@
-"""The import rule the README states:
-`shoal.backend` ← `shoal.worker` ← `shoal_operator` ← `shoal.cli`."""
+"""The import rule the README states: `shoal.backend` ← `shoal.worker` ← `shoal_operator` ←
+`shoal.cli`; and only the backend talks to asyncpg."""
 
 from __future__ import annotations
 
@@ -44,6 +44,16 @@ def test_lower_layers_never_import_upper_ones(layer: str, forbidden: tuple[str, 
                 for name in names if not path.startswith(CLI)
                 and (name in forbidden or any(name.startswith(f + ".") for f in forbidden))}
     assert not offences, sorted(offences)
+
+
+def test_only_the_backend_imports_asyncpg() -> None:
+    """The driver, its errors (`shoal.backend.TRANSIENT_ERRORS`) and its connections stay
+    behind `shoal.backend`: nothing above it names an asyncpg class."""
+    importers = {path for root in ("worker", "operator")
+                 for path, names in imported_modules(REPO / root).items()
+                 if any(n == "asyncpg" or n.startswith("asyncpg.") for n in names)}
+    outside = sorted(p for p in importers if not p.startswith("worker/shoal/backend/"))
+    assert importers and not outside, outside
 
 
 def test_only_the_cli_imports_the_operator() -> None:

@@ -65,7 +65,9 @@ def test_security_probes_and_grace_period() -> None:
                                     "readOnlyRootFilesystem": True,
                                     "capabilities": {"drop": ["ALL"]}}
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert (c["readinessProbe"]["periodSeconds"], c["readinessProbe"]["failureThreshold"]) == (
+        1, 2)
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert pod["terminationGracePeriodSeconds"] == 25  # drain 20 s + margin
     assert pod["nodeSelector"] == {"pool": "cpu"}

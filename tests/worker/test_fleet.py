@@ -66,11 +66,13 @@ async def test_sigkilled_worker_task_is_reclaimed_and_its_late_result_refused(
     await asyncio.to_thread(fast.touch)  # the next attempt finishes at once
     await eventually(lambda: succeeded(backend, 1), within=60, what="the task to be reclaimed")
     task = await backend.get_task(task_id)
-    assert (task.attempts, task.lease_token, task.worker_id) == (2, held.lease_token + 1,
-                                                                survivor.worker_id)
-    assert task.result == {"pid": survivor.pid, "attempt": 2}
+    # a crash is not a failure: the killed run's attempt is not counted, one lease
+    # expiry is; the expiry and the new claim each moved the token on
+    assert (task.attempts, task.expiries, task.lease_token, task.worker_id) == (
+        1, 1, held.lease_token + 2, survivor.worker_id)
+    assert task.result == {"pid": survivor.pid, "attempt": 1}
     assert [(e["event"], e["pid"], e["attempt"]) for e in runs(log)] == [
-        ("start", doomed.pid, 1), ("start", survivor.pid, 2), ("done", survivor.pid, 2)]
+        ("start", doomed.pid, 1), ("start", survivor.pid, 1), ("done", survivor.pid, 1)]
     # The killed worker's late completion (or failure) carries the old lease token.
     late = [Outcome(task_id, held.lease_token, result_json='{"late": true}'),
             Outcome(task_id, held.lease_token, error="late failure", retry_in_seconds=0)]

@@ -168,7 +168,7 @@ async def test_every_way_a_task_ends_wakes_its_waiter(backend: Backend, client: 
         await retrying
 
     third = claimed[ids[2]]
-    await backend.pool.execute("UPDATE shoal.tasks SET attempts = max_attempts, "
+    await backend.pool.execute("UPDATE shoal.tasks SET expiries = max_expiries, "
                                "lease_expires_at = now() - interval '1 second' WHERE id = $1",
                                third.id)
     with pytest.raises(TaskFailed, match="lease expired"):

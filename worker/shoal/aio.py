@@ -32,6 +32,11 @@ class Backoff:
     def reset(self) -> None:
         self.current = self.first
 
-    async def wait(self) -> None:
-        await asyncio.sleep(self.current * (0.5 + random.random() / 2))
+    def next(self) -> float:
+        """The next delay, in seconds (the one after it doubles, up to the cap)."""
+        delay = self.current * (0.5 + random.random() / 2)
         self.current = min(self.current * 2, self.cap)
+        return delay
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.next())

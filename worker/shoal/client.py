@@ -11,7 +11,7 @@
 
 Given the `App`, the client refuses unknown task names and payloads that do
 not fit a handler's input model before anything is written, and takes each
-task's retries, timeout, priority and tags from its definition.
+task's retries, lease expiries, timeout, priority and tags from its definition.
 `shoal.sync.Client` is the same API for code that is not async.
 """
 
@@ -31,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 from shoal import dag
 from shoal.aio import wait_event
 from shoal.backend import (
+    DEFAULT_LEASE_EXPIRIES,
     FINAL_WORKFLOW_STATES,
     Backend,
     CancelResult,
@@ -51,6 +52,7 @@ from shoal.errors import (
     InvalidInput,
     InvalidWorkflow,
     TaskFailed,
+    UnknownTask,
     WaitTimeout,
     WorkflowFailed,
 )
@@ -69,6 +71,7 @@ class Job:
     tags: Sequence[str] | None = None
     delay: str | float | None = None
     retries: int | None = None
+    lease_expiries: int | None = None
     timeout: str | float | None = None
     idempotency_key: str | None = None
 
@@ -114,11 +117,23 @@ class Client:
                                              connection=connection)
         return task_id
 
-    async def enqueue_many(self, jobs: Sequence[Job], *,
-                           connection: Connection | None = None) -> list[int]:
-        """Enqueue tasks in one statement with one wake-up notification (see `enqueue`)."""
-        return await self.backend.enqueue([self._new_task(job) for job in jobs],
-                                          connection=connection)
+    async def enqueue_many(self, jobs: Sequence[Job], *, connection: Connection | None = None,
+                           force: bool = True) -> list[int]:
+        """Enqueue tasks in one statement with one wake-up notification (see `enqueue`).
+
+        Without an app and without `force`, a task name that no worker has ever
+        served in the namespace is refused (UnknownTask): a typo would sit ready
+        forever.
+        """
+        tasks = [self._new_task(job) for job in jobs]
+        if self.app is None and not force:
+            for name in sorted({t.name for t in tasks}):
+                if not await self.backend.task_name_known(self.namespace, name):
+                    raise UnknownTask(
+                        f"no worker has served task {name!r} in namespace "
+                        f"{self.namespace!r}: check the name, pass --app to check it "
+                        "against your app, or --force")
+        return await self.backend.enqueue(tasks, connection=connection)
 
     def _new_task(self, job: Job) -> NewTask:
         definition = self.app.get(job.name) if self.app is not None else None
@@ -129,6 +144,8 @@ class Client:
             definition.validate_payload(payload)
         retries = job.retries if job.retries is not None else (
             definition.retries if definition else None)
+        lease_expiries = job.lease_expiries if job.lease_expiries is not None else (
+            definition.lease_expiries if definition else DEFAULT_LEASE_EXPIRIES)
         timeout = job.timeout if job.timeout is not None else (
             definition.timeout if definition else None)
         tags = job.tags if job.tags is not None else (definition.tags if definition else ())
@@ -141,6 +158,7 @@ class Client:
             tags=tuple(check_tags(list(tags))),
             delay_seconds=parse_duration(job.delay) if job.delay is not None else 0.0,
             max_attempts=None if retries is None else retries + 1,
+            lease_expiries=lease_expiries,
             timeout_seconds=parse_duration(timeout) if timeout is not None else None,
             idempotency_key=job.idempotency_key)
 

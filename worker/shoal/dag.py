@@ -4,7 +4,9 @@ The same model is the `Workflow` custom resource's spec (camelCase keys such
 as `dependsOn`) and the Python API's argument. Nothing here does I/O:
 `validate` refuses a DAG that cannot run, `ready_steps` says which blocked
 steps may start, `resolve_input` fills `${...}` references from the outputs
-of finished steps, and `outcome` says when a workflow is finished.
+of finished steps, and `outcome` says when a workflow is finished. The
+workflow's state machine is here too: `advance` (a step changed) and
+`command` (pause, resume, cancel) return a `Plan` the backend carries out.
 
 A step's input may hold references, anywhere in its JSON:
 
@@ -20,13 +22,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from typing import Annotated, Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from shoal.errors import InvalidWorkflow
+from shoal.errors import InvalidCommand, InvalidInput, InvalidWorkflow
 from shoal.units import parse_duration
 from shoal.validation import Checked, Duration, Rule
 
@@ -231,3 +234,104 @@ def _lookup(context: Any, ref: str) -> Any:
 
 def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
+
+
+# -- the workflow state machine -------------------------------------------------------
+
+FINAL_STATES = frozenset({"cancelled", "succeeded", "failed"})
+COMMANDS = ("pause", "resume", "cancel")
+
+
+class Step(NamedTuple):
+    """A step as the state machine sees it: its task's state, output and error."""
+
+    state: str
+    output: Any = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to write for a workflow, decided by `advance` or `command`.
+
+    The backend carries it out in one transaction under the workflow row's lock:
+    blocked steps in `start` become ready with their resolved input (JSON text);
+    with `cancel_pending`, blocked and ready steps become cancelled with that
+    error; the workflow's state and message become `state` and `message`;
+    `notify_tasks` wakes workers for new ready steps (or a resume),
+    `notify_control` tells running handlers of a cancel.
+    """
+
+    state: str
+    message: str | None
+    start: Mapping[str, str] = field(default_factory=dict)
+    cancel_pending: str | None = None
+    notify_tasks: bool = False
+    notify_control: bool = False
+
+
+def advance(state: str, message: str | None, spec: WorkflowSpec, workflow_input: Any,
+            steps: Mapping[str, Step], encode: Callable[[Any], str]) -> Plan:
+    """The plan after a step of the workflow changed (finished, died, expired).
+
+    `steps` by name in creation order; `encode` turns a resolved input into JSON
+    text and raises InvalidInput when it cannot. A running or paused workflow
+    makes ready every blocked step whose dependencies all succeeded (claims skip
+    the steps of a paused one); a dead step, or a step whose input does not
+    resolve, fails the workflow with a message saying which, and cancels its
+    pending steps; once every step succeeded, so has the workflow. A
+    cancelling workflow is cancelled once no step runs. Other states stay.
+    """
+    if state == "cancelling":
+        running = any(s.state == "running" for s in steps.values())
+        return Plan("cancelling" if running else "cancelled", message)
+    if state not in ("running", "paused"):
+        return Plan(state, message)
+    states = {name: s.state for name, s in steps.items()}
+    outputs = {name: s.output for name, s in steps.items() if s.state == "succeeded"}
+    templates = {s.name: s.input for s in spec.steps}
+    start: dict[str, str] = {}
+    failure = None
+    for name in ready_steps(spec, states):
+        try:
+            start[name] = encode(resolve_input(templates[name], workflow_input, outputs))
+        except InvalidInput as exc:
+            states[name] = "dead"
+            failure = failure or f"step {name!r} cannot start: {exc}"
+    states.update(dict.fromkeys(start, "ready"))
+    result = outcome(states)
+    if result == "failed":
+        dead = [(name, s.error) for name, s in steps.items() if s.state == "dead"]
+        failure = failure or (f"step {dead[0][0]!r} failed: {dead[0][1]}" if dead
+                              else "a step failed")
+        return Plan("failed", failure, cancel_pending="workflow failed: " + failure)
+    if result == "succeeded":
+        return Plan("succeeded", None)
+    return Plan(state, message, start, notify_tasks=bool(start))
+
+
+def command(command: str, state: str, steps: Mapping[str, Step], *, actor: str,
+            reason: str = "") -> Plan:
+    """The plan for `pause`, `resume` or `cancel` from `state`.
+
+    Raises InvalidCommand for an unknown command, and for pausing or resuming
+    a workflow that is finished or cancelling. A command the state already
+    satisfies (or a cancel of a finished workflow) changes nothing: the plan
+    keeps the state. A cancel cancels the pending steps and is complete at once
+    when no step runs; otherwise the workflow is cancelling until the running
+    handlers, told through a control notification, have stopped.
+    """
+    if command not in COMMANDS:
+        raise InvalidCommand(f"unknown command {command!r}: use pause, resume or cancel")
+    settled = state in FINAL_STATES or state == "cancelling"
+    if command != "cancel" and settled:
+        raise InvalidCommand(f"cannot {command} a workflow that is {state}")
+    target = {"pause": "paused", "resume": "running"}.get(command, "cancelling")
+    if settled or target == state:
+        return Plan(state, None)
+    message = f"{command} by {actor}" + (f": {reason}" if reason else "")
+    if command == "cancel":
+        running = any(s.state == "running" for s in steps.values())
+        return Plan("cancelling" if running else "cancelled", message,
+                    cancel_pending=f"workflow cancelled by {actor}", notify_control=True)
+    return Plan(target, message, notify_tasks=target == "running")

@@ -29,6 +29,18 @@ class BackendUnavailable(ShoalError, ConnectionError):
     """The database could not be reached or refused the credentials."""
 
 
+class SchemaNotMigrated(ShoalError):
+    """Shoal's tables are missing or older than this version needs: run `shoal migrate`."""
+
+
+class MigrationFailed(ShoalError):
+    """Creating or upgrading the schema failed; `privileges` when the role may not."""
+
+    def __init__(self, message: str, *, privileges: bool = False) -> None:
+        super().__init__(message)
+        self.privileges = privileges
+
+
 class InvalidCommand(ShoalError):
     """A workflow command that the workflow's state does not allow (e.g. resume after cancel)."""
 

@@ -25,10 +25,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-import asyncpg
 import kopf
 
-from shoal.backend import Backend, Backlog
+from shoal.backend import TRANSIENT_ERRORS, Backend, Backlog
 from shoal.errors import BackendUnavailable, ShoalError
 from shoal.policy import retry_delay
 from shoal_operator import backends, metrics
@@ -54,8 +53,7 @@ DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 MIN_EVALUATION_GAP = 0.1  # seconds between evaluations: a burst coalesces into one
 STATUS_MIN_INTERVAL = 1.0  # seconds between status writes that only update numbers
 WARNING_REPEAT = 60.0  # a persisting problem is re-posted as an Event at most this often
-READ_ERRORS = (ShoalError, OSError, TimeoutError, asyncpg.PostgresError,
-               asyncpg.InterfaceError, KubeError)
+READ_ERRORS = (ShoalError, *TRANSIENT_ERRORS, KubeError)
 
 
 _scalers: dict[tuple[str, str], PoolScaler] = {}
@@ -295,11 +293,11 @@ class PoolScaler:
                 raise result
 
     def _listen(self, backend: Backend, task_namespace: str) -> None:
-        key = (backend.dsn, backend.queries.schema, task_namespace)
+        key = (backend.dsn, backend.schema, task_namespace)
         if self.listening != key:
             self.unsubscribe()
             self.unsubscribe = backends.notifications.subscribe(
-                backend, backend.queries.tasks_channel, task_namespace,
+                backend, backend.tasks_channel, task_namespace,
                 lambda _payload: self.wake.set(), self.wake.set)
             self.listening = key
 

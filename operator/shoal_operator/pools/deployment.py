@@ -4,9 +4,11 @@
 selector is the immutable `shoal.dev/pool` label; the worker's flags are
 `WorkerSettings.to_argv()` of the spec's settings (the task selector,
 concurrency, TTLs, the pool name for its liveness row); the DSN comes
-only from the Secret; POD_NAME/POD_IP come from the downward API; probes
-hit the worker's /healthz; the container runs non-root with a read-only root
-filesystem and no capabilities; the grace period covers the drain timeout.
+only from the Secret; POD_NAME/POD_IP come from the downward API; the liveness
+probe hits the worker's /healthz (the event loop runs), the readiness probe its
+/readyz (connected to the database, not draining, no service failed); the
+container runs non-root with a read-only root filesystem and no capabilities;
+the grace period covers the drain timeout.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def desired_deployment(body: Mapping[str, Any], spec: PoolSpec, *, replicas: int
         "args": worker_args(name, spec, schema),
         "env": _env(spec),
         "ports": [{"name": "metrics", "containerPort": spec.metrics_port, "protocol": "TCP"}],
-        "readinessProbe": {**probe, "periodSeconds": 1, "failureThreshold": 2},
+        "readinessProbe": {**probe, "httpGet": {"path": "/readyz", "port": "metrics"},
+                           "periodSeconds": 1, "failureThreshold": 2},
         "livenessProbe": {**probe, "initialDelaySeconds": 10},
         "securityContext": {
             "runAsNonRoot": True, "allowPrivilegeEscalation": False,

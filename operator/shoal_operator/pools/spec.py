@@ -21,7 +21,7 @@ from pydantic.alias_generators import to_camel
 from shoal.dag import TASK_NAME_PATTERN, Tag
 from shoal.units import parse_duration
 from shoal.validation import Checked, Duration, KubeField, Rule, problems
-from shoal.worker.config import BatchSize, Concurrency
+from shoal.worker.config import MAX_CLAIM_TTL, MAX_DRAIN_TIMEOUT, BatchSize, Concurrency
 from shoal_operator.conditions import Conditions
 from shoal_operator.errors import InvalidPoolSpec
 from shoal_operator.flags import read_flag
@@ -241,10 +241,11 @@ class PoolSpec(_Model):
     batch_size: BatchSize | None = Field(None, description=(
         "Tasks claimed per database round trip (`shoal worker --batch-size`; unset: the "
         "worker's default)."))
-    claim_ttl: Annotated[str, Duration(gt=0)] = Field("30s", alias="claimTTL", description=(
+    claim_ttl: Annotated[str, Duration(gt=0, le=MAX_CLAIM_TTL)] = Field(
+        "30s", alias="claimTTL", description=(
         "Lease of a claimed task. A heartbeat every claimTTL/2 renews it; a task whose worker "
         "died is claimable again once its lease expires."))
-    drain_timeout: Annotated[str, Duration(ge=0)] = Field("30s", description=(
+    drain_timeout: Annotated[str, Duration(ge=0, le=MAX_DRAIN_TIMEOUT)] = Field("30s", description=(
         "Time a stopping worker gets to finish in-flight tasks before it releases them; the "
         "pod's grace period is this plus 5 s."))
     metrics_port: int = Field(9100, ge=1, le=65535, description=(

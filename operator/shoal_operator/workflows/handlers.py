@@ -24,12 +24,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import kopf
 
-from shoal.backend import Backend
+from shoal.backend import TRANSIENT_ERRORS, Backend
 from shoal.errors import (
-    BackendUnavailable,
     InvalidCommand,
     InvalidInput,
     InvalidWorkflow,
@@ -54,8 +52,7 @@ from shoal_operator.workflows.sync import (
 
 DELETE_RETRIES = 5
 # Errors that mean "the database cannot be used right now"; the handlers retry them.
-UNREACHABLE = (BackendUnavailable, OSError, TimeoutError, asyncpg.PostgresConnectionError,
-               asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
+UNREACHABLE = TRANSIENT_ERRORS
 
 
 @dataclass

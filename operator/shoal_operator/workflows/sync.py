@@ -29,7 +29,7 @@ from uuid import UUID
 from prometheus_client import Counter, Gauge, Histogram
 
 from shoal.aio import wait_event
-from shoal.backend import Backend
+from shoal.backend import TRANSIENT_ERRORS, Backend
 from shoal.errors import ShoalError
 from shoal.policy import retry_delay
 from shoal_operator import metrics
@@ -54,7 +54,7 @@ TRACKED = Gauge("shoal_workflows_tracked", "Workflow CRs in the operator's regis
 
 SERVICE = "workflow-sync"
 # What a round meets when the API server or a database blinks (logged without a traceback).
-ROUND_ERRORS = (ShoalError, KubeError, OSError, TimeoutError)
+ROUND_ERRORS = (ShoalError, KubeError, *TRANSIENT_ERRORS)
 
 
 def workflow_path(namespace: str, name: str, subresource: str = "") -> str:
@@ -189,7 +189,7 @@ class StatusSync:
 
     def watch(self, backend: Backend) -> None:
         """Listen to `backend`'s workflow notifications (once per database and schema)."""
-        key = (backend.dsn, backend.queries.schema)
+        key = (backend.dsn, backend.schema)
         if key in self._watching:
             return
 
@@ -203,7 +203,7 @@ class StatusSync:
             self.mark(e.uid for e in self.registry.entries.values() if e.backend is backend)
 
         self._watching[key] = notifications.subscribe(
-            backend, backend.queries.workflows_channel, None, notified, connected)
+            backend, backend.workflows_channel, None, notified, connected)
 
     async def run(self) -> None:
         """Rounds until cancelled: wait for a change (or the resync period), coalesce, write."""

@@ -3,15 +3,16 @@
 It knows nothing of Kubernetes or of the worker runtime; both call `Backend`.
 """
 
+from shoal.backend.codec import MAX_JSON_BYTES, check_text, json_text, printable
+from shoal.backend.connections import TRANSIENT_ERRORS
 from shoal.backend.driver import (
     FINAL_WORKFLOW_STATES,
-    TRANSIENT_ERRORS,
     Backend,
     Connection,
-    connect,
     parse_handoff,
 )
 from shoal.backend.models import (
+    DEFAULT_LEASE_EXPIRIES,
     Backlog,
     CancelResult,
     ClaimedTask,
@@ -35,7 +36,9 @@ from shoal.backend.models import (
 from shoal.backend.notifications import Subscription
 
 __all__ = [
+    "DEFAULT_LEASE_EXPIRIES",
     "FINAL_WORKFLOW_STATES",
+    "MAX_JSON_BYTES",
     "TRANSIENT_ERRORS",
     "Backend",
     "Backlog",
@@ -59,6 +62,8 @@ __all__ = [
     "WorkerIdentity",
     "WorkerRow",
     "WorkflowStatus",
-    "connect",
+    "check_text",
+    "json_text",
     "parse_handoff",
+    "printable",
 ]

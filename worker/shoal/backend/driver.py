@@ -7,7 +7,7 @@ one short transaction, so a lost connection never leaves half a change.
 
 from __future__ import annotations
 
-import json
+import math
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,11 +16,12 @@ from typing import Any, TypeAlias
 from uuid import UUID
 
 import asyncpg
-import orjson
 from pydantic_core import PydanticSerializationError
 
 from shoal import dag
 from shoal.backend import migrate as migrations
+from shoal.backend.codec import check_text, from_json, init_connection, json_text
+from shoal.backend.connections import TRANSIENT_ERRORS, Connections, OnNotify, Pool, Session
 from shoal.backend.models import (
     Backlog,
     CancelResult,
@@ -43,17 +44,20 @@ from shoal.backend.models import (
     WorkflowStatus,
 )
 from shoal.backend.queries import Queries
-from shoal.errors import BackendUnavailable, InvalidCommand, InvalidInput, NotFound
+from shoal.errors import (
+    InvalidCommand,
+    InvalidInput,
+    MigrationFailed,
+    NotFound,
+    SchemaNotMigrated,
+)
 
 # A caller's own connection (transactional enqueue); the only asyncpg name
 # the layers above the backend see.
 Connection: TypeAlias = asyncpg.Connection
 
-# Errors of a database call that a later attempt may not meet: retry with backoff.
-TRANSIENT_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError)
-
 SCHEMA_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-FINAL_WORKFLOW_STATES = frozenset({"cancelled", "succeeded", "failed"})
+FINAL_WORKFLOW_STATES = dag.FINAL_STATES
 HEARTBEAT_CHUNK = 1000
 
 
@@ -61,29 +65,6 @@ def check_schema(schema: str) -> str:
     if not SCHEMA_PATTERN.match(schema):
         raise InvalidInput(f"invalid schema name {schema!r}: use lower-case letters, digits, _")
     return schema
-
-
-# A run of 20 digits may be an integer beyond 64 bits, which orjson would
-# silently read as a float; `json` keeps it exact.
-_LONG_DIGITS = re.compile(r"\d{20}")
-
-
-def _from_json(text: str) -> Any:
-    """Decode JSON from the database exactly: orjson (five times faster than `json`
-    on a claim's payloads), or `json` for text with long digit runs or that orjson
-    refuses."""
-    if _LONG_DIGITS.search(text):
-        return json.loads(text)
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    """jsonb parameters are JSON text (encoded once, by `_json`); results are decoded."""
-    await conn.set_type_codec("jsonb", encoder=str, decoder=_from_json,
-                              schema="pg_catalog", format="text")
 
 
 async def _reset_connection(conn: asyncpg.Connection) -> None:
@@ -99,50 +80,19 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-# Session settings of every Shoal connection. JIT off: once ANALYZE has seen a
-# large backlog, the claim's estimated cost passes jit_above_cost, and LLVM then
-# compiled every claim (tens of ms of CPU each, for a statement that runs in a
-# few): 16 workers fell from 10,000 to 4,000 tasks/s with Postgres CPU per task
-# four times as high. Shoal's statements are short; JIT never pays for them.
-SESSION_SETTINGS = {"jit": "off"}
-
-
-async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
-    """One connection with Shoal's codecs and session settings; unreachable or
-    refused → BackendUnavailable."""
-    try:
-        conn = await asyncpg.connect(dsn, server_settings=SESSION_SETTINGS, **kwargs)
-    except Exception as exc:
-        raise unavailable(dsn, exc) from exc
-    await _init_connection(conn)
-    return conn
-
-
-def unavailable(dsn: str, exc: BaseException) -> BackendUnavailable:
-    """A BackendUnavailable that says why, without leaking the password."""
-    where = re.sub(r"//([^:@/]+):[^@/]*@", r"//\1:***@", dsn)
-    refused = asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
-    if isinstance(exc, refused):
-        return BackendUnavailable(f"database refused the credentials for {where}: {exc}")
-    if isinstance(exc, asyncpg.InvalidCatalogNameError):
-        return BackendUnavailable(f"database does not exist at {where}: {exc}")
-    if isinstance(exc, OSError | TimeoutError | asyncpg.CannotConnectNowError):
-        return BackendUnavailable(f"cannot reach the database at {where}: {exc}")
-    return BackendUnavailable(f"cannot connect to the database at {where}: {exc}")
-
-
 def _json(value: Any, what: str) -> str:
     try:
-        return json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        return json_text(value)
+    except InvalidInput as exc:
         raise InvalidInput(f"{what} is not JSON-serialisable: {exc}") from None
 
 
 class Backend:
     """Shoal's Postgres schema and every query over it."""
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str, schema: str) -> None:
-        self.pool = pool
+    def __init__(self, connections: Connections, dsn: str, schema: str) -> None:
+        self.pool = connections
+        self.session = connections if isinstance(connections, Session) else None
         self.dsn = dsn
         self.queries = Queries(check_schema(schema))
 
@@ -150,26 +100,91 @@ class Backend:
     async def connect(cls, dsn: str, *, schema: str = "shoal", min_size: int = 1,
                       max_size: int = 10) -> Backend:
         """Open a pool; raises BackendUnavailable with the reason when it cannot."""
-        check_schema(schema)
-        try:
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
-                                             server_settings=SESSION_SETTINGS,
-                                             init=_init_connection, reset=_reset_connection,
-                                             timeout=10)
-        except Exception as exc:
-            raise unavailable(dsn, exc) from exc
+        pool = await Pool.open(dsn, check_schema(schema), init_connection, _reset_connection,
+                               min_size=min_size, max_size=max_size)
         return cls(pool, dsn, schema)
+
+    @classmethod
+    def for_worker(cls, dsn: str, *, schema: str, worker_id: str, handoff_channel: str,
+                   on_notify: OnNotify, command_timeout: float = 30.0) -> Backend:
+        """A Backend over one connection (a `Session`, in `.session`) that also
+        listens on the tasks, control and `handoff_channel` channels. It
+        connects on first use; `pg_stat_activity` shows it as application
+        `shoal worker WORKER_ID`."""
+        queries = Queries(check_schema(schema))
+        channels = [queries.tasks_channel, queries.control_channel, handoff_channel]
+        session = Session(dsn, schema, channels, on_notify, init_connection,
+                          application_name=f"shoal worker {worker_id}"[:63],
+                          command_timeout=command_timeout)
+        return cls(session, dsn, schema)
+
+    @property
+    def schema(self) -> str:
+        return self.queries.schema
+
+    @property
+    def tasks_channel(self) -> str:
+        """Where enqueues announce ready tasks (payload: the namespace)."""
+        return self.queries.tasks_channel
+
+    @property
+    def workflows_channel(self) -> str:
+        """Where workflow changes are announced (payload: the workflow id)."""
+        return self.queries.workflows_channel
+
+    @property
+    def control_channel(self) -> str:
+        """Where cancels are announced to running workers (payload: the workflow id)."""
+        return self.queries.control_channel
 
     async def close(self) -> None:
         await self.pool.close()
 
     async def migrate(self, aging_seconds: float | None = None) -> list[int]:
-        """Create or upgrade the schema; see `shoal.backend.migrate`."""
-        async with self.pool.acquire() as conn:
-            return await migrations.migrate(conn, self.queries, aging_seconds)
+        """Create or upgrade the schema; see `shoal.backend.migrate`.
+
+        Raises InvalidInput for an aging interval out of bounds, MigrationFailed
+        (with `privileges` when the role may not) or a transient error.
+        """
+        if aging_seconds is not None and not 0 < aging_seconds <= MAX_AGING_SECONDS:
+            raise InvalidInput(f"aging interval must be positive and at most 30 days, not "
+                               f"{aging_seconds:g}s")
+        try:
+            async with self.pool.acquire() as conn:
+                return await migrations.migrate(conn, self.queries, aging_seconds)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise MigrationFailed(f"schema {self.schema!r}: {exc}", privileges=True) from None
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, TRANSIENT_ERRORS):
+                raise
+            raise MigrationFailed(f"cannot create or upgrade schema {self.schema!r}: "
+                                  f"{exc}") from None
 
     async def aging_seconds(self) -> float:
         return float(await self.pool.fetchval(self.queries.aging_interval))
+
+    async def check_migrated(self) -> None:
+        """Raise SchemaNotMigrated unless every migration this version ships is applied."""
+        needed = migrations.latest_version()
+        try:
+            applied = await self.pool.fetchval(self.queries.schema_version)
+        except SchemaNotMigrated:
+            applied = None
+        if applied is None or applied < needed:
+            found = "missing" if applied is None else f"at version {applied}"
+            raise SchemaNotMigrated(f"schema {self.schema!r} is {found}, this Shoal needs "
+                                    f"version {needed}: run `shoal migrate`")
+
+    async def ping(self) -> None:
+        """One round trip (cancel it to time it out: the connection is then dropped)."""
+        await self.pool.execute(self.queries.ping)
+
+    async def lead(self) -> bool:
+        """Whether this worker's connection holds the schema's maintenance lock,
+        taking it when it is free. A session-level advisory lock: it goes when
+        the connection goes, so a dead leader's lock is free at once."""
+        assert self.session is not None, "a worker's Backend (for_worker) leads"
+        return await self.session.hold_lock(self.queries.lead)
 
     # -- tasks -----------------------------------------------------------------
 
@@ -187,19 +202,16 @@ class Backend:
         if not tasks:
             return []
         for t in tasks:
-            if any("," in tag or not tag for tag in t.tags):
-                raise InvalidInput(f"task {t.name!r}: invalid tags {list(t.tags)!r}")
-            if t.max_attempts is not None and t.max_attempts < 1:
-                raise InvalidInput(f"task {t.name!r}: max_attempts must be at least 1")
+            _check_task(t)
         payloads = [_json(t.payload, f"payload of task {t.name!r}") for t in tasks]
-        target: asyncpg.Pool | Connection = self.pool if connection is None else connection
+        target: Connections | Connection = self.pool if connection is None else connection
         rows = await target.fetch(
             self.queries.enqueue,
             [t.namespace for t in tasks], [t.name for t in tasks], payloads,
             [t.priority for t in tasks], [",".join(t.tags) for t in tasks],
             [t.delay_seconds for t in tasks], [t.max_attempts for t in tasks],
             [_millis(t.timeout_seconds) for t in tasks], [t.idempotency_key for t in tasks],
-            connection is None)
+            [t.lease_expiries for t in tasks], connection is None)
         by_key = {r["idempotency_key"]: r["id"] for r in rows if r["idempotency_key"]}
         inserted = iter(r["id"] for r in rows if not r["idempotency_key"])
         missing: dict[str, list[str]] = {}
@@ -220,26 +232,41 @@ class Backend:
 
     async def claim_and_complete(
             self, worker: WorkerIdentity, limit: int, lease_seconds: float,
-            succeeded: Sequence[Outcome]) -> tuple[list[ClaimedTask], set[int]]:
+            succeeded: Sequence[Outcome], holding: Iterable[int] = ()
+    ) -> tuple[list[ClaimedTask], set[int]]:
         """Lease up to `limit` claimable tasks to `worker` and, in the same
         transaction, record the successes `worker` holds the leases of.
 
         Returns the claimed tasks and the ids whose success was accepted (as
         `report` does). `succeeded` must be plain successes: no error, not
-        cancelled, no workflow step. When fewer tasks are found, the worker is
-        parked on `worker.channel` (if it has one) until its next claim or a
-        handoff: see `parse_handoff`.
+        cancelled, no workflow step. Tasks in `holding` (what the worker still
+        runs or has to report) are never claimed, even when their lease expired
+        meanwhile. When fewer tasks are found, the worker is parked on
+        `worker.channel` (if it has one) until its next claim or a handoff:
+        see `parse_handoff`.
         """
         rows = await self.pool.fetch(
             self.queries.claim, worker.namespace, list(worker.task_names), list(worker.tags),
             limit, lease_seconds, worker.id, _max_attempts(worker), worker.channel,
             [o.task_id for o in succeeded], [o.lease_token for o in succeeded],
-            [o.result_json for o in succeeded])
-        return [_claimed(r) for r in rows[:-1]], set(rows[-1]["completed"])
+            [o.result_json for o in succeeded], list(holding))
+        completed = set(rows[-1]["completed"])
+        return ([_claimed(r) for r in rows[:-1]],
+                completed | await self._acknowledged(succeeded, completed))
 
-    async def leased_to(self, worker_id: str) -> list[ClaimedTask]:
-        """The unexpired leases `worker_id` holds (handoffs it may not have heard of)."""
-        return [_claimed(r) for r in await self.pool.fetch(self.queries.leased_to, worker_id)]
+    async def leased_to(self, worker_id: str, since: datetime) -> list[ClaimedTask]:
+        """The unexpired leases `worker_id` took at or after `since` (the database's
+        clock): handoffs and claims whose reply it may have missed. Leases of an
+        earlier process under the same id (a restarted container) are not
+        among them: they expire, and each expiry counts, so a task that kills
+        its worker ends as a dead letter instead of killing every restart."""
+        rows = await self.pool.fetch(self.queries.leased_to, worker_id, since)
+        return [_claimed(r) for r in rows]
+
+    async def clock(self) -> datetime:
+        """The database's time now."""
+        now: datetime = await self.pool.fetchval(self.queries.clock)
+        return now
 
     async def report(self, outcomes: Sequence[Outcome], *,
                      worker_id: str | None = None) -> set[int]:
@@ -247,7 +274,9 @@ class Backend:
 
         A report is accepted only with the task's current lease token (and,
         when given, by the worker holding it), so a worker that lost its lease
-        cannot overwrite the new holder's result.
+        cannot overwrite the new holder's result. A report whose outcome was
+        recorded already under the same lease (the reply to the first one was
+        lost) is accepted again and changes nothing.
         Workflow steps are recorded in one transaction with the workflow's
         next steps, so a crash never leaves a DAG stuck between two steps.
         """
@@ -264,7 +293,17 @@ class Backend:
                 for workflow_id in sorted({o.workflow_id for o in steps
                                            if o.task_id in done and o.workflow_id}):
                     await self._advance(conn, workflow_id)
-        return accepted
+        return accepted | await self._acknowledged(outcomes, accepted)
+
+    async def _acknowledged(self, outcomes: Sequence[Outcome], accepted: set[int]) -> set[int]:
+        """Of the outcomes the fence refused, those recorded already under the same
+        lease: a re-report (its first reply was lost) is acknowledged, not refused."""
+        refused = [o for o in outcomes if o.task_id not in accepted]
+        if not refused:
+            return set()
+        rows = await self.pool.fetch(self.queries.reported, [o.task_id for o in refused],
+                                     [o.lease_token for o in refused])
+        return {r["id"] for r in rows}
 
     async def _report(self, conn: asyncpg.Connection, outcomes: Sequence[Outcome],
                       worker_id: str | None) -> set[int]:
@@ -321,6 +360,14 @@ class Backend:
     async def remove_worker(self, worker_id: str) -> None:
         await self.pool.execute(self.queries.remove_worker, worker_id)
 
+    async def register_task_names(self, namespace: str, names: Sequence[str]) -> None:
+        """Remember that a worker serves `names` in `namespace` (see `task_name_known`)."""
+        await self.pool.execute(self.queries.register_task_names, namespace, list(names))
+
+    async def task_name_known(self, namespace: str, name: str) -> bool:
+        """Whether any worker ever served task `name` in `namespace`."""
+        return bool(await self.pool.fetchval(self.queries.task_name_known, namespace, name))
+
     async def get_task(self, task_id: int) -> TaskRow:
         row = await self.pool.fetchrow(self.queries.get_task, task_id)
         if row is None:
@@ -339,7 +386,9 @@ class Backend:
                 await self._advance(conn, workflow_id)
         return len(rows)
 
-    async def reap_workers(self, stale_seconds: float) -> list[str]:
+    async def reap_workers(self, stale_seconds: float | None = None) -> list[str]:
+        """Forget workers not seen for `stale_seconds` (None: three of their own
+        claim TTLs, i.e. six missed heartbeats); return their ids."""
         rows = await self.pool.fetch(self.queries.reap_workers, stale_seconds)
         return [r["id"] for r in rows]
 
@@ -353,6 +402,7 @@ class Backend:
     # -- dead letters --------------------------------------------------------------
 
     async def dead_letters(self, where: DeadLetterFilter, limit: int = 100) -> list[DeadLetter]:
+        _check_int(limit, "limit", 0, MAX_LIST)
         rows = await self.pool.fetch(self.queries.list_dead, *_dead_args(where), limit)
         return [DeadLetter(**dict(r)) for r in rows]
 
@@ -384,6 +434,7 @@ class Backend:
         With `paused`, the instance is created paused: no step starts before a resume.
         """
         dag.validate(spec)
+        _check_workflow(spec, name, namespace, key)
         q = self.queries
         roots = {s.name for s in spec.steps if not s.depends_on}
         payloads = [_json(dag.resolve_input(s.input, spec.input, {}) if s.name in roots
@@ -413,60 +464,53 @@ class Backend:
             return created
 
     async def _advance(self, conn: asyncpg.Connection, workflow_id: UUID) -> None:
-        """Start the steps that became ready and settle the workflow's state.
+        """Carry out `dag.advance` for a workflow one of whose steps changed.
 
         Runs inside the caller's transaction, under the workflow row's lock.
         """
-        q = self.queries
-        wf = await conn.fetchrow(q.lock_workflow, workflow_id)
+        wf = await conn.fetchrow(self.queries.lock_workflow, workflow_id)
         if wf is None:
             return
-        rows = await conn.fetch(q.workflow_steps, workflow_id)
-        states = {r["step"]: r["state"] for r in rows}
-        state, message = wf["state"], wf["message"]
-        if state in ("running", "paused"):
-            spec = dag.WorkflowSpec.model_validate(wf["spec"])
-            outputs = {r["step"]: r["result"] for r in rows if r["state"] == "succeeded"}
-            templates = {s.name: s.input for s in spec.steps}
-            ready, payloads = [], []
-            for step in dag.ready_steps(spec, states):
-                try:
-                    payloads.append(_json(dag.resolve_input(templates[step], wf["input"],
-                                                            outputs), f"input of {step!r}"))
-                    ready.append(step)
-                except InvalidInput as exc:
-                    states[step] = "dead"
-                    message = f"step {step!r} cannot start: {exc}"
-            if ready and await conn.fetch(q.unblock_steps, workflow_id, ready, payloads):
-                await conn.execute(q.notify_tasks, wf["namespace"])
-                states.update(dict.fromkeys(ready, "ready"))
-            result = dag.outcome(states)
-            if result == "failed":
-                dead = [r for r in rows if r["state"] == "dead"]
-                message = message or (f"step {dead[0]['step']!r} failed: {dead[0]['error']}"
-                                      if dead else "a step failed")
-                await conn.execute(q.cancel_pending_steps, workflow_id,
-                                   "workflow failed: " + message)
-                state = "failed"
-            elif result == "succeeded":
-                state, message = "succeeded", None
-        elif state == "cancelling" and not any(s == "running" for s in states.values()):
-            state = "cancelled"
-        if (state, message) != (wf["state"], wf["message"]):
-            await conn.execute(q.set_workflow_state, workflow_id, state, message)
-        await conn.execute(q.notify_workflow, str(workflow_id))
+        steps = await self._steps(conn, workflow_id)
+        spec = dag.WorkflowSpec.model_validate(wf["spec"])
+        plan = dag.advance(wf["state"], wf["message"], spec, wf["input"], steps, json_text)
+        await self._carry_out(conn, wf, plan)
+
+    async def _steps(self, conn: asyncpg.Connection, workflow_id: UUID) -> dict[str, dag.Step]:
+        rows = await conn.fetch(self.queries.workflow_steps, workflow_id)
+        return {r["step"]: dag.Step(r["state"], r["result"], r["error"]) for r in rows}
+
+    async def _carry_out(self, conn: asyncpg.Connection, wf: asyncpg.Record,
+                         plan: dag.Plan) -> None:
+        """Write a `dag.Plan` (see there) in the caller's transaction."""
+        q = self.queries
+        if plan.start:
+            await conn.execute(q.unblock_steps, wf["id"], list(plan.start),
+                               list(plan.start.values()))
+        if plan.cancel_pending is not None:
+            await conn.execute(q.cancel_pending_steps, wf["id"], plan.cancel_pending)
+        if (plan.state, plan.message) != (wf["state"], wf["message"]):
+            await conn.execute(q.set_workflow_state, wf["id"], plan.state, plan.message)
+        if plan.notify_tasks:
+            await conn.execute(q.notify_tasks, wf["namespace"])
+        if plan.notify_control:
+            await conn.execute(q.notify_control, str(wf["id"]))
+        await conn.execute(q.notify_workflow, str(wf["id"]))
 
     async def command(self, workflow_id: UUID, command: str, *, actor: str,
                       reason: str = "", request_id: str | None = None) -> CommandRecord:
-        """Pause, resume or cancel a workflow; idempotent, recorded with who/why/when.
+        """Pause, resume or cancel a workflow (`dag.command` decides); idempotent,
+        recorded with who/why/when.
 
         Repeating a command the state already satisfies is recorded as not
         applied; a command with a request id seen before returns the first
         record. Resuming or pausing a finished or cancelled workflow raises
         InvalidCommand.
         """
-        if command not in ("pause", "resume", "cancel"):
+        if command not in dag.COMMANDS:
             raise InvalidCommand(f"unknown command {command!r}: use pause, resume or cancel")
+        check_text(actor, "actor")
+        check_text(reason, "reason")
         q = self.queries
         async with self.pool.acquire() as conn, conn.transaction():
             wf = await conn.fetchrow(q.lock_workflow, workflow_id)
@@ -476,23 +520,13 @@ class Backend:
                 seen = await conn.fetchrow(q.command_by_request, workflow_id, request_id)
                 if seen is not None:
                     return CommandRecord(**dict(seen))
-            state = wf["state"]
-            target = _command_target(command, state)
-            if target != state:
-                if target in ("cancelling", "cancelled"):
-                    await conn.execute(q.cancel_pending_steps, workflow_id,
-                                       f"workflow cancelled by {actor}")
-                    running = await conn.fetch(q.workflow_steps, workflow_id)
-                    if not any(r["state"] == "running" for r in running):
-                        target = "cancelled"
-                    await conn.execute(q.notify_control, str(workflow_id))
-                await conn.execute(q.set_workflow_state, workflow_id, target,
-                                   f"{command} by {actor}" + (f": {reason}" if reason else ""))
-                if target == "running":
-                    await conn.execute(q.notify_tasks, wf["namespace"])
-                await conn.execute(q.notify_workflow, str(workflow_id))
+            plan = dag.command(command, wf["state"], await self._steps(conn, workflow_id),
+                               actor=actor, reason=reason)
+            applied = plan.state != wf["state"]
+            if applied:
+                await self._carry_out(conn, wf, plan)
             record = await conn.fetchrow(q.record_command, workflow_id, command, actor, reason,
-                                         request_id, target != state)
+                                         request_id, applied)
             return CommandRecord(**dict(record))
 
     async def workflow_status(self, workflow_id: UUID) -> WorkflowStatus:
@@ -649,7 +683,8 @@ def _workflow_status(wf: asyncpg.Record, steps: Sequence[asyncpg.Record],
 
 def parse_handoff(message: str) -> ClaimedTask:
     """The task an enqueue leased to this worker, from its notification (queries.enqueue)."""
-    return _claimed({**_from_json(message), "workflow_id": None, "step": None})  # plain tasks
+    return _claimed({**from_json(message), "workflow_id": None, "step": None,  # plain, new
+                     "alone": False})
 
 
 def _claimed(r: asyncpg.Record | Mapping[str, Any]) -> ClaimedTask:
@@ -658,7 +693,7 @@ def _claimed(r: asyncpg.Record | Mapping[str, Any]) -> ClaimedTask:
         id=r["id"], name=r["name"], payload=r["payload"], attempt=r["attempts"],
         max_attempts=r["max_attempts"], lease_token=r["lease_token"],
         timeout_seconds=r["timeout_ms"] / 1000 if r["timeout_ms"] else None,
-        workflow_id=r["workflow_id"], step=r["step"], due_at=r["due_at"])
+        workflow_id=r["workflow_id"], step=r["step"], due_at=r["due_at"], alone=r["alone"])
 
 
 def _max_attempts(worker: WorkerIdentity) -> list[int]:
@@ -670,13 +705,82 @@ def _millis(seconds: float | None) -> int | None:
 
 
 def _dead_args(where: DeadLetterFilter) -> tuple[Any, ...]:
+    if where.task_name is not None:
+        check_text(where.task_name, "task name")
+    if where.namespace is not None:
+        check_text(where.namespace, "namespace")
+    if where.task_id is not None:
+        _check_int(where.task_id, "task id", 1, INT64)
     return where.task_name, where.namespace, where.workflow_id, where.task_id
 
 
-def _command_target(command: str, state: str) -> str:
-    """The state a command leads to from `state`; raise when it is not allowed."""
-    if command == "cancel":
-        return state if state in FINAL_WORKFLOW_STATES or state == "cancelling" else "cancelling"
-    if state in FINAL_WORKFLOW_STATES or state == "cancelling":
-        raise InvalidCommand(f"cannot {command} a workflow that is {state}")
-    return "paused" if command == "pause" else "running"
+# Bounds checked before any SQL, so bad input is a clear error and never a failed
+# statement. Priority times the aging interval must stay a sane timestamp offset.
+INT32, INT64 = 2**31 - 1, 2**63 - 1
+MAX_PRIORITY = 10_000
+MAX_AGING_SECONDS = 30 * 86400.0
+MAX_DELAY_SECONDS = 10 * 365 * 86400.0
+MAX_TIMEOUT_SECONDS = INT32 / 1000  # stored in milliseconds, as an int32: 24.8 days
+MAX_ATTEMPTS = 1001  # retries <= 1000
+MAX_LEASE_EXPIRIES = 1000
+MAX_NAMESPACE = 253  # a NOTIFY's payload; Kubernetes namespaces have 63
+MAX_NAME = 200
+MAX_KEY = 1000
+MAX_LIST = 100_000
+
+
+def _check_int(value: int, what: str, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise InvalidInput(f"{what} must be between {low:,} and {high:,}, not {value:,}")
+
+
+def _check_name(value: str, what: str, limit: int) -> None:
+    if not value or len(value) > limit:
+        raise InvalidInput(f"{what} must have 1 to {limit} characters, not {len(value):,}")
+    check_text(value, what)
+
+
+def _check_seconds(value: float, what: str, limit: float, unit: str) -> None:
+    if not (math.isfinite(value) and 0 <= value <= limit):
+        raise InvalidInput(f"{what} must be between 0 and {unit}, not {value:g}s")
+
+
+def _check_task(t: NewTask) -> None:
+    """Raise InvalidInput unless every field of `t` fits its column."""
+    _check_name(t.name, "task name", MAX_NAME)
+    what = f"task {t.name!r}"
+    _check_name(t.namespace, f"{what}: namespace", MAX_NAMESPACE)
+    if any("," in tag or not tag for tag in t.tags):
+        raise InvalidInput(f"{what}: invalid tags {list(t.tags)!r}")
+    for tag in t.tags:
+        check_text(tag, f"{what}: tag")
+    _check_int(t.priority, f"{what}: priority", -MAX_PRIORITY, MAX_PRIORITY)
+    _check_seconds(t.delay_seconds, f"{what}: delay", MAX_DELAY_SECONDS, "10 years")
+    if t.max_attempts is not None:
+        if t.max_attempts < 1:
+            raise InvalidInput(f"{what}: max_attempts must be at least 1")
+        _check_int(t.max_attempts - 1, f"{what}: retries", 0, MAX_ATTEMPTS - 1)
+    _check_int(t.lease_expiries, f"{what}: lease expiries", 0, MAX_LEASE_EXPIRIES)
+    if t.timeout_seconds is not None:
+        _check_seconds(t.timeout_seconds, f"{what}: timeout", MAX_TIMEOUT_SECONDS, "24 days")
+    if t.idempotency_key is not None:
+        _check_name(t.idempotency_key, f"{what}: idempotency key", MAX_KEY)
+
+
+def _check_workflow(spec: dag.WorkflowSpec, name: str, namespace: str, key: str | None) -> None:
+    """Raise InvalidInput unless the workflow's names and numbers fit their columns."""
+    _check_name(name, "workflow name", MAX_NAME)
+    _check_name(namespace, "workflow namespace", MAX_NAMESPACE)
+    if key is not None:
+        _check_name(key, "workflow key", MAX_KEY)
+    _check_int(spec.priority, "workflow priority", -MAX_PRIORITY, MAX_PRIORITY)
+    for step in spec.steps:
+        if step.priority is not None:
+            _check_int(step.priority, f"step {step.name!r}: priority", -MAX_PRIORITY,
+                       MAX_PRIORITY)
+        if step.timeout_seconds is not None:
+            _check_seconds(step.timeout_seconds, f"step {step.name!r}: timeout",
+                           MAX_TIMEOUT_SECONDS, "24 days")
+        check_text(step.task, f"step {step.name!r}: task")
+        for tag in step.tags or spec.tags:
+            check_text(tag, f"step {step.name!r}: tag")

@@ -28,6 +28,11 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+def latest_version() -> int:
+    """The version of the newest migration shipped."""
+    return migrations()[-1][0]
+
+
 async def migrate(conn: asyncpg.Connection, queries: Queries,
                   aging_seconds: float | None = None) -> list[int]:
     """Bring the schema up to date; return the versions applied now.

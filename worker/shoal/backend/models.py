@@ -7,6 +7,8 @@ from datetime import datetime
 from typing import Any, NamedTuple
 from uuid import UUID
 
+DEFAULT_LEASE_EXPIRIES = 3
+
 
 @dataclass(frozen=True, slots=True)
 class NewTask:
@@ -19,6 +21,9 @@ class NewTask:
     tags: tuple[str, ...] = ()
     delay_seconds: float = 0.0
     max_attempts: int | None = None  # None: the handler's retries decide at claim time
+    # Leases that may expire (worker killed, frozen, cut off) without the task
+    # becoming a dead letter; such a run does not use up an attempt.
+    lease_expiries: int = DEFAULT_LEASE_EXPIRIES
     timeout_seconds: float | None = None
     idempotency_key: str | None = None
 
@@ -39,6 +44,8 @@ class ClaimedTask(NamedTuple):
     workflow_id: UUID | None
     step: str | None
     due_at: float  # when it became claimable (run_at), in Unix seconds
+    # A suspect (its lease expired twice): its worker runs nothing else beside it.
+    alone: bool = False
 
 
 class Outcome(NamedTuple):
@@ -51,6 +58,11 @@ class Outcome(NamedTuple):
     error: str | None = None
     retry_in_seconds: float | None = None  # with error: None means dead letter
     cancelled: bool = False
+
+    @property
+    def is_plain_success(self) -> bool:
+        """A success outside any workflow: what a claim may carry."""
+        return self.error is None and not self.cancelled and self.workflow_id is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +131,8 @@ class TaskRow:
     enqueued_at: datetime
     attempts: int
     max_attempts: int
+    expiries: int
+    max_expiries: int
     lease_token: int
     worker_id: str | None
     workflow_id: UUID | None

@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable, Sequence
 import asyncpg
 
 from shoal.aio import Backoff, wait_event
-from shoal.backend.driver import connect
-from shoal.errors import BackendUnavailable
+from shoal.backend.codec import init_connection
+from shoal.backend.connections import TRANSIENT_ERRORS, connect
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ class Subscription:
         backoff = Backoff(first=0.1)
         while True:
             try:
-                conn = await connect(self.dsn, timeout=10)
-            except BackendUnavailable as exc:
+                conn = await connect(self.dsn, init_connection, timeout=10)
+            except TRANSIENT_ERRORS as exc:
                 log.warning("listen: %s; retrying", exc)
                 await backoff.wait()
                 continue
@@ -61,7 +61,7 @@ class Subscription:
         try:
             for channel in self.channels:
                 await conn.add_listener(channel, deliver)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except TRANSIENT_ERRORS as exc:
             log.warning("listen: %s", exc)
             return
         self.connected.set()
@@ -75,5 +75,5 @@ class Subscription:
             if not await wait_event(lost, 15):
                 try:
                     await conn.execute("SELECT 1", timeout=5)
-                except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                except TRANSIENT_ERRORS:
                     return

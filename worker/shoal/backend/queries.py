@@ -30,6 +30,13 @@ class Queries:
 
     record_migration = "INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"
 
+    schema_version = "SELECT max(version) FROM {schema}.schema_migrations"
+
+    ping = "SELECT 1"
+
+    # The maintenance leader's lock, one per schema, held by a worker's session.
+    lead = "SELECT pg_try_advisory_lock(hashtext('shoal.maintenance.{schema}'))"
+
     # The aging interval is baked into an inlinable SQL function so every write
     # computes the same claim order and the claim needs no per-row arithmetic.
     define_sort_key = """
@@ -48,11 +55,13 @@ class Queries:
     # -- tasks ---------------------------------------------------------------------
 
     # Payloads are JSON text ($3::text[]), so the statement also runs on a caller's
-    # connection whatever jsonb codec it set (transactional enqueue); $10 false
+    # connection whatever jsonb codec it set (transactional enqueue); $11 false
     # turns the handoff off (a caller's transaction must not hold a worker's row).
     # Handoff: an enqueue of exactly one task, due now, without idempotency key,
     # whose JSON fits in a notification, is leased in the same statement to one
-    # parked worker that could claim it (namespace, name, tags), provided no
+    # parked worker that could claim it (namespace, name, tags) and is alive: seen
+    # within its claim TTL, and the backend process of the connection it parked
+    # (and listens) on still exists. Provided no
     # due ready task in the namespace comes first in claim order. The worker
     # gets the task in a NOTIFY on its own channel and starts it without a
     # claim round trip; the lease (token 1, the worker's TTL) fences it as
@@ -61,12 +70,13 @@ class Queries:
     enqueue = """
     WITH rows AS (
         SELECT r.namespace, r.name, r.payload::jsonb AS payload, r.priority, r.delay_s,
-               r.max_attempts, r.timeout_ms, r.key,
+               r.max_attempts, r.timeout_ms, r.key, r.max_expiries,
                CASE WHEN r.tags = '' THEN '{}'::text[] ELSE string_to_array(r.tags, ',') END
                     AS tag_array
         FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
-                    $6::float8[], $7::int[], $8::int[], $9::text[])
-            AS r(namespace, name, payload, priority, tags, delay_s, max_attempts, timeout_ms, key)
+                    $6::float8[], $7::int[], $8::int[], $9::text[], $10::int[])
+            AS r(namespace, name, payload, priority, tags, delay_s, max_attempts, timeout_ms, key,
+                 max_expiries)
     ), handoff AS (
         UPDATE {schema}.workers w
         SET parked_channel = NULL
@@ -75,9 +85,12 @@ class Queries:
                    coalesce(r.max_attempts,
                             p.max_attempts[array_position(p.task_names, r.name)]) AS max_attempts
             FROM rows r, {schema}.workers p
-            WHERE $10::boolean AND (SELECT count(*) FROM rows) = 1
+            WHERE $11::boolean AND (SELECT count(*) FROM rows) = 1
               AND r.delay_s <= 0 AND r.key IS NULL AND octet_length(r.payload::text) <= 7000
               AND p.parked_channel IS NOT NULL
+              AND p.last_seen > now() - p.claim_ttl * interval '1 second'
+              AND p.parked_pid IN (SELECT pg_stat_get_backend_pid(b)
+                                   FROM pg_stat_get_backend_idset() b)
               AND p.namespace = r.namespace
               AND r.name = ANY(p.task_names)
               AND r.tag_array <@ p.tags
@@ -97,12 +110,12 @@ class Queries:
     ), inserted AS (
         INSERT INTO {schema}.tasks
             (namespace, name, payload, priority, tags, run_at, sort_key,
-             max_attempts, timeout_ms, idempotency_key,
+             max_attempts, max_expiries, timeout_ms, idempotency_key,
              state, attempts, lease_token, lease_expires_at, worker_id, started_at)
         SELECT r.namespace, r.name, r.payload, r.priority, r.tag_array,
                now() + r.delay_s * interval '1 second',
                {schema}.sort_key(now() + r.delay_s * interval '1 second', r.priority),
-               coalesce(h.max_attempts, r.max_attempts), r.timeout_ms, r.key,
+               coalesce(h.max_attempts, r.max_attempts), r.max_expiries, r.timeout_ms, r.key,
                CASE WHEN h.id IS NULL THEN 'ready' ELSE 'running' END::{schema}.task_state,
                (h.id IS NOT NULL)::int, (h.id IS NOT NULL)::int,
                now() + h.claim_ttl * interval '1 second', h.id,
@@ -145,9 +158,15 @@ class Queries:
     # The candidates are found by their tuple address (ctid): this statement
     # holds their row locks, so the versions it found are the ones it updates,
     # and the update needs no second index lookup per row.
+    # Tasks $12 are the claimer's own (still running, or awaiting their report):
+    # never claimed by it again, even when their lease expired meanwhile.
+    # A suspect — a task whose lease expired twice, which may be what kills its
+    # workers — is claimed alone (the first one among the candidates, nothing
+    # else), and its worker claims nothing more while it runs (see `alone`):
+    # tasks that share a worker with it lose at most one expiry to it.
     # A claim that finds fewer tasks than it asked for parks the worker on its
-    # channel $8 (see enqueue); a full one unparks it. The liveness row is
-    # written only when that changes.
+    # channel $8 (see enqueue), recording the backend process it listens on; a
+    # full one unparks it. The liveness row is written only when that changes.
     # In the same statement (one round trip, one commit) it completes the
     # claimer's successful attempts $9..$11, fenced as `complete` is; the last
     # row lists the ids it completed, its task columns NULL.
@@ -160,19 +179,25 @@ class Queries:
           AND t.worker_id = $6
         RETURNING t.id, """ + _finished + """
     ), candidates AS (
-        SELECT t.ctid AS tid
+        SELECT t.ctid AS tid, t.sort_key, t.id, t.expiries >= 2 AS alone
         FROM {schema}.tasks t
         WHERE t.state = 'ready'
           AND t.namespace = $1
           AND t.run_at <= now()
           AND t.name = ANY($2::text[])
           AND t.tags <@ $3::text[]
+          AND t.id <> ALL($12::bigint[])
           AND (t.workflow_id IS NULL OR EXISTS (
                 SELECT 1 FROM {schema}.workflows w
                 WHERE w.id = t.workflow_id AND w.state = 'running'))
         ORDER BY t.sort_key, t.id
         LIMIT $4
         FOR UPDATE SKIP LOCKED
+    ), chosen AS (
+        SELECT c.tid FROM candidates c
+        WHERE NOT EXISTS (SELECT 1 FROM candidates s WHERE s.alone)
+           OR c.tid = (SELECT s.tid FROM candidates s WHERE s.alone
+                       ORDER BY s.sort_key, s.id LIMIT 1)
     ), claimed AS (
         UPDATE {schema}.tasks t
         SET state = 'running',
@@ -182,21 +207,22 @@ class Queries:
             lease_expires_at = now() + $5::float8 * interval '1 second',
             worker_id = $6,
             started_at = now()
-        FROM candidates c, unnest($2::text[], $7::int[]) AS d(name, max_attempts)
+        FROM chosen c, unnest($2::text[], $7::int[]) AS d(name, max_attempts)
         WHERE t.ctid = c.tid AND d.name = t.name
         RETURNING t.id, t.name, t.payload, t.attempts, t.max_attempts, t.lease_token,
                   t.timeout_ms, t.workflow_id, t.step,
-                  extract(epoch FROM t.run_at)::float8 AS due_at
+                  extract(epoch FROM t.run_at)::float8 AS due_at, t.expiries >= 2 AS alone
     ), parking AS (
         SELECT CASE WHEN count(*) < $4 THEN $8::text END AS channel FROM claimed
     ), parked AS (
-        UPDATE {schema}.workers w SET parked_channel = p.channel
+        UPDATE {schema}.workers w SET parked_channel = p.channel, parked_pid = pg_backend_pid()
         FROM parking p
-        WHERE w.id = $6 AND w.parked_channel IS DISTINCT FROM p.channel
+        WHERE w.id = $6 AND (w.parked_channel IS DISTINCT FROM p.channel
+                             OR w.parked_pid IS DISTINCT FROM pg_backend_pid())
     )
     SELECT *, NULL::bigint[] AS completed FROM claimed
     UNION ALL
-    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
            coalesce((SELECT array_agg(id) FROM completed), '{}')
     """
 
@@ -241,11 +267,13 @@ class Queries:
     """
 
     # A drained task goes back to the front of the line; the interrupted attempt
-    # does not count against max_attempts.
+    # does not count against max_attempts. Every way a lease ends without a report
+    # (a release, an expiry) bumps the token, so a report under the old one is
+    # refused and `reported` tells acknowledged reports from refused ones.
     release = """
     UPDATE {schema}.tasks t
     SET state = 'ready', attempts = greatest(t.attempts - 1, 0), lease_expires_at = NULL,
-        worker_id = NULL
+        lease_token = t.lease_token + 1, worker_id = NULL
     FROM unnest($1::bigint[], $2::bigint[]) AS r(id, token)
     WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
       AND ($3::text IS NULL OR t.worker_id = $3)
@@ -284,69 +312,108 @@ class Queries:
     UNION ALL
     SELECT t.id, true, true
     FROM unnest($1::bigint[], $2::bigint[]) AS r(id, token)
-    JOIN {schema}.tasks t ON t.id = r.id AND t.lease_token = r.token
+    JOIN {schema}.tasks t ON t.id = r.id AND t.lease_token = r.token + 1
     WHERE t.state = 'cancelled'
     """
 
     remove_worker = "DELETE FROM {schema}.workers WHERE id = $1"
 
-    # Tasks leased to a worker, for a worker whose listener reconnected: a
-    # handoff notified while it was not listening is found here.
-    leased_to = """
-    SELECT t.id, t.name, t.payload, t.attempts, t.max_attempts, t.lease_token, t.timeout_ms,
-           t.workflow_id, t.step, extract(epoch FROM t.run_at)::float8 AS due_at
-    FROM {schema}.tasks t
-    WHERE t.worker_id = $1 AND t.state = 'running' AND t.lease_expires_at > now()
+    register_task_names = """
+    INSERT INTO {schema}.task_names (namespace, name)
+    SELECT $1, unnest($2::text[])
+    ON CONFLICT DO NOTHING
     """
 
-    # Expired leases: back to ready (keeping their place in line) or, when their
-    # attempts are used up, dead.
+    task_name_known = """
+    SELECT EXISTS (SELECT 1 FROM {schema}.task_names WHERE namespace = $1 AND name = $2)
+    """
+
+    # Tasks leased to a worker since it started, for a worker that reconnected: a
+    # claim whose reply it lost is found here.
+    leased_to = """
+    SELECT t.id, t.name, t.payload, t.attempts, t.max_attempts, t.lease_token, t.timeout_ms,
+           t.workflow_id, t.step, extract(epoch FROM t.run_at)::float8 AS due_at,
+           t.expiries >= 2 AS alone
+    FROM {schema}.tasks t
+    WHERE t.worker_id = $1 AND t.state = 'running' AND t.lease_expires_at > now()
+      AND t.started_at >= $2
+    """
+
+    clock = "SELECT now()"
+
+    # Expired leases: back to ready (keeping their place in line), the attempt not
+    # counted and one lease expiry used up; the expiry after the last makes the
+    # task dead. The token is bumped (see release).
     reap_expired = """
     WITH expired AS (
-        SELECT id FROM {schema}.tasks
+        SELECT ctid AS tid FROM {schema}.tasks
         WHERE lease_expires_at < now() AND state = 'running'
         ORDER BY lease_expires_at
         LIMIT $1
         FOR UPDATE SKIP LOCKED
     )
     UPDATE {schema}.tasks t
-    SET state = CASE WHEN t.attempts >= coalesce(t.max_attempts, 1) THEN 'dead' ELSE 'ready' END::{schema}.task_state,
-        error = 'lease expired: worker ' || coalesce(t.worker_id, '?') || ' stopped heartbeating',
-        finished_at = CASE WHEN t.attempts >= coalesce(t.max_attempts, 1) THEN now() END,
+    SET state = CASE WHEN t.expiries >= t.max_expiries THEN 'dead' ELSE 'ready' END::{schema}.task_state,
+        error = 'lease expired (' || (t.expiries + 1) || ' of ' || (t.max_expiries + 1)
+                || ' allowed): worker ' || coalesce(t.worker_id, '?') || ' stopped heartbeating',
+        finished_at = CASE WHEN t.expiries >= t.max_expiries THEN now() END,
+        attempts = greatest(t.attempts - 1, 0),
+        expiries = t.expiries + 1,
+        lease_token = t.lease_token + 1,
         lease_expires_at = NULL,
         worker_id = NULL
     FROM expired e
-    WHERE t.id = e.id
+    WHERE t.ctid = e.tid
     RETURNING t.id, t.namespace, t.workflow_id, t.state::text,
               """ + _finished.replace("t.waited", "t.waited AND t.state = 'dead'") + """
+    """
+
+    # Of reports the fence refused, those whose outcome is recorded already under
+    # the same lease (a re-report after a lost reply): acknowledged, not refused.
+    reported = """
+    SELECT t.id FROM unnest($1::bigint[], $2::bigint[]) AS r(id, token)
+    JOIN {schema}.tasks t ON t.id = r.id AND t.lease_token = r.token
+    WHERE t.state <> 'running'
     """
 
     notify_tasks = "SELECT pg_notify('{schema}_tasks', $1)"
 
     reap_workers = """
-    DELETE FROM {schema}.workers WHERE last_seen < now() - $1::float8 * interval '1 second'
+    DELETE FROM {schema}.workers
+    WHERE last_seen < now() - coalesce($1::float8, 3 * claim_ttl) * interval '1 second'
     RETURNING id
     """
 
+    # Pruning: the oldest finished rows first (through their partial index), locked
+    # with SKIP LOCKED so that no claim's or report's lock makes it wait, and deleted
+    # by tuple address (`id IN (...)` was planned as a scan of the whole table).
     prune_tasks = """
-    DELETE FROM {schema}.tasks WHERE id IN (
-        SELECT id FROM {schema}.tasks
+    WITH doomed AS (
+        SELECT ctid AS tid FROM {schema}.tasks
         WHERE state IN ('succeeded', 'cancelled') AND workflow_id IS NULL
           AND finished_at < now() - $1::float8 * interval '1 second'
-        LIMIT $2)
+        ORDER BY finished_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    )
+    DELETE FROM {schema}.tasks t USING doomed d WHERE t.ctid = d.tid
     """
 
     prune_workflows = """
-    DELETE FROM {schema}.workflows WHERE id IN (
-        SELECT id FROM {schema}.workflows
+    WITH doomed AS (
+        SELECT ctid AS tid FROM {schema}.workflows
         WHERE finished_at < now() - $1::float8 * interval '1 second'
-        LIMIT $2)
+        ORDER BY finished_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    )
+    DELETE FROM {schema}.workflows w USING doomed d WHERE w.ctid = d.tid
     """
 
     get_task = """
     SELECT id, namespace, name, payload, state::text, priority, tags, run_at, enqueued_at, attempts,
-           max_attempts, lease_token, worker_id, workflow_id, step, result, error, started_at,
-           finished_at
+           max_attempts, expiries, max_expiries, lease_token, worker_id, workflow_id, step, result,
+           error, started_at, finished_at
     FROM {schema}.tasks WHERE id = $1
     """
 
@@ -372,7 +439,8 @@ class Queries:
     retry_dead = """
     WITH retried AS (
         UPDATE {schema}.tasks
-        SET state = 'ready', attempts = 0, run_at = now(), sort_key = {schema}.sort_key(now(), priority),
+        SET state = 'ready', attempts = 0, expiries = 0, run_at = now(),
+            sort_key = {schema}.sort_key(now(), priority),
             finished_at = NULL, error = NULL, worker_id = NULL
         WHERE """ + dead_filter + """
         RETURNING id, namespace, workflow_id
@@ -523,11 +591,14 @@ class Queries:
     SELECT id, state::text, workflow_id, worker_id FROM {schema}.tasks WHERE id = $1 FOR UPDATE
     """
 
-    # A running task keeps its lease token: its holder's report, fenced on
-    # state = 'running', is refused; the heartbeat tells the holder (withdrawn).
+    # A running task's lease token is bumped, as a release's is: its holder's
+    # report is refused (and not taken for a re-report of an outcome recorded
+    # under its lease); the heartbeat tells the holder (withdrawn: cancelled,
+    # and the token one past the held one).
     cancel_task = """
     UPDATE {schema}.tasks t
-    SET state = 'cancelled', error = $2, finished_at = now(), lease_expires_at = NULL
+    SET state = 'cancelled', error = $2, finished_at = now(), lease_expires_at = NULL,
+        lease_token = t.lease_token + (t.state = 'running')::int
     WHERE id = $1 AND state IN ('ready', 'running')
     RETURNING """ + _finished + """
     """

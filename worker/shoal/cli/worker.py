@@ -13,8 +13,11 @@ import signal
 import types
 from typing import Annotated, Any, Union, get_args, get_origin
 
+from pydantic import ValidationError
+
 from shoal import logs
 from shoal.cli.common import Commands, csv, duration
+from shoal.errors import InvalidInput
 from shoal.worker import Worker, WorkerConfig, load_app
 from shoal.worker.config import WorkerSettings
 
@@ -70,11 +73,16 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 
 async def run(args: argparse.Namespace) -> int:
     app = load_app(args.app)
-    worker = Worker(app, WorkerConfig(dsn=args.dsn, **settings(args)))
+    try:
+        config = WorkerConfig(dsn=args.dsn, **settings(args))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        flag = WorkerConfig.flag(str(error["loc"][0])) if error["loc"] else "a flag"
+        raise InvalidInput(f"{flag}: {error['msg']}") from None
+    worker = Worker(app, config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
     log.info("worker %s serving %s in namespace %s", worker.identity.id,
              ",".join(worker.identity.task_names), worker.config.namespace)
-    await worker.run()
-    return 0
+    return await worker.run()

@@ -2,7 +2,7 @@
 
     app = App()
 
-    @app.task("resize", retries=5, timeout="30s")
+    @app.task("resize", retries=5, timeout="30s")  # lease_expiries=3 by default
     async def resize(image: ResizeInput, ctx: TaskContext) -> ResizeOutput: ...
 
 A task may run on a schedule too: `@app.task("report", cron="0 * * * *")` or
@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import json
 import re
 import sys
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
 
-from shoal.backend import Schedule
+from shoal.backend import DEFAULT_LEASE_EXPIRIES, Schedule, json_text
 from shoal.dag import TAG_PATTERN, TASK_NAME_PATTERN
 from shoal.errors import InvalidInput, UnknownTask
 from shoal.units import parse_duration
@@ -80,6 +79,7 @@ class TaskDefinition:
     name: str
     handler: Handler
     retries: int = 0
+    lease_expiries: int = DEFAULT_LEASE_EXPIRIES
     timeout: float | None = None
     priority: int = 0
     tags: tuple[str, ...] = ()
@@ -114,12 +114,16 @@ _PLAIN = frozenset({type(None), str, int, float, bool, dict, list})
 
 
 def encode_result(value: Any) -> str:
-    """A handler's return value as JSON text (pydantic models are dumped first)."""
+    """A handler's return value as JSON text (pydantic models are dumped first).
+
+    Raises InvalidInput for a value the database could not store (see
+    `shoal.backend.json_text`): such a result fails its task permanently.
+    """
     if value is None:
         return "null"
     if type(value) not in _PLAIN and isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
-    return json.dumps(value, allow_nan=False)
+    return json_text(value)
 
 
 class App:
@@ -131,12 +135,16 @@ class App:
         self.schedules: dict[str, Schedule] = {}
 
     def task(self, name: str | None = None, *, retries: int = 0,
+             lease_expiries: int = DEFAULT_LEASE_EXPIRIES,
              timeout: str | float | None = None, priority: int = 0,
              tags: tuple[str, ...] | list[str] = (), backoff: str | float = "1s",
              max_backoff: str | float = "5m", cron: str | None = None,
              timezone: str = "UTC", payload: Any = None) -> Callable[[Handler], Handler]:
         """Register the decorated function as task `name` (default: the function's name).
 
+        `retries` counts handler failures; `lease_expiries` counts runs whose lease
+        expired (the worker was killed, frozen or cut off), which are not
+        failures and use up no attempt. Either budget used up: a dead letter.
         With `cron`, the task also runs on that schedule (in `timezone`, with
         `payload`): `periodic(name, cron=...)` in one go.
         """
@@ -147,8 +155,10 @@ class App:
                 raise ValueError(f"task {task_name!r} is registered twice")
             if retries < 0:
                 raise ValueError(f"task {task_name!r}: retries must be >= 0")
+            if lease_expiries < 0:
+                raise ValueError(f"task {task_name!r}: lease_expiries must be >= 0")
             self.tasks[task_name] = _definition(
-                task_name, fn, retries=retries,
+                task_name, fn, retries=retries, lease_expiries=lease_expiries,
                 timeout=parse_duration(timeout) if timeout is not None else None,
                 priority=priority, tags=tuple(check_tags(tags)),
                 backoff=parse_duration(backoff), max_backoff=parse_duration(max_backoff))

@@ -20,6 +20,9 @@ from shoal.dag import Tag
 # Bounds a WorkerPool's spec shares with the worker's flags.
 Concurrency = Annotated[int, Field(ge=1, le=10_000)]
 BatchSize = Annotated[int, Field(ge=1, le=10_000)]
+# Upper bounds (seconds) that keep every interval the database computes from these in range.
+MAX_CLAIM_TTL = 86_400
+MAX_DRAIN_TIMEOUT = 86_400
 
 
 def default_worker_id() -> str:
@@ -40,12 +43,12 @@ class WorkerSettings(BaseModel):
         "serve only these task names, comma-separated (default: all the app registers)"))
     concurrency: Concurrency = Field(10, description="tasks run at once")
     batch_size: BatchSize = Field(10, description="tasks claimed per database round trip")
-    claim_ttl: float = Field(30.0, gt=0, description="lease of a claimed task")
-    poll_interval: float = Field(1.0, gt=0, description=(
+    claim_ttl: float = Field(30.0, gt=0, le=MAX_CLAIM_TTL, description="lease of a claimed task")
+    poll_interval: float = Field(1.0, gt=0, le=3_600, description=(
         "how often an idle worker looks for tasks without a notification"))
-    drain_timeout: float = Field(30.0, ge=0, description=(
+    drain_timeout: float = Field(30.0, ge=0, le=MAX_DRAIN_TIMEOUT, description=(
         "on SIGTERM, time to finish in-flight tasks before releasing them"))
-    retention: float = Field(7 * 86400.0, gt=0, description=(
+    retention: float = Field(7 * 86400.0, gt=0, le=100 * 365 * 86400.0, description=(
         "how long finished tasks and workflows are kept"))
     metrics_host: str = Field(default_factory=lambda: os.environ.get("POD_IP") or "0.0.0.0",
                               description="address of /metrics, /healthz and /readyz "

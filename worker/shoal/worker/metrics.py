@@ -3,7 +3,8 @@
 `/metrics` serves the registry (the worker's own series, its build, and the
 process's CPU, memory, file descriptors and Python GC); `/healthz` answers 200 while the event loop
 runs (a liveness probe must not fail just because the database is down);
-`/readyz` answers 200 while the worker reaches the database and is not draining.
+`/readyz` answers 200 while the worker is connected to the database, not
+draining, and none of its services failed.
 """
 
 from __future__ import annotations
@@ -137,7 +138,14 @@ def task_metrics(name: str) -> TaskMetrics:
 
 
 class MetricsServer:
-    """Serves /metrics, /healthz and /readyz on one port until cancelled."""
+    """Serves /metrics, /healthz and /readyz on one port until cancelled.
+
+    Guarantees: /healthz answers 200 while the event loop runs; /readyz answers
+    200 only while `ready()` is true (503 otherwise), computed per request.
+    A port that cannot be bound fails the service (and so the worker).
+    """
+
+    name = "metrics"
 
     def __init__(self, host: str, port: int, ready: Callable[[], bool]) -> None:
         self.host = host
@@ -152,7 +160,8 @@ class MetricsServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            async with asyncio.timeout(5):
+                request = await reader.readuntil(b"\r\n\r\n")
             path = request.split(b" ", 2)[1].decode() if request.count(b" ") >= 2 else "/"
             if path.startswith("/metrics"):
                 status, body, kind = "200 OK", generate_latest(REGISTRY), CONTENT_TYPE_LATEST

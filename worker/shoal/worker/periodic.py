@@ -30,6 +30,7 @@ from cronsim import CronSim, CronSimError
 
 from shoal.aio import Backoff
 from shoal.backend import TRANSIENT_ERRORS, Backend, Schedule
+from shoal.worker.supervisor import retry_later
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ class PeriodicScheduler:
     database errors are retried with backoff. Returns at once without schedules.
     """
 
+    name = "periodic"
+
     def __init__(self, backend: Backend, namespace: str, schedules: Mapping[str, Schedule],
                  clock: Callable[[], datetime] = wall_clock) -> None:
         self.backend = backend
@@ -104,8 +107,7 @@ class PeriodicScheduler:
             try:
                 pause = await self.run_once()
             except TRANSIENT_ERRORS as exc:
-                log.warning("periodic schedules: %s; retrying", exc)
-                await backoff.wait()
+                await retry_later("periodic", exc, backoff)
                 continue
             backoff.reset()
             await asyncio.sleep(pause)

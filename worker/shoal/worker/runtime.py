@@ -1,64 +1,76 @@
 """The pooled worker: claims tasks in batches and runs up to `concurrency` at once.
 
-Guarantees:
-- A task runs only while this worker holds its lease; every lease is extended
-  by one heartbeat statement every `claim_ttl / 2`. When a heartbeat shows a
-  lease lost (or its workflow cancelled), the handler is cancelled.
-- Every result is reported with the lease token it was claimed with, so a
-  result reported after the lease moved on is refused by the backend.
+A worker is one database connection (a `Session`: every statement and every
+LISTEN) and these services under one `Supervisor`, each in its own module:
+
+- `listener`: keeps the connection open and catches up after a reconnect;
+- `claim`: claims tasks while there is room;
+- `report`: reports finished attempts;
+- `heartbeat`: extends leases, refreshes the liveness row, stops lost runs;
+- `maintenance`: on the schema's leader, reaps expired leases and dead workers
+  and prunes finished tasks;
+- `periodic`: enqueues the app's cron schedules (each tick once, whatever the
+  number of workers);
+- `metrics`: serves /metrics, /healthz and /readyz.
+
+Guarantees of the whole:
+- Start-up waits for the database and its schema with capped exponential
+  backoff, logging each attempt; the worker is not ready meanwhile.
+- A task runs only while this worker holds its lease, and every result is
+  reported with the lease token it was claimed with, so a result reported
+  after the lease moved on is refused by the backend.
 - Results that cannot be reported (database down) are kept and reported after
-  reconnecting; calls to the database back off exponentially up to 5 s.
-- Successes waiting to be reported ride on the next claim (one statement, one
-  commit) unless a report is already in flight; the rest go in reports.
-- An idle worker is parked on its own notification channel by the claim that
-  found nothing more; an enqueue of one task may then lease the task to it and
-  send it in that notification, and the handler starts without a claim round
-  trip. A handoff it cannot take now (draining, no free slot) is released at
-  once; one notified while its listener was down is found when it reconnects.
+  reconnecting.
 - `stop()` drains: no new claims, in-flight work gets `drain_timeout` to
   finish, what is left is cancelled and released for another worker at once,
-  and the liveness row is removed.
+  and the liveness row is removed; `run()` returns 0.
+- When a service fails (see `supervisor`), the worker is not ready at once,
+  its running handlers are cancelled and their leases released, results
+  waiting for their report are reported (or, when the database will not take
+  them, their tasks released to run again), the liveness row is removed, and
+  `run()` returns 1.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
-import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
-
-import asyncpg
 
 from shoal import logs
 from shoal.aio import Backoff, wait_event
 from shoal.backend import (
+    TRANSIENT_ERRORS,
     Backend,
     ClaimedTask,
     Outcome,
-    Subscription,
     WorkerIdentity,
     parse_handoff,
+    printable,
 )
-from shoal.errors import InvalidInput
+from shoal.errors import InvalidInput, SchemaNotMigrated
 from shoal.policy import next_delay
 from shoal.worker import metrics
 from shoal.worker.app import App, PermanentError, TaskContext, TaskDefinition, encode_result
+from shoal.worker.claimer import Claimer
 from shoal.worker.config import WorkerConfig
+from shoal.worker.heartbeat import Heartbeat
+from shoal.worker.listener import Listener
+from shoal.worker.maintenance import Maintenance
 from shoal.worker.periodic import PeriodicScheduler
+from shoal.worker.reporter import REPORT_CHUNK, Reporter
+from shoal.worker.supervisor import Service, Supervisor
 
 log = logging.getLogger(__name__)
 
-DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError)
-# Results per report statement: bounds each statement's cost whatever plan the
-# database picks, and lets a heartbeat run between two chunks.
-REPORT_CHUNK = 500
+MAX_ERROR_CHARS = 4000
 
 
 @dataclass
@@ -82,28 +94,41 @@ class Worker:
             raise InvalidInput("the app registers no tasks")
         self.app = app
         self.config = config
+        channel = f"shoal_handoff_{secrets.token_hex(8)}"
         self.identity = WorkerIdentity(
             id=config.worker_id, namespace=config.namespace, tags=config.tags,
             task_names=names, concurrency=config.concurrency, pool=config.pool,
             max_attempts=tuple(app.get(name).max_attempts for name in names),
-            pod_name=config.pod_name, channel=f"shoal_handoff_{secrets.token_hex(8)}")
-        self.backend: Backend | None = None
+            pod_name=config.pod_name, channel=channel)
+        self.backend = Backend.for_worker(config.dsn, schema=config.db_schema,
+                                          worker_id=config.worker_id, handoff_channel=channel,
+                                          on_notify=self._on_notify)
         self.executions: dict[int, Execution] = {}
         self.held: dict[int, ClaimedTask] = {}  # claimed and not yet reported
         self.outbox: list[Outcome] = []
-        self.report_lock = asyncio.Lock()
         self.releases: list[tuple[int, int]] = []
         self.handing_back: set[asyncio.Task[set[int]]] = set()
+        self.report_lock = asyncio.Lock()  # one report at a time; the drain waits for it
+        self.registered = asyncio.Event()  # the liveness row exists: claims may begin
+        self.since = datetime.now(UTC)  # start-up in the database's clock (see `_open`)
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
         self.slot_free = asyncio.Event()
         self.report_due = asyncio.Event()
         self.beat_due = asyncio.Event()
-        self.last_db_ok = 0.0
         self.threads = ThreadPoolExecutor(max_workers=config.concurrency,
                                           thread_name_prefix="shoal-task")
         self.task_metrics = {name: metrics.task_metrics(name) for name in names}
         metrics.IN_FLIGHT.set_function(lambda: len(self.held))  # read when scraped
+        self.claimer = Claimer(self)
+        self.heartbeat = Heartbeat(self)
+        services: list[Service] = [Listener(self), self.claimer, Reporter(self), self.heartbeat,
+                                   Maintenance(self),
+                                   PeriodicScheduler(self.backend, config.namespace, app.schedules)]
+        if config.metrics_port:
+            services.append(metrics.MetricsServer(config.metrics_host, config.metrics_port,
+                                                  self.ready))
+        self.supervisor = Supervisor(services)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -111,78 +136,118 @@ class Worker:
         """Begin a graceful drain; `run()` returns when it is done."""
         if not self.stopping.is_set():
             log.info("draining: no new claims; %d in flight", len(self.executions))
-            self.stopping.set()
-            self.wake.set()
-            self.slot_free.set()
-            self.beat_due.set()
+            self._stop_claiming()
 
-    async def run(self) -> None:
-        """Claim and run tasks until `stop()`, then drain and return."""
-        self.backend = await Backend.connect(self.config.dsn, schema=self.config.db_schema,
-                                             min_size=1, max_size=4)
-        q = self.backend.queries
-        assert self.identity.channel is not None
-        listener = Subscription(
-            self.config.dsn, [q.tasks_channel, q.control_channel, self.identity.channel],
-            self._on_notify, on_connect=self._on_listen)
-        services: list[Callable[[], Coroutine[Any, Any, None]]] = [
-            listener.run, self._report_loop, self._heartbeat_loop, self._reaper_loop,
-            PeriodicScheduler(self.backend, self.config.namespace, self.app.schedules).run]
-        if self.config.metrics_port:
-            services.append(metrics.MetricsServer(self.config.metrics_host,
-                                                  self.config.metrics_port, self.ready).run)
-        background = [asyncio.create_task(s(), name=s.__qualname__) for s in services]
+    def _stop_claiming(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+        self.slot_free.set()
+        self.beat_due.set()
+
+    async def run(self) -> int:
+        """Claim and run tasks until `stop()`, drain and return 0; after a service
+        failure, hand back what this worker holds and return 1."""
         try:
-            await self._beat()  # register the liveness row before the first claim
-            await self._claim_loop()
-            await self._drain()
+            if await self.supervisor.run(self._lifecycle()):
+                return 0
+            self._stop_claiming()
+            await self.supervisor.stop()
+            await self._drain(grace=0)
+            return 1
         finally:
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await self.supervisor.stop()
             self.threads.shutdown(wait=False, cancel_futures=True)
-            with contextlib.suppress(*DATABASE_ERRORS):
-                await self.backend.remove_worker(self.identity.id)
+            if self.registered.is_set():
+                try:
+                    async with asyncio.timeout(5):
+                        await self.backend.remove_worker(self.identity.id)
+                except TRANSIENT_ERRORS as exc:
+                    log.warning("could not remove the liveness row: %s", exc)
             await self.backend.close()
+
+    async def _lifecycle(self) -> None:
+        if await self._open():
+            await self.stopping.wait()
+            await self.claimer.stopped.wait()  # a claim in flight has started its tasks
+        await self._drain(self.config.drain_timeout)
+
+    async def _open(self) -> bool:
+        """Wait for the database and its schema, then register the liveness row;
+        False when stopped first."""
+        backoff = Backoff(first=0.2, cap=10.0)
+        attempt = 0
+        while not self.stopping.is_set():
+            attempt += 1
+            try:
+                self.since = await self.backend.clock()
+                await self.backend.check_migrated()
+                await self.backend.register_task_names(self.config.namespace,
+                                                       self.identity.task_names)
+                await self.heartbeat.beat()
+            except (*TRANSIENT_ERRORS, SchemaNotMigrated) as exc:
+                delay = backoff.next()
+                log.warning("database not ready (attempt %d, retrying in %.1fs): %s",
+                            attempt, delay, exc)
+                await wait_event(self.stopping, delay)
+                continue
+            self.registered.set()
+            return True
+        return False
+
+    def ready(self) -> bool:
+        """Registered, connected now, not draining, and no service failed."""
+        session = self.backend.session
+        return (self.registered.is_set() and session is not None and session.connected
+                and not self.stopping.is_set() and self.supervisor.failed is None)
 
     @property
     def busy(self) -> int:
         """Handlers running now (results awaiting their report not counted)."""
         return len(self.executions)
 
-    def ready(self) -> bool:
-        """Reached the database within one claim TTL and not draining."""
-        recent = time.monotonic() - self.last_db_ok < self.config.claim_ttl
-        return recent and not self.stopping.is_set()
+    def free_slots(self) -> int:
+        """Tasks this worker may claim now: at most `concurrency` handlers running,
+        at most `concurrency` more results waiting for their report, and none
+        while a suspect runs (a task whose lease expired twice runs alone)."""
+        if self.suspect_running():
+            return 0
+        c = self.config.concurrency
+        return min(c - self.busy, 2 * c - len(self.held))
+
+    def suspect_running(self) -> bool:
+        return any(e.task.alone for e in self.executions.values())
+
+    # -- notifications and handoffs -------------------------------------------------
 
     def _on_notify(self, channel: str, payload: str) -> None:
         if channel == self.identity.channel:
-            self._on_handoff(parse_handoff(payload))
+            self.on_handoff(parse_handoff(payload))
             return
-        if not channel.endswith("_tasks"):
-            self.beat_due.set()  # a control message: learn of cancels at once
+        if channel == self.backend.control_channel:
+            self.beat_due.set()  # learn of cancels at once
             return
         if payload == self.config.namespace:
             self.wake.set()
 
-    def _wake_in(self, seconds: float) -> None:
+    def wake_in(self, seconds: float) -> None:
         if seconds <= 0:
             self.wake.set()
         else:
             asyncio.get_running_loop().call_later(seconds, self.wake.set)
 
-    def _on_handoff(self, task: ClaimedTask) -> None:
-        """Run a task an enqueue leased to this worker, or hand it back at once."""
+    def on_handoff(self, task: ClaimedTask) -> None:
+        """Run a task leased to this worker that it did not claim itself (a
+        handoff, or a claim whose reply was lost), or hand it back at once."""
         if task.id in self.held:
             return  # heard of twice: notified and found on reconnecting
-        if self.stopping.is_set() or self.busy >= self.config.concurrency:
+        if (self.stopping.is_set() or self.busy >= self.config.concurrency
+                or self.suspect_running()):
             self._hand_back(task)
             return
-        self._start(task, time.time())
+        self.start(task, time.time())
         self.wake.set()  # claim again: anything else ready, and park once more
 
     def _hand_back(self, task: ClaimedTask) -> None:
-        assert self.backend is not None
         job = asyncio.create_task(self.backend.release([(task.id, task.lease_token)],
                                                        worker_id=self.identity.id))
         self.handing_back.add(job)
@@ -193,84 +258,10 @@ class Worker:
         if not job.cancelled() and job.exception() is not None:
             log.warning("could not hand a task back, its lease will expire: %s", job.exception())
 
-    async def _on_listen(self) -> None:
-        """(Re)connected listener: claim now, and run handoffs notified while it was down."""
-        assert self.backend is not None
-        self.wake.set()
-        if self.stopping.is_set():
-            return
-        try:
-            # Under the report lock no report is in flight, so every lease found
-            # here is one this worker has not finished: it runs at most once.
-            async with self.report_lock:
-                for task in await self.backend.leased_to(self.identity.id):
-                    self._on_handoff(task)
-        except DATABASE_ERRORS as exc:
-            log.warning("could not look for handoffs missed while not listening: %s", exc)
+    # -- running ------------------------------------------------------------------------
 
-    # -- claiming -------------------------------------------------------------------
-
-    async def _claim_loop(self) -> None:
-        assert self.backend is not None
-        backoff = Backoff()
-        while not self.stopping.is_set():
-            # Backpressure: at most `concurrency` handlers running, and at most
-            # `concurrency` more results waiting for their report.
-            free = min(self.config.concurrency - self.busy,
-                       2 * self.config.concurrency - len(self.held))
-            if free <= 0:
-                self.slot_free.clear()
-                await self.slot_free.wait()
-                continue
-            want = min(self.config.batch_size, free)
-            self.wake.clear()
-            try:
-                claimed = await self._claim(want)
-            except DATABASE_ERRORS as exc:
-                metrics.DB_ERRORS.labels("claim").inc()
-                log.warning("claim failed: %s", exc)
-                await backoff.wait()
-                continue
-            backoff.reset()
-            now = time.time()
-            for task in claimed:
-                self._start(task, now)
-            if len(claimed) < want:
-                await wait_event(self.wake, self.config.poll_interval)
-
-    async def _claim(self, want: int) -> list[ClaimedTask]:
-        """Claim up to `want` tasks, reporting the plain successes waiting in the
-        outbox in the same statement unless a report is in flight already."""
-        assert self.backend is not None
-        if not self.outbox or self.report_lock.locked():
-            claimed = await self.backend.claim(self.identity, want, self.config.claim_ttl)
-            self.last_db_ok = time.monotonic()
-            return claimed
-        async with self.report_lock:
-            succeeded = [o for o in self.outbox if o.error is None and not o.cancelled
-                         and o.workflow_id is None][:REPORT_CHUNK]
-            taken = {o.task_id for o in succeeded}
-            self.outbox = [o for o in self.outbox if o.task_id not in taken]
-            try:
-                claimed, accepted = await self.backend.claim_and_complete(
-                    self.identity, want, self.config.claim_ttl, succeeded)
-            except DATABASE_ERRORS:
-                self.outbox = succeeded + self.outbox
-                self.report_due.set()
-                raise
-            self.last_db_ok = time.monotonic()
-            self._settle(succeeded, accepted)
-        return claimed
-
-    def _start(self, task: ClaimedTask, now: float) -> None:
-        running = self.executions.get(task.id)
-        if running is not None:
-            # This worker claimed a task it is still running: its lease expired
-            # while the worker was cut off and another worker's reaper made it
-            # ready again. One run is enough; it goes on under the new lease.
-            running.task = task
-            self.held[task.id] = task
-            return
+    def start(self, task: ClaimedTask, now: float) -> None:
+        """Run a task this worker now holds the lease of."""
         context = TaskContext(task.id, task.name, task.attempt, task.max_attempts,
                               task.workflow_id, task.step)
         execution = Execution(task, context)
@@ -283,8 +274,13 @@ class Worker:
             self._execute(execution, definition),
             context=logs.attempt_context(task.id, task.name, task.attempt, task.workflow_id,
                                          self.identity.pod_name or self.identity.id))
+        execution.future.add_done_callback(self._executed)
 
-    # -- running ----------------------------------------------------------------------
+    def _executed(self, future: asyncio.Task[None]) -> None:
+        """A bug in the bookkeeping around a handler must not pass unseen."""
+        exc = None if future.cancelled() else future.exception()
+        if exc is not None:
+            self.supervisor.fail("handler runner", exc)
 
     async def _execute(self, execution: Execution, definition: TaskDefinition) -> None:
         task, ctx = execution.task, execution.context
@@ -308,7 +304,7 @@ class Worker:
         else:
             try:
                 result = encode_result(value)
-            except (TypeError, ValueError) as exc:
+            except InvalidInput as exc:
                 outcome = self._failure(definition, task, f"result is not JSON: {exc}", False)
             else:
                 outcome = Outcome(task.id, task.lease_token, task.workflow_id,
@@ -321,7 +317,7 @@ class Worker:
                 self.outbox.append(outcome)
                 self.report_due.set()
             elif execution.stop_reason != "drain":
-                self._forget(task.id)
+                self.held.pop(task.id, None)
 
     async def _call(self, definition: TaskDefinition, task: ClaimedTask,
                     ctx: TaskContext) -> Any:
@@ -332,7 +328,8 @@ class Worker:
             loop = asyncio.get_running_loop()
             work = loop.run_in_executor(self.threads, contextvars.copy_context().run,
                                         definition.call, task.payload, ctx)
-        return await (asyncio.wait_for(work, timeout) if timeout else work)
+        async with asyncio.timeout(timeout):  # None: no limit
+            return await work
 
     def _on_stopped(self, execution: Execution) -> Outcome | None:
         task = execution.task
@@ -353,162 +350,117 @@ class Worker:
                            base=definition.backoff, cap=definition.max_backoff)
         log.warning("task %s #%d attempt %d/%d failed: %s", task.name, task.id, task.attempt,
                     task.max_attempts, error)
-        return Outcome(task.id, task.lease_token, task.workflow_id, error=error[:4000],
-                       retry_in_seconds=delay)
+        return Outcome(task.id, task.lease_token, task.workflow_id,
+                       error=printable(error[:MAX_ERROR_CHARS]), retry_in_seconds=delay)
 
-    def _forget(self, task_id: int) -> ClaimedTask | None:
-        return self.held.pop(task_id, None)
+    def interrupt(self, execution: Execution, reason: str) -> None:
+        """Stop a running handler; `reason` says what becomes of its attempt."""
+        execution.stop_reason = reason
+        execution.context.cancel()
+        if execution.future is not None:
+            execution.future.cancel()
 
-    # -- reporting -----------------------------------------------------------------------
+    # -- reporting -------------------------------------------------------------------------
 
-    async def _report_loop(self) -> None:
-        """Reports finished attempts in batches as they come; retries with backoff."""
-        backoff = Backoff()
-        while True:
-            await self.report_due.wait()
-            self.report_due.clear()
-            if await self._report_once():
-                backoff.reset()
-            else:
-                self.report_due.set()
-                await backoff.wait()
-
-    async def _report_once(self) -> bool:
-        """Report up to REPORT_CHUNK results; on failure keep them and return False."""
-        assert self.backend is not None
-        async with self.report_lock:
+    def take_outbox(self, successes: bool) -> list[Outcome]:
+        """Up to REPORT_CHUNK outcomes out of the outbox; plain successes only if
+        `successes` (else they stay for the next claim to carry)."""
+        if successes:
             batch, self.outbox = self.outbox[:REPORT_CHUNK], self.outbox[REPORT_CHUNK:]
-            if self.outbox:
-                self.report_due.set()
-            if not batch:
-                return True
-            try:
-                accepted = await self.backend.report(batch, worker_id=self.identity.id)
-            except DATABASE_ERRORS as exc:
-                metrics.DB_ERRORS.labels("report").inc()
-                log.warning("report of %d results failed, will retry: %s", len(batch), exc)
-                self.outbox = batch + self.outbox
-                return False
-            self.last_db_ok = time.monotonic()
-            self._settle(batch, accepted)
-            return True
+            return batch
+        batch = [o for o in self.outbox if not o.is_plain_success][:REPORT_CHUNK]
+        taken = {o.task_id for o in batch}
+        self.outbox = [o for o in self.outbox if o.task_id not in taken]
+        return batch
 
-    def _settle(self, batch: list[Outcome], accepted: set[int]) -> None:
+    async def report(self, successes: bool) -> None:
+        """Report one chunk of the outbox (see `take_outbox`); when that fails, the
+        chunk goes back into the outbox."""
+        async with self.report_lock:
+            batch = self.take_outbox(successes)
+            if len(batch) == REPORT_CHUNK:
+                self.report_due.set()  # there may be more
+            if batch:
+                await self._send(batch)
+
+    async def _send(self, batch: list[Outcome]) -> None:
+        try:
+            accepted = await self.backend.report(batch, worker_id=self.identity.id)
+        except BaseException:
+            self.outbox[:0] = batch
+            self.report_due.set()
+            raise
+        self.settle(batch, accepted)
+
+    def settle(self, batch: list[Outcome], accepted: set[int]) -> None:
         """Forget the reported attempts of `batch`; count them by how they ended."""
         for outcome in batch:
-            task = self._forget(outcome.task_id)
+            task = self.held.pop(outcome.task_id, None)
             if task is None:
                 continue
             if outcome.task_id in accepted:
                 self.task_metrics[task.name].finished[_kind(outcome)] += 1
                 if outcome.error and outcome.retry_in_seconds is not None:
-                    self._wake_in(outcome.retry_in_seconds)  # due from the report on
+                    self.wake_in(outcome.retry_in_seconds)  # due from the report on
             else:
                 metrics.LEASES_LOST.inc()
                 log.warning("result for task %s #%d refused: its lease moved on",
                             task.name, outcome.task_id)
         self.slot_free.set()
 
-    # -- heartbeats --------------------------------------------------------------------
-
-    async def _heartbeat_loop(self) -> None:
-        """Extends every held lease each claim_ttl/2, or at once when poked."""
-        while True:
-            await wait_event(self.beat_due, self.config.claim_ttl / 2)
-            self.beat_due.clear()
-            try:
-                await self._beat()
-            except DATABASE_ERRORS as exc:
-                metrics.DB_ERRORS.labels("heartbeat").inc()
-                log.warning("heartbeat failed: %s", exc)
-                await asyncio.sleep(min(1.0, self.config.claim_ttl / 10))
-                self.beat_due.set()
-
-    async def _beat(self) -> None:
-        assert self.backend is not None
-        # Under the report lock: a heartbeat and a report locking the same
-        # rows in different orders on two connections would deadlock.
-        async with self.report_lock:
-            leases = [(task.id, task.lease_token) for task in self.held.values()]
-            reply = await self.backend.heartbeat(
-                self.identity, leases, self.config.claim_ttl, in_flight=len(leases),
-                draining=self.stopping.is_set())
-        self.last_db_ok = time.monotonic()
-        for task_id, _token in leases:
-            execution = self.executions.get(task_id)
-            if execution is None or execution.stop_reason is not None:
-                continue
-            if task_id not in reply.held:
-                log.warning("lease on task #%d lost; cancelling its handler", task_id)
-                self._interrupt(execution, "lease_lost")
-            elif task_id in reply.withdrawn:
-                log.info("task #%d was cancelled; cancelling its handler", task_id)
-                self._interrupt(execution, "withdrawn")
-            elif task_id in reply.cancel:
-                log.info("task #%d: workflow cancelled; cancelling its handler", task_id)
-                self._interrupt(execution, "cancelled")
-
-    def _interrupt(self, execution: Execution, reason: str) -> None:
-        execution.stop_reason = reason
-        execution.context.cancel()
-        if execution.future is not None:
-            execution.future.cancel()
-
-    # -- maintenance -------------------------------------------------------------------
-
-    async def _reaper_loop(self) -> None:
-        """Reclaims expired leases, forgets stale workers and prunes old finished tasks."""
-        assert self.backend is not None
-        interval = max(0.5, self.config.claim_ttl / 2)
-        last_prune = 0.0
-        while True:
-            await asyncio.sleep(interval * (0.75 + random.random() / 2))
-            try:
-                reclaimed = await self.backend.reap_expired()
-                if reclaimed:
-                    metrics.RECLAIMED.inc(reclaimed)
-                    log.info("reclaimed %d tasks with expired leases", reclaimed)
-                if time.monotonic() - last_prune > 60:
-                    await self.backend.reap_workers(stale_seconds=3 * self.config.claim_ttl)
-                    await self.backend.prune(self.config.retention)
-                    last_prune = time.monotonic()
-            except DATABASE_ERRORS as exc:
-                metrics.DB_ERRORS.labels("maintenance").inc()
-                log.warning("maintenance failed: %s", exc)
-
     # -- draining ------------------------------------------------------------------------
 
-    async def _drain(self) -> None:
-        assert self.backend is not None
-        self.beat_due.set()
+    async def _drain(self, grace: float) -> None:
+        """Give running handlers `grace` seconds, release the rest, report what is
+        left; a batch the database will not take has its tasks released instead."""
+        self.beat_due.set()  # the liveness row says draining: no more handoffs
         running = [e.future for e in self.executions.values() if e.future is not None]
-        if running:
-            _done, pending = await asyncio.wait(running, timeout=self.config.drain_timeout)
-            if pending:
-                log.warning("drain timeout: releasing %d unfinished tasks", len(pending))
-                for execution in list(self.executions.values()):
-                    self._interrupt(execution, "drain")
-                await asyncio.wait(pending, timeout=5)
-        deadline = time.monotonic() + max(5.0, self.config.drain_timeout)
+        if running and grace > 0:
+            await asyncio.wait(running, timeout=grace)
+        if self.executions:
+            log.warning("releasing %d unfinished tasks", len(self.executions))
+            for execution in list(self.executions.values()):
+                self.interrupt(execution, "drain")
+            await asyncio.wait([e.future for e in self.executions.values() if e.future],
+                               timeout=5)
+        if self.handing_back:
+            await asyncio.wait(self.handing_back, timeout=5)
+        deadline = time.monotonic() + max(10.0, grace)
         backoff = Backoff()
-        while time.monotonic() < deadline:
-            reported = await self._report_once()  # waits for a report already in flight
-            try:
-                released = await self.backend.release(self.releases,
-                                                      worker_id=self.identity.id)
-            except DATABASE_ERRORS as exc:
-                log.warning("release failed, retrying: %s", exc)
-                released = None
-            if released is not None:
+        async with self.report_lock:  # no report in flight: what is held is here
+            while self.outbox or self.releases:
+                try:
+                    await self._hand_back_outbox()
+                    released = await self.backend.release(self.releases,
+                                                          worker_id=self.identity.id)
+                except TRANSIENT_ERRORS as exc:
+                    if time.monotonic() > deadline:
+                        log.error("drain gave up: %d results unreported, %d leases unreleased;"
+                                  " they will be retried after their lease expires (%s)",
+                                  len(self.outbox), len(self.releases), exc)
+                        return
+                    log.warning("handing back failed, retrying: %s", exc)
+                    await backoff.wait()
+                    continue
+                if released:
+                    log.info("released %d tasks", len(released))
                 for task_id, _token in self.releases:
-                    self._forget(task_id)
+                    self.held.pop(task_id, None)
                 self.releases = []
-            if reported and released is not None and not self.outbox:
-                log.info("drained")
-                return
-            await backoff.wait()
-        log.error("drain gave up: %d results unreported, %d leases unreleased; they will be "
-                  "retried after their lease expires", len(self.outbox), len(self.releases))
+        log.info("drained")
+
+    async def _hand_back_outbox(self) -> None:
+        while self.outbox:
+            batch = self.take_outbox(successes=True)
+            try:
+                await self._send(batch)
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as exc:
+                del self.outbox[:len(batch)]
+                log.error("the database refused %d results (%s); releasing their tasks to "
+                          "run again", len(batch), exc)
+                self.releases += [(o.task_id, o.lease_token) for o in batch]
 
 
 def _kind(outcome: Outcome) -> str:
