@@ -139,7 +139,7 @@ async def unjsonable(run: Run) -> Any:
     return {"when": object()}
 
 
-@app.task("hog", retries=1)
+@app.task("hog", lease_expiries=1)
 async def hog(run: Run, ctx: TaskContext) -> None:
     """Allocates (and touches) memory until the container's limit kills the process."""
     note(run, ctx, "start")

@@ -90,6 +90,7 @@ class PostgresServer:
             hba = self.data / "pg_hba.conf"
             hba.write_text("local all all trust\n"
                            "host all all 127.0.0.1/32 trust\n"
+                           "host replication all 127.0.0.1/32 trust\n"
                            "host all all 0.0.0.0/0 scram-sha-256\n")
         options = (f"-p {self.port} -k {self.root} -c listen_addresses=* "
                    f"-c max_connections={self.max_connections} -c fsync=on "
@@ -112,6 +113,7 @@ class PostgresServer:
         """A streaming standby of this (running) server on a port of its own, not
         started: `pg_basebackup -R` copies the data and configures the replication."""
         replica = PostgresServer(bin_dir=self.bin, max_connections=self.max_connections)
+        replica.password = self.password  # the role's, copied with the data
         if replica.run_as:
             shutil.chown(replica.root, user=replica.run_as)
         replica._run(self.bin / "pg_basebackup", "-D", replica.data, "-R", "-X", "stream",
