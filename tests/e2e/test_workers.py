@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from shoal.backend import Backend, NewTask
+from shoal.client import Client
+from tests.apps import recorder
 from tests.cluster.access import KubeAccess
 from tests.cluster.engine import docker
 from tests.cluster.kind import network_gateway
@@ -179,7 +181,8 @@ async def test_oom_killed_worker_is_reclaimed_and_the_task_ends_dead(
     apply(kube, recorder_pool("oom", namespace, replicas=2, memory="160Mi"))
     await asyncio.to_thread(wait_for, lambda: sum(map(pod_ready, pool_pods(
         kube, namespace, "oom"))) == 2, 90, "two Ready worker pods")
-    [hog] = await backend.enqueue(log.tasks("hog", 1, namespace))
+    # Through the app, as users enqueue: the task takes its definition's budget.
+    hog = await Client(backend, recorder.app, namespace).enqueue("hog", {"log": log.pod_path})
     others = await backend.enqueue(log.tasks("record", 20, namespace, sleep=0.5))
     [dead] = await settled(backend, [hog], 180)
     assert dead.state == "dead", dead
