@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
 
-from shoal.aio import Backoff
-from shoal.backend import TRANSIENT_ERRORS
 from shoal.worker import metrics
-from shoal.worker.supervisor import retry_later
+from shoal.worker.supervisor import repeat
 
 if TYPE_CHECKING:
     from shoal.worker.runtime import Worker
@@ -55,19 +52,14 @@ class Maintenance:
         self.term: tuple[int, float] = (0, 0.0)  # connection generation led on, since when
 
     async def run(self) -> None:
-        w = self.worker
-        await w.registered.wait()
-        interval = pass_interval(w.config.claim_ttl)
-        backoff = Backoff()
-        while True:
-            try:
-                if await self._lead():
-                    await self._pass()
-            except TRANSIENT_ERRORS as exc:
-                await retry_later("maintenance", exc, backoff)
-                continue
-            backoff.reset()
-            await asyncio.sleep(interval)
+        await self.worker.registered.wait()
+        await repeat("maintenance", self._turn)
+
+    async def _turn(self) -> float:
+        """Lead if the lock is free, and if leading run a pass; the seconds to the next."""
+        if await self._lead():
+            await self._pass()
+        return pass_interval(self.worker.config.claim_ttl)
 
     async def _lead(self) -> bool:
         backend = self.worker.backend

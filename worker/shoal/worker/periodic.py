@@ -20,7 +20,6 @@ tick and the time; `PeriodicScheduler` is the service that applies it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -28,9 +27,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from shoal.aio import Backoff
-from shoal.backend import TRANSIENT_ERRORS, Backend, Schedule
-from shoal.worker.supervisor import retry_later
+from shoal.backend import Backend, Schedule
+from shoal.worker.supervisor import repeat
 
 log = logging.getLogger(__name__)
 
@@ -100,17 +98,8 @@ class PeriodicScheduler:
         self.last: dict[str, datetime] | None = None  # schedule -> last tick enqueued
 
     async def run(self) -> None:
-        if not self.schedules:
-            return
-        backoff = Backoff()
-        while True:
-            try:
-                pause = await self.run_once()
-            except TRANSIENT_ERRORS as exc:
-                await retry_later("periodic", exc, backoff)
-                continue
-            backoff.reset()
-            await asyncio.sleep(pause)
+        if self.schedules:
+            await repeat("periodic", self.run_once)
 
     async def run_once(self) -> float:
         """Declare the schedules (first call), enqueue the ticks due now; return

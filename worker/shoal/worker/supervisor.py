@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from shoal.aio import Backoff
+from shoal.backend import TRANSIENT_ERRORS
 from shoal.worker import metrics
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,20 @@ async def retry_later(operation: str, exc: BaseException, backoff: Backoff) -> N
     metrics.DB_ERRORS.labels(operation).inc()
     log.warning("%s failed, retrying: %s", operation, exc)
     await backoff.wait()
+
+
+async def repeat(operation: str, one_pass: Callable[[], Awaitable[float]]) -> None:
+    """Run `one_pass` for ever, sleeping the seconds each pass returns; a pass that
+    meets a transient database error is tried again after `retry_later`."""
+    backoff = Backoff()
+    while True:
+        try:
+            pause = await one_pass()
+        except TRANSIENT_ERRORS as exc:
+            await retry_later(operation, exc, backoff)
+            continue
+        backoff.reset()
+        await asyncio.sleep(pause)
 
 
 class Service(Protocol):
