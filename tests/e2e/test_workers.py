@@ -48,6 +48,15 @@ def assert_each_done_once(log: RunLog, ids: list[int]) -> None:
     assert not twice, f"run to completion more than once: {twice}"
 
 
+async def ready_pool(kube: KubeAccess, namespace: str, pod_dsn: str, name: str, replicas: int,
+                     **spec: Any) -> None:
+    """The recorder pool `name` (see recorder_pool) up with `replicas` Ready pods."""
+    create_secret(kube, namespace, pod_dsn)
+    apply(kube, recorder_pool(name, namespace, replicas=replicas, **spec))
+    await asyncio.to_thread(wait_for, lambda: sum(map(pod_ready, pool_pods(
+        kube, namespace, name))) == replicas, 90, f"{replicas} Ready worker pods")
+
+
 def running_on(log: RunLog, pod: str) -> set[int]:
     """Tasks whose latest event is a start on `pod`."""
     latest: dict[int, dict[str, Any]] = {}
@@ -111,10 +120,7 @@ async def test_deleting_a_busy_pod_drains_and_loses_nothing(
     """`kubectl delete pod` → SIGTERM: short runs finish within the drain, a run longer
     than the grace period is released and finishes on the other pod."""
     log = RunLog.create(kube)
-    create_secret(kube, namespace, pod_dsn)
-    apply(kube, recorder_pool("drain", namespace, replicas=2))
-    await asyncio.to_thread(wait_for, lambda: sum(map(pod_ready, pool_pods(
-        kube, namespace, "drain"))) == 2, 90, "two Ready worker pods")
+    await ready_pool(kube, namespace, pod_dsn, "drain", 2)
     long_ids = await backend.enqueue(log.tasks("record", 2, namespace, sleep=20))
     pod = await eventually(lambda: next((p["metadata"]["name"] for p in pool_pods(
         kube, namespace, "drain") if running_on(log, p["metadata"]["name"])), None),
@@ -142,10 +148,7 @@ async def test_hard_killed_worker_loses_its_leases_to_another_pod(
     """`kill -9` of a worker's process on its node: its leases expire and the tasks
     finish elsewhere (or in the restarted container); none completes twice."""
     log = RunLog.create(kube)
-    create_secret(kube, namespace, pod_dsn)
-    apply(kube, recorder_pool("kill", namespace, replicas=2))
-    await asyncio.to_thread(wait_for, lambda: sum(map(pod_ready, pool_pods(
-        kube, namespace, "kill"))) == 2, 90, "two Ready worker pods")
+    await ready_pool(kube, namespace, pod_dsn, "kill", 2)
     ids = await backend.enqueue(log.tasks("record", 8, namespace, sleep=6))
     victim = await eventually(lambda: next((p for p in pool_pods(kube, namespace, "kill")
                                             if running_on(log, p["metadata"]["name"])), None),
@@ -177,10 +180,7 @@ async def test_oom_killed_worker_is_reclaimed_and_the_task_ends_dead(
     (OOMKilled), the lease expires, the task runs again (its budget: one lease expiry)
     and ends a dead letter; the other pod's work is unharmed."""
     log = RunLog.create(kube)
-    create_secret(kube, namespace, pod_dsn)
-    apply(kube, recorder_pool("oom", namespace, replicas=2, memory="160Mi"))
-    await asyncio.to_thread(wait_for, lambda: sum(map(pod_ready, pool_pods(
-        kube, namespace, "oom"))) == 2, 90, "two Ready worker pods")
+    await ready_pool(kube, namespace, pod_dsn, "oom", 2, memory="160Mi")
     # Through the app, as users enqueue: the task takes its definition's budget.
     hog = await Client(backend, recorder.app, namespace).enqueue("hog", {"log": log.pod_path})
     others = await backend.enqueue(log.tasks("record", 20, namespace, sleep=0.5))
