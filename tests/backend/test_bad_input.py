@@ -287,7 +287,8 @@ async def test_names_that_do_not_fit_are_refused(backend: Backend) -> None:
     with pytest.raises(InvalidInput, match="workflow name contains a NUL character"):
         await Client(backend).submit_workflow({"steps": [{"name": "a", "task": "echo"}]},
                                               name="w\x00")
-    with pytest.raises(InvalidInput, match="invalid workflow spec: priority: Input should be less than or equal to 2147483647"):
+    with pytest.raises(InvalidInput, match="invalid workflow spec: priority: Input should be "
+                       "less than or equal to 2147483647"):
         await Client(backend).submit_workflow(
             {"priority": 2**40, "steps": [{"name": "a", "task": "echo"}]}, name="w")
     with pytest.raises(InvalidInput, match="reason contains a NUL character"):

@@ -166,6 +166,18 @@ async def test_lease_expiries_have_their_own_budget(backend: Backend) -> None:
     assert task.finished_at is not None
 
 
+async def test_the_claiming_workers_definition_sets_a_budget_the_producer_left_open(
+        backend: Backend) -> None:
+    """As with retries: a task enqueued without a lease-expiry budget takes the one its
+    worker defines for the name when claimed; one the producer set stays."""
+    open_id, set_id = await backend.enqueue([NewTask("t"), NewTask("t", lease_expiries=5)])
+    assert (await backend.get_task(open_id)).max_expiries is None
+    me = WorkerIdentity(id="w", namespace="default", tags=(), task_names=("t",),
+                        concurrency=10, max_attempts=(1,), max_expiries=(1,))
+    await backend.claim(me, 2, lease_seconds=30)
+    assert [(await backend.get_task(i)).max_expiries for i in (open_id, set_id)] == [1, 5]
+
+
 async def test_the_default_budget_is_three_expiries(backend: Backend) -> None:
     (task_id,) = await backend.enqueue([NewTask("t", max_attempts=1)])
     for expiry in range(1, 5):

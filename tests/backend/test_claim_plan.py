@@ -23,7 +23,7 @@ async def explain_claim(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, An
     raw = await conn.fetchval(
         "EXPLAIN (FORMAT JSON) " + Queries("shoal").claim,
         ME.namespace, list(ME.task_names), list(ME.tags), 100, 30.0, ME.id,
-        list(ME.max_attempts), None, [], [], [], [1, 2, 3])
+        list(ME.max_attempts), None, [], [], [], [1, 2, 3], [3] * len(ME.task_names))
     return dict(json.loads(raw)[0])
 
 

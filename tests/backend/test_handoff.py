@@ -16,7 +16,7 @@ from tests.support import eventually
 
 CHANNEL = "shoal_handoff_test"
 ME = WorkerIdentity(id="w1", namespace="default", tags=("gpu",), task_names=("t", "u"),
-                    concurrency=4, max_attempts=(3, 1), channel=CHANNEL)
+                    concurrency=4, max_attempts=(3, 1), max_expiries=(2, 0), channel=CHANNEL)
 
 
 @pytest.fixture
@@ -55,7 +55,8 @@ async def test_one_due_task_is_leased_to_the_parked_worker(backend: Backend,
         (task_id, "t", {"x": 2**70 + 1}, 1, 1)
     assert (task.max_attempts, task.timeout_seconds) == (3, 2.5)  # the worker's default
     row = await backend.get_task(task_id)
-    assert (row.state, row.worker_id, row.lease_token) == ("running", "w1", 1)
+    assert (row.state, row.worker_id, row.lease_token, row.max_expiries) == (
+        "running", "w1", 1, 2)
     assert await parked(backend) is None  # one handoff per park
     (second,) = await backend.enqueue([NewTask("t")])
     assert (await backend.get_task(second)).state == "ready"

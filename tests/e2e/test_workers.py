@@ -12,8 +12,6 @@ from typing import Any
 import pytest
 
 from shoal.backend import Backend, NewTask
-from shoal.client import Client
-from tests.apps import recorder
 from tests.cluster.access import KubeAccess
 from tests.cluster.engine import docker
 from tests.cluster.kind import network_gateway
@@ -181,8 +179,7 @@ async def test_oom_killed_worker_is_reclaimed_and_the_task_ends_dead(
     and ends a dead letter; the other pod's work is unharmed."""
     log = RunLog.create(kube)
     await ready_pool(kube, namespace, pod_dsn, "oom", 2, memory="160Mi")
-    # Through the app, as users enqueue: the task takes its definition's budget.
-    hog = await Client(backend, recorder.app, namespace).enqueue("hog", {"log": log.pod_path})
+    [hog] = await backend.enqueue(log.tasks("hog", 1, namespace))  # budget: the worker's
     others = await backend.enqueue(log.tasks("record", 20, namespace, sleep=0.5))
     [dead] = await settled(backend, [hog], 180)
     assert dead.state == "dead", dead

@@ -31,7 +31,6 @@ from pydantic import BaseModel, ValidationError
 from shoal import dag
 from shoal.aio import wait_event
 from shoal.backend import (
-    DEFAULT_LEASE_EXPIRIES,
     FINAL_WORKFLOW_STATES,
     Backend,
     CancelResult,
@@ -145,7 +144,7 @@ class Client:
         retries = job.retries if job.retries is not None else (
             definition.retries if definition else None)
         lease_expiries = job.lease_expiries if job.lease_expiries is not None else (
-            definition.lease_expiries if definition else DEFAULT_LEASE_EXPIRIES)
+            definition.lease_expiries if definition else None)
         timeout = job.timeout if job.timeout is not None else (
             definition.timeout if definition else None)
         tags = job.tags if job.tags is not None else (definition.tags if definition else ())

@@ -23,6 +23,7 @@ from shoal.backend import migrate as migrations
 from shoal.backend.codec import check_text, from_json, init_connection, json_text
 from shoal.backend.connections import TRANSIENT_ERRORS, Connections, OnNotify, Pool, Session
 from shoal.backend.models import (
+    DEFAULT_LEASE_EXPIRIES,
     Backlog,
     CancelResult,
     ClaimedTask,
@@ -249,7 +250,7 @@ class Backend:
             self.queries.claim, worker.namespace, list(worker.task_names), list(worker.tags),
             limit, lease_seconds, worker.id, _max_attempts(worker), worker.channel,
             [o.task_id for o in succeeded], [o.lease_token for o in succeeded],
-            [o.result_json for o in succeeded], list(holding))
+            [o.result_json for o in succeeded], list(holding), _max_expiries(worker))
         completed = set(rows[-1]["completed"])
         return ([_claimed(r) for r in rows[:-1]],
                 completed | await self._acknowledged(succeeded, completed))
@@ -352,7 +353,7 @@ class Backend:
                 self.queries.heartbeat, [i for i, _ in chunk], [t for _, t in chunk],
                 lease_seconds, worker.id, worker.pool, worker.pod_name, worker.namespace,
                 list(worker.tags), list(worker.task_names), worker.concurrency, in_flight,
-                draining, _max_attempts(worker), worker.channel)
+                draining, _max_attempts(worker), worker.channel, _max_expiries(worker))
         return HeartbeatReply(held=frozenset(r["id"] for r in rows),
                               cancel=frozenset(r["id"] for r in rows if r["cancel"]),
                               withdrawn=frozenset(r["id"] for r in rows if r["withdrawn"]))
@@ -700,6 +701,10 @@ def _max_attempts(worker: WorkerIdentity) -> list[int]:
     return list(worker.max_attempts) or [1] * len(worker.task_names)
 
 
+def _max_expiries(worker: WorkerIdentity) -> list[int]:
+    return list(worker.max_expiries) or [DEFAULT_LEASE_EXPIRIES] * len(worker.task_names)
+
+
 def _millis(seconds: float | None) -> int | None:
     return None if seconds is None else max(1, round(seconds * 1000))
 
@@ -760,7 +765,8 @@ def _check_task(t: NewTask) -> None:
         if t.max_attempts < 1:
             raise InvalidInput(f"{what}: max_attempts must be at least 1")
         _check_int(t.max_attempts - 1, f"{what}: retries", 0, MAX_ATTEMPTS - 1)
-    _check_int(t.lease_expiries, f"{what}: lease expiries", 0, MAX_LEASE_EXPIRIES)
+    if t.lease_expiries is not None:
+        _check_int(t.lease_expiries, f"{what}: lease expiries", 0, MAX_LEASE_EXPIRIES)
     if t.timeout_seconds is not None:
         _check_seconds(t.timeout_seconds, f"{what}: timeout", MAX_TIMEOUT_SECONDS, "24 days")
     if t.idempotency_key is not None:

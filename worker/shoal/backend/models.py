@@ -23,7 +23,8 @@ class NewTask:
     max_attempts: int | None = None  # None: the handler's retries decide at claim time
     # Leases that may expire (worker killed, frozen, cut off) without the task
     # becoming a dead letter; such a run does not use up an attempt.
-    lease_expiries: int = DEFAULT_LEASE_EXPIRIES
+    # None: the handler's definition decides at claim time.
+    lease_expiries: int | None = None
     timeout_seconds: float | None = None
     idempotency_key: str | None = None
 
@@ -75,6 +76,7 @@ class WorkerIdentity:
     task_names: tuple[str, ...]
     concurrency: int
     max_attempts: tuple[int, ...] = ()  # per task name: used when the producer set none
+    max_expiries: tuple[int, ...] = ()  # the same for lease expiries
     pool: str | None = None
     pod_name: str | None = None
     # The channel this worker listens on for handoffs; None: it takes none.
@@ -132,7 +134,7 @@ class TaskRow:
     attempts: int
     max_attempts: int
     expiries: int
-    max_expiries: int
+    max_expiries: int | None
     lease_token: int
     worker_id: str | None
     workflow_id: UUID | None

@@ -83,7 +83,9 @@ class Queries:
         FROM (
             SELECT p.id, p.parked_channel, p.claim_ttl,
                    coalesce(r.max_attempts,
-                            p.max_attempts[array_position(p.task_names, r.name)]) AS max_attempts
+                            p.max_attempts[array_position(p.task_names, r.name)]) AS max_attempts,
+                   coalesce(r.max_expiries,
+                            p.max_expiries[array_position(p.task_names, r.name)]) AS max_expiries
             FROM rows r, {schema}.workers p
             WHERE $11::boolean AND (SELECT count(*) FROM rows) = 1
               AND r.delay_s <= 0 AND r.key IS NULL AND octet_length(r.payload::text) <= 7000
@@ -96,6 +98,8 @@ class Queries:
               AND r.tag_array <@ p.tags
               AND coalesce(r.max_attempts,
                            p.max_attempts[array_position(p.task_names, r.name)]) IS NOT NULL
+              AND coalesce(r.max_expiries,
+                           p.max_expiries[array_position(p.task_names, r.name)]) IS NOT NULL
               AND NOT EXISTS (
                     SELECT 1 FROM {schema}.tasks t
                     WHERE t.state = 'ready' AND t.namespace = r.namespace
@@ -106,7 +110,7 @@ class Queries:
             FOR UPDATE OF p SKIP LOCKED
         ) p
         WHERE w.id = p.id
-        RETURNING p.id, p.parked_channel, p.claim_ttl, p.max_attempts
+        RETURNING p.id, p.parked_channel, p.claim_ttl, p.max_attempts, p.max_expiries
     ), inserted AS (
         INSERT INTO {schema}.tasks
             (namespace, name, payload, priority, tags, run_at, sort_key,
@@ -115,7 +119,8 @@ class Queries:
         SELECT r.namespace, r.name, r.payload, r.priority, r.tag_array,
                now() + r.delay_s * interval '1 second',
                {schema}.sort_key(now() + r.delay_s * interval '1 second', r.priority),
-               coalesce(h.max_attempts, r.max_attempts), r.max_expiries, r.timeout_ms, r.key,
+               coalesce(h.max_attempts, r.max_attempts), coalesce(h.max_expiries, r.max_expiries),
+               r.timeout_ms, r.key,
                CASE WHEN h.id IS NULL THEN 'ready' ELSE 'running' END::{schema}.task_state,
                (h.id IS NOT NULL)::int, (h.id IS NOT NULL)::int,
                now() + h.claim_ttl * interval '1 second', h.id,
@@ -158,6 +163,8 @@ class Queries:
     # The candidates are found by their tuple address (ctid): this statement
     # holds their row locks, so the versions it found are the ones it updates,
     # and the update needs no second index lookup per row.
+    # The task names' retries ($7) and lease-expiry budgets ($13) apply to tasks
+    # whose producer set none.
     # Tasks $12 are the claimer's own (still running, or awaiting their report):
     # never claimed by it again, even when their lease expired meanwhile.
     # A suspect — a task whose lease expired twice, which may be what kills its
@@ -203,11 +210,13 @@ class Queries:
         SET state = 'running',
             attempts = t.attempts + 1,
             max_attempts = coalesce(t.max_attempts, d.max_attempts),
+            max_expiries = coalesce(t.max_expiries, d.max_expiries),
             lease_token = t.lease_token + 1,
             lease_expires_at = now() + $5::float8 * interval '1 second',
             worker_id = $6,
             started_at = now()
-        FROM chosen c, unnest($2::text[], $7::int[]) AS d(name, max_attempts)
+        FROM chosen c, unnest($2::text[], $7::int[], $13::int[])
+                       AS d(name, max_attempts, max_expiries)
         WHERE t.ctid = c.tid AND d.name = t.name
         RETURNING t.id, t.name, t.payload, t.attempts, t.max_attempts, t.lease_token,
                   t.timeout_ms, t.workflow_id, t.step,
@@ -293,13 +302,14 @@ class Queries:
     ), alive AS (
         INSERT INTO {schema}.workers
             (id, pool, pod_name, namespace, tags, task_names, concurrency, in_flight, draining,
-             max_attempts, claim_ttl)
-        VALUES ($4, $5, $6, $7, $8::text[], $9::text[], $10, $11, $12, $13::int[], $3)
+             max_attempts, max_expiries, claim_ttl)
+        VALUES ($4, $5, $6, $7, $8::text[], $9::text[], $10, $11, $12, $13::int[], $15::int[],
+                $3)
         ON CONFLICT (id) DO UPDATE
         SET last_seen = now(), in_flight = EXCLUDED.in_flight, draining = EXCLUDED.draining,
             namespace = EXCLUDED.namespace, tags = EXCLUDED.tags,
             task_names = EXCLUDED.task_names, max_attempts = EXCLUDED.max_attempts,
-            claim_ttl = EXCLUDED.claim_ttl,
+            max_expiries = EXCLUDED.max_expiries, claim_ttl = EXCLUDED.claim_ttl,
             -- a draining worker takes no handoff; nor does another process's channel
             parked_channel = CASE WHEN NOT EXCLUDED.draining
                                    AND {schema}.workers.parked_channel = $14

@@ -22,7 +22,7 @@ def register(commands: Commands) -> None:
     p.add_argument("--retries", type=int, default=None)
     p.add_argument("--lease-expiries", type=int, default=None,
                    help="lease expiries (worker killed or cut off) before the task is a dead "
-                        "letter (default 3)")
+                        "letter (default: the task's definition, else 3)")
     p.add_argument("--timeout", default=None)
     p.add_argument("--key", default=None, help="idempotency key")
     p.add_argument("--app", default=None, help="validate the name and payload against this app")

@@ -99,6 +99,7 @@ class Worker:
             id=config.worker_id, namespace=config.namespace, tags=config.tags,
             task_names=names, concurrency=config.concurrency, pool=config.pool,
             max_attempts=tuple(app.get(name).max_attempts for name in names),
+            max_expiries=tuple(app.get(name).lease_expiries for name in names),
             pod_name=config.pod_name, channel=channel)
         self.backend = Backend.for_worker(config.dsn, schema=config.db_schema,
                                           worker_id=config.worker_id, handoff_channel=channel,
