@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.cluster import rootfs
 from tests.cluster.engine import docker
@@ -26,6 +27,7 @@ from tests.cluster.shell import REPO, building, cache_root, run, say, step
 
 SHOAL_IMAGE = "shoal:dev"
 APP_IMAGE = "shoal-test-app:dev"
+BUILT_BY = "dev.shoal.harness=images"  # the label of the images the harness builds
 LOCAL_PYTHON = "shoal-local/python:3.11-bookworm"
 PULL_TIMEOUT = 300
 
@@ -107,7 +109,7 @@ def _build_local_python() -> None:
 def build_shoal(base: str) -> str:
     """`docker build` of the repository's Dockerfile on `base`; returns the image tag."""
     with step(f"docker build {SHOAL_IMAGE} (FROM {base})"):
-        docker("build", "--network", "host", "--build-arg", f"PYTHON_IMAGE={base}",
+        _build("--network", "host", "--build-arg", f"PYTHON_IMAGE={base}",
                "-t", SHOAL_IMAGE, REPO, timeout=1800)
     return SHOAL_IMAGE
 
@@ -115,9 +117,16 @@ def build_shoal(base: str) -> str:
 def build_app(shoal: str = SHOAL_IMAGE) -> str:
     """The test app image: Shoal's image plus tests/apps; returns its tag."""
     with step(f"docker build {APP_IMAGE} (FROM {shoal})"):
-        docker("build", "--build-arg", f"SHOAL_IMAGE={shoal}", "-t", APP_IMAGE,
+        _build("--build-arg", f"SHOAL_IMAGE={shoal}", "-t", APP_IMAGE,
                "-f", REPO / "tests/apps/Dockerfile", REPO / "tests/apps", timeout=600)
     return APP_IMAGE
+
+
+def _build(*args: str | Path, timeout: float) -> None:
+    """`docker build` under the harness's label; then the builds it replaced, untagged
+    now, are removed (only those under this label: no image of anyone else's)."""
+    docker("build", "--label", BUILT_BY, *args, timeout=timeout)
+    docker("image", "prune", "--force", "--filter", f"label={BUILT_BY}")
 
 
 def image_size(tag: str) -> int:

@@ -208,8 +208,9 @@ def test_deleted_deployment_is_repaired(kube: KubeAccess, shoal_operator: Operat
                  '"value":"evil:1"}]')
     wait_for(lambda: deployment(kube, namespace, "fixme")["spec"]["template"]["spec"][
         "containers"][0]["image"] == IMAGE, 30, "the image edit reverted")
-    reasons = [e["reason"] for e in events_for(kube, namespace, "fixme")]
-    assert reasons.count("DeploymentRepaired") >= 2, reasons
+    # Events are posted in the background, after the repair they report.
+    wait_for(lambda: [e["reason"] for e in events_for(kube, namespace, "fixme")].count(
+        "DeploymentRepaired") >= 2, 10, "two DeploymentRepaired Events")
     wait_for(lambda: len(ready_pods(kube, namespace, "fixme")) == 1, 60, "a Ready pod again")
 
 
@@ -230,8 +231,10 @@ def test_bad_secret_gives_condition_and_event(kube: KubeAccess,
     create_secret(kube, namespace, "postgresql://app:hunter2@127.0.0.1:1/nowhere")
     c = wait_for(lambda: backend_condition("Unreachable"), 30, "Unreachable")
     assert "cannot reach" in c["message"] and "hunter2" not in c["message"]
-    warnings = [e for e in events_for(kube, namespace, "nosecret") if e["type"] == "Warning"]
-    assert {"SecretInvalid", "Unreachable"} <= {e["reason"] for e in warnings}
+    warnings = wait_for(lambda: (w := [e for e in events_for(kube, namespace, "nosecret")
+                                       if e["type"] == "Warning"])
+                        and {"SecretInvalid", "Unreachable"} <= {e["reason"] for e in w} and w,
+                        10, "the SecretInvalid and Unreachable Events")
     assert not any("hunter2" in e["message"] for e in warnings)
     # No scaling from garbage: the Deployment keeps minReplicas, the operator keeps running.
     assert deployment(kube, namespace, "nosecret")["spec"]["replicas"] == 1
@@ -249,7 +252,8 @@ def test_spec_the_api_server_rejects_gets_a_condition(
     c = wait_for(lambda: (c := condition(wp(kube, namespace, "quota"), "Ready"))
                  and c["reason"] == "DeploymentRejected" and c, 30, "DeploymentRejected")
     assert c["status"] == "False" and "Sometimes" in c["message"]
-    assert "DeploymentRejected" in [e["reason"] for e in events_for(kube, namespace, "quota")]
+    wait_for(lambda: "DeploymentRejected" in [e["reason"] for e in events_for(
+        kube, namespace, "quota")], 10, "the DeploymentRejected Event")
     assert deployment(kube, namespace, "quota") is None
     # Stalled: it cannot be served until the spec changes (kstatus: Failed, not InProgress).
     waited = kube.kubectl("wait", "--for=condition=Stalled", "--timeout=30s",
@@ -364,10 +368,14 @@ def test_fallback_replicas_after_failed_reads(kube: KubeAccess,
     apply(kube, pool("fb", namespace, fallback={"replicas": 3, "afterFailures": 2}))
     wait_for(lambda: (d := deployment(kube, namespace, "fb")) and d["spec"]["replicas"] == 3,
              30, "the fallback of 3 replicas")
-    fallback = [e for e in events_for(kube, namespace, "fb") if e["reason"] == "Fallback"]
-    assert fallback and fallback[0]["type"] == "Warning"
+    # The Deployment is scaled first; the Event (posted in the background) and the
+    # status write follow it.
+    fallback = wait_for(lambda: [e for e in events_for(kube, namespace, "fb")
+                                 if e["reason"] == "Fallback"], 10, "the Fallback Event")
+    assert fallback[0]["type"] == "Warning"
     assert "running the fallback of 3 replicas" in fallback[0]["message"]
-    assert wp(kube, namespace, "fb")["status"]["desiredReplicas"] == 3
+    wait_for(lambda: (wp(kube, namespace, "fb").get("status") or {}).get("desiredReplicas") == 3,
+             10, "the status to record the fallback")
 
 
 def test_operator_restart_resumes_and_repairs(kube: KubeAccess, shoal_operator: OperatorProcess,

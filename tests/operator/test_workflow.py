@@ -321,8 +321,8 @@ async def test_cycle_is_refused_with_a_clear_condition(kube: KubeAccess, pool: s
     assert accepted["status"] == "False" and accepted["reason"] == "InvalidSpec"
     assert accepted["message"] == "dependency cycle: a -> c -> b -> a"
     assert obj["status"]["message"] == accepted["message"]
-    events = events_for(kube, NS, "loop")
-    assert [e["message"] for e in events if e["reason"] == "InvalidSpec"]
+    wait_for(lambda: [e for e in events_for(kube, NS, "loop") if e["reason"] == "InvalidSpec"],
+             15, "the InvalidSpec Event")  # posted in the background
     assert await backend.workflow_id_by_key(obj["metadata"]["uid"]) is None
 
 
