@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shoal.backend import NewTask
+from shoal.backend import Backend, NewTask
 from tests.apps.recorder import runs
 from tests.cluster.access import KubeAccess
 from tests.cluster.images import APP_IMAGE
 from tests.cluster.kind import SHARED_PATH
+from tests.support import eventually
 
 RECORDER = "tests/apps/recorder.py:app"
 
@@ -74,3 +75,20 @@ def recorder_pool(name: str, namespace: str, *, secret: str = "pg", replicas: in
     body.update(spec)
     return {"apiVersion": "shoal.dev/v1alpha1", "kind": "WorkerPool",
             "metadata": {"name": name, "namespace": namespace}, "spec": body}
+
+
+async def settled(backend: Backend, ids: list[int], within: float) -> list[Any]:
+    """The tasks once every one is finished (succeeded, dead or cancelled)."""
+    async def check() -> list[Any] | None:
+        tasks = [await backend.get_task(i) for i in ids]
+        return tasks if all(t.state in ("succeeded", "dead", "cancelled") for t in tasks) \
+            else None
+    return await eventually(check, within=within, interval=0.5, what="every task to finish")
+
+
+def assert_each_done_once(log: RunLog, ids: list[int]) -> None:
+    """Nothing lost (every task ran to completion) and nothing completed twice."""
+    done = log.count("done")
+    assert sorted(done) == sorted(ids), f"lost: {sorted(set(ids) - set(done))}"
+    twice = {task: n for task, n in done.items() if n > 1}
+    assert not twice, f"run to completion more than once: {twice}"

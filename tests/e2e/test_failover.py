@@ -16,8 +16,7 @@ from shoal.backend import TRANSIENT_ERRORS, Backend
 from tests.cluster.access import KubeAccess
 from tests.cluster.kind import network_gateway
 from tests.cluster.postgres import PostgresServer
-from tests.e2e.support import RunLog, recorder_pool
-from tests.e2e.test_workers import assert_each_done_once, settled
+from tests.e2e.support import RunLog, assert_each_done_once, recorder_pool, settled
 from tests.operator.harness import OperatorProcess, apply, condition, create_secret
 from tests.support import eventually, wait_for
 

@@ -16,7 +16,7 @@ from tests.cluster.access import KubeAccess
 from tests.cluster.engine import docker
 from tests.cluster.kind import network_gateway
 from tests.cluster.postgres import PostgresServer
-from tests.e2e.support import RunLog, recorder_pool
+from tests.e2e.support import RunLog, assert_each_done_once, recorder_pool, settled
 from tests.operator.harness import (
     OperatorProcess,
     apply,
@@ -27,23 +27,6 @@ from tests.operator.harness import (
 from tests.support import eventually, wait_for
 
 pytestmark = pytest.mark.kube
-
-
-async def settled(backend: Backend, ids: list[int], within: float) -> list[Any]:
-    """The tasks once every one is finished (succeeded, dead or cancelled)."""
-    async def check() -> list[Any] | None:
-        tasks = [await backend.get_task(i) for i in ids]
-        return tasks if all(t.state in ("succeeded", "dead", "cancelled") for t in tasks) \
-            else None
-    return await eventually(check, within=within, interval=0.5, what="every task to finish")
-
-
-def assert_each_done_once(log: RunLog, ids: list[int]) -> None:
-    """Nothing lost (every task ran to completion) and nothing completed twice."""
-    done = log.count("done")
-    assert sorted(done) == sorted(ids), f"lost: {sorted(set(ids) - set(done))}"
-    twice = {task: n for task, n in done.items() if n > 1}
-    assert not twice, f"run to completion more than once: {twice}"
 
 
 async def ready_pool(kube: KubeAccess, namespace: str, pod_dsn: str, name: str, replicas: int,

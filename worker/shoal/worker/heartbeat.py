@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from shoal.aio import wait_event
+from shoal.aio import Backoff, wait_event
 from shoal.backend import TRANSIENT_ERRORS
-from shoal.worker import metrics
+from shoal.worker.supervisor import retry_later
 
 if TYPE_CHECKING:
     from shoal.worker.runtime import Worker
@@ -25,7 +24,7 @@ class Heartbeat:
     changes (a claim never returns a task its worker still holds), so a run
     under a newer lease is never cancelled for an older one. A handler whose
     task or workflow was cancelled is told to stop. Transient database errors are
-    retried every `claim_ttl / 10` (at most every second).
+    retried after at most `claim_ttl / 10` (at most a second), never longer.
     """
 
     name = "heartbeat"
@@ -36,15 +35,15 @@ class Heartbeat:
     async def run(self) -> None:
         w = self.worker
         await w.registered.wait()
+        pause = min(1.0, w.config.claim_ttl / 10)
+        retry = Backoff(first=pause, cap=pause)  # no growth: a lease must not lapse meanwhile
         while True:
             await wait_event(w.beat_due, w.config.claim_ttl / 2)
             w.beat_due.clear()
             try:
                 await self.beat()
             except TRANSIENT_ERRORS as exc:
-                metrics.DB_ERRORS.labels("heartbeat").inc()
-                log.warning("heartbeat failed: %s", exc)
-                await asyncio.sleep(min(1.0, w.config.claim_ttl / 10))
+                await retry_later("heartbeat", exc, retry)
                 w.beat_due.set()
 
     async def beat(self) -> None:
