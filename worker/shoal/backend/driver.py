@@ -623,6 +623,12 @@ class Backend:
         """Remove the registration `watch_task` made."""
         await self.pool.execute(self.queries.unwatch_task, task_id, waiter)
 
+    async def prune_waits(self, limit: int = 10_000) -> int:
+        """Delete up to `limit` registrations that crashed clients left behind (their
+        task ended, or is gone, and they began over a minute ago); return how many."""
+        deleted = await self.pool.execute(self.queries.prune_waits, limit)
+        return int(deleted.split()[-1])
+
     async def list_tasks(self, where: TaskFilter, limit: int = 100) -> list[TaskSummary]:
         """Tasks matching `where`, newest first."""
         states = list(where.states) if where.states is not None else None

@@ -657,6 +657,21 @@ class Queries:
 
     unwatch_task = "DELETE FROM {schema}.waits WHERE task_id = $1 AND waiter = $2"
 
+    # What crashed clients left behind: registrations of tasks that ended (or are
+    # gone) that began over a minute ago. A live wait deletes its own as it ends;
+    # the minute covers a live one between its registration and its read.
+    prune_waits = """
+    WITH doomed AS (
+        SELECT w.ctid AS tid FROM {schema}.waits w
+        WHERE w.since < now() - interval '1 minute'
+          AND NOT EXISTS (SELECT FROM {schema}.tasks t WHERE t.id = w.task_id
+                          AND t.state IN ('ready', 'running', 'blocked'))
+        LIMIT $1
+        FOR UPDATE OF w SKIP LOCKED
+    )
+    DELETE FROM {schema}.waits w USING doomed d WHERE w.ctid = d.tid
+    """
+
     # -- inspect -----------------------------------------------------------------------
 
     # `delayed`: ready, but not due yet. Newest first; $8 pages (ids below it).

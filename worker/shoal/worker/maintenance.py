@@ -36,7 +36,8 @@ class Maintenance:
     an expired lease is reclaimed (or dead-lettered) within one interval of
     expiring, a worker unseen for three of its claim TTLs is forgotten, and
     finished plain tasks and finished workflows older than `retention` are
-    deleted, however fast they come. A leader's term begins with one claim
+    deleted, however fast they come, and so are the waits crashed clients left
+    (`Backend.prune_waits`). A leader's term begins with one claim
     TTL in which it reaps no lease: a new connection usually follows an
     outage (a restart, a failover) that cut the other workers off too, and
     they renew their leases in that time instead of having their running
@@ -80,7 +81,8 @@ class Maintenance:
         await backend.reap_workers()
         while True:
             tasks, workflows = await backend.prune(self.worker.config.retention, PRUNE_BATCH)
-            if tasks < PRUNE_BATCH and workflows < PRUNE_BATCH:
+            waits = await backend.prune_waits(PRUNE_BATCH)
+            if tasks < PRUNE_BATCH and workflows < PRUNE_BATCH and waits < PRUNE_BATCH:
                 break
 
     async def _reap(self) -> None:
