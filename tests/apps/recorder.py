@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from shoal import App, PermanentError, TaskContext
 
@@ -160,6 +160,17 @@ class AddOutput(BaseModel):
 
 @app.task("add")
 async def add(payload: AddInput) -> AddOutput:
+    return AddOutput(sum=payload.a + payload.b)
+
+
+class StrictAddInput(AddInput):
+    """`AddInput` whose author refuses keys it does not know (the handler's choice)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@app.task("add-strict")
+async def add_strict(payload: StrictAddInput) -> AddOutput:
     return AddOutput(sum=payload.a + payload.b)
 
 

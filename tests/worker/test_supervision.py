@@ -3,8 +3,7 @@ logged with its traceback, the worker stops being ready, hands back what it hold
 (running handlers cancelled and their tasks released, results waiting for their report
 reported, or released when the database will not take them) and exits non-zero, so
 Kubernetes restarts it. The cases: a service that raises, the metrics port already
-taken, and a stored workflow spec this version cannot read (one unknown key, as a
-rolling upgrade may produce)."""
+taken, and a step report the database refuses (a trigger raises)."""
 
 from __future__ import annotations
 
@@ -95,7 +94,18 @@ async def test_a_taken_metrics_port_ends_the_worker_with_a_traceback(
         assert task.state == ("succeeded" if task_id in done else "ready")
 
 
-async def test_an_unreadable_stored_workflow_spec_ends_the_worker_and_releases_the_step(
+# Refuses every step's success (a stored workflow spec this version cannot read no
+# longer does: it fails its workflow, see tests/worker/test_skew.py).
+REFUSE_STEP_RESULTS = """
+CREATE FUNCTION shoal.test_refuse() RETURNS trigger LANGUAGE plpgsql AS
+$$ BEGIN RAISE EXCEPTION 'step results refused by test_refuse'; END $$;
+CREATE TRIGGER test_refuse BEFORE UPDATE ON shoal.tasks FOR EACH ROW
+WHEN (OLD.workflow_id IS NOT NULL AND NEW.state = 'succeeded')
+EXECUTE FUNCTION shoal.test_refuse();
+"""
+
+
+async def test_a_refused_step_report_ends_the_worker_and_releases_the_step(
         dsn: str, backend: Backend, spawn: Spawner, log: str, tmp_path: Path) -> None:
     finish = tmp_path / "finish"
     client = Client(backend, app)
@@ -108,15 +118,12 @@ async def test_an_unreadable_stored_workflow_spec_ends_the_worker_and_releases_t
     worker = await spawn.worker(dsn, "--metrics-port", str(port), "--metrics-host",
                                 "127.0.0.1")
     await eventually(lambda: runs(log), what="step a to start")
-    # a newer version wrote a key this one does not know
-    await backend.pool.execute(
-        "UPDATE shoal.workflows SET spec = spec || '{\"retryPolicy\": {}}' WHERE id = $1",
-        workflow_id)
+    await backend.pool.execute(REFUSE_STEP_RESULTS)
     finish.touch()
     assert await worker.wait(within=60) == 1
     output = worker.output()
     assert "service report failed" in output and "Traceback" in output
-    assert "retryPolicy" in output and "Extra inputs are not permitted" in output
+    assert "step results refused by test_refuse" in output
     assert "releasing their tasks to run again" in output
     status = await client.status(workflow_id)
     assert [(s.name, s.state, s.attempts) for s in status.steps] == [

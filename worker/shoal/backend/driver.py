@@ -467,13 +467,15 @@ class Backend:
     async def _advance(self, conn: asyncpg.Connection, workflow_id: UUID) -> None:
         """Carry out `dag.advance` for a workflow one of whose steps changed.
 
-        Runs inside the caller's transaction, under the workflow row's lock.
+        Runs inside the caller's transaction, under the workflow row's lock. A
+        stored spec this version cannot read fails that workflow (reason
+        UnreadableStoredSpec) and raises nothing, so the caller's report commits.
         """
         wf = await conn.fetchrow(self.queries.lock_workflow, workflow_id)
         if wf is None:
             return
         steps = await self._steps(conn, workflow_id)
-        spec = dag.WorkflowSpec.model_validate(wf["spec"])
+        spec = dag.read_stored(wf["spec"])
         plan = dag.advance(wf["state"], wf["message"], spec, wf["input"], steps, json_text)
         await self._carry_out(conn, wf, plan)
 
