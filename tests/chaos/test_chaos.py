@@ -92,10 +92,10 @@ async def test_an_outage_longer_than_the_claim_ttl(server: PostgresServer, chaos
 
 
 async def leader(backend: Backend) -> str:
+    """The worker leading maintenance now ('' when the role is free)."""
     name = await backend.pool.fetchval(
-        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-        " WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()")
-    return str(name or "").removeprefix("shoal worker ")
+        "SELECT holder FROM shoal.leaders WHERE role = 'maintenance' AND expires_at > now()")
+    return str(name or "")
 
 
 async def test_a_worker_frozen_past_its_claim_ttl(chaos_dsn: str, spawn: Spawner,

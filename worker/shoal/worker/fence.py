@@ -1,0 +1,55 @@
+"""The fence service: self-fencing of leases this worker could not renew."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from shoal.aio import wait_event
+from shoal.worker import metrics
+from shoal.worker.ledger import Lease, Ledger, Stop
+from shoal.worker.signals import Signals
+
+log = logging.getLogger(__name__)
+
+
+class Fence:
+    """Stops every handler whose lease this worker has not renewed in time.
+
+    Guarantees: at a lease's deadline — the send time of the claim or heartbeat
+    that last extended it, plus the claim TTL, by this worker's own clock, which
+    is never later than the database's expiry — its handler is stopped, and its
+    attempt is never reported: an async handler is cancelled (and, after a freeze,
+    is not resumed past the deadline: see `runtime.Fenced`); a sync one is told
+    through `ctx.cancelled` and abandoned to its thread, which is logged and
+    counted. So a handler and its re-run elsewhere overlap by at most the clock
+    drift between this host and the database. The lease itself is left to
+    expire (the leader reaps it, counting one expiry), as a killed worker's
+    would.
+    """
+
+    name = "fence"
+
+    def __init__(self, ledger: Ledger, signals: Signals,
+                 interrupt: Callable[[Lease, Stop], None]) -> None:
+        self.ledger = ledger
+        self.signals = signals
+        self.interrupt = interrupt
+
+    async def run(self) -> None:
+        due = self.signals.fence_due
+        while True:
+            now = time.monotonic()
+            for lease in self.ledger.lapsed(now):
+                metrics.LEASES_LAPSED.inc()
+                log.warning("lease on task %s #%d not renewed for %gs (claim TTL): stopping "
+                            "its handler, another worker will run it", lease.task.name,
+                            lease.task.id, self.ledger.claim_ttl)
+                self.interrupt(lease, Stop.LAPSED)
+            deadline = self.ledger.next_deadline()
+            due.clear()
+            if deadline is None:
+                await due.wait()
+            else:
+                await wait_event(due, deadline - time.monotonic())
