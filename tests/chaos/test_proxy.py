@@ -104,6 +104,19 @@ async def test_a_black_hole_neither_answers_nor_closes_and_a_heal_resumes(
     assert unacknowledged(conn) == 0
 
 
+async def test_a_black_hole_holds_what_reached_the_proxy_just_before(
+        proxy: Proxy, dsn: str, connect: Connect) -> None:
+    conn = await connect(proxy.dsn(dsn))
+    direct = await connect(dsn)
+    pid = conn.get_server_pid()
+    client_socket(conn).shutdown(socket.SHUT_WR)  # a FIN, in the proxy's kernel...
+    proxy.blackhole()  # ...but not yet read: the proxy runs in this loop, busy here
+    await asyncio.sleep(SILENCE)  # time to pass the end of file on, were it to
+    assert await alive(direct, pid)
+    proxy.heal()
+    await eventually(lambda: gone(direct, pid), within=10, what="the end of file to cross")
+
+
 async def test_a_black_hole_lets_no_new_connection_through(proxy: Proxy, dsn: str,
                                                            connect: Connect) -> None:
     proxy.blackhole()
