@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections import Counter
 from uuid import UUID
 
 import pytest
@@ -33,6 +34,7 @@ from tests.chaos.harness import (
 )
 from tests.cluster.postgres import PostgresServer
 from tests.support import Spawner, eventually
+from tests.worker.test_readiness import answers
 
 BUSY = ("--concurrency", "8", "--batch-size", "8")
 
@@ -291,16 +293,27 @@ PASS = 1.0
 GRAY = ("--concurrency", "4", "--batch-size", "4")
 
 
-async def busy_fleet(fleet: Fleet, backend: Backend, log: str, workers: int) -> None:
-    """Every worker running tasks, and a leader."""
+async def spread_over(fleet: Fleet, backend: Backend, log: str, workers: int,
+                      per_worker: int) -> list[int]:
+    """Start `workers` and a leader, and give each worker `per_worker` 6 s tasks (ticking)
+    and room for more: each task is enqueued alone once every worker is parked, so it
+    is handed to the worker parked longest, which parks again behind the others."""
     await fleet.start(workers)
     await eventually(lambda: leader(backend), within=30, what="a leader")
 
-    async def all_busy() -> bool:
-        hosts = {e["pid"] for e in runs(log) if e["event"] == "start"}
-        return {s.process.pid for s in fleet.slots} <= hosts
+    async def all_parked() -> bool:
+        return bool(await backend.pool.fetchval(
+            "SELECT count(*) FROM shoal.workers WHERE parked_channel IS NOT NULL") == workers)
 
-    await eventually(all_busy, within=30, what="every worker running tasks")
+    ids: list[int] = []
+    for _ in range(workers * per_worker):
+        await eventually(all_parked, within=30, what="every worker parked")
+        ids += await enqueue(backend, log, 1, sleep=6.0, tick=0.1)
+    await eventually(all_parked, within=30, what="every worker parked")
+    held = Counter(await backend.pool.fetchval(
+        "SELECT array_agg(worker_id) FROM shoal.tasks WHERE state = 'running'"))
+    assert sorted(held.values()) == [per_worker] * workers, held
+    return ids
 
 
 @pytest.mark.parametrize("victims", ["a follower", "the leader", "every worker"])
@@ -315,10 +328,9 @@ async def test_a_silent_network(chaos_dsn: str, spawn: Spawner, log: str,
     workers give their lapsed leases up and the tasks run again at once. After the heal
     the cut-off workers carry on without a restart."""
     async with database(chaos_dsn) as backend:
-        ids = await enqueue(backend, log, 36, sleep=6.0, tick=0.1)
         fleet = Fleet(spawn, chaos_dsn, GRAY, claim_ttl=f"{GRAY_TTL:g}s", proxied=True,
                       probed=True)
-        await busy_fleet(fleet, backend, log, 3)
+        ids = await spread_over(fleet, backend, log, 3, per_worker=2)
         lead = await leader(backend)
         cut = {"a follower": [next(s.worker_id for s in fleet.slots if s.worker_id != lead)],
                "the leader": [lead],
@@ -334,13 +346,20 @@ async def test_a_silent_network(chaos_dsn: str, spawn: Spawner, log: str,
         for worker_id in cut:
             fleet.proxies[worker_id].heal()
         healed = time.time()
+        for worker_id in cut:  # ready again, in the same process
+            await eventually(lambda w=worker_id: answers(fleet.ports[w], "/readyz", 200),
+                             within=30, what=f"{worker_id} ready again")
+            output = fleet.slot(worker_id).process.output()
+            assert "no answer from the database for" in output  # why it was not ready
+            assert "database connection lost: no answer for" in output
         await settled(backend, len(ids), within=120)
         if victims == "every worker":  # no one could re-run anything before the heal
             assert min(e["t"] for e in runs(log) if e["event"] == "start"
                        and e["t"] > began) > healed
         await fleet.stop()
         assert fleet.exits == []  # no worker died of it
-        fenced = sum(fleet.slot(w).process.output().count("not renewed for") for w in cut)
+        fenced = sum(fleet.slot(w).process.output().count("not renewed within the claim TTL")
+                     for w in cut)
         assert fenced >= len(fault.expiries)  # every cut-off run stopped itself
         report = await analyze(f"black hole between {victims} and Postgres, 2.5 TTLs",
                                backend, log, ids, healed, fleet.crashed, fault=fault,
@@ -362,9 +381,8 @@ async def test_a_frozen_leader_while_a_follower_is_killed(chaos_dsn: str, spawn:
     reaps the killed follower's leases and the frozen leader's own; when the leader
     thaws it runs none of its handlers on, and does no maintenance under its old term."""
     async with database(chaos_dsn) as backend:
-        ids = await enqueue(backend, log, 36, sleep=6.0, tick=0.1)
         fleet = Fleet(spawn, chaos_dsn, GRAY, claim_ttl=f"{GRAY_TTL:g}s")
-        await busy_fleet(fleet, backend, log, 3)
+        ids = await spread_over(fleet, backend, log, 3, per_worker=2)
         lead = fleet.slot(await leader(backend))
         victim = next(s for s in fleet.slots if s is not lead)
         began = time.time()

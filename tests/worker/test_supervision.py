@@ -3,8 +3,9 @@ logged with its traceback, the worker stops being ready, hands back what it hold
 (running handlers cancelled and their tasks given up as lease expiries, results waiting
 for their report reported, or given up when the database will not take them) and exits
 non-zero, so Kubernetes restarts it. What it gave up used one lease expiry each: a task
-that makes every worker fail becomes a dead letter instead of a crash loop. The cases: a service that raises, the metrics port already
-taken, and a step report the database refuses (a trigger raises)."""
+that makes every worker fail becomes a dead letter instead of a crash loop. The cases: a
+service that raises, the metrics port already taken, and a step report the database
+refuses (a trigger raises)."""
 
 from __future__ import annotations
 

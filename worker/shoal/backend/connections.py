@@ -319,7 +319,10 @@ class Session(_Statements):
         return max(0.0, now - max(self._busy_since, self.last_heard))
 
     async def connect(self) -> None:
-        """Open the connection now if there is none; raises a transient error if it cannot."""
+        """Open the connection now if there is none (never waiting behind a statement in
+        flight on an open one); raises a transient error if it cannot."""
+        if self.connected:
+            return
         async with self._lock:
             await self._ensure()
 

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 
 from shoal.aio import wait_event
-from shoal.worker import metrics
-from shoal.worker.ledger import Lease, Ledger, Stop
+from shoal.worker.ledger import Lease, Ledger
 from shoal.worker.signals import Signals
-
-log = logging.getLogger(__name__)
 
 
 class Fence:
@@ -33,21 +29,16 @@ class Fence:
     name = "fence"
 
     def __init__(self, ledger: Ledger, signals: Signals,
-                 interrupt: Callable[[Lease, Stop], None]) -> None:
+                 lapse: Callable[[Lease], None]) -> None:
         self.ledger = ledger
         self.signals = signals
-        self.interrupt = interrupt
+        self.lapse = lapse
 
     async def run(self) -> None:
         due = self.signals.fence_due
         while True:
-            now = time.monotonic()
-            for lease in self.ledger.lapsed(now):
-                metrics.LEASES_LAPSED.inc()
-                log.warning("lease on task %s #%d not renewed for %gs (claim TTL): stopping "
-                            "its handler, another worker will run it", lease.task.name,
-                            lease.task.id, self.ledger.claim_ttl)
-                self.interrupt(lease, Stop.LAPSED)
+            for lease in self.ledger.lapsed(time.monotonic()):
+                self.lapse(lease)
             deadline = self.ledger.next_deadline()
             due.clear()
             if deadline is None:

@@ -128,7 +128,10 @@ class Ledger:
     contact: Contact = field(init=False)
 
     def __post_init__(self) -> None:
-        self.contact = Contact(max_gap=0.6 * self.claim_ttl)
+        # Heartbeats are answered TTL/2 apart when all is well; an outage of TTL/2 or
+        # more is what could expire leases. A quarter TTL of slack absorbs a heartbeat
+        # that queued behind other statements on a busy connection.
+        self.contact = Contact(max_gap=0.75 * self.claim_ttl)
 
     # -- room --------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -47,25 +48,35 @@ class Listener:
         caught_up = 0  # the connection generation caught up with
         backoff = Backoff(first=0.1)
         stalled = False
-        while True:
-            try:
-                await session.connect()
-                if session.generation != caught_up:
-                    await self.catch_up()
-                    caught_up = session.generation
-            except TRANSIENT_ERRORS as exc:
-                await retry_later("connect", exc, backoff)
-                continue
-            backoff.reset()
-            if await wait_event(session.lost, t.probe / 2):
-                continue
-            now = time.monotonic()
-            silence = session.silence(now)
-            if silence >= t.stall and not stalled:
-                log.warning("no answer from the database for %.1fs: not ready until it answers "
-                            "(the connection is dropped after %gs)", silence, t.statement)
-            stalled = silence >= t.stall
-            if not session.busy and now - session.last_heard >= t.probe:
-                # a failed ping has dropped the connection, and the session said why
-                with contextlib.suppress(*TRANSIENT_ERRORS):
-                    await self.backend.ping()
+        probe: asyncio.Task[None] | None = None
+        try:
+            while True:
+                try:
+                    await session.connect()
+                    if session.generation != caught_up:
+                        await self.catch_up()
+                        caught_up = session.generation
+                except TRANSIENT_ERRORS as exc:
+                    await retry_later("connect", exc, backoff)
+                    continue
+                backoff.reset()
+                if await wait_event(session.lost, t.probe / 2):
+                    continue
+                now = time.monotonic()
+                silence = session.silence(now)
+                if silence >= t.stall and not stalled:
+                    log.warning("no answer from the database for %.1fs: not ready until it "
+                                "answers (the connection is dropped after %gs)", silence,
+                                t.statement)
+                stalled = silence >= t.stall
+                if not session.busy and now - session.last_heard >= t.probe and (
+                        probe is None or probe.done()):
+                    probe = asyncio.create_task(self._ping())  # watched, not waited for
+        finally:
+            if probe is not None:
+                probe.cancel()
+
+    async def _ping(self) -> None:
+        """One probe; a failed one has dropped the connection, and the session said why."""
+        with contextlib.suppress(*TRANSIENT_ERRORS):
+            await self.backend.ping()

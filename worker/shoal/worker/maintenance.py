@@ -48,18 +48,19 @@ class Maintenance:
     unexpired. So a leader that is frozen or cut off loses the role when its term
     lapses and does nothing when it comes back until it wins a term again;
     another worker takes over within a quarter pass interval of the lapse.
+    Only a worker that has been in contact with the database (`Contact`) for a
+    whole claim TTL leads: it stands for election only then, and steps down
+    (resigns) when it loses contact. So after an outage that cut every worker
+    off (a restart, a failover, a partition) nobody reaps until the workers
+    have had a TTL to renew their leases, while after a leader that alone froze
+    or was cut off, a follower in contact takes over and reaps at once.
     Every pass of the leader runs to exhaustion in bounded batches (REAP_BATCH,
     PRUNE_BATCH), so other statements get between them and nothing is left for
     the next pass: an expired lease is reclaimed (or dead-lettered) within one
     interval of expiring, a worker unseen for three of its claim TTLs is
     forgotten, and finished plain tasks and finished workflows older than
-    `retention` are deleted, however fast they come. The leader reaps leases
-    only once it has itself been in contact with the database (`Contact`) for a
-    whole claim TTL: after an outage that cut every worker off (a restart, a
-    failover, a partition), the others renew their leases in that time instead
-    of having their running tasks given away; after a leader that alone froze,
-    a healthy follower reaps at once. Transient database errors are retried
-    with backoff. On a drain the leader resigns and says so on the control channel,
+    `retention` are deleted, however fast they come. Transient database errors
+    are retried with backoff. On a drain the leader resigns and says so on the control channel,
     and the followers stand for election at once.
     """
 
@@ -76,7 +77,6 @@ class Maintenance:
         self.signals = signals
         self.jitter = jitter
         self.term = 0  # the term led, 0 while following
-        self.waiting_for_contact = False
 
     async def run(self) -> None:
         await self.signals.registered.wait()
@@ -91,7 +91,16 @@ class Maintenance:
             self.term = 0
 
     async def _turn(self) -> float:
-        """Renew or win the role; run a pass if leading; the seconds to the next turn."""
+        """Renew or win the role while in contact; run a pass if leading; the seconds
+        to the next turn."""
+        in_contact = self.contact.length(time.monotonic())
+        if in_contact < self.claim_ttl:
+            if self.term:
+                log.warning("stepping down from maintenance of schema %s: in contact with the "
+                            "database for %.1fs only, less than a claim TTL", self.backend.schema,
+                            in_contact)
+                await self.resign()
+            return pass_interval(self.claim_ttl)
         election = await self.backend.elect(self.holder, self.term,
                                             term_seconds(self.claim_ttl))
         if election.term is None:
@@ -109,15 +118,7 @@ class Maintenance:
 
     async def _pass(self, term: int) -> None:
         backend = self.backend
-        in_contact = self.contact.length(time.monotonic())
-        if in_contact >= self.claim_ttl:
-            self.waiting_for_contact = False
-            await self._reap(term)
-        elif not self.waiting_for_contact:
-            self.waiting_for_contact = True
-            log.info("not reaping expired leases until in contact with the database for a "
-                     "claim TTL (%gs; %.1fs so far): other workers may be renewing theirs",
-                     self.claim_ttl, in_contact)
+        await self._reap(term)
         await backend.reap_workers(term=term)
         while True:
             tasks, workflows = await backend.prune(self.retention, PRUNE_BATCH, term=term)

@@ -191,7 +191,7 @@ class Worker:
         services: list[Service] = [
             Listener(self.backend, self.signals, self.catch_up), self.claimer,
             Reporter(self.signals, self.report, self.claimer.will_claim), self.heartbeat,
-            Fence(self.ledger, self.signals, self.interrupt), self.maintenance,
+            Fence(self.ledger, self.signals, self.lapse), self.maintenance,
             PeriodicScheduler(self.backend, config.namespace, app.schedules)]
         if config.metrics_port:
             services.append(metrics.MetricsServer(config.metrics_host, config.metrics_port,
@@ -402,7 +402,8 @@ class Worker:
         timeout = task.timeout_seconds or definition.timeout
         work: Awaitable[Any]
         if definition.is_async:
-            work = Fenced(definition.call(task.payload, lease.context), lease, self._lapse)
+            work = Fenced(definition.call(task.payload, lease.context), lease,
+                          lambda lease: self.lapse(lease, running=True))
         else:
             loop = asyncio.get_running_loop()
             work = loop.run_in_executor(self.threads, contextvars.copy_context().run,
@@ -410,14 +411,14 @@ class Worker:
         async with asyncio.timeout(timeout):  # None: no limit
             return await work
 
-    def _lapse(self, lease: Lease) -> None:
-        """A handler was about to run past its lease's deadline (see `Fenced`)."""
-        lease.stop = Stop.LAPSED
-        lease.context.cancel()
+    def lapse(self, lease: Lease, *, running: bool = False) -> None:
+        """Self-fencing: the lease passed its deadline unrenewed, so its handler stops
+        (`running`: the handler's own step found out, see `Fenced`)."""
         metrics.LEASES_LAPSED.inc()
-        log.warning("lease on task %s #%d lapsed while its handler was suspended (a "
-                    "freeze?): stopping it, another worker will run it", lease.task.name,
-                    lease.task.id)
+        log.warning("lease on task %s #%d not renewed within the claim TTL (%gs): stopping "
+                    "its handler, another worker will run the task", lease.task.name,
+                    lease.task.id, self.config.claim_ttl)
+        self.interrupt(lease, Stop.LAPSED, cancel=not running)
 
     def _stopped(self, lease: Lease) -> Outcome | None:
         """What a stopped attempt reports: only a cancelled workflow's step reports."""
@@ -440,15 +441,16 @@ class Worker:
         return Outcome(task.id, task.lease_token, task.workflow_id,
                        error=printable(error[:MAX_ERROR_CHARS]), retry_in_seconds=delay)
 
-    def interrupt(self, lease: Lease, stop: Stop) -> None:
-        """Stop a running handler; `stop` says what becomes of its attempt. A handler
-        stopped already keeps its first reason."""
+    def interrupt(self, lease: Lease, stop: Stop, *, cancel: bool = True) -> None:
+        """Stop a running handler (`cancel` its asyncio task, unless the caller stops it
+        otherwise); `stop` says what becomes of its attempt. A handler stopped already
+        keeps its first reason."""
         if lease.stop is not None or not lease.running:
             return
         lease.stop = stop
         lease.context.cancel()
         handler = self.handlers.get(lease.task.id)
-        if handler is not None:
+        if handler is not None and cancel:
             handler.cancel()
         if not self.app.tasks[lease.task.name].is_async:
             metrics.SYNC_ABANDONED.inc()
@@ -572,8 +574,9 @@ class Worker:
                 given_up = await self.backend.abandon(
                     [(lease.task.id, lease.task.lease_token) for lease in stopped[stop]],
                     worker_id=self.identity.id, reason=reason)
-                log.warning("gave %d tasks up (%s), each using one lease expiry",
-                            len(given_up), stop.value)
+                log.warning("gave %d tasks up (%s), each using one lease expiry; %d had "
+                            "moved on already", len(given_up), stop.value,
+                            len(stopped[stop]) - len(given_up))
         self.ledger.released([lease for leases in stopped.values() for lease in leases])
 
 
