@@ -180,6 +180,22 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str,
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
 
 
+# A newer Shoal's writes to a stored workflow spec (workflow id $1; the spec has at least
+# two steps): keys this version lacks, at the top and in a step, which it reads past ...
+NEWER_SPEC = """UPDATE shoal.workflows SET spec = jsonb_set(jsonb_set(spec,
+    '{concurrencyPolicy}', '"Forbid"'), '{steps,1,cache}', '{"ttl": "1h"}') WHERE id = $1"""
+# ... and shapes it cannot read at all, with the reason its workflow fails with.
+UNREADABLE_SPECS = {
+    "steps-a-string": ("""UPDATE shoal.workflows SET spec = jsonb_set(spec, '{steps}',
+                          '"first,second,third"') WHERE id = $1""",
+                       "UnreadableStoredSpec: spec.steps: Input should be a valid list"),
+    "dependsOn-a-number": ("""UPDATE shoal.workflows SET spec = jsonb_set(spec,
+                              '{steps,1,dependsOn}', '1') WHERE id = $1""",
+                           "UnreadableStoredSpec: spec.steps.1.dependsOn: Input should be a "
+                           "valid list"),
+}
+
+
 async def task_in(backend: Backend, task_id: int, state: str) -> bool:
     """Whether the task is in `state` now."""
     return (await backend.get_task(task_id)).state == state

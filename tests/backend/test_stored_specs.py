@@ -13,6 +13,7 @@ import pytest
 from shoal import Client
 from shoal.backend import Backend, Outcome, WorkerIdentity
 from tests.apps.recorder import app
+from tests.support import NEWER_SPEC, UNREADABLE_SPECS
 
 ME = WorkerIdentity(id="w", namespace="default", tags=(), task_names=("echo",),
                     concurrency=10, max_attempts=(1,))
@@ -22,18 +23,6 @@ SPEC = {"steps": [
     {"name": "third", "task": "echo", "dependsOn": ["second"]},
 ]}
 
-# What a newer Shoal might write: a key at the top and one in a step this version lacks.
-NEWER = """UPDATE shoal.workflows SET spec = jsonb_set(jsonb_set(spec, '{concurrencyPolicy}',
-           '"Forbid"'), '{steps,1,cache}', '{"ttl": "1h"}') WHERE id = $1"""
-UNREADABLE = {
-    "steps-a-string": ("""UPDATE shoal.workflows SET spec = jsonb_set(spec, '{steps}',
-                          '"first,second,third"') WHERE id = $1""",
-                       "UnreadableStoredSpec: spec.steps: Input should be a valid list"),
-    "dependsOn-a-number": ("""UPDATE shoal.workflows SET spec = jsonb_set(spec,
-                              '{steps,1,dependsOn}', '1') WHERE id = $1""",
-                           "UnreadableStoredSpec: spec.steps.1.dependsOn: Input should be a "
-                           "valid list"),
-}
 
 
 async def submit(backend: Backend) -> UUID:
@@ -49,7 +38,7 @@ async def run_first(backend: Backend, workflow_id: UUID) -> set[int]:
 
 async def test_a_newer_versions_keys_are_ignored_and_kept(backend: Backend) -> None:
     workflow_id = await submit(backend)
-    await backend.pool.execute(NEWER, workflow_id)
+    await backend.pool.execute(NEWER_SPEC, workflow_id)
     assert len(await run_first(backend, workflow_id)) == 1
     status = await backend.workflow_status(workflow_id)
     assert status.state == "running"
@@ -61,10 +50,10 @@ async def test_a_newer_versions_keys_are_ignored_and_kept(backend: Backend) -> N
     assert stored["steps"][1]["cache"] == {"ttl": "1h"}
 
 
-@pytest.mark.parametrize("case", sorted(UNREADABLE))
+@pytest.mark.parametrize("case", sorted(UNREADABLE_SPECS))
 async def test_an_unreadable_spec_fails_its_workflow_not_the_report(backend: Backend,
                                                                     case: str) -> None:
-    update, message = UNREADABLE[case]
+    update, message = UNREADABLE_SPECS[case]
     workflow_id = await submit(backend)
     await backend.pool.execute(update, workflow_id)
     assert len(await run_first(backend, workflow_id)) == 1  # the report is recorded
@@ -80,7 +69,7 @@ async def test_an_unreadable_spec_fails_its_workflow_not_the_report(backend: Bac
 async def test_an_expired_lease_of_an_unreadable_workflow_is_reaped(backend: Backend) -> None:
     """The maintenance leader's reaper advances workflows too: it must not raise either."""
     workflow_id = await submit(backend)
-    await backend.pool.execute(UNREADABLE["steps-a-string"][0], workflow_id)
+    await backend.pool.execute(UNREADABLE_SPECS["steps-a-string"][0], workflow_id)
     await backend.claim(ME, 10, 0.01)  # a lease that expires at once; one attempt allowed
     await backend.pool.execute("SELECT pg_sleep(0.05)")
     assert await backend.reap_expired() == 1

@@ -33,7 +33,7 @@ from tests.chaos.harness import (
     states,
 )
 from tests.cluster.postgres import PostgresServer
-from tests.support import Spawner, eventually
+from tests.support import NEWER_SPEC, UNREADABLE_SPECS, Spawner, eventually
 from tests.worker.test_readiness import answers
 
 BUSY = ("--concurrency", "8", "--batch-size", "8")
@@ -404,16 +404,6 @@ async def test_a_frozen_leader_while_a_follower_is_killed(chaos_dsn: str, spawn:
     assert report.expiry_to_rerun is not None and report.expiry_to_rerun <= GRAY_TTL + PASS
 
 
-NEWER_SPEC_KEYS = """
-UPDATE shoal.workflows
-SET spec = jsonb_set(spec || '{"retryPolicy": {"limit": 3}}', '{steps,0,cacheKey}', '"k"')
-WHERE id = ANY($1::uuid[])
-"""
-UNREADABLE_SPEC = """
-UPDATE shoal.workflows SET spec = spec || '{"steps": "v2"}' WHERE id = ANY($1::uuid[])
-"""
-
-
 async def test_rows_from_a_newer_version(chaos_dsn: str, spawn: Spawner, log: str) -> None:
     """A rolling upgrade's skew, written as a newer version would: workflow specs with
     keys this version does not know (read leniently: they run), specs it cannot read at
@@ -424,8 +414,11 @@ async def test_rows_from_a_newer_version(chaos_dsn: str, spawn: Spawner, log: st
         plain = await enqueue(backend, log, 300, sleep=0.02)
         flows = [await client.submit_workflow(workflow(log), name=f"skew{i}") for i in range(6)]
         untouched, newer, unreadable = flows[:2], flows[2:4], flows[4:]
-        await backend.pool.execute(NEWER_SPEC_KEYS, newer)
-        await backend.pool.execute(UNREADABLE_SPEC, unreadable)
+        for workflow_id in newer:
+            await backend.pool.execute(NEWER_SPEC, workflow_id)
+        for workflow_id, (skew, _reason) in zip(unreadable, UNREADABLE_SPECS.values(),
+                                                strict=True):
+            await backend.pool.execute(skew, workflow_id)
         refused = await backend.enqueue(  # by a newer producer: this app would refuse them
             [NewTask("add-strict", {"a": 1, "b": 2, "c": 3}),
              NewTask("add-strict", {"a": "x", "b": 1})])

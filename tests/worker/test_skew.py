@@ -24,19 +24,14 @@ import pytest
 from shoal import Client, Job
 from shoal.backend import Backend, DeadLetterFilter, WorkflowStatus
 from tests.apps.recorder import app, runs
-from tests.support import Spawner, eventually, running_worker, task_in
-
-NEWER = """UPDATE shoal.workflows SET spec = jsonb_set(jsonb_set(spec, '{concurrencyPolicy}',
-           '"Forbid"'), '{steps,1,cache}', '{"ttl": "1h"}') WHERE id = $1"""
-UNREADABLE = {
-    "steps-a-string": ("""UPDATE shoal.workflows SET spec = jsonb_set(spec, '{steps}',
-                          '"first,second,third"') WHERE id = $1""",
-                       "UnreadableStoredSpec: spec.steps: Input should be a valid list"),
-    "dependsOn-a-number": ("""UPDATE shoal.workflows SET spec = jsonb_set(spec,
-                              '{steps,1,dependsOn}', '1') WHERE id = $1""",
-                           "UnreadableStoredSpec: spec.steps.1.dependsOn: Input should be a "
-                           "valid list"),
-}
+from tests.support import (
+    NEWER_SPEC,
+    UNREADABLE_SPECS,
+    Spawner,
+    eventually,
+    running_worker,
+    task_in,
+)
 
 
 async def finished(client: Client, workflow_id: UUID, within: float = 30) -> WorkflowStatus:
@@ -66,7 +61,7 @@ async def test_a_newer_versions_spec_runs_to_the_end(dsn: str, backend: Backend)
         {"name": "report", "task": "echo", "dependsOn": ["second"],
          "input": "total=${steps.second.output.sum}"},
     ]}, name="newer")
-    await backend.pool.execute(NEWER, workflow_id)
+    await backend.pool.execute(NEWER_SPEC, workflow_id)
     async with running_worker(app, dsn) as worker:
         status = await finished(client, workflow_id)
         assert worker.supervisor.failed is None and worker.ready()
@@ -75,10 +70,10 @@ async def test_a_newer_versions_spec_runs_to_the_end(dsn: str, backend: Backend)
         ("first", {"sum": 3}), ("second", {"sum": 13}), ("report", "total=13")]
 
 
-@pytest.mark.parametrize("case", sorted(UNREADABLE))
+@pytest.mark.parametrize("case", sorted(UNREADABLE_SPECS))
 async def test_an_unreadable_spec_fails_its_workflow_and_nothing_else(
         dsn: str, backend: Backend, spawn: Spawner, log: str, case: str) -> None:
-    update, message = UNREADABLE[case]
+    update, message = UNREADABLE_SPECS[case]
     client = Client(backend, app)
     plain = await client.enqueue_many([Job("record", {"log": log, "sleep": 0.2})] * 30)
     unreadable = await client.submit_workflow(chain(log, sleep=0.3), name="unreadable")
