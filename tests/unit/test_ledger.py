@@ -134,8 +134,9 @@ def test_stopped_attempts_release_give_up_or_forget_their_lease() -> None:
     for stop, lease in leases.items():
         lease.stop = stop
         ledger.ended(lease, None)
-    assert {lease.stop for lease in ledger.releases} == {Stop.DRAIN, Stop.ABANDON}
-    assert set(ledger.leases) == {leases[Stop.DRAIN].task.id, leases[Stop.ABANDON].task.id}
+    handed_back = {Stop.DRAIN, Stop.ABANDON, Stop.LAPSED}
+    assert {lease.stop for lease in ledger.releases} == handed_back
+    assert set(ledger.leases) == {leases[stop].task.id for stop in handed_back}
     ledger.released(list(ledger.releases))
     assert ledger.leases == {} and ledger.releases == []
 

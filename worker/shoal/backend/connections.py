@@ -121,7 +121,8 @@ class LinkTimeouts:
       `idle_in_transaction_session_timeout` for a client gone mid-transaction);
     - `stall`: a statement unanswered this long makes the worker not ready;
     - `probe`: an idle connection is pinged after this long without an answer, so
-      a link that died while idle is noticed too (within `probe + stall`);
+      a link that died while idle is noticed too (within `probe` and half of it,
+      the listener's check, plus `stall`);
     - `connect`: a connection attempt's bound;
     - TCP keepalives on both ends (`keepalive_idle`, `_interval`, `_count`) and
       `user_timeout` (unacknowledged data): the kernel ends a connection to a
@@ -140,12 +141,12 @@ class LinkTimeouts:
 
     @classmethod
     def for_claim_ttl(cls, ttl: float) -> LinkTimeouts:
-        """Readiness within TTL/2 of a silent link (probe + stall), a hung statement
-        dropped at TTL/2 (at least 1 s, at most 30 s), the kernel's verdict on a
-        dead peer within about a TTL."""
+        """Readiness within TTL/2 of a silent link (1.5 probe + stall = 7/16 TTL), a
+        hung statement dropped at TTL/2 (at least 1 s, at most 30 s), the kernel's
+        verdict on a dead peer within about a TTL."""
         quarter = ttl / 4
         return cls(statement=min(30.0, max(1.0, ttl / 2)), stall=min(15.0, quarter),
-                   probe=min(5.0, quarter), connect=min(10.0, max(1.0, ttl / 2)),
+                   probe=min(5.0, ttl / 8), connect=min(10.0, max(1.0, ttl / 2)),
                    keepalive_idle=max(1, round(quarter)),
                    keepalive_interval=max(1, round(ttl / 8)), keepalive_count=3,
                    user_timeout=max(1.0, ttl / 2))

@@ -398,9 +398,9 @@ class Backend:
 
     async def abandon(self, leases: Sequence[tuple[int, int]], *, worker_id: str,
                       reason: str) -> set[int]:
-        """Give up (task id, lease token) pairs `worker_id` holds, as an expiry would:
-        for a worker that fails while holding them (whatever failed may be one of
-        these tasks). Returns the ids given up."""
+        """Give up (task id, lease token) pairs `worker_id` holds, as an expiry would
+        (`reason` completes "worker W ...": "failed: ...", "could not renew ...").
+        Returns the ids given up."""
         if not leases:
             return set()
         rows = await self._expire_rows(self.queries.abandon, [i for i, _ in leases],

@@ -350,12 +350,13 @@ class Queries:
     RETURNING t.id, (SELECT pg_notify('{schema}_tasks', t.namespace)) IS NULL
     """
 
-    # A worker that fails while holding leases gives them up as if they had
-    # expired: whatever made it fail may be one of these tasks, and an exit that
-    # cost nothing would let one row crash-loop a pool. ($4: why it failed.)
+    # A worker gives leases up as if they had expired when it fails while holding
+    # them (whatever made it fail may be one of these tasks, and an exit that cost
+    # nothing would let one row crash-loop a pool), and when it stopped their
+    # handlers itself because it could not renew them in time. ($4: why.)
     abandon = """
     UPDATE {schema}.tasks t
-    SET """ + _expiry("'lease given up'", "'worker ' || $3 || ' failed: ' || $4") + """
+    SET """ + _expiry("'lease given up'", "'worker ' || $3 || ' ' || $4") + """
     FROM unnest($1::bigint[], $2::bigint[]) AS r(id, token)
     WHERE """ + _holding("$3") + """
     RETURNING t.id, t.namespace, t.workflow_id, t.state::text,

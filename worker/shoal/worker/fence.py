@@ -24,9 +24,10 @@ class Fence:
     is not resumed past the deadline: see `runtime.Fenced`); a sync one is told
     through `ctx.cancelled` and abandoned to its thread, which is logged and
     counted. So a handler and its re-run elsewhere overlap by at most the clock
-    drift between this host and the database. The lease itself is left to
-    expire (the leader reaps it, counting one expiry), as a killed worker's
-    would.
+    drift between this host and the database. The lease is then given up as an
+    expiry (one of the task's lease expiries used, as a killed worker's would
+    be) as soon as the database answers, so the task need not wait for the
+    leader to reap it; if it never answers, the leader reaps it.
     """
 
     name = "fence"

@@ -39,9 +39,15 @@ class Stop(enum.Enum):
     CANCELLED = "cancelled"  # its workflow was cancelled: reported as cancelled
     WITHDRAWN = "withdrawn"  # cancel_task ended it: nothing to report
     LEASE_LOST = "lease_lost"  # the heartbeat found its lease gone: nothing to report
-    LAPSED = "lapsed"  # not renewed in time (self-fencing): nothing to report
+    LAPSED = "lapsed"  # not renewed in time (self-fencing): given up as an expiry
     DRAIN = "drain"  # the worker drains: the lease is released, the attempt not counted
     ABANDON = "abandon"  # the worker failed: given up as an expiry (see Backend.abandon)
+
+
+# Stopped attempts whose lease the worker hands back itself: released (DRAIN), or
+# given up as an expiry (ABANDON; LAPSED, once the database answers again, so the
+# task need not wait for the leader to reap it).
+HAND_BACK = (Stop.DRAIN, Stop.ABANDON, Stop.LAPSED)
 
 
 class Admission(enum.Enum):
@@ -178,11 +184,12 @@ class Ledger:
 
     def ended(self, lease: Lease, outcome: Outcome | None) -> None:
         """The attempt's handler ended: its outcome waits for its report; without one
-        (a stopped attempt) the lease is released, given up or forgotten."""
+        (a stopped attempt) the lease waits to be handed back (released, or given up
+        as an expiry: see `HAND_BACK`), or is forgotten (its lease is gone)."""
         lease.running = False
         if outcome is not None:
             self.outbox.append(outcome)
-        elif lease.stop in (Stop.DRAIN, Stop.ABANDON):
+        elif lease.stop in HAND_BACK:
             self.releases.append(lease)
         else:
             self.leases.pop(lease.task.id, None)

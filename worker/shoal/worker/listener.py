@@ -57,7 +57,7 @@ class Listener:
                 await retry_later("connect", exc, backoff)
                 continue
             backoff.reset()
-            if await wait_event(session.lost, min(t.probe, t.stall) / 2):
+            if await wait_event(session.lost, t.probe / 2):
                 continue
             now = time.monotonic()
             silence = session.silence(now)

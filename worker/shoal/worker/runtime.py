@@ -77,7 +77,15 @@ from shoal.worker.claimer import Claimer
 from shoal.worker.config import WorkerConfig
 from shoal.worker.fence import Fence
 from shoal.worker.heartbeat import Heartbeat
-from shoal.worker.ledger import REPORT_CHUNK, Admission, Lease, Ledger, Stop, local_deadline
+from shoal.worker.ledger import (
+    HAND_BACK,
+    REPORT_CHUNK,
+    Admission,
+    Lease,
+    Ledger,
+    Stop,
+    local_deadline,
+)
 from shoal.worker.listener import Listener
 from shoal.worker.maintenance import Maintenance
 from shoal.worker.periodic import PeriodicScheduler
@@ -386,7 +394,7 @@ class Worker:
             self.handlers.pop(task.id, None)
             self.ledger.ended(lease, outcome)
             self.signals.slot_free.set()
-            if outcome is not None:
+            if outcome is not None or lease.stop in HAND_BACK:
                 self.signals.report_due.set()
 
     async def _call(self, definition: TaskDefinition, lease: Lease) -> Any:
@@ -451,14 +459,20 @@ class Worker:
     # -- reporting -------------------------------------------------------------------------
 
     async def report(self, successes: bool) -> None:
-        """Report one chunk of the outbox (plain successes only if `successes`); when
-        that fails, the chunk goes back into the outbox."""
+        """Report one chunk of the outbox (plain successes only if `successes`), and hand
+        back the leases of stopped attempts; what fails stays for the next try."""
         async with self.report_lock:
             batch = self.ledger.take_outbox(successes)
             if len(batch) == REPORT_CHUNK:
                 self.signals.report_due.set()  # there may be more
             if batch:
                 await self._send(batch)
+            if self.ledger.releases:
+                try:
+                    await self._give_back(self.supervisor.failure)
+                except BaseException:
+                    self.signals.report_due.set()  # try again
+                    raise
 
     async def _send(self, batch: list[Outcome]) -> None:
         try:
@@ -507,7 +521,7 @@ class Worker:
             while self.ledger.outbox or self.ledger.releases:
                 try:
                     failure = await self._hand_back_outbox(failure)
-                    await self._hand_back_leases(failure)
+                    await self._give_back(failure)
                 except TRANSIENT_ERRORS as exc:
                     if time.monotonic() > deadline:
                         log.error("drain gave up: %d results unreported, %d leases not handed "
@@ -540,20 +554,27 @@ class Worker:
                     self.ledger.releases.append(lease)
         return failure
 
-    async def _hand_back_leases(self, failure: str | None) -> None:
-        drained = [lease for lease in self.ledger.releases if lease.stop is Stop.DRAIN]
-        given_up = [lease for lease in self.ledger.releases if lease.stop is Stop.ABANDON]
-        if drained:
+    async def _give_back(self, failure: str | None) -> None:
+        """Hand back the leases of stopped attempts: released on a drain (the attempt not
+        counted); given up as an expiry after a `failure`, or after a lapse."""
+        stopped = {stop: [lease for lease in self.ledger.releases if lease.stop is stop]
+                   for stop in HAND_BACK}
+        if stopped[Stop.DRAIN]:
             released = await self.backend.release(
-                [(lease.task.id, lease.task.lease_token) for lease in drained],
+                [(lease.task.id, lease.task.lease_token) for lease in stopped[Stop.DRAIN]],
                 worker_id=self.identity.id)
             log.info("released %d tasks", len(released))
-        if given_up:
-            abandoned = await self.backend.abandon(
-                [(lease.task.id, lease.task.lease_token) for lease in given_up],
-                worker_id=self.identity.id, reason=failure or "the worker failed")
-            log.warning("gave up %d tasks, each using up one lease expiry", len(abandoned))
-        self.ledger.released([*drained, *given_up])
+        reasons = {Stop.ABANDON: f"failed: {failure or 'unknown'}",
+                   Stop.LAPSED: f"could not renew it within the claim TTL "
+                                f"({self.config.claim_ttl:g}s) and stopped its handler"}
+        for stop, reason in reasons.items():
+            if stopped[stop]:
+                given_up = await self.backend.abandon(
+                    [(lease.task.id, lease.task.lease_token) for lease in stopped[stop]],
+                    worker_id=self.identity.id, reason=reason)
+                log.warning("gave %d tasks up (%s), each using one lease expiry",
+                            len(given_up), stop.value)
+        self.ledger.released([lease for leases in stopped.values() for lease in leases])
 
 
 def _kind(outcome: Outcome) -> str:
