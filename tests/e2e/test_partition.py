@@ -386,7 +386,7 @@ async def test_the_leaders_node_partitioned_from_postgres_under_load(
     assert len(dropped) == 2 * len(cut_off) and all(dropped.values()), (
         f"a rule dropped nothing: {dropped}")
     assert successor["holder"] in connected and successor["term"] > term["term"], successor
-    assert 0 < takeover <= TAKEOVER_BOUND, f"the role taken {takeover:.1f} s after the lapse"
+    assert 0 <= takeover <= TAKEOVER_BOUND, f"the role taken {takeover:.1f} s after the lapse"
     assert all(reruns[t]["host"] in connected for t in held)
     assert min(from_expiry.values()) > 0, f"re-run before its lease expired: {from_expiry}"
     assert from_cut <= CLAIM_TTL + PASS + CLAIM_SLACK, (
