@@ -254,10 +254,10 @@ async def test_the_leaders_node_partitioned_from_postgres_under_load(
         kube, namespace, POOL))) == PODS, 120, f"{PODS} Ready worker pods")
     pods = {p["metadata"]["name"]: p for p in pool_pods(kube, namespace, POOL)}
 
-    async def leader() -> str | None:
+    async def leader() -> str:  # "" until one of the pods leads
         holder = await backend.pool.fetchval(
             "SELECT holder FROM shoal.leaders WHERE role = 'maintenance' AND expires_at > now()")
-        return holder if holder in pods else None
+        return holder if holder in pods else ""
     leading: str = await eventually(leader, within=60, interval=0.2, what="a leader")
     node = pods[leading]["spec"]["nodeName"]
     victims = [p for p in pods.values() if p["spec"]["nodeName"] == node]
