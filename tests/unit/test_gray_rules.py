@@ -40,6 +40,9 @@ def test_a_follower_stands_again_when_the_term_would_lapse() -> None:
     ttl = 30.0
     assert follower_pause(12.0, ttl, jitter=0.0) == 12.0
     assert follower_pause(0.0, ttl, jitter=0.0) == pass_interval(ttl)
+    # a term a little short of lapsing is tried again at its lapse, not a pass later
+    assert follower_pause(0.5, ttl, jitter=0.0) == 0.5
+    assert follower_pause(0.5, ttl, jitter=1.0) == 0.5 + pass_interval(ttl) / 4
     assert follower_pause(12.0, ttl, jitter=1.0) == 12.0 + pass_interval(ttl) / 4
 
 

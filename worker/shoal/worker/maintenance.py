@@ -32,10 +32,16 @@ def term_seconds(claim_ttl: float) -> float:
 
 def follower_pause(remaining: float, claim_ttl: float, jitter: float) -> float:
     """A follower's wait before its next election: until the leader's term would
-    lapse (it tries again then, in case the leader did not renew it), at least a
-    pass interval, plus `jitter` (0..1) of a quarter pass so followers spread out."""
+    lapse (it tries again then, in case the leader did not renew it), or a pass
+    interval when it saw no term left (another worker took the role as it tried),
+    plus `jitter` (0..1) of a quarter pass so followers spread out.
+
+    Never a whole interval when a little of the term is left: a follower that
+    looked just before the leader's last renewal wakes with less than an interval
+    to go, and waiting an interval (plus a second jitter) then took the role up to
+    half a pass after the lapse instead of a quarter."""
     interval = pass_interval(claim_ttl)
-    return max(interval, remaining) + jitter * interval / 4
+    return (remaining if remaining > 0 else interval) + jitter * interval / 4
 
 
 class Maintenance:
