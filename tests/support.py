@@ -86,17 +86,21 @@ class WorkerProcess:
 
 
 class Spawner:
-    """Starts `shoal worker` subprocesses and kills any still running at teardown."""
+    """Starts `shoal worker` subprocesses and kills any still running at teardown; after
+    teardown it starts none (a fleet that restarts exited workers must not outlive it)."""
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.started: list[WorkerProcess] = []
+        self.closed = False
 
     async def worker(self, dsn: str, *args: str, app: str = RECORDER,
                      claim_ttl: str = "30s", poll_interval: str = "1s",
                      worker_id: str | None = None) -> WorkerProcess:
         """A new worker process; `worker_id` again for a restart (as a Pod's container
         restarts under the same POD_NAME)."""
+        if self.closed:
+            raise RuntimeError("the test is over: no more worker processes")
         worker_id = worker_id or f"w{len(self.started)}-{uuid.uuid4().hex[:6]}"
         output = self.tmp / f"{worker_id}.log"
         with output.open("ab") as sink:
@@ -111,6 +115,7 @@ class Spawner:
         return process
 
     async def close(self) -> None:
+        self.closed = True
         for process in self.started:
             if process.proc.returncode is None:
                 process.proc.kill()

@@ -141,7 +141,7 @@ class Fleet:
         return found
 
     async def _restart_exited(self) -> None:
-        while True:
+        while not self.spawn.closed:  # a test that failed never stopped its fleet
             await asyncio.sleep(0.2)
             for slot in list(self.slots):
                 code = slot.process.proc.returncode
