@@ -86,17 +86,21 @@ class WorkerProcess:
 
 
 class Spawner:
-    """Starts `shoal worker` subprocesses and kills any still running at teardown."""
+    """Starts `shoal worker` subprocesses and kills any still running at teardown; after
+    teardown it starts none (a fleet that restarts exited workers must not outlive it)."""
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.started: list[WorkerProcess] = []
+        self.closed = False
 
     async def worker(self, dsn: str, *args: str, app: str = RECORDER,
                      claim_ttl: str = "30s", poll_interval: str = "1s",
                      worker_id: str | None = None) -> WorkerProcess:
         """A new worker process; `worker_id` again for a restart (as a Pod's container
         restarts under the same POD_NAME)."""
+        if self.closed:
+            raise RuntimeError("the test is over: no more worker processes")
         worker_id = worker_id or f"w{len(self.started)}-{uuid.uuid4().hex[:6]}"
         output = self.tmp / f"{worker_id}.log"
         with output.open("ab") as sink:
@@ -111,6 +115,7 @@ class Spawner:
         return process
 
     async def close(self) -> None:
+        self.closed = True
         for process in self.started:
             if process.proc.returncode is None:
                 process.proc.kill()
@@ -178,6 +183,22 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str,
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+
+
+# A newer Shoal's writes to a stored workflow spec (workflow id $1; the spec has at least
+# two steps): keys this version lacks, at the top and in a step, which it reads past ...
+NEWER_SPEC = """UPDATE shoal.workflows SET spec = jsonb_set(jsonb_set(spec,
+    '{concurrencyPolicy}', '"Forbid"'), '{steps,1,cache}', '{"ttl": "1h"}') WHERE id = $1"""
+# ... and shapes it cannot read at all, with the reason its workflow fails with.
+UNREADABLE_SPECS = {
+    "steps-a-string": ("""UPDATE shoal.workflows SET spec = jsonb_set(spec, '{steps}',
+                          '"first,second,third"') WHERE id = $1""",
+                       "UnreadableStoredSpec: spec.steps: Input should be a valid list"),
+    "dependsOn-a-number": ("""UPDATE shoal.workflows SET spec = jsonb_set(spec,
+                              '{steps,1,dependsOn}', '1') WHERE id = $1""",
+                           "UnreadableStoredSpec: spec.steps.1.dependsOn: Input should be a "
+                           "valid list"),
+}
 
 
 async def task_in(backend: Backend, task_id: int, state: str) -> bool:

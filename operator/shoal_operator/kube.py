@@ -1,7 +1,8 @@
 """A small JSON client for the Kubernetes API, shared by the whole operator.
 
 kopf watches and posts Events with its own client; the operator's own reads
-and writes (Deployments, Pods, Secrets, CR status) go through `Kube`, one
+and writes (Deployments, Pods, Secrets, CR status, and the Events of services
+that run outside kopf's handlers) go through `Kube`, one
 `kubernetes_asyncio` ApiClient loaded from the in-cluster service account or,
 outside a cluster, from `$KUBECONFIG`. Objects are plain dicts, exactly what
 the API server sends; any non-2xx answer raises `KubeError` with its status.
@@ -13,11 +14,13 @@ import asyncio
 import json
 import os
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 from kubernetes_asyncio import client, config
 
+from shoal_operator.conditions import now_rfc3339
 from shoal_operator.resource import GROUP, VERSION
 
 FIELD_MANAGER = "shoal-operator"
@@ -75,6 +78,9 @@ class Kube:
     async def get(self, path: str, query: Mapping[str, str] | None = None) -> Obj:
         return await self.request("GET", path, query=query)
 
+    async def create(self, path: str, body: Obj) -> Obj:
+        return await self.request("POST", path, body=body)
+
     async def merge_patch(self, path: str, patch: Obj) -> Obj:
         return await self.request("PATCH", path, body=patch,
                                   content_type="application/merge-patch+json")
@@ -110,6 +116,24 @@ def pods_path(namespace: str, name: str = "") -> str:
 
 def secret_path(namespace: str, name: str) -> str:
     return f"/api/v1/namespaces/{quote(namespace)}/secrets/{quote(name)}"
+
+
+def events_path(namespace: str) -> str:
+    return f"/api/v1/namespaces/{quote(namespace)}/events"
+
+
+def event(involved: Mapping[str, str], type_: str, reason: str, message: str, *,
+          now: datetime | None = None) -> Obj:
+    """A core/v1 Event about `involved` (apiVersion, kind, namespace, name, uid), from
+    the operator, as `kubectl describe` and `kubectl get events` show it."""
+    stamp = now_rfc3339(now)
+    return {"apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{involved['name']}.",
+                         "namespace": involved["namespace"]},
+            "involvedObject": dict(involved), "type": type_, "reason": reason,
+            "message": message, "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER, "firstTimestamp": stamp,
+            "lastTimestamp": stamp, "count": 1}
 
 
 _kube: Kube | None = None

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from shoal import App, PermanentError, TaskContext
 
@@ -35,6 +35,7 @@ class Run(BaseModel):
     sleep: float = 0.0
     fast_flag: str | None = None  # the sleep ends once this file exists
     ok_flag: str | None = None  # `flaky`: fails until this file exists
+    tick: float = 0.0  # when set, a `tick` event every `tick` seconds of the sleep
 
 
 def note(run: Run, ctx: TaskContext, event: str, **extra: Any) -> None:
@@ -51,14 +52,22 @@ def flag_set(path: str | None) -> bool:
 
 async def sleep(run: Run, ctx: TaskContext, **extra: Any) -> None:
     """`run.sleep` seconds (less once `fast_flag` exists), between its start and done
-    notes; a cancellation is noted too."""
+    notes, with a `tick` note every `run.tick` seconds (the run's signs of life: a run
+    works while it ticks); a cancellation is noted too."""
     note(run, ctx, "start", **extra)
     try:
         deadline = time.monotonic() + run.sleep
         while (left := deadline - time.monotonic()) > 0:
             if flag_set(run.fast_flag):
                 break
-            await asyncio.sleep(min(0.02, left) if run.fast_flag else left)
+            step = left
+            if run.fast_flag:
+                step = min(0.02, step)
+            if run.tick:
+                step = min(run.tick, step)
+            await asyncio.sleep(step)
+            if run.tick and time.monotonic() < deadline:
+                note(run, ctx, "tick", **extra)
     except asyncio.CancelledError:
         note(run, ctx, "cancelled", **extra)
         raise
@@ -160,6 +169,17 @@ class AddOutput(BaseModel):
 
 @app.task("add")
 async def add(payload: AddInput) -> AddOutput:
+    return AddOutput(sum=payload.a + payload.b)
+
+
+class StrictAddInput(AddInput):
+    """`AddInput` whose author refuses keys it does not know (the handler's choice)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@app.task("add-strict")
+async def add_strict(payload: StrictAddInput) -> AddOutput:
     return AddOutput(sum=payload.a + payload.b)
 
 

@@ -11,7 +11,14 @@ from collections.abc import Callable
 import asyncpg
 import pytest
 
-from shoal.backend import TRANSIENT_ERRORS, Backend, NewTask, Outcome, WorkerIdentity
+from shoal.backend import (
+    TRANSIENT_ERRORS,
+    Backend,
+    LinkTimeouts,
+    NewTask,
+    Outcome,
+    WorkerIdentity,
+)
 from tests.support import eventually
 
 ME = WorkerIdentity(id="w1", namespace="default", tags=(), task_names=("t",),
@@ -33,7 +40,8 @@ async def test_a_connection_that_may_be_broken_is_not_used_again(
     assert isinstance(exc, (asyncio.CancelledError, *TRANSIENT_ERRORS))
     pooled = await Backend.connect(dsn, max_size=1)
     session = Backend.for_worker(dsn, schema="shoal", worker_id="w", handoff_channel="c",
-                                 on_notify=lambda _c, _p: None)
+                                 on_notify=lambda _c, _p: None,
+                                 timeouts=LinkTimeouts.for_claim_ttl(30))
     try:
         for backend in (pooled, session):
             before = await backend.pool.fetchval("SELECT pg_backend_pid()")

@@ -10,25 +10,31 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections import Counter
 from uuid import UUID
 
 import pytest
 
 from shoal import Client, Job
-from shoal.backend import Backend
+from shoal.backend import Backend, NewTask
 from tests.apps.recorder import app, runs
 from tests.chaos.harness import (
+    Fault,
     Fleet,
     analyze,
     completed,
     database,
     enqueue,
     kill_loop,
+    leader,
+    leases_of,
+    not_ready_after,
     settled,
     states,
 )
 from tests.cluster.postgres import PostgresServer
-from tests.support import Spawner, eventually
+from tests.support import NEWER_SPEC, UNREADABLE_SPECS, Spawner, eventually
+from tests.worker.test_readiness import answers
 
 BUSY = ("--concurrency", "8", "--batch-size", "8")
 
@@ -89,13 +95,6 @@ async def test_an_outage_longer_than_the_claim_ttl(server: PostgresServer, chaos
         await fleet.stop()
         assert fleet.exits == []
         await analyze("Postgres down 6 s (3 claim TTLs)", backend, log, ids, up, fleet.crashed)
-
-
-async def leader(backend: Backend) -> str:
-    name = await backend.pool.fetchval(
-        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-        " WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()")
-    return str(name or "").removeprefix("shoal worker ")
 
 
 async def test_a_worker_frozen_past_its_claim_ttl(chaos_dsn: str, spawn: Spawner,
@@ -285,3 +284,162 @@ async def test_failover_to_a_promoted_standby(spawn: Spawner, log: str) -> None:
                               log, ids, promoted, fleet.crashed)
         finally:
             standby.destroy()
+
+
+# -- gray failures: silent networks, a frozen leader, a newer version's rows -------------
+
+GRAY_TTL = 4.0  # seconds; the pass interval is 1 s, a term lasts 3 s
+PASS = 1.0
+GRAY = ("--concurrency", "4", "--batch-size", "4")
+
+
+async def spread_over(fleet: Fleet, backend: Backend, log: str, workers: int,
+                      per_worker: int) -> list[int]:
+    """Start `workers` and a leader, and give each worker `per_worker` 6 s tasks (ticking)
+    and room for more: each task is enqueued alone once every worker is parked, so it
+    is handed to the worker parked longest, which parks again behind the others."""
+    await fleet.start(workers)
+    await eventually(lambda: leader(backend), within=30, what="a leader")
+
+    async def all_parked() -> bool:
+        return bool(await backend.pool.fetchval(
+            "SELECT count(*) FROM shoal.workers WHERE parked_channel IS NOT NULL") == workers)
+
+    ids: list[int] = []
+    for _ in range(workers * per_worker):
+        await eventually(all_parked, within=30, what="every worker parked")
+        ids += await enqueue(backend, log, 1, sleep=6.0, tick=0.1)
+    await eventually(all_parked, within=30, what="every worker parked")
+    held = Counter(await backend.pool.fetchval(
+        "SELECT array_agg(worker_id) FROM shoal.tasks WHERE state = 'running'"))
+    assert sorted(held.values()) == [per_worker] * workers, held
+    return ids
+
+
+@pytest.mark.parametrize("victims", ["a follower", "the leader", "every worker"])
+async def test_a_silent_network(chaos_dsn: str, spawn: Spawner, log: str,
+                                victims: str) -> None:
+    """A black hole between some workers and Postgres for 2.5 claim TTLs, then healed:
+    no bytes, no closed sockets. The cut-off workers go NotReady within TTL/2 and stop
+    their handlers (6 s runs: longer than a TTL) at their leases' deadline
+    (self-fencing); their tasks run again elsewhere within a TTL and a pass of expiry,
+    whoever is cut off, the leader included (its term lapses and a follower takes
+    over). With every worker cut off nothing can run again before the heal; then the
+    workers give their lapsed leases up and the tasks run again at once. After the heal
+    the cut-off workers carry on without a restart."""
+    async with database(chaos_dsn) as backend:
+        fleet = Fleet(spawn, chaos_dsn, GRAY, claim_ttl=f"{GRAY_TTL:g}s", proxied=True,
+                      probed=True)
+        ids = await spread_over(fleet, backend, log, 3, per_worker=2)
+        lead = await leader(backend)
+        cut = {"a follower": [next(s.worker_id for s in fleet.slots if s.worker_id != lead)],
+               "the leader": [lead],
+               "every worker": [s.worker_id for s in fleet.slots]}[victims]
+        began = time.time()
+        for worker_id in cut:
+            fleet.proxies[worker_id].blackhole()
+        fault = Fault(began, await leases_of(backend, cut))
+        assert fault.expiries, "the cut-off workers held no lease"
+        not_ready = max(await asyncio.gather(*(
+            not_ready_after(fleet.ports[w], began, within=GRAY_TTL) for w in cut)))
+        await asyncio.sleep(began + 2.5 * GRAY_TTL - time.time())
+        for worker_id in cut:
+            fleet.proxies[worker_id].heal()
+        healed = time.time()
+        for worker_id in cut:  # ready again, in the same process
+            await eventually(lambda w=worker_id: answers(fleet.ports[w], "/readyz", 200),
+                             within=30, what=f"{worker_id} ready again")
+            output = fleet.slot(worker_id).process.output()
+            assert "no answer from the database for" in output  # why it was not ready
+            assert "database connection lost: no answer for" in output
+        await settled(backend, len(ids), within=120)
+        if victims == "every worker":  # no one could re-run anything before the heal
+            assert min(e["t"] for e in runs(log) if e["event"] == "start"
+                       and e["t"] > began) > healed
+        await fleet.stop()
+        assert fleet.exits == []  # no worker died of it
+        fenced = sum(fleet.slot(w).process.output().count("not renewed within the claim TTL")
+                     for w in cut)
+        assert fenced >= len(fault.expiries)  # every cut-off run stopped itself
+        report = await analyze(f"black hole between {victims} and Postgres, 2.5 TTLs",
+                               backend, log, ids, healed, fleet.crashed, fault=fault,
+                               not_ready=not_ready,
+                               notes=f"TTL {GRAY_TTL:g} s; {fenced} handlers self-fenced")
+    assert report.not_ready is not None and report.not_ready <= GRAY_TTL / 2
+    assert report.overlap <= 1.0
+    assert report.expiry_to_rerun is not None
+    if victims == "every worker":  # nothing could run before the heal; at once after it
+        assert report.recovery is not None and report.recovery <= 2 * PASS
+    else:
+        assert report.expiry_to_rerun <= GRAY_TTL + PASS
+
+
+async def test_a_frozen_leader_while_a_follower_is_killed(chaos_dsn: str, spawn: Spawner,
+                                                          log: str) -> None:
+    """The finding: leadership was a session lock a frozen leader kept, and nothing was
+    reaped until it thawed (41 s past expiry). Now its term lapses, a follower leads and
+    reaps the killed follower's leases and the frozen leader's own; when the leader
+    thaws it runs none of its handlers on, and does no maintenance under its old term."""
+    async with database(chaos_dsn) as backend:
+        fleet = Fleet(spawn, chaos_dsn, GRAY, claim_ttl=f"{GRAY_TTL:g}s")
+        ids = await spread_over(fleet, backend, log, 3, per_worker=2)
+        lead = fleet.slot(await leader(backend))
+        victim = next(s for s in fleet.slots if s is not lead)
+        began = time.time()
+        lead.process.signal(signal.SIGSTOP)
+        fleet.kill(victim)
+        fault = Fault(began, await leases_of(backend, [lead.worker_id, victim.worker_id]))
+        await asyncio.sleep(began + 4 * GRAY_TTL - time.time())
+        lead.process.signal(signal.SIGCONT)
+        thawed = time.time()
+        await settled(backend, len(ids), within=120)
+        await fleet.stop()
+        assert fleet.exits == []
+        output = lead.process.output()
+        assert "no longer leading maintenance" in output
+        report = await analyze("SIGSTOP the leader 4 TTLs, kill -9 a follower", backend,
+                               log, ids, thawed, fleet.crashed, fault=fault,
+                               notes=f"TTL {GRAY_TTL:g} s; the leader thawed after 16 s")
+    assert report.overlap <= 1.0
+    assert report.expiry_to_rerun is not None and report.expiry_to_rerun <= GRAY_TTL + PASS
+
+
+async def test_rows_from_a_newer_version(chaos_dsn: str, spawn: Spawner, log: str) -> None:
+    """A rolling upgrade's skew, written as a newer version would: workflow specs with
+    keys this version does not know (read leniently: they run), specs it cannot read at
+    all (they fail with UnreadableStoredSpec), and payloads its handler's model refuses
+    (dead letters). The pool serves every other task and no worker exits."""
+    async with database(chaos_dsn) as backend:
+        client = Client(backend, app)
+        plain = await enqueue(backend, log, 300, sleep=0.02)
+        flows = [await client.submit_workflow(workflow(log), name=f"skew{i}") for i in range(6)]
+        untouched, newer, unreadable = flows[:2], flows[2:4], flows[4:]
+        for workflow_id in newer:
+            await backend.pool.execute(NEWER_SPEC, workflow_id)
+        for workflow_id, (skew, _reason) in zip(unreadable, UNREADABLE_SPECS.values(),
+                                                strict=True):
+            await backend.pool.execute(skew, workflow_id)
+        refused = await backend.enqueue(  # by a newer producer: this app would refuse them
+            [NewTask("add-strict", {"a": 1, "b": 2, "c": 3}),
+             NewTask("add-strict", {"a": "x", "b": 1})])
+        fleet = Fleet(spawn, chaos_dsn, BUSY)
+        started = time.time()
+        await fleet.start(3)
+        total = len(plain) + 4 * len(flows) + len(refused)
+        await settled(backend, total, within=120)
+        await fleet.stop()
+        assert fleet.exits == []  # the issue's bound is one exit per worker; none happen
+        for workflow_id in untouched + newer:
+            assert (await client.status(workflow_id)).state == "succeeded"
+        for workflow_id in unreadable:
+            status = await client.status(workflow_id)
+            assert status.state == "failed"
+            assert (status.message or "").startswith("UnreadableStoredSpec: ")
+        for task_id in refused:
+            task = await backend.get_task(task_id)
+            assert task.state == "dead" and (task.error or "").startswith("InvalidInput: ")
+        by_flow = {w: await steps(backend, w) for w in untouched + newer}
+        ids = plain + [i for w in by_flow for i in by_flow[w]]
+        await analyze("rows from a newer version: specs, payloads", backend, log, ids, started,
+                      fleet.crashed, notes="2 newer specs run, 2 unreadable fail their "
+                                           "workflow, 2 refused payloads dead-letter")

@@ -23,6 +23,12 @@ from tests.cluster.kind import SHARED_PATH
 from tests.support import eventually
 
 RECORDER = "tests/apps/recorder.py:app"
+# The partition scenarios' table (test_partition.py), printed at the end of the run.
+PARTITION_HEADER = (
+    "| scenario | tasks | lost | completed twice | re-runs | max overlap s | stale | "
+    "max s expiry -> re-run | max s cut -> re-run | s cut -> NotReady | s heal -> Ready |"
+    "\n|---|---|---|---|---|---|---|---|---|---|---|")
+PARTITION_ROWS: list[str] = []
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,11 @@ def operator_kubeconfig(kube: KubeAccess, tmp_path_factory: pytest.TempPathFacto
     assert rendered.returncode == 0, rendered.stderr
     [account] = [d for d in yaml.safe_load_all(rendered.stdout)
                  if d and d["kind"] == "ServiceAccount"]
+    # A kept cluster's previous session may still be deleting the namespace it made.
+    existing = kube.get_json("namespace", CHART_NAMESPACE)
+    if existing and existing["status"].get("phase") == "Terminating":
+        kube.kubectl("wait", "--for=delete", f"namespace/{CHART_NAMESPACE}", "--timeout=120s",
+                     check=True)
     created_namespace = kube.kubectl("get", "namespace", CHART_NAMESPACE).returncode != 0
     if created_namespace:
         kube.kubectl("create", "namespace", CHART_NAMESPACE, check=True)

@@ -326,6 +326,31 @@ async def test_cycle_is_refused_with_a_clear_condition(kube: KubeAccess, pool: s
     assert await backend.workflow_id_by_key(obj["metadata"]["uid"]) is None
 
 
+async def test_an_unreadable_stored_spec_fails_the_workflow_with_its_reason(
+        kube: KubeAccess, pool: str, workers: None, backend: Backend):
+    """A stored spec this Shoal cannot read (as a newer version or a hand edit may leave
+    it) fails that workflow when its running step reports: reason UnreadableStoredSpec on
+    the conditions, a Warning Event, and the workers go on."""
+    wid = await start_long_step(kube, backend, "unreadable", 2,
+                                {"name": "after", "task": "noop", "dependsOn": ["long"]})
+    await backend.pool.execute("UPDATE shoal.workflows SET spec = jsonb_set(spec, '{steps}', "
+                               "'\"long,after\"') WHERE id = $1", wid)
+    obj = wait_phase(kube, "unreadable", "Failed")
+    message = "UnreadableStoredSpec: spec.steps: Input should be a valid list"
+    assert obj["status"]["message"] == message
+    for type_ in ("Failed", "Stalled"):
+        found = condition(obj, type_) or {}
+        assert (found.get("status"), found.get("reason")) == ("True", "UnreadableStoredSpec")
+    assert [(s["name"], s["state"]) for s in obj["status"]["steps"]] == [
+        ("long", "succeeded"), ("after", "cancelled")]
+    events = wait_for(lambda: [e for e in events_for(kube, NS, "unreadable")
+                               if e["reason"] == "UnreadableStoredSpec"], 15, "the Event")
+    assert len(events) == 1 and events[0]["type"] == "Warning"
+    assert events[0]["message"] == message
+    apply(kube, workflow("after-unreadable", [{"name": "a", "task": "echo", "input": {}}]))
+    wait_phase(kube, "after-unreadable", "Succeeded")  # the workers still serve
+
+
 def test_schema_and_cel_refuse_what_they_can(kube: KubeAccess, pool: str):
     dup = workflow("dup", [{"name": "a", "task": "noop"}, {"name": "a", "task": "echo"}])
     result = kube.kubectl("apply", "-f", "-", input=json.dumps(dup))

@@ -73,3 +73,14 @@ def test_the_operator_writes_no_sql() -> None:
         if isinstance(node, ast.Constant) and isinstance(node.value, str)
         and sql.match(node.value)}
     assert not statements, sorted(statements)
+
+
+def test_the_worker_services_never_import_the_worker() -> None:
+    """Each service gets the parts of the worker it uses (the ledger, the backend, the
+    signals, a callable or two), never the whole `Worker`: no import circle, and the
+    rules over leases (`shoal.worker.ledger`) stay pure, I/O-free and tested alone."""
+    importers = {path for path, names in imported_modules(REPO / "worker/shoal/worker").items()
+                 if "shoal.worker.runtime" in names}
+    assert importers == {"worker/shoal/worker/__init__.py"}, sorted(importers)
+    ledger = imported_modules(REPO / "worker/shoal/worker")["worker/shoal/worker/ledger.py"]
+    assert not {n for n in ledger if n in ("asyncio", "asyncpg") or n.startswith("shoal.backend.")}

@@ -1,4 +1,5 @@
-"""Backend WorkflowStatus → CR status: phases, progress, bounds, stable conditions."""
+"""Backend WorkflowStatus → CR status: phases, progress, bounds, stable conditions, and the
+Warning Event of a failure the backend names a reason for."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 from shoal.backend import CommandRecord, StepStatus, WorkflowStatus
 from shoal_operator.conditions import make_condition
+from shoal_operator.kube import event
 from shoal_operator.workflows.spec import WorkflowCRStatus
-from shoal_operator.workflows.status import MAX_OUTPUT, cr_status, merge_patch
+from shoal_operator.workflows.status import MAX_OUTPUT, cr_status, failure_event, merge_patch
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 WID = uuid.UUID(int=7)
@@ -130,3 +132,57 @@ def test_refused_before_submission():
 
 def test_merge_patch_removes_vanished_keys_but_not_kopf_state():
     assert merge_patch({"a": 1, "b": 2, "kopf": {}}, {"a": 1, "c": 3}) == {"b": None, "c": 3}
+
+
+UNREADABLE = "UnreadableStoredSpec: spec.steps: Input should be a valid list"
+
+
+def test_a_reason_the_backend_names_is_the_failed_conditions_reason():
+    steps = [step("a", "succeeded"),
+             step("b", "cancelled", error=f"workflow failed: {UNREADABLE}")]
+    s = cr_status(backend("failed", steps, message=UNREADABLE, finished_at=T0), previous=None,
+                  generation=1)
+    assert s["phase"] == "Failed" and s["message"] == UNREADABLE
+    assert lifecycle(s) == {"Ready": "False", "Reconciling": "False", "Stalled": "True",
+                            "Complete": "False", "Failed": "True"}
+    failed = by_type(s)["Failed"]
+    assert (failed["reason"], failed["message"]) == ("UnreadableStoredSpec", UNREADABLE)
+    assert by_type(s)["Stalled"]["reason"] == "UnreadableStoredSpec"
+    # a failed step names no reason: the phase is the reason, as before
+    plain = cr_status(backend("failed", [step("a", "dead", error="boom")],
+                              message="step 'a' failed: boom"), previous=None)
+    assert by_type(plain)["Failed"]["reason"] == "Failed"
+    # only a failure carries a reason: a paused workflow's message is just a message
+    paused = cr_status(backend("paused", [step("a", "ready")], message="Pause: by op"),
+                       previous=None)
+    assert by_type(paused)["Reconciling"]["reason"] == "Paused"
+
+
+def test_the_warning_event_is_due_once_when_the_failure_first_shows():
+    running = backend("running", [step("a", "running")])
+    failed = backend("failed", [step("a", "succeeded")], message=UNREADABLE)
+    before = cr_status(running, previous=None, now=T0)
+    assert failure_event(running, before) is None
+    assert failure_event(failed, before) == ("UnreadableStoredSpec", UNREADABLE)
+    assert failure_event(failed, None) == ("UnreadableStoredSpec", UNREADABLE)
+    after = cr_status(failed, previous=before, now=T0)
+    assert failure_event(failed, after) is None  # written already: not again
+    step_failed = backend("failed", [step("a", "dead", error="boom")],
+                          message="step 'a' failed: boom")
+    assert failure_event(step_failed, before) is None
+    assert failure_event(None, before) is None
+    long = replace(failed, message=UNREADABLE + "; x" * 1000)
+    reason, message = failure_event(long, before) or ("", "")
+    assert reason == "UnreadableStoredSpec" and len(message) <= 1024
+
+
+def test_the_event_names_the_workflow_as_kubectl_describe_shows_it():
+    involved = {"apiVersion": "shoal.dev/v1alpha1", "kind": "Workflow", "namespace": "ns",
+                "name": "nightly", "uid": "u1"}
+    assert event(involved, "Warning", "UnreadableStoredSpec", UNREADABLE, now=T0) == {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": "nightly.", "namespace": "ns"},
+        "involvedObject": involved, "type": "Warning", "reason": "UnreadableStoredSpec",
+        "message": UNREADABLE, "source": {"component": "shoal-operator"},
+        "reportingComponent": "shoal-operator", "firstTimestamp": "2026-01-01T00:00:00Z",
+        "lastTimestamp": "2026-01-01T00:00:00Z", "count": 1}

@@ -67,7 +67,7 @@ async def test_a_running_handler_is_told(dsn: str, backend: Backend, log: str, t
         assert result.applied and result.previous_state == "running"
         await eventually(lambda: any(r["event"] == "cancelled" for r in runs(log)),
                          within=10, what="the handler to be told")
-        await eventually(lambda: not worker.held, what="the worker to forget the attempt")
+        await eventually(lambda: not worker.ledger.leases, what="the worker to forget the attempt")
         after = await client.enqueue("echo", "next")  # the worker goes on
         await eventually(lambda: task_in(backend, after, "succeeded"), what="the next task")
     assert [r["event"] for r in runs(log)] == ["start", "cancelled"]

@@ -67,3 +67,30 @@ async def test_no_handoff_while_the_worker_cannot_listen_and_it_claims_after_rec
     assert [e["task"] for e in events(log, "start")] == [task_id]
     worker.signal(signal.SIGTERM)
     assert await worker.wait() == 0
+
+
+async def test_a_handoff_read_after_its_lease_lapsed_is_never_started(
+        dsn: str, backend: Backend, spawn: Spawner, log: str) -> None:
+    """The frozen-handoff finding: a single enqueue handed to a parked worker that was
+    frozen was reaped and run by another worker, then run again when the frozen one
+    resumed. Now the frozen one reads the handoff's lease expiry, finds it past, and
+    hands the task back without starting it."""
+    frozen = await spawn.worker(dsn, claim_ttl="2s")
+    await eventually(lambda: parked(backend), what="the worker to park")
+    frozen.signal(signal.SIGSTOP)
+    try:
+        (task_id,) = await Client(backend, app).enqueue_many([Job("record", {"log": log})])
+        assert (await backend.get_task(task_id)).worker_id == frozen.worker_id  # handed off
+        other = await spawn.worker(dsn, claim_ttl="2s")
+        await eventually(lambda: task_in(backend, task_id, "succeeded"), within=30,
+                         what="the task, reaped and run by the other worker")
+    finally:
+        frozen.signal(signal.SIGCONT)
+    await eventually(lambda: "after its lease lapsed: not started" in frozen.output(),
+                     what="the thawed worker to refuse the stale handoff")
+    assert [e["pid"] for e in events(log, "start")] == [other.pid]
+    task = await backend.get_task(task_id)
+    assert (task.attempts, task.expiries) == (1, 1)  # the handoff's lease expired once
+    for worker in (frozen, other):
+        worker.signal(signal.SIGTERM)
+        assert await worker.wait() == 0

@@ -41,7 +41,7 @@ async def test_a_worker_never_reclaims_a_task_it_still_runs(
         finish.touch()
         await eventually(lambda: task_in(backend, task_id, "succeeded"), within=30,
                          what="the task's next run")
-        assert worker.busy == 0 and worker.executions == {} and worker.held == {}
+        assert worker.ledger.busy == 0 and worker.handlers == {} and worker.ledger.leases == {}
     mine = [e["event"] for e in runs(log) if e["task"] == task_id]
     assert mine == ["start", "cancelled", "start", "done"]  # never two runs at once
     task = await backend.get_task(task_id)

@@ -1,6 +1,8 @@
-"""Maintenance runs on one leader per schema: exactly one worker holds the schema's lock;
-when it is killed another takes over; a pass works through everything that is due in
-bounded batches — expired leases and old finished tasks — not a fixed amount a minute."""
+"""Maintenance runs on one leader per schema: exactly one worker holds the maintenance
+role's unexpired term; when it is killed another takes over once the term lapses, and
+when it drains it resigns and another takes over at once; a pass works through
+everything that is due in bounded batches — expired leases and old finished tasks —
+not a fixed amount a minute."""
 
 from __future__ import annotations
 
@@ -10,15 +12,12 @@ import signal
 from shoal.backend import Backend, NewTask
 from tests.support import Spawner, eventually
 
-LEADER = """
-SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()
-"""
-
 
 async def leaders(backend: Backend) -> list[str]:
-    rows = await backend.pool.fetch(LEADER)
-    return [r["application_name"].removeprefix("shoal worker ") for r in rows]
+    """The worker leading maintenance now, if any (a list: there is never more than one)."""
+    rows = await backend.pool.fetch(
+        "SELECT holder FROM shoal.leaders WHERE role = 'maintenance' AND expires_at > now()")
+    return [r["holder"] for r in rows]
 
 
 async def test_one_leader_and_it_moves_when_the_leader_is_killed(
@@ -38,8 +37,13 @@ async def test_one_leader_and_it_moves_when_the_leader_is_killed(
     (second,) = await eventually(new_leader, within=10, what="another worker to lead")
     assert second in workers and second != first
     assert "leading maintenance of schema shoal" in workers[second].output()
-    for w in workers.values():
-        w.signal(signal.SIGTERM)
+    # a drained leader resigns: the last worker leads well before the term would lapse
+    workers[second].signal(signal.SIGTERM)
+    assert await workers[second].wait() == 0
+    assert "resigned maintenance of schema shoal" in workers[second].output()
+    (third,) = await eventually(lambda: leaders(backend), within=0.5, what="the third leader")
+    assert third not in (first, second)
+    workers[third].signal(signal.SIGTERM)
     assert sorted([await w.wait() for w in workers.values()]) == [-signal.SIGKILL, 0, 0]
 
 

@@ -1,10 +1,11 @@
 """No service of a worker dies silently. Each case ends the same way: the failure is
 logged with its traceback, the worker stops being ready, hands back what it holds
-(running handlers cancelled and their tasks released, results waiting for their report
-reported, or released when the database will not take them) and exits non-zero, so
-Kubernetes restarts it. The cases: a service that raises, the metrics port already
-taken, and a stored workflow spec this version cannot read (one unknown key, as a
-rolling upgrade may produce)."""
+(running handlers cancelled and their tasks given up as lease expiries, results waiting
+for their report reported, or given up when the database will not take them) and exits
+non-zero, so Kubernetes restarts it. What it gave up used one lease expiry each: a task
+that makes every worker fail becomes a dead letter instead of a crash loop. The cases: a
+service that raises, the metrics port already taken, and a step report the database
+refuses (a trigger raises)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class Boom:
     async def run(self) -> None:
         w = self.worker
         async with w.report_lock:
-            await eventually(lambda: len(w.executions) == 2 and len(w.outbox) == 1,
+            await eventually(lambda: w.ledger.busy == 2 and len(w.ledger.outbox) == 1,
                              what="two runs and one result waiting")
             self.ready_before = w.ready()
             raise RuntimeError("boom: a bug in a service")
@@ -62,11 +63,16 @@ async def test_a_service_that_raises_ends_the_worker_after_handing_back(
     assert failure.levelno == logging.ERROR and failure.exc_info is not None
     assert "RuntimeError: boom: a bug in a service" in caplog.text  # the traceback
     assert "Traceback" in caplog.text or failure.exc_text
-    # released work: the two running tasks are ready again, their attempt not counted;
-    # the result held back was reported; the liveness row is gone
+    # given-up work: the two running tasks are ready again, their attempt not counted
+    # and one lease expiry used, saying why; the result held back was reported; the
+    # liveness row is gone
     for task_id in slow:
         task = await backend.get_task(task_id)
-        assert (task.state, task.attempts, task.worker_id) == ("ready", 0, None)
+        assert (task.state, task.attempts, task.expiries, task.worker_id) == (
+            "ready", 0, 1, None)
+        assert task.error == (f"lease given up (1 of 4 allowed): worker {worker.identity.id}"
+                              " failed: service boom failed: RuntimeError: boom: a bug in a"
+                              " service")
     assert (await backend.get_task(failing)).state == "dead"
     assert sorted(e["task"] for e in runs(log) if e["event"] == "cancelled") == sorted(slow)
     assert await backend.pool.fetchval("SELECT count(*) FROM shoal.workers") == 0
@@ -95,7 +101,18 @@ async def test_a_taken_metrics_port_ends_the_worker_with_a_traceback(
         assert task.state == ("succeeded" if task_id in done else "ready")
 
 
-async def test_an_unreadable_stored_workflow_spec_ends_the_worker_and_releases_the_step(
+# Refuses every step's success (a stored workflow spec this version cannot read no
+# longer does: it fails its workflow, see tests/worker/test_skew.py).
+REFUSE_STEP_RESULTS = """
+CREATE FUNCTION shoal.test_refuse() RETURNS trigger LANGUAGE plpgsql AS
+$$ BEGIN RAISE EXCEPTION 'step results refused by test_refuse'; END $$;
+CREATE TRIGGER test_refuse BEFORE UPDATE ON shoal.tasks FOR EACH ROW
+WHEN (OLD.workflow_id IS NOT NULL AND NEW.state = 'succeeded')
+EXECUTE FUNCTION shoal.test_refuse();
+"""
+
+
+async def test_a_refused_step_report_ends_the_worker_and_gives_the_step_up(
         dsn: str, backend: Backend, spawn: Spawner, log: str, tmp_path: Path) -> None:
     finish = tmp_path / "finish"
     client = Client(backend, app)
@@ -108,20 +125,21 @@ async def test_an_unreadable_stored_workflow_spec_ends_the_worker_and_releases_t
     worker = await spawn.worker(dsn, "--metrics-port", str(port), "--metrics-host",
                                 "127.0.0.1")
     await eventually(lambda: runs(log), what="step a to start")
-    # a newer version wrote a key this one does not know
-    await backend.pool.execute(
-        "UPDATE shoal.workflows SET spec = spec || '{\"retryPolicy\": {}}' WHERE id = $1",
-        workflow_id)
+    await backend.pool.execute(REFUSE_STEP_RESULTS)
     finish.touch()
     assert await worker.wait(within=60) == 1
     output = worker.output()
     assert "service report failed" in output and "Traceback" in output
-    assert "retryPolicy" in output and "Extra inputs are not permitted" in output
-    assert "releasing their tasks to run again" in output
+    assert "step results refused by test_refuse" in output
+    assert "giving their tasks up to run again" in output
     status = await client.status(workflow_id)
     assert [(s.name, s.state, s.attempts) for s in status.steps] == [
-        ("a", "ready", 0), ("b", "blocked", 0)]  # released, not stuck `running`
+        ("a", "ready", 0), ("b", "blocked", 0)]  # given up, not stuck `running`
     assert status.state == "running"
+    step = await backend.get_task(await backend.pool.fetchval(
+        "SELECT id FROM shoal.tasks WHERE workflow_id = $1 AND step = 'a'", workflow_id))
+    assert step.expiries == 1  # the next worker that fails on it counts too
+    assert step.error is not None and "step results refused by test_refuse" in step.error
     assert await backend.pool.fetchval("SELECT count(*) FROM shoal.workers") == 0
 
 

@@ -8,6 +8,12 @@ of finished steps, and `outcome` says when a workflow is finished. The
 workflow's state machine is here too: `advance` (a step changed) and
 `command` (pause, resume, cancel) return a `Plan` the backend carries out.
 
+Input is validated strictly (an unknown key is refused), but a spec the
+backend stored is read with `read_stored`, which ignores keys this version
+does not know (a newer version may have written them) and returns
+`Unreadable` for a spec it still cannot read; `advance` then fails that
+workflow with reason `UnreadableStoredSpec`.
+
 A step's input may hold references, anywhere in its JSON:
 
 - `${workflow.input}` or `${workflow.input.key.0}`: the workflow's input.
@@ -24,14 +30,15 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, NamedTuple
+from functools import cache
+from typing import Annotated, Any, Final, NamedTuple
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 from pydantic.alias_generators import to_camel
 
 from shoal.errors import InvalidCommand, InvalidInput, InvalidWorkflow
 from shoal.units import parse_duration
-from shoal.validation import Checked, Duration, Rule
+from shoal.validation import Checked, Duration, Rule, problems
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"
 TAG_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"  # at most 63 characters
@@ -46,8 +53,34 @@ StepName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
 Priority = Annotated[int, Field(**INT32, json_schema_extra={"format": "int32"})]
 
 
+# The validation context under which a stored spec is read (see `_Model`).
+STORED: Final = {"stored": True}
+
+
 class _Model(Checked):
+    """Refuses unknown keys in input; validated with context `STORED`, ignores them instead.
+
+    The context reaches every nested model, so a stored spec's steps are read
+    as leniently as its top level; the keys this version knows are checked as
+    strictly either way.
+    """
+
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ignore_unknown_keys_when_stored(cls, data: Any, info: ValidationInfo) -> Any:
+        if not (info.context or {}).get("stored") or not isinstance(data, Mapping):
+            return data
+        known = _known_keys(cls)
+        return {key: value for key, value in data.items() if key in known}
+
+
+@cache
+def _known_keys(model: type[_Model]) -> frozenset[str]:
+    """The keys `model` reads: its fields' names and their camelCase aliases."""
+    return frozenset(key for name, info in model.model_fields.items()
+                     for key in (name, info.alias) if key)
 
 
 class StepSpec(_Model):
@@ -93,6 +126,41 @@ class WorkflowSpec(_Model):
         "per aging interval, so low priority never starves)."))
     tags: list[Tag] = Field(default_factory=list, max_length=32, description=(
         "Default tags of every step; a worker claims a step only if it has all its tags."))
+
+
+UNREADABLE_STORED_SPEC: Final = "UnreadableStoredSpec"
+_REASON = re.compile(r"([A-Z][A-Za-z0-9]*): ")
+
+
+class Unreadable(NamedTuple):
+    """A stored spec this version cannot read, and why (one line)."""
+
+    problem: str
+
+
+def read_stored(data: Any) -> WorkflowSpec | Unreadable:
+    """A spec as the backend stored it, possibly by a newer version.
+
+    Keys this version does not know are ignored at every level (the stored
+    row keeps them); the rest is checked as on input, except the DAG rules of
+    `validate`, which held when the spec was stored. Unreadable, saying what
+    is wrong (the first few problems), when it does not fit this version's model.
+    """
+    try:
+        return WorkflowSpec.model_validate(data, context=STORED)
+    except ValidationError as exc:
+        return Unreadable(problems(exc, "spec", limit=3))
+
+
+def failure_reason(message: str | None) -> str | None:
+    """The reason a failed workflow's message starts with, if it names one.
+
+    A failure that programs may act on (e.g. `UnreadableStoredSpec`) starts
+    its message with that CamelCase reason and a colon; a failed step's
+    message (`step 'a' failed: ...`) names none.
+    """
+    found = _REASON.match(message or "")
+    return found.group(1) if found else None
 
 
 def validate(spec: WorkflowSpec) -> None:
@@ -270,23 +338,28 @@ class Plan:
     notify_control: bool = False
 
 
-def advance(state: str, message: str | None, spec: WorkflowSpec, workflow_input: Any,
-            steps: Mapping[str, Step], encode: Callable[[Any], str]) -> Plan:
+def advance(state: str, message: str | None, spec: WorkflowSpec | Unreadable,
+            workflow_input: Any, steps: Mapping[str, Step],
+            encode: Callable[[Any], str]) -> Plan:
     """The plan after a step of the workflow changed (finished, died, expired).
 
-    `steps` by name in creation order; `encode` turns a resolved input into JSON
-    text and raises InvalidInput when it cannot. A running or paused workflow
-    makes ready every blocked step whose dependencies all succeeded (claims skip
-    the steps of a paused one); a dead step, or a step whose input does not
-    resolve, fails the workflow with a message saying which, and cancels its
-    pending steps; once every step succeeded, so has the workflow. A
-    cancelling workflow is cancelled once no step runs. Other states stay.
+    `spec` as `read_stored` returns it; `steps` by name in creation order;
+    `encode` turns a resolved input into JSON text and raises InvalidInput
+    when it cannot. A running or paused workflow makes ready every blocked
+    step whose dependencies all succeeded (claims skip the steps of a paused
+    one); a dead step, a step whose input does not resolve, or an unreadable
+    spec (`UnreadableStoredSpec: ...`) fails the workflow with a message
+    saying which, and cancels its pending steps; once every step succeeded,
+    so has the workflow. A cancelling workflow is cancelled once no step
+    runs. Other states stay.
     """
     if state == "cancelling":
         running = any(s.state == "running" for s in steps.values())
         return Plan("cancelling" if running else "cancelled", message)
     if state not in ("running", "paused"):
         return Plan(state, message)
+    if isinstance(spec, Unreadable):
+        return _fail(f"{UNREADABLE_STORED_SPEC}: {spec.problem}")
     states = {name: s.state for name, s in steps.items()}
     outputs = {name: s.output for name, s in steps.items() if s.state == "succeeded"}
     templates = {s.name: s.input for s in spec.steps}
@@ -302,12 +375,16 @@ def advance(state: str, message: str | None, spec: WorkflowSpec, workflow_input:
     result = outcome(states)
     if result == "failed":
         dead = [(name, s.error) for name, s in steps.items() if s.state == "dead"]
-        failure = failure or (f"step {dead[0][0]!r} failed: {dead[0][1]}" if dead
-                              else "a step failed")
-        return Plan("failed", failure, cancel_pending="workflow failed: " + failure)
+        return _fail(failure or (f"step {dead[0][0]!r} failed: {dead[0][1]}" if dead
+                                 else "a step failed"))
     if result == "succeeded":
         return Plan("succeeded", None)
     return Plan(state, message, start, notify_tasks=bool(start))
+
+
+def _fail(failure: str) -> Plan:
+    """The workflow fails with `failure` as its message; its pending steps are cancelled."""
+    return Plan("failed", failure, cancel_pending="workflow failed: " + failure)
 
 
 def command(command: str, state: str, steps: Mapping[str, Step], *, actor: str,

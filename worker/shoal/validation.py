@@ -145,8 +145,14 @@ class KubeField:
     field: str
 
 
-def problems(exc: ValidationError, root: str = "") -> str:
-    """A model's validation errors on one line: `root.field.path: message; ...`."""
-    return "; ".join(
+def problems(exc: ValidationError, root: str = "", limit: int | None = None) -> str:
+    """A model's validation errors on one line: `root.field.path: message; ...`.
+
+    With `limit`, the first `limit` errors and how many more there are.
+    """
+    errors = exc.errors()
+    shown = "; ".join(
         ".".join(str(p) for p in (*([root] if root else []), *e["loc"])) + f": {e['msg']}"
-        for e in exc.errors())
+        for e in errors[:limit])
+    hidden = len(errors) - limit if limit is not None else 0
+    return f"{shown}; and {hidden} more" if hidden > 0 else shown

@@ -4,7 +4,10 @@
 unchanged backend yields an identical status and no patch), that is bounded
 in size whatever the tasks return (messages, errors and output are cut to a
 fixed length; the command history keeps the last few entries), and whose
-conditions keep their `lastTransitionTime` until their status changes.
+conditions keep their `lastTransitionTime` until their status changes. A
+workflow the backend failed for a named reason (`UnreadableStoredSpec: ...`,
+see `shoal.dag.failure_reason`) has that reason on its lifecycle conditions,
+and `failure_event` says when it deserves a Warning Event.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from shoal import dag
 from shoal.backend import CommandRecord, WorkflowStatus
 from shoal_operator.conditions import (
     Condition,
@@ -103,6 +107,11 @@ def lifecycle(phase: str, reason: str, message: str, *,
     ]
 
 
+def _failure_reason(status: WorkflowStatus) -> str | None:
+    """The reason the backend named for failing the workflow (e.g. UnreadableStoredSpec)."""
+    return dag.failure_reason(status.message) if status.state == "failed" else None
+
+
 def _sync_conditions(status: WorkflowStatus, generation: int | None) -> list[Condition]:
     phase = PHASES.get(status.state, "Running")
     paused = status.state == "paused"
@@ -112,8 +121,27 @@ def _sync_conditions(status: WorkflowStatus, generation: int | None) -> list[Con
                        generation=generation),
         make_condition("Paused", paused, "Paused" if paused else "NotPaused",
                        message if paused else "", generation=generation),
-        *lifecycle(phase, phase, message, generation=generation),
+        *lifecycle(phase, _failure_reason(status) or phase, message, generation=generation),
     ]
+
+
+def failure_event(backend: WorkflowStatus | None,
+                  previous: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """The Warning Event (reason, message) due for a workflow the backend failed for a
+    named reason, or None.
+
+    Due once: not when `previous` (the CR's status as last written or read)
+    already has condition Failed=True with that reason, so neither a repeated
+    sync nor an operator restart posts it again. A failed step names no
+    reason (its workflow's Failed condition says Failed) and gets no Event.
+    """
+    if backend is None or (reason := _failure_reason(backend)) is None:
+        return None
+    failed: Mapping[str, Any] = next((c for c in (previous or {}).get("conditions") or ()
+                                      if c.get("type") == "Failed"), {})
+    if failed.get("status") == "True" and failed.get("reason") == reason:
+        return None
+    return reason, bounded(backend.message, MAX_MESSAGE) or ""
 
 
 def cr_status(backend: WorkflowStatus | None, *, previous: Mapping[str, Any] | None,

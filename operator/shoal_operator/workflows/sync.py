@@ -11,7 +11,9 @@ workers, per their `--retention`.)
 Why one writer: the status is a pure function of the backend's state and the
 handlers' notes (conditions only an operator can judge: InvalidSpec,
 PoolNotFound, an invalid annotation), so nothing else races to patch it, and
-an identical result is never patched again.
+an identical result is never patched again. For the same reason it posts the
+Warning Event of a workflow the backend failed for a named reason (e.g.
+UnreadableStoredSpec), once, with the status patch that first says so.
 """
 
 from __future__ import annotations
@@ -36,11 +38,17 @@ from shoal_operator import metrics
 from shoal_operator.backends import notifications, pool_backend
 from shoal_operator.conditions import Condition
 from shoal_operator.health import Health
-from shoal_operator.kube import KubeError, kube
+from shoal_operator.kube import Kube, KubeError, event, events_path, kube
 from shoal_operator.pools.spec import PoolSpec
 from shoal_operator.resource import GROUP, VERSION
-from shoal_operator.workflows.spec import PLURAL, sinks
-from shoal_operator.workflows.status import FINAL_PHASES, PHASE_LABEL, cr_status, merge_patch
+from shoal_operator.workflows.spec import PLURAL, RESOURCE, sinks
+from shoal_operator.workflows.status import (
+    FINAL_PHASES,
+    PHASE_LABEL,
+    cr_status,
+    failure_event,
+    merge_patch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +166,11 @@ class StatusSync:
     when the phase changed); a status equal to the last one written is never
     patched; progress alone (steps advancing, no change of phase or conditions)
     is patched at most once per `progress_interval` per CR, while phase changes
-    go out at once; after a LISTEN connection is (re)established every CR of that
-    backend is re-read (nothing announced while nobody listened is lost); and
-    every unfinished CR is re-read every `resync` seconds as a safety net.
+    go out at once (with a Warning Event when the backend failed the workflow
+    for a named reason: `status.failure_event`); after a LISTEN connection is
+    (re)established every CR of that backend is re-read (nothing announced
+    while nobody listened is lost); and every unfinished CR is re-read every
+    `resync` seconds as a safety net.
     At most `concurrency` patches are in flight at once. A failed round is
     retried with backoff and reported to `Health` (see health.py).
     """
@@ -291,6 +301,7 @@ class StatusSync:
         new = cr_status(backend_status, previous=base, notes=list(e.notes.values()),
                         sinks=e.sinks, generation=e.generation)
         patch = merge_patch(base, new)
+        warning = failure_event(backend_status, base)
         wait = e.written_at + self.progress_interval - time.monotonic()
         if (patch and wait > 0 and new.get("phase") == base.get("phase")
                 and "conditions" not in patch):
@@ -315,6 +326,8 @@ class StatusSync:
                     sent += 1
                     e.written_at = time.monotonic()
                 e.written = new
+                if warning is not None:
+                    await _warn(client, e, *warning)
             except KubeError as exc:
                 if exc.not_found:
                     self.registry.forget(e.uid)
@@ -334,3 +347,16 @@ class StatusSync:
             self.mark([uid])
 
         asyncio.get_running_loop().call_later(delay, due)
+
+
+async def _warn(client: Kube, e: Tracked, reason: str, message: str) -> None:
+    """Post a Warning Event about the Workflow CR; a failure is logged, never raised
+    (an Event is auxiliary: the status already says the same)."""
+    involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": RESOURCE.kind,
+                "namespace": e.namespace, "name": e.name, "uid": e.uid}
+    try:
+        await client.create(events_path(e.namespace),
+                            event(involved, "Warning", reason, message))
+    except KubeError as exc:
+        log.warning("cannot post Event %s for Workflow %s/%s: %s", reason, e.namespace, e.name,
+                    exc)

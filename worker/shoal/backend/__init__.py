@@ -4,7 +4,7 @@ It knows nothing of Kubernetes or of the worker runtime; both call `Backend`.
 """
 
 from shoal.backend.codec import MAX_JSON_BYTES, check_text, json_text, printable
-from shoal.backend.connections import TRANSIENT_ERRORS
+from shoal.backend.connections import TRANSIENT_ERRORS, LinkTimeouts, describe
 from shoal.backend.driver import (
     FINAL_WORKFLOW_STATES,
     Backend,
@@ -19,6 +19,7 @@ from shoal.backend.models import (
     CommandRecord,
     DeadLetter,
     DeadLetterFilter,
+    Election,
     HeartbeatReply,
     NewTask,
     Outcome,
@@ -34,11 +35,13 @@ from shoal.backend.models import (
     WorkflowStatus,
 )
 from shoal.backend.notifications import Subscription
+from shoal.backend.queries import RESIGNED
 
 __all__ = [
     "DEFAULT_LEASE_EXPIRIES",
     "FINAL_WORKFLOW_STATES",
     "MAX_JSON_BYTES",
+    "RESIGNED",
     "TRANSIENT_ERRORS",
     "Backend",
     "Backlog",
@@ -48,7 +51,9 @@ __all__ = [
     "Connection",
     "DeadLetter",
     "DeadLetterFilter",
+    "Election",
     "HeartbeatReply",
+    "LinkTimeouts",
     "NewTask",
     "Outcome",
     "QueueDepth",
@@ -63,6 +68,7 @@ __all__ = [
     "WorkerRow",
     "WorkflowStatus",
     "check_text",
+    "describe",
     "json_text",
     "parse_handoff",
     "printable",

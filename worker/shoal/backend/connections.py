@@ -4,7 +4,8 @@ Two holders with the same interface (`Connections`), so `Backend` runs over eith
 
 - `Pool`: an asyncpg pool, for the client, the CLI and the operator.
 - `Session`: one connection for a whole worker, carrying every statement and
-  every LISTEN (see `Session`).
+  every LISTEN (see `Session`), with every wait on the network bounded
+  (`LinkTimeouts`).
 
 Both discard a connection after any error that may have left it unusable
 (everything but an error the server reported on a healthy connection, such
@@ -19,7 +20,10 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
+import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import asyncpg
@@ -90,11 +94,11 @@ def unavailable(dsn: str, exc: BaseException) -> BackendUnavailable:
 
 
 async def connect(dsn: str, init: Init, application_name: str | None = None,
-                  **kwargs: Any) -> asyncpg.Connection:
-    """One connection with Shoal's session settings, initialised by `init`;
-    unreachable or refused → BackendUnavailable."""
-    settings = SESSION_SETTINGS | ({"application_name": application_name}
-                                   if application_name else {})
+                  settings: dict[str, str] | None = None, **kwargs: Any) -> asyncpg.Connection:
+    """One connection with Shoal's session settings (and `settings`), initialised by
+    `init`; unreachable or refused → BackendUnavailable."""
+    settings = SESSION_SETTINGS | (settings or {}) | (
+        {"application_name": application_name} if application_name else {})
     try:
         conn = await asyncpg.connect(dsn, server_settings=settings, **kwargs)
     except Exception as exc:
@@ -105,6 +109,79 @@ async def connect(dsn: str, init: Init, application_name: str | None = None,
         conn.terminate()
         raise
     return conn
+
+
+@dataclass(frozen=True)
+class LinkTimeouts:
+    """How long a worker's connection may stay silent, all sized from the claim TTL so
+    that a dead link is noticed before the leases it carries lapse.
+
+    - `statement`: every statement's bound, on the client (the connection is then
+      dropped) and on the server (`statement_timeout`, and
+      `idle_in_transaction_session_timeout` for a client gone mid-transaction);
+    - `stall`: a statement unanswered this long makes the worker not ready;
+    - `probe`: an idle connection is pinged after this long without an answer, so
+      a link that died while idle is noticed too (within `probe` and half of it,
+      the listener's check, plus `stall`);
+    - `connect`: a connection attempt's bound;
+    - TCP keepalives on both ends (`keepalive_idle`, `_interval`, `_count`) and
+      `user_timeout` (unacknowledged data): the kernel ends a connection to a
+      vanished peer, on the client and, for the server, so that a partitioned
+      worker's session and its locks do not linger for the 2-hour default.
+    """
+
+    statement: float
+    stall: float
+    probe: float
+    connect: float
+    keepalive_idle: int
+    keepalive_interval: int
+    keepalive_count: int
+    user_timeout: float
+
+    @classmethod
+    def for_claim_ttl(cls, ttl: float) -> LinkTimeouts:
+        """Readiness within TTL/2 of a silent link (1.5 probe + stall = 7/16 TTL), a
+        hung statement dropped at TTL/2 (at least 1 s, at most 30 s), the kernel's
+        verdict on a dead peer within about a TTL."""
+        quarter = ttl / 4
+        return cls(statement=min(30.0, max(1.0, ttl / 2)), stall=min(15.0, quarter),
+                   probe=min(5.0, ttl / 8), connect=min(10.0, max(1.0, ttl / 2)),
+                   keepalive_idle=max(1, round(quarter)),
+                   keepalive_interval=max(1, round(ttl / 8)), keepalive_count=3,
+                   user_timeout=max(1.0, ttl / 2))
+
+    def server_settings(self) -> dict[str, str]:
+        """Per-session server settings: the server's half of the bounds."""
+        millis = round(self.statement * 1000)
+        return {"statement_timeout": str(millis),
+                "idle_in_transaction_session_timeout": str(millis),
+                "tcp_keepalives_idle": str(self.keepalive_idle),
+                "tcp_keepalives_interval": str(self.keepalive_interval),
+                "tcp_keepalives_count": str(self.keepalive_count),
+                "tcp_user_timeout": str(round(self.user_timeout * 1000)),
+                "client_connection_check_interval": str(round(self.probe * 1000))}
+
+    def apply_to_socket(self, conn: asyncpg.Connection) -> None:
+        """The client's half: keepalives and the user timeout on the connection's
+        socket (TCP only; Linux names the options as used here)."""
+        transport = getattr(conn, "_transport", None)  # asyncpg keeps it private
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", self.keepalive_idle),
+                              ("TCP_KEEPINTVL", self.keepalive_interval),
+                              ("TCP_KEEPCNT", self.keepalive_count),
+                              ("TCP_USER_TIMEOUT", round(self.user_timeout * 1000))):
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line that always names its cause (`TimeoutError` has no text)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class Connections(Protocol):
@@ -193,48 +270,73 @@ class Session(_Statements):
 
     Guarantees:
     - Statements run one at a time, in the order they were asked for.
-    - After an error that may have broken the connection (see the module
-      docstring) it is closed; the next statement opens a new one. `connected`
-      says whether a connection is open now, `lost` is set when it closes.
+    - Every wait on the network is bounded (`LinkTimeouts`): a statement
+      unanswered for `timeouts.statement` fails with TimeoutError and drops the
+      connection, and so does every error that may have broken it (see the
+      module docstring); the next statement opens a new one. Each drop is logged
+      once, naming its cause. `connected` says whether a connection is open now,
+      `lost` is set when it closes.
+    - `silence()` says for how long the statement in flight has heard nothing
+      (neither its answer nor a notification): a hung statement is seen without
+      queueing anything behind it.
     - Every new connection listens on `channels` before any statement runs on
-      it, and bumps `generation`: whoever keeps session state (an advisory
-      lock) knows it lasts only as long as the generation that took it.
+      it, and bumps `generation`.
     - Notifications arrive while statements run; `on_notify(channel, payload)`
       is called for each.
     """
 
     def __init__(self, dsn: str, schema: str, channels: list[str], on_notify: OnNotify,
-                 init: Init, *, application_name: str, command_timeout: float = 30.0) -> None:
+                 init: Init, *, application_name: str, timeouts: LinkTimeouts) -> None:
         self.dsn = dsn
         self.application_name = application_name
         self.schema = schema
         self.channels = channels
         self.on_notify = on_notify
         self.init = init
-        self.command_timeout = command_timeout
+        self.timeouts = timeouts
         self.generation = 0
         self.lost = asyncio.Event()
         self.lost.set()  # nothing connected yet
+        self.last_heard = time.monotonic()  # an answer or a notification arrived
+        self._busy_since: float | None = None  # a statement (or transaction) in flight
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()
-        self._held: dict[str, int] = {}  # advisory lock statement -> generation holding it
 
     @property
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.is_closed()
 
+    @property
+    def busy(self) -> bool:
+        """Whether a statement (or a transaction) is in flight."""
+        return self._busy_since is not None
+
+    def silence(self, now: float) -> float:
+        """Seconds the work in flight has gone without hearing from the server (0 when
+        nothing is in flight)."""
+        if self._busy_since is None:
+            return 0.0
+        return max(0.0, now - max(self._busy_since, self.last_heard))
+
     async def connect(self) -> None:
-        """Open the connection now if there is none; raises a transient error if it cannot."""
+        """Open the connection now if there is none (never waiting behind a statement in
+        flight on an open one); raises a transient error if it cannot."""
+        if self.connected:
+            return
         async with self._lock:
             await self._ensure()
 
     async def _ensure(self) -> asyncpg.Connection:
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
-        self._drop()
-        conn = await connect(self.dsn, self.init, self.application_name, timeout=10,
-                             command_timeout=self.command_timeout)
+        if self._conn is not None:
+            self._drop("the server closed it")
+        t = self.timeouts
+        conn = await connect(self.dsn, self.init, self.application_name,
+                             t.server_settings(), timeout=t.connect,
+                             command_timeout=t.statement)
         try:
+            t.apply_to_socket(conn)
             for channel in self.channels:
                 await conn.add_listener(channel, self._deliver)
         except BaseException:
@@ -244,13 +346,16 @@ class Session(_Statements):
         conn.add_termination_listener(lambda _conn: lost.set())
         self._conn, self.lost = conn, lost
         self.generation += 1
+        self.last_heard = time.monotonic()
         return conn
 
     def _deliver(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
+        self.last_heard = time.monotonic()
         self.on_notify(channel, payload)
 
-    def _drop(self) -> None:
+    def _drop(self, cause: str) -> None:
         if self._conn is not None:
+            log.warning("database connection lost: %s", cause)
             self._conn.terminate()
             self._conn = None
         self.lost.set()
@@ -259,26 +364,30 @@ class Session(_Statements):
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
         async with self._lock:
             conn = await self._ensure()
+            self._busy_since = time.monotonic()
             try:
                 yield conn
             except BaseException as exc:
-                if not _keeps_connection(exc):
-                    self._drop()
+                if _keeps_connection(exc):
+                    self.last_heard = time.monotonic()  # the server answered, with an error
+                else:
+                    self._drop(self._cause(exc))
                 translated = _translate(exc, self.schema)
                 if translated is exc:
                     raise
                 raise translated from exc
+            else:
+                self.last_heard = time.monotonic()
+            finally:
+                self._busy_since = None
 
-    async def hold_lock(self, statement: str) -> bool:
-        """Whether this session holds the advisory lock `statement` takes (a
-        `pg_try_advisory_lock` that answers true or false), trying it when not."""
-        async with self.acquire() as conn:
-            if self._held.get(statement) == self.generation:
-                return True
-            if await conn.fetchval(statement):
-                self._held[statement] = self.generation
-                return True
-            return False
+    def _cause(self, exc: BaseException) -> str:
+        if isinstance(exc, TimeoutError):
+            return (f"no answer for {self.timeouts.statement:g}s "
+                    f"(statement bound, sized from the claim TTL)")
+        if isinstance(exc, asyncio.CancelledError):
+            return "a statement was cancelled mid-way"
+        return describe(exc)
 
     async def close(self) -> None:
         async with self._lock:
@@ -286,4 +395,5 @@ class Session(_Statements):
                 with contextlib.suppress(*TRANSIENT_ERRORS):
                     async with asyncio.timeout(5):
                         await self._conn.close()
-            self._drop()
+                self._conn = None
+            self.lost.set()

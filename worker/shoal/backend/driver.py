@@ -20,8 +20,15 @@ from pydantic_core import PydanticSerializationError
 
 from shoal import dag
 from shoal.backend import migrate as migrations
-from shoal.backend.codec import check_text, from_json, init_connection, json_text
-from shoal.backend.connections import TRANSIENT_ERRORS, Connections, OnNotify, Pool, Session
+from shoal.backend.codec import check_text, from_json, init_connection, json_text, printable
+from shoal.backend.connections import (
+    TRANSIENT_ERRORS,
+    Connections,
+    LinkTimeouts,
+    OnNotify,
+    Pool,
+    Session,
+)
 from shoal.backend.models import (
     DEFAULT_LEASE_EXPIRIES,
     Backlog,
@@ -30,6 +37,7 @@ from shoal.backend.models import (
     CommandRecord,
     DeadLetter,
     DeadLetterFilter,
+    Election,
     HeartbeatReply,
     NewTask,
     Outcome,
@@ -107,16 +115,16 @@ class Backend:
 
     @classmethod
     def for_worker(cls, dsn: str, *, schema: str, worker_id: str, handoff_channel: str,
-                   on_notify: OnNotify, command_timeout: float = 30.0) -> Backend:
+                   on_notify: OnNotify, timeouts: LinkTimeouts) -> Backend:
         """A Backend over one connection (a `Session`, in `.session`) that also
-        listens on the tasks, control and `handoff_channel` channels. It
-        connects on first use; `pg_stat_activity` shows it as application
-        `shoal worker WORKER_ID`."""
+        listens on the tasks, control and `handoff_channel` channels, every wait
+        on it bounded by `timeouts`. It connects on first use; `pg_stat_activity`
+        shows it as application `shoal worker WORKER_ID`."""
         queries = Queries(check_schema(schema))
         channels = [queries.tasks_channel, queries.control_channel, handoff_channel]
         session = Session(dsn, schema, channels, on_notify, init_connection,
                           application_name=f"shoal worker {worker_id}"[:63],
-                          command_timeout=command_timeout)
+                          timeouts=timeouts)
         return cls(session, dsn, schema)
 
     @property
@@ -180,12 +188,15 @@ class Backend:
         """One round trip (cancel it to time it out: the connection is then dropped)."""
         await self.pool.execute(self.queries.ping)
 
-    async def lead(self) -> bool:
-        """Whether this worker's connection holds the schema's maintenance lock,
-        taking it when it is free. A session-level advisory lock: it goes when
-        the connection goes, so a dead leader's lock is free at once."""
-        assert self.session is not None, "a worker's Backend (for_worker) leads"
-        return await self.session.hold_lock(self.queries.lead)
+    async def elect(self, holder: str, term: int, seconds: float) -> Election:
+        """Renew the maintenance role for `seconds` if `holder` leads it under `term`
+        (0: none), or take it under a new term if it lapsed (see Queries.elect)."""
+        row = await self.pool.fetchrow(self.queries.elect, holder, term, seconds)
+        return Election(term=row["term"], holder=row["holder"], remaining=row["remaining"])
+
+    async def resign(self, holder: str, term: int) -> None:
+        """End `holder`'s term `term` of the maintenance role now, if it is current."""
+        await self.pool.execute(self.queries.resign, holder, term)
 
     # -- tasks -----------------------------------------------------------------
 
@@ -377,27 +388,54 @@ class Backend:
 
     # -- maintenance -------------------------------------------------------------
 
-    async def reap_expired(self, limit: int = 1000) -> int:
+    # Maintenance: `term` is the maintenance role's term the caller leads under; a
+    # term that is not the current one (or lapsed) does nothing. None: an
+    # administrator's call, on behalf of no leader.
+
+    async def reap_expired(self, limit: int = 1000, term: int | None = None) -> int:
         """Make tasks with expired leases claimable again (or dead); return how many."""
+        return await self._expire(self.queries.reap_expired, limit, term)
+
+    async def abandon(self, leases: Sequence[tuple[int, int]], *, worker_id: str,
+                      reason: str) -> set[int]:
+        """Give up (task id, lease token) pairs `worker_id` holds, as an expiry would
+        (`reason` completes "worker W ...": "failed: ...", "could not renew ...").
+        Returns the ids given up."""
+        if not leases:
+            return set()
+        rows = await self._expire_rows(self.queries.abandon, [i for i, _ in leases],
+                                       [t for _, t in leases], worker_id,
+                                       printable(reason[:1000]))
+        return {r["id"] for r in rows}
+
+    async def _expire(self, query: str, *args: Any) -> int:
+        return len(await self._expire_rows(query, *args))
+
+    async def _expire_rows(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        """Run an expiring statement (see Queries._expiry) and, in its transaction, wake
+        the workers of what is ready again and advance the workflows of dead steps."""
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(self.queries.reap_expired, limit)
+            rows: list[asyncpg.Record] = await conn.fetch(query, *args)
             for namespace in {r["namespace"] for r in rows if r["state"] == "ready"}:
                 await conn.execute(self.queries.notify_tasks, namespace)
             for workflow_id in sorted({r["workflow_id"] for r in rows if r["workflow_id"]}):
                 await self._advance(conn, workflow_id)
-        return len(rows)
+        return rows
 
-    async def reap_workers(self, stale_seconds: float | None = None) -> list[str]:
+    async def reap_workers(self, stale_seconds: float | None = None,
+                           term: int | None = None) -> list[str]:
         """Forget workers not seen for `stale_seconds` (None: three of their own
         claim TTLs, i.e. six missed heartbeats); return their ids."""
-        rows = await self.pool.fetch(self.queries.reap_workers, stale_seconds)
+        rows = await self.pool.fetch(self.queries.reap_workers, stale_seconds, term)
         return [r["id"] for r in rows]
 
-    async def prune(self, retention_seconds: float, limit: int = 10_000) -> tuple[int, int]:
+    async def prune(self, retention_seconds: float, limit: int = 10_000,
+                    term: int | None = None) -> tuple[int, int]:
         """Delete finished plain tasks and finished workflows older than the retention."""
-        tasks = await self.pool.execute(self.queries.prune_tasks, retention_seconds, limit)
+        tasks = await self.pool.execute(self.queries.prune_tasks, retention_seconds, limit,
+                                        term)
         workflows = await self.pool.execute(self.queries.prune_workflows, retention_seconds,
-                                            limit)
+                                            limit, term)
         return int(tasks.split()[-1]), int(workflows.split()[-1])
 
     # -- dead letters --------------------------------------------------------------
@@ -467,13 +505,15 @@ class Backend:
     async def _advance(self, conn: asyncpg.Connection, workflow_id: UUID) -> None:
         """Carry out `dag.advance` for a workflow one of whose steps changed.
 
-        Runs inside the caller's transaction, under the workflow row's lock.
+        Runs inside the caller's transaction, under the workflow row's lock. A
+        stored spec this version cannot read fails that workflow (reason
+        UnreadableStoredSpec) and raises nothing, so the caller's report commits.
         """
         wf = await conn.fetchrow(self.queries.lock_workflow, workflow_id)
         if wf is None:
             return
         steps = await self._steps(conn, workflow_id)
-        spec = dag.WorkflowSpec.model_validate(wf["spec"])
+        spec = dag.read_stored(wf["spec"])
         plan = dag.advance(wf["state"], wf["message"], spec, wf["input"], steps, json_text)
         await self._carry_out(conn, wf, plan)
 
@@ -623,10 +663,11 @@ class Backend:
         """Remove the registration `watch_task` made."""
         await self.pool.execute(self.queries.unwatch_task, task_id, waiter)
 
-    async def prune_waits(self, limit: int = 10_000) -> int:
+    async def prune_waits(self, limit: int = 10_000, term: int | None = None) -> int:
         """Delete up to `limit` registrations that crashed clients left behind (their
-        task ended, or is gone, and they began over a minute ago); return how many."""
-        deleted = await self.pool.execute(self.queries.prune_waits, limit)
+        task ended, or is gone, and they began over a minute ago); return how many.
+        Fenced by the maintenance `term` as `prune` is."""
+        deleted = await self.pool.execute(self.queries.prune_waits, limit, term)
         return int(deleted.split()[-1])
 
     async def list_tasks(self, where: TaskFilter, limit: int = 100) -> list[TaskSummary]:
@@ -699,10 +740,16 @@ def _workflow_status(wf: asyncpg.Record, steps: Sequence[asyncpg.Record],
                   for c in commands])
 
 
-def parse_handoff(message: str) -> ClaimedTask:
-    """The task an enqueue leased to this worker, from its notification (queries.enqueue)."""
-    return _claimed({**from_json(message), "workflow_id": None, "step": None,  # plain, new
-                     "alone": False})
+def parse_handoff(message: str) -> ClaimedTask | None:
+    """The task an enqueue leased to this worker, from its notification (Queries.enqueue);
+    None when the message lacks what this version needs (a newer version may add keys,
+    which are ignored)."""
+    try:
+        fields = from_json(message)
+        return _claimed({**fields, "workflow_id": None, "step": None,  # plain, new
+                         "alone": False})
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 def _claimed(r: asyncpg.Record | Mapping[str, Any]) -> ClaimedTask:
@@ -711,7 +758,8 @@ def _claimed(r: asyncpg.Record | Mapping[str, Any]) -> ClaimedTask:
         id=r["id"], name=r["name"], payload=r["payload"], attempt=r["attempts"],
         max_attempts=r["max_attempts"], lease_token=r["lease_token"],
         timeout_seconds=r["timeout_ms"] / 1000 if r["timeout_ms"] else None,
-        workflow_id=r["workflow_id"], step=r["step"], due_at=r["due_at"], alone=r["alone"])
+        workflow_id=r["workflow_id"], step=r["step"], due_at=r["due_at"], alone=r["alone"],
+        expires_at=r.get("expires_at"))
 
 
 def _max_attempts(worker: WorkerIdentity) -> list[int]:

@@ -47,6 +47,10 @@ class ClaimedTask(NamedTuple):
     due_at: float  # when it became claimable (run_at), in Unix seconds
     # A suspect (its lease expired twice): its worker runs nothing else beside it.
     alone: bool = False
+    # When its lease expires, in Unix seconds by the database's clock, where the
+    # worker did not take the lease itself (a handoff, a claim found on catching
+    # up); None for a claim: its lease lasts the claim TTL from the claim.
+    expires_at: float | None = None
 
 
 class Outcome(NamedTuple):
@@ -93,6 +97,16 @@ class HeartbeatReply:
     held: frozenset[int]
     cancel: frozenset[int]
     withdrawn: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Election:
+    """The maintenance role after an election: `term` is the term the caller leads
+    under (None: `holder` leads), `remaining` the seconds its term had left before."""
+
+    term: int | None
+    holder: str
+    remaining: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,41 @@ Nothing outside the backend layer writes SQL.
 
 from __future__ import annotations
 
+# What `resign` says on the control channel: the maintenance role is free now.
+RESIGNED = "resigned:maintenance"
+
+
+def _holding(worker: str) -> str:
+    """The lease fence: rows `r(id, token)` whose lease is current and, when the
+    worker id `worker` (a parameter such as "$4") is not NULL, held by that worker."""
+    return (f"t.id = r.id AND t.lease_token = r.token AND t.state = 'running' "
+            f"AND ({worker}::text IS NULL OR t.worker_id = {worker})")
+
+
+def _leading(term: str) -> str:
+    """The leader fence: true while the maintenance role's current term is `term` (a
+    parameter such as "$2") and unexpired, or when `term` is NULL (an administrator's
+    call, on behalf of no leader)."""
+    return (f"({term}::bigint IS NULL OR EXISTS (SELECT 1 FROM {{schema}}.leaders "
+            f"WHERE role = 'maintenance' AND term = {term} AND expires_at > now()))")
+
+
+def _expiry(what: str, why: str) -> str:
+    """The SET list of a lease ended without a report (expired, or given up by a worker
+    that failed): back to ready in its place in line, the attempt not counted and one
+    lease expiry used up; the expiry after the last makes the task dead. The token is
+    bumped, so a late report under the old one is refused. The error reads
+    `WHAT (3 of 4 allowed): WHY`."""
+    return f"""state = CASE WHEN t.expiries >= t.max_expiries THEN 'dead' ELSE 'ready' END::{{schema}}.task_state,
+        error = {what} || ' (' || (t.expiries + 1) || ' of ' || (t.max_expiries + 1)
+                || ' allowed): ' || {why},
+        finished_at = CASE WHEN t.expiries >= t.max_expiries THEN now() END,
+        attempts = greatest(t.attempts - 1, 0),
+        expiries = t.expiries + 1,
+        lease_token = t.lease_token + 1,
+        lease_expires_at = NULL,
+        worker_id = NULL"""
+
 
 class Queries:
     """The statements of this class, rendered for one schema.
@@ -34,8 +69,34 @@ class Queries:
 
     ping = "SELECT 1"
 
-    # The maintenance leader's lock, one per schema, held by a worker's session.
-    lead = "SELECT pg_try_advisory_lock(hashtext('shoal.maintenance.{schema}'))"
+    # The maintenance role (see migration 0004): worker $1, holding term $2 (0 for
+    # none), renews it for $3 seconds, or takes it with a new term once it lapsed.
+    # A lapsed term is never renewed, even by its holder: whoever leads after a lapse
+    # leads under a new term. `term` is the term led now (NULL: another worker
+    # leads); `remaining` the seconds left of the term seen before this statement.
+    elect = """
+    WITH won AS (
+        UPDATE {schema}.leaders l
+        SET holder = $1,
+            term = l.term + (NOT (l.holder = $1 AND l.term = $2 AND l.expires_at > now()))::int,
+            elected_at = CASE WHEN l.holder = $1 AND l.term = $2 AND l.expires_at > now()
+                              THEN l.elected_at ELSE now() END,
+            expires_at = now() + $3::float8 * interval '1 second'
+        WHERE l.role = 'maintenance' AND (l.expires_at <= now() OR (l.holder = $1 AND l.term = $2))
+        RETURNING l.term
+    )
+    SELECT (SELECT term FROM won) AS term, l.holder,
+           greatest(extract(epoch FROM l.expires_at - now()), 0)::float8 AS remaining
+    FROM {schema}.leaders l WHERE l.role = 'maintenance'
+    """
+
+    # The holder of term $2 gives the role up (a drain): anyone may take it now, and
+    # the workers hear it on the control channel.
+    resign = """
+    UPDATE {schema}.leaders SET expires_at = now()
+    WHERE role = 'maintenance' AND holder = $1 AND term = $2 AND expires_at > now()
+    RETURNING pg_notify('{schema}_control', '""" + RESIGNED + """')
+    """
 
     # The aging interval is baked into an inlinable SQL function so every write
     # computes the same claim order and the claim needs no per-row arithmetic.
@@ -58,15 +119,16 @@ class Queries:
     # connection whatever jsonb codec it set (transactional enqueue); $11 false
     # turns the handoff off (a caller's transaction must not hold a worker's row).
     # Handoff: an enqueue of exactly one task, due now, without idempotency key,
-    # whose JSON fits in a notification, is leased in the same statement to one
-    # parked worker that could claim it (namespace, name, tags) and is alive: seen
-    # within its claim TTL, and the backend process of the connection it parked
-    # (and listens) on still exists. Provided no
-    # due ready task in the namespace comes first in claim order. The worker
-    # gets the task in a NOTIFY on its own channel and starts it without a
-    # claim round trip; the lease (token 1, the worker's TTL) fences it as
-    # usual. Otherwise the task is ready and one NOTIFY per namespace wakes
-    # the workers.
+    # whose JSON fits in a notification, is leased in the same statement to the
+    # parked worker that parked longest among those that could claim it
+    # (namespace, name, tags) and are alive: seen within their claim TTL, and the
+    # backend process of the connection they parked (and listen) on still exists.
+    # Provided no due ready task in the namespace comes first in claim order. The
+    # worker gets the task in a NOTIFY on its own channel, with its lease's
+    # expiry, and starts it without a claim round trip unless that expiry has
+    # passed (see shoal.worker.ledger); the lease (token 1, the worker's TTL)
+    # fences it as usual. Otherwise the task is ready and one NOTIFY per
+    # namespace wakes the workers.
     enqueue = """
     WITH rows AS (
         SELECT r.namespace, r.name, r.payload::jsonb AS payload, r.priority, r.delay_s,
@@ -106,6 +168,7 @@ class Queries:
                       AND t.sort_key <= {schema}.sort_key(now() + r.delay_s * interval '1 second',
                                                           r.priority)
                       AND t.run_at <= now())
+            ORDER BY p.parked_at
             LIMIT 1
             FOR UPDATE OF p SKIP LOCKED
         ) p
@@ -128,7 +191,7 @@ class Queries:
         FROM rows r LEFT JOIN handoff h ON true
         ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING id, namespace, name, payload, idempotency_key, worker_id, attempts,
-                  max_attempts, lease_token, timeout_ms, run_at
+                  max_attempts, lease_token, timeout_ms, run_at, lease_expires_at
     )
     SELECT i.id, i.idempotency_key,
            (SELECT count(pg_notify('{schema}_tasks', n.namespace))
@@ -137,7 +200,8 @@ class Queries:
                 'id', t.id, 'name', t.name, 'payload', t.payload, 'attempts', t.attempts,
                 'max_attempts', t.max_attempts, 'lease_token', t.lease_token,
                 'timeout_ms', t.timeout_ms,
-                'due_at', extract(epoch FROM t.run_at))::text))
+                'due_at', extract(epoch FROM t.run_at),
+                'expires_at', extract(epoch FROM t.lease_expires_at))::text))
             FROM inserted t JOIN handoff h ON h.id = t.worker_id) AS handed_off
     FROM inserted i
     """
@@ -179,8 +243,9 @@ class Queries:
     # else), and its worker claims nothing more while it runs (see `alone`):
     # tasks that share a worker with it lose at most one expiry to it.
     # A claim that finds fewer tasks than it asked for parks the worker on its
-    # channel $8 (see enqueue), recording the backend process it listens on; a
-    # full one unparks it. The liveness row is written only when that changes.
+    # channel $8 (see enqueue), recording the backend process it listens on and
+    # when it parked; a full one unparks it. The liveness row is written only
+    # when that changes: a worker that stays parked keeps its place in line.
     # In the same statement (one round trip, one commit) it completes the
     # claimer's successful attempts $9..$11, fenced as `complete` is; the last
     # row lists the ids it completed, its task columns NULL.
@@ -189,8 +254,7 @@ class Queries:
         UPDATE {schema}.tasks t
         SET """ + _succeed + """
         FROM unnest($9::bigint[], $10::bigint[], $11::jsonb[]) AS r(id, token, result)
-        WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
-          AND t.worker_id = $6
+        WHERE """ + _holding("$6") + """
         RETURNING t.id, """ + _finished + """
     ), candidates AS (
         SELECT t.ctid AS tid, t.sort_key, t.id, t.expiries >= 2 AS alone
@@ -231,7 +295,8 @@ class Queries:
     ), parking AS (
         SELECT CASE WHEN count(*) < $4 THEN $8::text END AS channel FROM claimed
     ), parked AS (
-        UPDATE {schema}.workers w SET parked_channel = p.channel, parked_pid = pg_backend_pid()
+        UPDATE {schema}.workers w
+        SET parked_channel = p.channel, parked_pid = pg_backend_pid(), parked_at = now()
         FROM parking p
         WHERE w.id = $6 AND (w.parked_channel IS DISTINCT FROM p.channel
                              OR w.parked_pid IS DISTINCT FROM pg_backend_pid())
@@ -250,8 +315,7 @@ class Queries:
     UPDATE {schema}.tasks t
     SET """ + _succeed + """
     FROM unnest($1::bigint[], $2::bigint[], $3::jsonb[]) AS r(id, token, result)
-    WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
-      AND ($4::text IS NULL OR t.worker_id = $4)
+    WHERE """ + _holding("$4") + """
     RETURNING t.id, """ + _finished + """
     """
 
@@ -268,8 +332,7 @@ class Queries:
         lease_expires_at = NULL,
         worker_id = NULL
     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[]) AS r(id, token, error, retry_in_s)
-    WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
-      AND ($5::text IS NULL OR t.worker_id = $5)
+    WHERE """ + _holding("$5") + """
     RETURNING t.id, """ + _finished_dead + """
     """
 
@@ -277,8 +340,7 @@ class Queries:
     UPDATE {schema}.tasks t
     SET state = 'cancelled', error = r.error, finished_at = now(), lease_expires_at = NULL
     FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS r(id, token, error)
-    WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
-      AND ($4::text IS NULL OR t.worker_id = $4)
+    WHERE """ + _holding("$4") + """
     RETURNING t.id, """ + _finished + """
     """
 
@@ -291,9 +353,20 @@ class Queries:
     SET state = 'ready', attempts = greatest(t.attempts - 1, 0), lease_expires_at = NULL,
         lease_token = t.lease_token + 1, worker_id = NULL
     FROM unnest($1::bigint[], $2::bigint[]) AS r(id, token)
-    WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
-      AND ($3::text IS NULL OR t.worker_id = $3)
+    WHERE """ + _holding("$3") + """
     RETURNING t.id, (SELECT pg_notify('{schema}_tasks', t.namespace)) IS NULL
+    """
+
+    # A worker gives leases up as if they had expired when it fails while holding
+    # them (whatever made it fail may be one of these tasks, and an exit that cost
+    # nothing would let one row crash-loop a pool), and when it stopped their
+    # handlers itself because it could not renew them in time. ($4: why.)
+    abandon = """
+    UPDATE {schema}.tasks t
+    SET """ + _expiry("'lease given up'", "'worker ' || $3 || ' ' || $4") + """
+    FROM unnest($1::bigint[], $2::bigint[]) AS r(id, token)
+    WHERE """ + _holding("$3") + """
+    RETURNING t.id, t.namespace, t.workflow_id, t.state::text, """ + _finished_dead + """
     """
 
     # One statement extends every lease a worker holds and refreshes its liveness
@@ -304,7 +377,7 @@ class Queries:
         UPDATE {schema}.tasks t
         SET lease_expires_at = now() + $3::float8 * interval '1 second'
         FROM unnest($1::bigint[], $2::bigint[]) AS r(id, token)
-        WHERE t.id = r.id AND t.lease_token = r.token AND t.state = 'running'
+        WHERE """ + _holding("$4") + """
         RETURNING t.id, t.workflow_id
     ), alive AS (
         INSERT INTO {schema}.workers
@@ -346,11 +419,11 @@ class Queries:
     """
 
     # Tasks leased to a worker since it started, for a worker that reconnected: a
-    # claim whose reply it lost is found here.
+    # claim whose reply it lost is found here, with its lease's expiry.
     leased_to = """
     SELECT t.id, t.name, t.payload, t.attempts, t.max_attempts, t.lease_token, t.timeout_ms,
            t.workflow_id, t.step, extract(epoch FROM t.run_at)::float8 AS due_at,
-           t.expiries >= 2 AS alone
+           t.expiries >= 2 AS alone, extract(epoch FROM t.lease_expires_at)::float8 AS expires_at
     FROM {schema}.tasks t
     WHERE t.worker_id = $1 AND t.state = 'running' AND t.lease_expires_at > now()
       AND t.started_at >= $2
@@ -358,27 +431,18 @@ class Queries:
 
     clock = "SELECT now()"
 
-    # Expired leases: back to ready (keeping their place in line), the attempt not
-    # counted and one lease expiry used up; the expiry after the last makes the
-    # task dead. The token is bumped (see release).
+    # Expired leases (see _expiry), reaped by the maintenance leader of term $2.
     reap_expired = """
     WITH expired AS (
         SELECT ctid AS tid FROM {schema}.tasks
-        WHERE lease_expires_at < now() AND state = 'running'
+        WHERE lease_expires_at < now() AND state = 'running' AND """ + _leading("$2") + """
         ORDER BY lease_expires_at
         LIMIT $1
         FOR UPDATE SKIP LOCKED
     )
     UPDATE {schema}.tasks t
-    SET state = CASE WHEN t.expiries >= t.max_expiries THEN 'dead' ELSE 'ready' END::{schema}.task_state,
-        error = 'lease expired (' || (t.expiries + 1) || ' of ' || (t.max_expiries + 1)
-                || ' allowed): worker ' || coalesce(t.worker_id, '?') || ' stopped heartbeating',
-        finished_at = CASE WHEN t.expiries >= t.max_expiries THEN now() END,
-        attempts = greatest(t.attempts - 1, 0),
-        expiries = t.expiries + 1,
-        lease_token = t.lease_token + 1,
-        lease_expires_at = NULL,
-        worker_id = NULL
+    SET """ + _expiry("'lease expired'",
+                      "'worker ' || coalesce(t.worker_id, '?') || ' stopped heartbeating'") + """
     FROM expired e
     WHERE t.ctid = e.tid
     RETURNING t.id, t.namespace, t.workflow_id, t.state::text, """ + _finished_dead + """
@@ -397,6 +461,7 @@ class Queries:
     reap_workers = """
     DELETE FROM {schema}.workers
     WHERE last_seen < now() - coalesce($1::float8, 3 * claim_ttl) * interval '1 second'
+      AND """ + _leading("$2") + """
     RETURNING id
     """
 
@@ -407,7 +472,7 @@ class Queries:
     WITH doomed AS (
         SELECT ctid AS tid FROM {schema}.tasks
         WHERE state IN ('succeeded', 'cancelled') AND workflow_id IS NULL
-          AND finished_at < now() - $1::float8 * interval '1 second'
+          AND finished_at < now() - $1::float8 * interval '1 second' AND """ + _leading("$3") + """
         ORDER BY finished_at
         LIMIT $2
         FOR UPDATE SKIP LOCKED
@@ -418,7 +483,7 @@ class Queries:
     prune_workflows = """
     WITH doomed AS (
         SELECT ctid AS tid FROM {schema}.workflows
-        WHERE finished_at < now() - $1::float8 * interval '1 second'
+        WHERE finished_at < now() - $1::float8 * interval '1 second' AND """ + _leading("$3") + """
         ORDER BY finished_at
         LIMIT $2
         FOR UPDATE SKIP LOCKED
@@ -666,6 +731,7 @@ class Queries:
         WHERE w.since < now() - interval '1 minute'
           AND NOT EXISTS (SELECT FROM {schema}.tasks t WHERE t.id = w.task_id
                           AND t.state IN ('ready', 'running', 'blocked'))
+          AND """ + _leading("$2") + """
         LIMIT $1
         FOR UPDATE OF w SKIP LOCKED
     )

@@ -45,11 +45,12 @@ class PermanentError(Exception):
 class TaskContext:
     """What a handler may know about the attempt it runs."""
 
-    __slots__ = ("_cancelled", "attempt", "max_attempts", "name", "step", "task_id",
-                 "workflow_id")
+    __slots__ = ("_cancelled", "_lapsed", "attempt", "max_attempts", "name", "step",
+                 "task_id", "workflow_id")
 
     def __init__(self, task_id: int, name: str, attempt: int, max_attempts: int,
-                 workflow_id: UUID | None = None, step: str | None = None) -> None:
+                 workflow_id: UUID | None = None, step: str | None = None,
+                 lapsed: Callable[[], bool] | None = None) -> None:
         self.task_id = task_id
         self.name = name
         self.attempt = attempt
@@ -57,12 +58,15 @@ class TaskContext:
         self.workflow_id = workflow_id
         self.step = step
         self._cancelled = False
+        self._lapsed = lapsed
 
     @property
     def cancelled(self) -> bool:
-        """True once the attempt must stop: its workflow was cancelled, its lease lost,
-        or the worker is draining. Sync handlers should poll it in long loops."""
-        return self._cancelled
+        """True once the attempt must stop: its workflow was cancelled, its lease lost
+        or lapsed (checked against the lease's deadline at each read, so a handler
+        resuming from a freeze learns it before doing anything else), or the worker
+        is draining. Sync handlers should poll it in long loops."""
+        return self._cancelled or (self._lapsed is not None and self._lapsed())
 
     def cancel(self) -> None:
         """Mark the attempt cancelled (the worker calls this; handlers read `cancelled`)."""

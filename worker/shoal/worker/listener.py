@@ -1,69 +1,82 @@
-"""The listener service: the worker's one connection, kept open."""
+"""The listener service: the worker's one connection, kept open and watched."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Awaitable, Callable
 
 from shoal.aio import Backoff, wait_event
-from shoal.backend import TRANSIENT_ERRORS
+from shoal.backend import TRANSIENT_ERRORS, Backend
+from shoal.worker.signals import Signals
 from shoal.worker.supervisor import retry_later
-
-if TYPE_CHECKING:
-    from shoal.worker.runtime import Worker
 
 log = logging.getLogger(__name__)
 
-PING_INTERVAL = 5.0  # seconds between checks of the connection
-PING_TIMEOUT = 5.0
-
 
 class Listener:
-    """Keeps the worker's connection (statements and LISTEN) open.
+    """Keeps the worker's connection (statements and LISTEN) open, and watches it.
 
     Guarantees: a dropped connection is reopened at once, then with capped
     exponential backoff, so notifications and handoffs flow again as soon as
-    the database answers; a connection is checked every PING_INTERVAL, so a
-    half-open one is noticed within PING_INTERVAL + PING_TIMEOUT. After every
-    new connection the worker catches up: it claims at once, and runs the
-    tasks leased to it since it started that it does not know of (claims
-    whose reply was lost), so none of them waits for its lease to expire.
+    the database answers. A connection that has not been heard from for
+    `timeouts.probe` while nothing is in flight is pinged, so a link that went
+    silent while idle is noticed as a busy one is: a statement unanswered for
+    `timeouts.stall` is logged (the worker is not ready meanwhile: see
+    `Worker.ready`), and one unanswered for `timeouts.statement` drops the
+    connection (`Session`). After every new connection the worker catches up
+    (`catch_up`): it claims at once, and runs the tasks leased to it since it
+    started that it does not know of (claims whose reply was lost), so none of
+    them waits for its lease to expire.
     """
 
     name = "listener"
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+    def __init__(self, backend: Backend, signals: Signals,
+                 catch_up: Callable[[], Awaitable[None]]) -> None:
+        assert backend.session is not None, "a worker's Backend (for_worker)"
+        self.backend = backend
+        self.session = backend.session
+        self.signals = signals
+        self.catch_up = catch_up
 
     async def run(self) -> None:
-        w = self.worker
-        session = w.backend.session
-        assert session is not None
-        await w.registered.wait()
+        session, t = self.session, self.session.timeouts
+        await self.signals.registered.wait()
         caught_up = 0  # the connection generation caught up with
         backoff = Backoff(first=0.1)
-        while True:
-            try:
-                await session.connect()
-                if session.generation != caught_up:
-                    await self._catch_up()
-                    caught_up = session.generation
-            except TRANSIENT_ERRORS as exc:
-                await retry_later("listen", exc, backoff)
-                continue
-            backoff.reset()
-            if not await wait_event(session.lost, PING_INTERVAL):
+        stalled = False
+        probe: asyncio.Task[None] | None = None
+        try:
+            while True:
                 try:
-                    async with asyncio.timeout(PING_TIMEOUT):
-                        await w.backend.ping()
+                    await session.connect()
+                    if session.generation != caught_up:
+                        await self.catch_up()
+                        caught_up = session.generation
                 except TRANSIENT_ERRORS as exc:
-                    log.warning("database connection lost: %s", exc)
+                    await retry_later("connect", exc, backoff)
+                    continue
+                backoff.reset()
+                if await wait_event(session.lost, t.probe / 2):
+                    continue
+                now = time.monotonic()
+                silence = session.silence(now)
+                if silence >= t.stall and not stalled:
+                    log.warning("no answer from the database for %.1fs: not ready until it "
+                                "answers (the connection is dropped after %gs)", silence,
+                                t.statement)
+                stalled = silence >= t.stall
+                if not session.busy and now - session.last_heard >= t.probe and (
+                        probe is None or probe.done()):
+                    probe = asyncio.create_task(self._ping())  # watched, not waited for
+        finally:
+            if probe is not None:
+                probe.cancel()
 
-    async def _catch_up(self) -> None:
-        w = self.worker
-        w.wake.set()
-        if w.stopping.is_set():
-            return
-        for task in await w.backend.leased_to(w.identity.id, w.since):
-            w.on_handoff(task)
+    async def _ping(self) -> None:
+        """One probe; a failed one has dropped the connection, and the session said why."""
+        with contextlib.suppress(*TRANSIENT_ERRORS):
+            await self.backend.ping()

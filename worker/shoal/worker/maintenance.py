@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
+from shoal.backend import Backend
 from shoal.worker import metrics
+from shoal.worker.ledger import Contact
+from shoal.worker.signals import Signals
 from shoal.worker.supervisor import repeat
-
-if TYPE_CHECKING:
-    from shoal.worker.runtime import Worker
 
 log = logging.getLogger(__name__)
 
@@ -23,72 +24,118 @@ def pass_interval(claim_ttl: float) -> float:
     return min(5.0, max(0.25, claim_ttl / 4))
 
 
+def term_seconds(claim_ttl: float) -> float:
+    """How long a term lasts unless renewed: half the claim TTL, and at least three
+    pass intervals (the leader renews it every pass)."""
+    return max(claim_ttl / 2, 3 * pass_interval(claim_ttl))
+
+
+def follower_pause(remaining: float, claim_ttl: float, jitter: float) -> float:
+    """A follower's wait before its next election: until the leader's term would
+    lapse (it tries again then, in case the leader did not renew it), or a pass
+    interval when it saw no term left (another worker took the role as it tried),
+    plus `jitter` (0..1) of a quarter pass so followers spread out.
+
+    Never a whole interval when a little of the term is left: a follower that
+    looked just before the leader's last renewal wakes with less than an interval
+    to go, and waiting an interval (plus a second jitter) then took the role up to
+    half a pass after the lapse instead of a quarter."""
+    interval = pass_interval(claim_ttl)
+    return (remaining if remaining > 0 else interval) + jitter * interval / 4
+
+
 class Maintenance:
     """Reaps expired leases, forgets dead workers and prunes finished work, on
     one worker per schema.
 
-    Guarantees: at most one worker leads a schema at a time — the holder of a
-    session advisory lock on its connection — and when the leader dies or
-    loses its connection, another worker takes over within one pass interval
-    (`pass_interval`: claim TTL / 4, between 0.25 and 5 s). Every pass of the
-    leader runs to exhaustion in bounded batches (REAP_BATCH, PRUNE_BATCH), so
-    other statements get between them and nothing is left for the next pass:
-    an expired lease is reclaimed (or dead-lettered) within one interval of
-    expiring, a worker unseen for three of its claim TTLs is forgotten, and
-    finished plain tasks and finished workflows older than `retention` are
-    deleted, however fast they come, and so are the waits crashed clients left
-    (`Backend.prune_waits`). A leader's term begins with one claim
-    TTL in which it reaps no lease: a new connection usually follows an
-    outage (a restart, a failover) that cut the other workers off too, and
-    they renew their leases in that time instead of having their running
-    tasks given to someone else. Transient database errors are retried with
-    backoff.
+    Guarantees: the leader holds the maintenance role's lease (`Backend.elect`,
+    `term_seconds` long) and renews it every pass; every action it takes names
+    its term, and the database refuses one from a term that is not current and
+    unexpired. So a leader that is frozen or cut off loses the role when its term
+    lapses and does nothing when it comes back until it wins a term again;
+    another worker takes over within a quarter pass interval of the lapse.
+    Only a worker that has been in contact with the database (`Contact`) for a
+    whole claim TTL leads: it stands for election only then, and steps down
+    (resigns) when it loses contact. So after an outage that cut every worker
+    off (a restart, a failover, a partition) nobody reaps until the workers
+    have had a TTL to renew their leases, while after a leader that alone froze
+    or was cut off, a follower in contact takes over and reaps at once.
+    Every pass of the leader runs to exhaustion in bounded batches (REAP_BATCH,
+    PRUNE_BATCH), so other statements get between them and nothing is left for
+    the next pass: an expired lease is reclaimed (or dead-lettered) within one
+    interval of expiring, a worker unseen for three of its claim TTLs is
+    forgotten, and finished plain tasks and finished workflows older than
+    `retention` are deleted, however fast they come, and so are the waits
+    crashed clients left (`Backend.prune_waits`). Transient database errors
+    are retried with backoff. On a drain the leader resigns and says so on the control channel,
+    and the followers stand for election at once.
     """
 
     name = "maintenance"
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.leading = False
-        self.term: tuple[int, float] = (0, 0.0)  # connection generation led on, since when
+    def __init__(self, backend: Backend, holder: str, claim_ttl: float, retention: float,
+                 contact: Contact, signals: Signals,
+                 jitter: Callable[[], float] = random.random) -> None:
+        self.backend = backend
+        self.holder = holder
+        self.claim_ttl = claim_ttl
+        self.retention = retention
+        self.contact = contact
+        self.signals = signals
+        self.jitter = jitter
+        self.term = 0  # the term led, 0 while following
 
     async def run(self) -> None:
-        await self.worker.registered.wait()
-        await repeat("maintenance", self._turn)
+        await self.signals.registered.wait()
+        await repeat("maintenance", self._turn, wake=self.signals.elect_due)
+
+    async def resign(self) -> None:
+        """Give the role up now (a drain): another worker may lead at once."""
+        if self.term:
+            await self.backend.resign(self.holder, self.term)
+            log.info("resigned maintenance of schema %s (term %d)", self.backend.schema,
+                     self.term)
+            self.term = 0
 
     async def _turn(self) -> float:
-        """Lead if the lock is free, and if leading run a pass; the seconds to the next."""
-        if await self._lead():
-            await self._pass()
-        return pass_interval(self.worker.config.claim_ttl)
+        """Renew or win the role while in contact; run a pass if leading; the seconds
+        to the next turn."""
+        in_contact = self.contact.length(time.monotonic())
+        if in_contact < self.claim_ttl:
+            if self.term:
+                log.warning("stepping down from maintenance of schema %s: in contact with the "
+                            "database for %.1fs only, less than a claim TTL", self.backend.schema,
+                            in_contact)
+                await self.resign()
+            return pass_interval(self.claim_ttl)
+        election = await self.backend.elect(self.holder, self.term,
+                                            term_seconds(self.claim_ttl))
+        if election.term is None:
+            if self.term:
+                log.warning("no longer leading maintenance of schema %s: term %d lapsed, "
+                            "%s leads", self.backend.schema, self.term, election.holder)
+                self.term = 0
+            return follower_pause(election.remaining, self.claim_ttl, self.jitter())
+        if election.term != self.term:
+            log.info("leading maintenance of schema %s (term %d)", self.backend.schema,
+                     election.term)
+            self.term = election.term
+        await self._pass(self.term)
+        return pass_interval(self.claim_ttl)
 
-    async def _lead(self) -> bool:
-        backend = self.worker.backend
-        leading = await backend.lead()
-        if leading != self.leading:
-            log.info("%s maintenance of schema %s", "leading" if leading else "no longer leading",
-                     backend.schema)
-            self.leading = leading
-        assert backend.session is not None
-        if leading and self.term[0] != backend.session.generation:
-            self.term = (backend.session.generation, time.monotonic())
-        return leading
-
-    async def _pass(self) -> None:
-        backend = self.worker.backend
-        if time.monotonic() - self.term[1] >= self.worker.config.claim_ttl:
-            await self._reap()
-        await backend.reap_workers()
+    async def _pass(self, term: int) -> None:
+        backend = self.backend
+        await self._reap(term)
+        await backend.reap_workers(term=term)
         while True:
-            tasks, workflows = await backend.prune(self.worker.config.retention, PRUNE_BATCH)
-            waits = await backend.prune_waits(PRUNE_BATCH)
+            tasks, workflows = await backend.prune(self.retention, PRUNE_BATCH, term=term)
+            waits = await backend.prune_waits(PRUNE_BATCH, term=term)
             if tasks < PRUNE_BATCH and workflows < PRUNE_BATCH and waits < PRUNE_BATCH:
                 break
 
-    async def _reap(self) -> None:
-        backend = self.worker.backend
+    async def _reap(self, term: int) -> None:
         while True:
-            reclaimed = await backend.reap_expired(REAP_BATCH)
+            reclaimed = await self.backend.reap_expired(REAP_BATCH, term=term)
             if reclaimed:
                 metrics.RECLAIMED.inc(reclaimed)
                 log.info("reclaimed %d tasks with expired leases", reclaimed)

@@ -48,6 +48,12 @@ IN_FLIGHT = Gauge("shoal_tasks_in_flight", "Attempts running or awaiting their r
 LEASES_LOST = Counter("shoal_leases_lost_total",
                       "Attempts whose lease another worker took over, or whose report was refused",
                       registry=REGISTRY)
+LEASES_LAPSED = Counter("shoal_leases_lapsed_total",
+                        "Attempts this worker stopped itself because it could not renew their "
+                        "lease within the claim TTL (self-fencing)", registry=REGISTRY)
+SYNC_ABANDONED = Counter("shoal_sync_handlers_abandoned_total",
+                         "Sync handlers stopped while running: told through ctx.cancelled, "
+                         "their thread left to finish on its own", registry=REGISTRY)
 RECLAIMED = Counter("shoal_tasks_reclaimed_total",
                     "Expired leases this worker's reaper made claimable again", registry=REGISTRY)
 DB_ERRORS = Counter("shoal_backend_errors_total", "Failed database calls", ("operation",),

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
 from shoal.aio import Backoff
 from shoal.backend import TRANSIENT_ERRORS
+from shoal.worker.signals import Signals
 from shoal.worker.supervisor import retry_later
-
-if TYPE_CHECKING:
-    from shoal.worker.runtime import Worker
 
 log = logging.getLogger(__name__)
 
-# Results per report statement: bounds each statement's cost whatever plan the
-# database picks, and lets other statements run between two chunks.
-REPORT_CHUNK = 500
-
 
 class Reporter:
-    """Reports finished attempts as they come, in chunks of REPORT_CHUNK.
+    """Reports finished attempts as they come, in chunks of `ledger.REPORT_CHUNK`.
 
     Guarantees: failures, cancellations and workflow steps are reported at
     once; plain successes too, unless a claim is coming that carries them.
@@ -31,17 +25,20 @@ class Reporter:
 
     name = "report"
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+    def __init__(self, signals: Signals, report: Callable[[bool], Awaitable[None]],
+                 claim_coming: Callable[[], bool]) -> None:
+        self.signals = signals
+        self.report = report
+        self.claim_coming = claim_coming
 
     async def run(self) -> None:
-        w = self.worker
+        due = self.signals.report_due
         backoff = Backoff()
         while True:
-            await w.report_due.wait()
-            w.report_due.clear()
+            await due.wait()
+            due.clear()
             try:
-                await w.report(successes=not w.claimer.will_claim())
+                await self.report(not self.claim_coming())
             except TRANSIENT_ERRORS as exc:
                 await retry_later("report", exc, backoff)
                 continue

@@ -4,7 +4,8 @@ A service is a named long-running loop (`Service`) whose docstring says what
 it guarantees. It retries transient database errors itself; anything else it
 raises is a failure, and the supervisor guarantees that a failure is never
 silent: it is logged with its traceback and the service's name, `failed`
-says which service it was (the worker stops being ready), the main coroutine
+says which service it was (the worker stops being ready) and `failure` why,
+the main coroutine
 is cancelled, and `run` returns False so the worker can hand back what it
 holds and exit non-zero for Kubernetes to restart it. A service that returns
 has finished its job and is not restarted.
@@ -17,8 +18,8 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
-from shoal.aio import Backoff
-from shoal.backend import TRANSIENT_ERRORS
+from shoal.aio import Backoff, wait_event
+from shoal.backend import TRANSIENT_ERRORS, describe
 from shoal.worker import metrics
 
 log = logging.getLogger(__name__)
@@ -28,14 +29,17 @@ async def retry_later(operation: str, exc: BaseException, backoff: Backoff) -> N
     """What a service does with a transient database error: count it (by operation),
     log it, and wait the next backoff delay before trying again."""
     metrics.DB_ERRORS.labels(operation).inc()
-    log.warning("%s failed, retrying: %s", operation, exc)
+    log.warning("%s failed, retrying: %s", operation, describe(exc))
     await backoff.wait()
 
 
-async def repeat(operation: str, one_pass: Callable[[], Awaitable[float]]) -> None:
-    """Run `one_pass` for ever, sleeping the seconds each pass returns; a pass that
-    meets a transient database error is tried again after `retry_later`."""
+async def repeat(operation: str, one_pass: Callable[[], Awaitable[float]],
+                 wake: asyncio.Event | None = None) -> None:
+    """Run `one_pass` for ever, sleeping the seconds each pass returns (or until `wake`
+    is set); a pass that meets a transient database error is tried again after
+    `retry_later`."""
     backoff = Backoff()
+    wake = wake or asyncio.Event()
     while True:
         try:
             pause = await one_pass()
@@ -43,7 +47,8 @@ async def repeat(operation: str, one_pass: Callable[[], Awaitable[float]]) -> No
             await retry_later(operation, exc, backoff)
             continue
         backoff.reset()
-        await asyncio.sleep(pause)
+        await wait_event(wake, pause)
+        wake.clear()
 
 
 class Service(Protocol):
@@ -59,7 +64,8 @@ class Supervisor:
 
     def __init__(self, services: Sequence[Service]) -> None:
         self.services = list(services)
-        self.failed: str | None = None
+        self.failed: str | None = None  # the service that failed
+        self.failure: str | None = None  # what happened, in one line
         self._failure = asyncio.Event()
         self._tasks: dict[asyncio.Task[None], Service] = {}
 
@@ -68,6 +74,7 @@ class Supervisor:
         if self.failed is None:
             log.error("service %s failed; handing back and exiting", name, exc_info=exc)
             self.failed = name
+            self.failure = f"service {name} failed: {describe(exc)}"
         self._failure.set()
 
     async def run(self, main: Coroutine[Any, Any, None]) -> bool:
