@@ -101,8 +101,10 @@ async def test_prune_waits_removes_what_crashed_clients_left(backend: Backend) -
         await backend.pool.execute(
             "INSERT INTO shoal.waits (task_id, waiter, since) "
             "VALUES ($1, gen_random_uuid(), now() - $2 * interval '1 second')", task_id, age)
-    assert await backend.prune_waits(limit=1) == 1
-    assert await backend.prune_waits() == 1
+    assert await backend.prune_waits(term=1) == 0  # not the role's current term
+    term = (await backend.elect("leader", 0, 30)).term
+    assert await backend.prune_waits(limit=1, term=term) == 1
+    assert await backend.prune_waits() == 1  # an administrator's call (no term)
     assert await backend.prune_waits() == 0
     rows = await backend.pool.fetch(
         "SELECT task_id, now() - since > interval '1 minute' AS old FROM shoal.waits "
