@@ -8,7 +8,10 @@ iteration so that a slow spell of the machine falls on all of them:
 - `without`: the same statement with that announcement cut out;
 - `again`: `without` once more, in a schema of its own: the noise floor.
 
-    .venv/bin/python -m bench.report_cost [--iterations 200]
+With `--waits N`, each schema holds N waits in progress (of other tasks) that
+every announcing statement reads.
+
+    .venv/bin/python -m bench.report_cost [--iterations 200] [--waits 0]
 """
 
 from __future__ import annotations
@@ -38,12 +41,16 @@ def statement(variant: str) -> str:
     return complete.replace(", " + finished, "")
 
 
-async def measure(dsn: str, iterations: int) -> dict[str, list[float]]:
+async def measure(dsn: str, iterations: int, waits: int) -> dict[str, list[float]]:
     backends = {v: await Backend.connect(dsn, schema=v, max_size=1) for v in VARIANTS}
     timings: dict[str, list[float]] = {v: [] for v in VARIANTS}
     try:
-        for backend in backends.values():
+        for variant, backend in backends.items():
             await backend.migrate()
+            await backend.pool.execute(f"INSERT INTO {variant}.waits (task_id, waiter) "
+                                       "SELECT -g, gen_random_uuid() FROM generate_series(1, $1) g",
+                                       waits)
+            await backend.pool.execute(f"ANALYZE {variant}.waits")
         for iteration in range(iterations):
             batches = {}
             for variant, backend in backends.items():
@@ -70,9 +77,11 @@ async def measure(dsn: str, iterations: int) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--waits", type=int, default=0, help="waits in progress")
     args = parser.parse_args()
     with PostgresServer() as server:
-        timings = asyncio.run(measure(server.create_database("report_cost"), args.iterations))
+        timings = asyncio.run(measure(server.create_database("report_cost"), args.iterations,
+                                      args.waits))
     for variant, values in timings.items():
         print(f"{variant:8} median {statistics.median(values):6.2f} ms per {BATCH} reports "
               f"(quartiles {' / '.join(f'{q:.2f}' for q in statistics.quantiles(values))})")

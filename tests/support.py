@@ -207,10 +207,12 @@ async def task_in(backend: Backend, task_id: int, state: str) -> bool:
 
 
 async def waited_for(backend: Backend, *task_ids: int) -> bool:
-    """Whether a `Client.wait` has marked every one of these tasks (so its end will notify)."""
-    marked = await backend.pool.fetchval(
-        "SELECT count(*) FROM shoal.tasks WHERE id = ANY($1::bigint[]) AND waited", task_ids)
-    return bool(marked == len(task_ids))
+    """Whether a `Client.wait` has registered for every one of these tasks (so the
+    statement that ends each one from now on announces it)."""
+    registered = await backend.pool.fetchval(
+        "SELECT count(DISTINCT task_id) FROM shoal.waits WHERE task_id = ANY($1::bigint[])",
+        task_ids)
+    return bool(registered == len(task_ids))
 def load_script(path: Path) -> ModuleType:
     """A script that is not in a package (hack/gen_docs.py ...), imported as a module."""
     spec = importlib.util.spec_from_file_location(path.stem, path)

@@ -91,6 +91,27 @@ async def test_prune_removes_only_old_finished_plain_tasks(backend: Backend) -> 
         (failed, "dead"), (waiting, "ready"), (running, "running")]
 
 
+async def test_prune_waits_removes_what_crashed_clients_left(backend: Backend) -> None:
+    """A wait's registration is pruned once its task ended or is gone, a minute after it
+    began; a task still pending keeps its waits, however old (a wait has no deadline)."""
+    ready, ended = await backend.enqueue([NewTask("t"), NewTask("t")])
+    await backend.pool.execute("UPDATE shoal.tasks SET state = 'succeeded' WHERE id = $1", ended)
+    gone = ended + 1000
+    for task_id, age in [(ready, 3600), (ended, 3600), (ended, 10), (gone, 120)]:
+        await backend.pool.execute(
+            "INSERT INTO shoal.waits (task_id, waiter, since) "
+            "VALUES ($1, gen_random_uuid(), now() - $2 * interval '1 second')", task_id, age)
+    assert await backend.prune_waits(term=1) == 0  # not the role's current term
+    term = (await backend.elect("leader", 0, 30)).term
+    assert await backend.prune_waits(limit=1, term=term) == 1
+    assert await backend.prune_waits() == 1  # an administrator's call (no term)
+    assert await backend.prune_waits() == 0
+    rows = await backend.pool.fetch(
+        "SELECT task_id, now() - since > interval '1 minute' AS old FROM shoal.waits "
+        "ORDER BY task_id, since")
+    assert [(r["task_id"], r["old"]) for r in rows] == [(ready, True), (ended, False)]
+
+
 async def test_backlog_counts_what_a_pool_can_serve(backend: Backend) -> None:
     await backend.enqueue([NewTask("t"), NewTask("t", tags=("gpu",)),
                            NewTask("t", tags=("tpu",)), NewTask("t", delay_seconds=3600),

@@ -14,7 +14,7 @@ import pytest
 
 from shoal import Client, NotFound, TaskFailed, WaitTimeout, WorkflowFailed
 from shoal.backend import Backend, Outcome, TaskFilter, WorkerIdentity
-from tests.apps.recorder import app
+from tests.apps.recorder import app, runs
 from tests.support import eventually, running_worker, waited_for
 
 WORKER = WorkerIdentity(id="w1", namespace="default", tags=(), task_names=("echo",),
@@ -34,13 +34,16 @@ class Reads:
 
     def __init__(self, backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        read = backend.watch_task
+        self.answered = 0
+        read = backend.read_watched
 
         async def counted(task_id: int) -> tuple[str, object, str | None]:
             self.count += 1
-            return await read(task_id)
+            answer = await read(task_id)
+            self.answered += 1
+            return answer
 
-        monkeypatch.setattr(backend, "watch_task", counted)
+        monkeypatch.setattr(backend, "read_watched", counted)
 
 
 async def test_wait_returns_the_result_within_milliseconds(
@@ -87,6 +90,31 @@ async def test_wait_raises_when_cancelled_and_on_timeout(client: Client) -> None
         await waiting
     with pytest.raises(NotFound):
         await client.wait(123456, timeout=1)
+
+
+async def test_a_wait_removes_its_registration_however_it_ends(
+        backend: Backend, client: Client) -> None:
+    """Answered, timed out, cancelled or not found: no registration is left behind."""
+    async def registrations() -> int:
+        return int(await backend.pool.fetchval("SELECT count(*) FROM shoal.waits"))
+
+    task_id = await client.enqueue("echo", "x")
+    with pytest.raises(WaitTimeout):
+        await client.wait(task_id, timeout=0.2)
+    await eventually(lambda: _equals(registrations(), 0), what="the timed-out wait's removal")
+    waiting = asyncio.create_task(client.wait(task_id, timeout=30))
+    await eventually(lambda: waited_for(backend, task_id), what="the wait to start")
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    await eventually(lambda: _equals(registrations(), 0), what="the cancelled wait's removal")
+    with pytest.raises(NotFound):
+        await client.wait(task_id + 1, timeout=1)
+    waiting = asyncio.create_task(client.wait(task_id, timeout=30))
+    await eventually(lambda: waited_for(backend, task_id), what="the wait to start")
+    (claimed,) = await backend.claim(WORKER, 1, 30)
+    await backend.report([Outcome(claimed.id, claimed.lease_token, result_json='"x"')])
+    assert await waiting == "x"
+    await eventually(lambda: _equals(registrations(), 0), what="the answered wait's removal")
 
 
 async def test_many_waits_share_one_listener(backend: Backend, client: Client) -> None:
@@ -179,3 +207,63 @@ async def test_every_way_a_task_ends_wakes_its_waiter(backend: Backend, client: 
     (step,) = await backend.list_tasks(TaskFilter(workflow_id=workflow_id))
     with pytest.raises(TaskFailed, match="cancelled"):
         await ended(step.id, lambda: client.cancel(workflow_id))
+
+
+async def test_a_wait_does_not_delay_the_task_it_waits_for(
+        dsn: str, backend: Backend, client: Client, log: str) -> None:
+    """Issue 18: a transactional enqueue followed at once by `wait`. The wait must not
+    lock the task's row while the woken worker claims it (the claim skips locked rows
+    and the worker would park until its next poll, 5 s here): every handler starts
+    well within half the poll interval of the commit."""
+    caller = await asyncpg.connect(dsn)
+    committed: dict[int, float] = {}
+    try:
+        async with running_worker(app, dsn, poll_interval=5.0):
+            await eventually(lambda: backend.pool.fetchval(
+                "SELECT count(*) FROM shoal.workers WHERE parked_channel IS NOT NULL"),
+                what="the worker to park")
+            for _ in range(20):
+                async with caller.transaction():
+                    task_id = await client.enqueue("record", {"log": log}, connection=caller)
+                committed[task_id] = time.time()
+                await client.wait(task_id, timeout=30)
+    finally:
+        await caller.close()
+    started = {e["task"]: e["t"] for e in runs(log) if e["event"] == "start"}
+    delays = {i: started[i] - committed[i] for i in committed}
+    print("handler start after commit (ms):", sorted(round(d * 1000) for d in delays.values()))
+    assert not {i: d for i, d in delays.items() if d > 2.5}
+
+
+async def test_a_wait_begun_while_its_task_ends_is_answered(
+        dsn: str, backend: Backend, client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The statement that ends a task may have begun before a wait registered, and not
+    see the registration (its snapshot is older). Here a report is held up on the row
+    while the wait begins: the wait must still answer the outcome the report writes."""
+    task_id = await client.enqueue("echo", 1)
+    (claimed,) = await backend.claim(WORKER, 1, 30)
+    reads = Reads(backend, monkeypatch)
+
+    async def waiting_for_locks() -> int:
+        return int(await backend.pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"))
+
+    holder = await asyncpg.connect(dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT FROM shoal.tasks WHERE id = $1 FOR NO KEY UPDATE",
+                                 task_id)
+            reporting = asyncio.create_task(backend.report(
+                [Outcome(claimed.id, claimed.lease_token, result_json='"ended"')]))
+            await eventually(waiting_for_locks, what="the report to wait for the row")
+            waiting = asyncio.create_task(client.wait(task_id, timeout=10))
+            await eventually(lambda: reads.answered or _equals(waiting_for_locks(), 2),
+                             what="the wait to read the task, or to wait for its row")
+    finally:
+        await holder.close()
+    assert await reporting == {task_id}
+    assert await waiting == "ended"
+
+
+async def _equals(value: Awaitable[object], expected: object) -> bool:
+    return await value == expected

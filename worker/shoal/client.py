@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,7 @@ class Client:
         self.app = app
         self.namespace = namespace
         self._completions: Completions | None = None
+        self._unwatching: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def connect(cls, dsn: str, *, schema: str = "shoal", app: App | None = None,
@@ -92,6 +94,7 @@ class Client:
                    namespace)
 
     async def close(self) -> None:
+        await asyncio.gather(*self._unwatching)
         if self._completions is not None:
             await self._completions.close()
         await self.backend.close()
@@ -177,22 +180,41 @@ class Client:
 
     async def wait(self, task_id: int, *,
                    timeout: float | None = None) -> Any:  # noqa: ASYNC109 (the API)
-        """The task's result once it succeeds, woken by its completion notification.
+        """The task's result once it succeeds, woken by the notification of its end.
 
-        Raises TaskFailed (a dead letter, with its recorded error, or cancelled),
-        WaitTimeout after `timeout` seconds, NotFound for an unknown id.
+        Waiting does not hold the task up: its row is not locked while it may be
+        claimed (see `Backend.watch_task`). Raises TaskFailed (a dead letter, with
+        its recorded error, or cancelled), WaitTimeout after `timeout` seconds,
+        NotFound for an unknown id.
         """
         deadline = Deadline(timeout)
         completions = await self._listening(deadline)
+        waiter = uuid.uuid4()
         with completions.watching(completions.finished, str(task_id)) as finished:
-            while True:
-                finished.clear()
-                state, result, error = await self.backend.watch_task(task_id)
-                if state == "succeeded":
-                    return result
-                if state in ("dead", "cancelled"):
-                    raise TaskFailed(task_id, state, error)
-                await deadline.wait(finished, f"task {task_id} is still {state}")
+            try:
+                await self.backend.watch_task(task_id, waiter)
+                while True:
+                    finished.clear()
+                    state, result, error = await self.backend.read_watched(task_id)
+                    if state == "succeeded":
+                        return result
+                    if state in ("dead", "cancelled"):
+                        raise TaskFailed(task_id, state, error)
+                    await deadline.wait(finished, f"task {task_id} is still {state}")
+            finally:
+                self._unwatch(task_id, waiter)
+
+    def _unwatch(self, task_id: int, waiter: UUID) -> None:
+        """Remove a wait's registration in the background (`close` waits for it), best
+        effort: the wait answers, or is cancelled, at once; the maintenance leader
+        deletes the registrations a failed removal leaves behind."""
+        async def unwatch() -> None:
+            with contextlib.suppress(Exception):
+                await self.backend.unwatch_task(task_id, waiter)
+
+        task = asyncio.create_task(unwatch())
+        self._unwatching.add(task)
+        task.add_done_callback(self._unwatching.discard)
 
     async def wait_workflow(self, workflow_id: UUID, *,
                             timeout: float | None = None  # noqa: ASYNC109 (the API)

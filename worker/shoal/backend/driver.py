@@ -644,13 +644,31 @@ class Backend:
                 await conn.execute(q.notify_control, f"task:{task_id}")
         return CancelResult(task_id, row["state"], applied)
 
-    async def watch_task(self, task_id: int) -> tuple[str, Any, str | None]:
-        """Mark the task waited for, so its end is notified on the finished channel;
-        return its (state, result, error) now. NotFound if there is no such task."""
-        row = await self.pool.fetchrow(self.queries.wait_for_task, task_id)
+    async def watch_task(self, task_id: int, waiter: UUID) -> None:
+        """Register the wait `waiter` for the task: the end of the task is announced
+        on the finished channel (its id) unless `read_watched`, called after this,
+        finds it ended. Locks no task row. Undo with `unwatch_task`."""
+        await self.pool.execute(self.queries.watch_task, task_id, waiter)
+
+    async def read_watched(self, task_id: int) -> tuple[str, Any, str | None]:
+        """The (state, result, error) of a task registered by `watch_task`, read
+        without locking it unless it runs (see Queries.read_watched). NotFound if
+        there is no such task."""
+        row = await self.pool.fetchrow(self.queries.read_watched, task_id)
         if row is None:
             raise NotFound(f"no task with id {task_id}")
         return row["state"], row["result"], row["error"]
+
+    async def unwatch_task(self, task_id: int, waiter: UUID) -> None:
+        """Remove the registration `watch_task` made."""
+        await self.pool.execute(self.queries.unwatch_task, task_id, waiter)
+
+    async def prune_waits(self, limit: int = 10_000, term: int | None = None) -> int:
+        """Delete up to `limit` registrations that crashed clients left behind (their
+        task ended, or is gone, and they began over a minute ago); return how many.
+        Fenced by the maintenance `term` as `prune` is."""
+        deleted = await self.pool.execute(self.queries.prune_waits, limit, term)
+        return int(deleted.split()[-1])
 
     async def list_tasks(self, where: TaskFilter, limit: int = 100) -> list[TaskSummary]:
         """Tasks matching `where`, newest first."""

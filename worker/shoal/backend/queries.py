@@ -211,12 +211,19 @@ class Queries:
     WHERE namespace = $1 AND idempotency_key = ANY($2::text[])
     """
 
-    # The end of a task someone waits for (`waited`, set by Client.wait) is
-    # announced on the finished channel by the statement that ends it, from its
-    # RETURNING list, so it is delivered when that transaction commits. A task
-    # nobody waits for costs one boolean test; pg_notify is not even called.
-    _finished = ("CASE WHEN t.waited THEN (SELECT pg_notify('{schema}_finished', t.id::text)) "
-                 "IS NULL END")
+    # The end of a task someone waits for is announced on the finished channel by
+    # the statement that ends it, from its RETURNING list, so it is delivered when
+    # that transaction commits. Waited for: a row in `waits` (Client.wait inserts
+    # one before it reads the task), or `waited` on the task's row, which a wait
+    # sets only on a running task (see read_watched) and clients from before the
+    # `waits` table (migration 0005) set on any task: they keep working during a
+    # rolling upgrade. The IN is a hashed SubPlan: one scan of `waits` per
+    # statement, one hash probe per ended row; a task nobody waits for never calls
+    # pg_notify. `_finished_dead`: a failure is an end only as a dead letter.
+    _waited = "(t.waited OR t.id IN (SELECT w.task_id FROM {schema}.waits w))"
+    _announce = "(SELECT pg_notify('{schema}_finished', t.id::text)) IS NULL"
+    _finished = "CASE WHEN " + _waited + " THEN " + _announce + " END"
+    _finished_dead = "CASE WHEN t.state = 'dead' AND " + _waited + " THEN " + _announce + " END"
 
     # What a successful attempt's report writes (complete, and claim's completed).
     _succeed = ("state = 'succeeded', result = r.result, error = NULL, finished_at = now(), "
@@ -326,7 +333,7 @@ class Queries:
         worker_id = NULL
     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[]) AS r(id, token, error, retry_in_s)
     WHERE """ + _holding("$5") + """
-    RETURNING t.id, """ + _finished.replace("t.waited", "t.waited AND t.state = 'dead'") + """
+    RETURNING t.id, """ + _finished_dead + """
     """
 
     cancelled = """
@@ -359,8 +366,7 @@ class Queries:
     SET """ + _expiry("'lease given up'", "'worker ' || $3 || ' ' || $4") + """
     FROM unnest($1::bigint[], $2::bigint[]) AS r(id, token)
     WHERE """ + _holding("$3") + """
-    RETURNING t.id, t.namespace, t.workflow_id, t.state::text,
-              """ + _finished.replace("t.waited", "t.waited AND t.state = 'dead'") + """
+    RETURNING t.id, t.namespace, t.workflow_id, t.state::text, """ + _finished_dead + """
     """
 
     # One statement extends every lease a worker holds and refreshes its liveness
@@ -439,8 +445,7 @@ class Queries:
                       "'worker ' || coalesce(t.worker_id, '?') || ' stopped heartbeating'") + """
     FROM expired e
     WHERE t.ctid = e.tid
-    RETURNING t.id, t.namespace, t.workflow_id, t.state::text,
-              """ + _finished.replace("t.waited", "t.waited AND t.state = 'dead'") + """
+    RETURNING t.id, t.namespace, t.workflow_id, t.state::text, """ + _finished_dead + """
     """
 
     # Of reports the fence refused, those whose outcome is recorded already under
@@ -585,11 +590,12 @@ class Queries:
     RETURNING t.id
     """
 
+    # Every step it cancels is announced, waited for or not (see read_watched).
     cancel_pending_steps = """
     UPDATE {schema}.tasks t
     SET state = 'cancelled', finished_at = now(), error = $2
     WHERE workflow_id = $1 AND state IN ('blocked', 'ready')
-    RETURNING """ + _finished + """
+    RETURNING """ + _announce + """
     """
 
     set_workflow_state = """
@@ -670,21 +676,66 @@ class Queries:
     # A running task's lease token is bumped, as a release's is: its holder's
     # report is refused (and not taken for a re-report of an outcome recorded
     # under its lease); the heartbeat tells the holder (withdrawn: cancelled,
-    # and the token one past the held one).
+    # and the token one past the held one). The end is announced, waited for or
+    # not (see read_watched).
     cancel_task = """
     UPDATE {schema}.tasks t
     SET state = 'cancelled', error = $2, finished_at = now(), lease_expires_at = NULL,
         lease_token = t.lease_token + (t.state = 'running')::int
     WHERE id = $1 AND state IN ('ready', 'running')
-    RETURNING """ + _finished + """
+    RETURNING """ + _announce + """
     """
 
     # -- wait for a task's end (see _finished) -----------------------------------------
 
-    wait_for_task = """
-    UPDATE {schema}.tasks SET waited = true
-    WHERE id = $1
-    RETURNING state::text, result, error
+    # A wait registers (`watch_task`, committed on its own), then reads the task
+    # (`read_watched`), and sleeps until the finished channel names it. Neither
+    # statement locks a ready task's row: a claim skips locked rows, and the task
+    # would wait for the worker's next poll (issue 18). The announcement is not
+    # lost, whatever the task's state at the read:
+    # - ready or blocked: it ends only after a claim that commits after the read
+    #   (so after the registration), and the statement that ends it starts later
+    #   and sees the registration. Only a cancellation ends a ready or blocked
+    #   task at once, and cancellations are announced whether waited for or not.
+    # - running: the statement ending it may have begun before the registration
+    #   and not see it (its snapshot is older). So the read marks the row
+    #   (`waited`), which holds up no claim: a running task is not claimable. An
+    #   ending statement that reaches the row after the mark re-reads the row
+    #   (READ COMMITTED's recheck) and sees it; the mark waits for one that got
+    #   there first, and answers its outcome. When the row turned ready meanwhile,
+    #   the mark is not written and `running` is answered: a claim comes first.
+    watch_task = "INSERT INTO {schema}.waits (task_id, waiter) VALUES ($1, $2)"
+
+    read_watched = """
+    WITH seen AS (
+        SELECT id, state, result, error, waited FROM {schema}.tasks WHERE id = $1
+    ), marked AS (
+        UPDATE {schema}.tasks t SET waited = true
+        FROM seen s
+        WHERE t.id = s.id AND s.state = 'running' AND NOT s.waited AND t.state <> 'ready'
+        RETURNING t.state::text, t.result, t.error
+    )
+    SELECT state, result, error FROM marked
+    UNION ALL
+    SELECT state::text, result, error FROM seen WHERE NOT EXISTS (SELECT FROM marked)
+    """
+
+    unwatch_task = "DELETE FROM {schema}.waits WHERE task_id = $1 AND waiter = $2"
+
+    # What crashed clients left behind: registrations of tasks that ended (or are
+    # gone) that began over a minute ago. A live wait deletes its own as it ends;
+    # the minute covers a live one between its registration and its read.
+    prune_waits = """
+    WITH doomed AS (
+        SELECT w.ctid AS tid FROM {schema}.waits w
+        WHERE w.since < now() - interval '1 minute'
+          AND NOT EXISTS (SELECT FROM {schema}.tasks t WHERE t.id = w.task_id
+                          AND t.state IN ('ready', 'running', 'blocked'))
+          AND """ + _leading("$2") + """
+        LIMIT $1
+        FOR UPDATE OF w SKIP LOCKED
+    )
+    DELETE FROM {schema}.waits w USING doomed d WHERE w.ctid = d.tid
     """
 
     # -- inspect -----------------------------------------------------------------------
@@ -803,5 +854,5 @@ class Queries:
 
     @property
     def finished_channel(self) -> str:
-        """Where migration 0003's trigger announces the end of a task someone waits for."""
+        """Where the statements that end tasks announce those waited for (see _finished)."""
         return f"{self.schema}_finished"

@@ -65,7 +65,8 @@ class Maintenance:
     the next pass: an expired lease is reclaimed (or dead-lettered) within one
     interval of expiring, a worker unseen for three of its claim TTLs is
     forgotten, and finished plain tasks and finished workflows older than
-    `retention` are deleted, however fast they come. Transient database errors
+    `retention` are deleted, however fast they come, and so are the waits
+    crashed clients left (`Backend.prune_waits`). Transient database errors
     are retried with backoff. On a drain the leader resigns and says so on the control channel,
     and the followers stand for election at once.
     """
@@ -128,7 +129,8 @@ class Maintenance:
         await backend.reap_workers(term=term)
         while True:
             tasks, workflows = await backend.prune(self.retention, PRUNE_BATCH, term=term)
-            if tasks < PRUNE_BATCH and workflows < PRUNE_BATCH:
+            waits = await backend.prune_waits(PRUNE_BATCH, term=term)
+            if tasks < PRUNE_BATCH and workflows < PRUNE_BATCH and waits < PRUNE_BATCH:
                 break
 
     async def _reap(self, term: int) -> None:
