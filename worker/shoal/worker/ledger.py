@@ -126,6 +126,8 @@ class Ledger:
     outbox: list[Outcome] = field(default_factory=list)  # results waiting for their report
     releases: list[Lease] = field(default_factory=list)  # leases to hand back
     contact: Contact = field(init=False)
+    busy: int = 0  # handlers running now (results awaiting their report not counted)
+    suspects: int = 0  # of those, tasks whose lease expired twice (see `free_slots`)
 
     def __post_init__(self) -> None:
         # Heartbeats are answered TTL/2 apart when all is well; an outage of TTL/2 or
@@ -139,20 +141,11 @@ class Ledger:
     def running(self) -> list[Lease]:
         return [lease for lease in self.leases.values() if lease.running]
 
-    @property
-    def busy(self) -> int:
-        """Handlers running now (results awaiting their report not counted)."""
-        return sum(1 for lease in self.leases.values() if lease.running)
-
-    def suspect_running(self) -> bool:
-        """A task whose lease expired twice runs alone (see `free_slots`)."""
-        return any(lease.task.alone for lease in self.leases.values() if lease.running)
-
     def free_slots(self) -> int:
         """Tasks this worker may claim now: at most `concurrency` handlers running,
         at most `concurrency` more results waiting for their report, and none
-        while a suspect runs."""
-        if self.suspect_running():
+        while a suspect (a task whose lease expired twice) runs: it runs alone."""
+        if self.suspects:
             return 0
         c = self.concurrency
         return min(c - self.busy, 2 * c - len(self.leases))
@@ -173,8 +166,7 @@ class Ledger:
             return Admission.HELD
         if deadline <= now:
             return Admission.LAPSED
-        if not claimed and (stopping or self.busy >= self.concurrency
-                            or self.suspect_running()):
+        if not claimed and (stopping or self.busy >= self.concurrency or self.suspects):
             return Admission.FULL
         return Admission.START
 
@@ -183,6 +175,8 @@ class Ledger:
         assert task.id not in self.leases, f"task {task.id} is held already"
         lease = Lease(task, deadline)
         self.leases[task.id] = lease
+        self.busy += 1
+        self.suspects += task.alone
         return lease
 
     def ended(self, lease: Lease, outcome: Outcome | None) -> None:
@@ -190,6 +184,8 @@ class Ledger:
         (a stopped attempt) the lease waits to be handed back (released, or given up
         as an expiry: see `HAND_BACK`), or is forgotten (its lease is gone)."""
         lease.running = False
+        self.busy -= 1
+        self.suspects -= lease.task.alone
         if outcome is not None:
             self.outbox.append(outcome)
         elif lease.stop in HAND_BACK:
