@@ -6,6 +6,7 @@ acknowledged, while releases and expiries end the lease for good."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 
 import asyncpg
@@ -164,3 +165,26 @@ async def test_a_suspect_is_claimed_alone(backend: Backend) -> None:
     rest = await backend.claim(ME, 5, 30)
     assert sorted(t.id for t in rest) == [ids[0], ids[1], ids[3], ids[4]]
     assert not any(t.alone for t in rest)
+
+
+async def test_every_link_is_bounded_on_both_ends(dsn: str) -> None:
+    """A worker's session bounds its statements and has keepalives on both ends, sized
+    from the claim TTL; a pool's connections have keepalives on both ends and no
+    statement bound (a migration may rightly take long)."""
+    timeouts = LinkTimeouts.for_claim_ttl(20)
+    worker = Backend.for_worker(dsn, schema="shoal", worker_id="w", handoff_channel="c",
+                                on_notify=lambda _c, _p: None, timeouts=timeouts)
+    pooled = await Backend.connect(dsn, max_size=1)
+    show = ("SELECT current_setting('statement_timeout'), current_setting('tcp_keepalives_idle'),"
+            " current_setting('tcp_user_timeout')")
+    try:
+        assert tuple(await worker.pool.fetchrow(show)) == ("10s", "5", "10000")
+        assert tuple(await pooled.pool.fetchrow(show)) == ("0", "15", "30000")
+        for backend in (worker, pooled):
+            async with backend.pool.acquire() as conn:
+                sock = conn._transport.get_extra_info("socket")
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) > 0
+    finally:
+        await worker.close()
+        await pooled.close()

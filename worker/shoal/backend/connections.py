@@ -156,11 +156,16 @@ class LinkTimeouts:
         millis = round(self.statement * 1000)
         return {"statement_timeout": str(millis),
                 "idle_in_transaction_session_timeout": str(millis),
-                "tcp_keepalives_idle": str(self.keepalive_idle),
+                "client_connection_check_interval": str(round(self.probe * 1000)),
+                **self.keepalive_settings()}
+
+    def keepalive_settings(self) -> dict[str, str]:
+        """The server's keepalives and user timeout alone: they end a session whose
+        peer vanished, and never a slow statement of a live one."""
+        return {"tcp_keepalives_idle": str(self.keepalive_idle),
                 "tcp_keepalives_interval": str(self.keepalive_interval),
                 "tcp_keepalives_count": str(self.keepalive_count),
-                "tcp_user_timeout": str(round(self.user_timeout * 1000)),
-                "client_connection_check_interval": str(round(self.probe * 1000))}
+                "tcp_user_timeout": str(round(self.user_timeout * 1000))}
 
     def apply_to_socket(self, conn: asyncpg.Connection) -> None:
         """The client's half: keepalives and the user timeout on the connection's
@@ -223,9 +228,16 @@ class _Statements:
             return await conn.execute(query, *args)  # type: ignore[no-any-return]
 
 
+# The pooled connections of the client, the CLI and the operator: the kernel on both
+# ends gives up on a vanished peer within about a minute (keepalives, user timeout);
+# statements are not bounded, since a migration may rightly take long.
+POOL_LINK = LinkTimeouts.for_claim_ttl(60.0)
+
+
 class Pool(_Statements):
     """An asyncpg pool whose connections are discarded after an error that may
-    have broken them, and whose missing-schema errors say to run `shoal migrate`."""
+    have broken them, whose missing-schema errors say to run `shoal migrate`, and
+    whose links to a vanished server are ended by the kernel (`POOL_LINK`)."""
 
     def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
         self.pool = pool
@@ -234,9 +246,14 @@ class Pool(_Statements):
     @classmethod
     async def open(cls, dsn: str, schema: str, init: Init, reset: Init, *, min_size: int,
                    max_size: int) -> Pool:
+        async def setup(conn: asyncpg.Connection) -> None:
+            POOL_LINK.apply_to_socket(conn)
+            await init(conn)
+
+        settings = SESSION_SETTINGS | POOL_LINK.keepalive_settings()
         try:
             pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
-                                             server_settings=SESSION_SETTINGS, init=init,
+                                             server_settings=settings, init=setup,
                                              reset=reset, timeout=10)
         except Exception as exc:
             raise unavailable(dsn, exc) from exc
