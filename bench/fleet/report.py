@@ -87,11 +87,12 @@ def saturation_table(sizes: Sequence[SizeResult]) -> str:
         rows.append([size_label(r), f"{s.backlog:,}", _f(s.tasks_s, 0), _f(s.tasks_s_all, 0),
                      _f(s.server_us, 1), _f(s.client_us, 1), _f(s.claim_p50_ms, 2),
                      _f(s.claim_p99_ms, 2), _f(s.claim_exec_us, 0), _f(s.tasks_per_claim, 1),
-                     _f(s.wal_bytes, 0), _f(100 * s.server_system, 0, "%"),
+                     _f(s.claim_blocks, 0), _f(s.wal_bytes, 0), _f(100 * s.server_system, 0, "%"),
                      _f(100 * s.busiest_packer, 0, "%"), f"{s.drops}", s.note])
     return table(["workers", "backlog", "tasks/s", "(whole)", "server us/task",
                   "worker us/task", "claim p50 ms", "claim p99 ms", "claim exec us",
-                  "tasks/claim", "WAL B/task", "kernel", "busiest proc", "drops", "note"], rows,
+                  "tasks/claim", "buffers/claim", "WAL B/task", "kernel", "busiest proc", "drops",
+                  "note"], rows,
                  "Saturation: no-op tasks, concurrency and batch 100 per worker; tasks/s over "
                  "the middle 80% of completions (whole phase in brackets); CPU per task over "
                  "the whole phase (kernel: the server's system-time share; busiest proc: "
@@ -251,12 +252,18 @@ def plot(sizes: Sequence[SizeResult], depth: Sequence[DepthResult], ceiling: Cei
                                                     ("p99", lambda r: r.saturation.claim_p99_ms)]),
             ("statements per idle worker per s", [("all", lambda r: r.idle.statements_s)]),
         ]
+        logarithmic = {"CPU per task at saturation (us)", "idle enqueue -> start (ms)",
+                       "server CPU per single enqueue (ms)",
+                       "claim round trip at saturation (ms)"}
         for ax, (title, series) in zip(axes.flat, panels, strict=True):
             for label, get in series:
                 values = [get(r) for r in sizes]
                 ax.plot(n, [math.nan if v is None else v for v in values], marker="o",
                         label=label)
             ax.set_xscale("log")
+            if title in logarithmic:
+                ax.set_yscale("log")
+                title += " (log)"
             ax.set_xticks(n, [str(x) for x in n])
             ax.minorticks_off()
             ax.set_xlabel("workers")
@@ -272,7 +279,8 @@ def plot(sizes: Sequence[SizeResult], depth: Sequence[DepthResult], ceiling: Cei
         cpu_ax.axhline(TARGET_SERVER_US, color="C0", linestyle="--", label="server target")
         cpu_ax.axhline(TARGET_WORKER_US, color="C1", linestyle=":", label="worker target")
         for ax in axes.flat:
-            ax.set_ylim(0, ax.get_ylim()[1] * 1.1)
+            if ax.get_yscale() == "linear":
+                ax.set_ylim(0, ax.get_ylim()[1] * 1.1)
             ax.legend(fontsize=8)
         fig.suptitle(f"Shoal fleet: {caption}", fontsize=11)
         fig.tight_layout()
@@ -310,6 +318,13 @@ def plot(sizes: Sequence[SizeResult], depth: Sequence[DepthResult], ceiling: Cei
         ax = axes.flat[2]
         ax.plot([max(p.delayed, 1) for p in idle], [p.claim_exec_us for p in idle], marker="o",
                 label="empty claim (poll) exec (us)")
+        for p in idle:
+            if p.claim_exec_us is not None:
+                ax.annotate(f"{p.claim_exec_us:,.0f} us; {_f(p.server_idle_ms_s, 2)} ms/s "
+                            "server CPU per idle worker", (max(p.delayed, 1), p.claim_exec_us),
+                            textcoords="offset points", fontsize=8,
+                            xytext=(-8, -14) if p.delayed else (8, -4),
+                            ha="right" if p.delayed else "left")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("delayed rows, nothing ready (0 plotted at 1)")

@@ -102,6 +102,7 @@ class Saturation:
     claim_p99_ms: float
     claim_exec_us: float | None
     tasks_per_claim: float | None
+    claim_blocks: float | None  # shared buffers per claim
     wal_bytes: float
     server_system: float
     busiest_packer: float  # share of one core used by the busiest packer
@@ -278,6 +279,7 @@ async def _saturation(ctx: Context, fleet: Fleet, client: Client, database: str,
         claim_exec_us=claim.mean_us if stats else None,
         # a claim's answer has one row more than it claimed: the ids it completed
         tasks_per_claim=(claim.rows - claim.calls) / claim.calls if claim.calls else None,
+        claim_blocks=claim.blocks / claim.calls if claim.calls else None,
         wal_bytes=wal_bytes / done, server_system=w.server_system / w.server,
         busiest_packer=max(w.per_packer) / w.seconds,
         drops=fleet.drops() - drops, statements=_top(stats, done), note=note)
