@@ -48,10 +48,17 @@ def find_postgres_bin() -> Path:
 class PostgresServer:
     """A private PostgreSQL cluster on a free port; a context manager."""
 
-    def __init__(self, *, bin_dir: Path | None = None, max_connections: int = 300) -> None:
+    def __init__(self, *, bin_dir: Path | None = None, max_connections: int = 300,
+                 settings: dict[str, str] | None = None) -> None:
+        """`settings`: more server settings (`-c name=value`), such as
+        `{"shared_preload_libraries": "pg_stat_statements"}` for a benchmark."""
         self.bin = bin_dir or find_postgres_bin()
         self.port = free_port()
         self.max_connections = max_connections
+        self.settings = dict(settings or {})
+        for name, value in self.settings.items():
+            if not name.replace("_", "").replace(".", "").isalnum() or " " in value:
+                raise ValueError(f"unsafe server setting {name}={value!r}")
         self.root = Path(tempfile.mkdtemp(prefix="shoal-pg-"))
         self.data = self.root / "data"
         self.run_as = "postgres" if os.geteuid() == 0 else None
@@ -95,6 +102,7 @@ class PostgresServer:
         options = (f"-p {self.port} -k {self.root} -c listen_addresses=* "
                    f"-c max_connections={self.max_connections} -c fsync=on "
                    "-c shared_buffers=256MB")
+        options += "".join(f" -c {name}={value}" for name, value in self.settings.items())
         self._run(self.bin / "pg_ctl", "-D", self.data, "-o", options,
                   "-l", self.root / "server.log", "-w", "-t", "60", "start")
         return self
@@ -112,7 +120,8 @@ class PostgresServer:
     def standby(self) -> PostgresServer:
         """A streaming standby of this (running) server on a port of its own, not
         started: `pg_basebackup -R` copies the data and configures the replication."""
-        replica = PostgresServer(bin_dir=self.bin, max_connections=self.max_connections)
+        replica = PostgresServer(bin_dir=self.bin, max_connections=self.max_connections,
+                                 settings=self.settings)
         replica.password = self.password  # the role's, copied with the data
         if replica.run_as:
             shutil.chown(replica.root, user=replica.run_as)
