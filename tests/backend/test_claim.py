@@ -61,10 +61,22 @@ async def test_tags_namespaces_and_names_route_tasks(backend: Backend) -> None:
 
 
 async def test_delayed_task_is_not_claimed_before_it_is_due(backend: Backend) -> None:
+    """A delayed task waits as `delayed`, out of the claim's way, until promote (the
+    maintenance leader's scheduler) makes it ready once due; promote says when the
+    next one comes due."""
     (task_id,) = await backend.enqueue([NewTask("t", delay_seconds=1.5)])
+    assert (await backend.get_task(task_id)).state == "delayed"
     assert await backend.claim(worker(), 10, 30) == []
-    (claimed,) = await eventually(lambda: backend.claim(worker(), 10, 30), within=10,
-                                  what="the delayed task to become due")
+    promoted, next_due = await backend.promote()
+    assert promoted == 0 and next_due is not None and 1.0 < next_due <= 1.5
+    assert await backend.claim(worker(), 10, 30) == []
+    async def promoted() -> int:
+        return (await backend.promote())[0]
+
+    assert await eventually(promoted, within=10, interval=0.1,
+                            what="the delayed task to come due") == 1
+    assert await backend.promote() == (0, None)
+    (claimed,) = await backend.claim(worker(), 10, 30)
     assert claimed.id == task_id
     row = await backend.pool.fetchrow(
         "SELECT started_at >= run_at AS on_time, run_at - enqueued_at AS delay"

@@ -69,7 +69,7 @@ async def test_cli_enqueue_with_options(dsn: str, backend: Backend) -> None:
     task = await backend.get_task(int(result.stdout))
     assert (task.name, task.payload, task.namespace, task.priority, task.tags, task.state,
             task.max_attempts, task.max_expiries) == ("echo", {"x": [1, 2]}, "team-a", 7,
-                                                      ["gpu", "big"], "ready", 4, 5)
+                                                      ["gpu", "big"], "delayed", 4, 5)
     assert (task.run_at - task.enqueued_at).total_seconds() == 3600
     timeout_ms = await backend.pool.fetchval("SELECT timeout_ms FROM shoal.tasks")
     assert timeout_ms == 90_000

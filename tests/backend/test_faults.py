@@ -119,7 +119,7 @@ async def test_reports_are_idempotent_under_one_lease(backend: Backend) -> None:
     assert await backend.report(outcomes, worker_id=ME.id) == {ok, failing, retried}
     rows = {i: await backend.get_task(i) for i in (ok, failing, retried)}
     assert [(r.state, r.result, r.error) for r in rows.values()] == [
-        ("succeeded", "done", None), ("dead", None, "boom"), ("ready", None, "again")]
+        ("succeeded", "done", None), ("dead", None, "boom"), ("delayed", None, "again")]
     # the claim that carries successes acknowledges the same way
     (fourth,) = await backend.enqueue([NewTask("t")])
     (claimed,) = await backend.claim(ME, 1, 30)

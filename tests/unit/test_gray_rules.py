@@ -13,6 +13,7 @@ from shoal.backend import ClaimedTask, LinkTimeouts, describe
 from shoal.worker.ledger import Lease, Stop
 from shoal.worker.maintenance import follower_pause, pass_interval, term_seconds
 from shoal.worker.runtime import Fenced
+from shoal.worker.scheduler import TICK, next_look
 
 
 @pytest.mark.parametrize("ttl", [2.0, 10.0, 30.0, 300.0, 3600.0])
@@ -121,3 +122,12 @@ async def test_fenced_lets_a_stopped_handler_clean_up_in_peace() -> None:
     with pytest.raises(asyncio.CancelledError):
         await running
     assert events == ["cleaned up"]
+
+
+def test_the_scheduler_looks_when_something_comes_due() -> None:
+    now = 100.0
+    assert next_look(now, leading=False, next_due=None, expected=[]) == now + TICK
+    assert next_look(now, leading=True, next_due=100.3, expected=[]) == 100.3
+    assert next_look(now, leading=False, next_due=100.3, expected=[]) == now + TICK
+    assert next_look(now, leading=False, next_due=None, expected=[100.2, 100.7]) == 100.2
+    assert next_look(now, leading=True, next_due=105.0, expected=[]) == now + TICK

@@ -24,7 +24,7 @@ async def test_ready_and_delayed_tasks_never_run(dsn: str, backend: Backend, log
     first = await client.cancel_task(ready, reason="not needed", actor="alice")
     second = await client.cancel_task(delayed)
     assert (first.previous_state, first.applied) == ("ready", True)
-    assert (second.previous_state, second.applied) == ("ready", True)
+    assert (second.previous_state, second.applied) == ("delayed", True)
     row = await client.task(ready)
     assert row.state == "cancelled" and row.error == "cancelled by alice: not needed"
     assert row.finished_at is not None

@@ -194,3 +194,21 @@ async def test_sync_handler_is_told_to_stop_when_it_times_out(dsn: str, backend:
 
 async def _has_event(log: str, event: str) -> bool:
     return any(e["event"] == event for e in runs(log))
+
+
+async def test_delayed_tasks_start_when_due_without_polling(dsn: str, backend: Backend,
+                                                            log: str) -> None:
+    """Delayed tasks wait as `delayed`, out of the claims' way; the maintenance leader's
+    scheduler makes each ready as it comes due and wakes the workers: each starts at
+    its run_at, though the worker polls only every 30 s."""
+    client = Client(backend, app)
+    async with running_worker(app, dsn, poll_interval=30.0):
+        ids = [await client.enqueue("record", {"log": log}, delay=f"{d}s")
+               for d in (1.5, 2.0, 3.0)]
+        assert await states_of(backend, ids) == ["delayed"] * 3
+        await eventually(lambda: all_in("succeeded")(backend, ids), within=30,
+                         what="the delayed tasks")
+    starts = {e["task"]: e["t"] for e in runs(log) if e["event"] == "start"}
+    for task_id in ids:
+        due = (await backend.get_task(task_id)).run_at.timestamp()
+        assert 0 <= starts[task_id] - due <= 0.25, (task_id, starts[task_id] - due)

@@ -188,10 +188,12 @@ class Backend:
         """One round trip (cancel it to time it out: the connection is then dropped)."""
         await self.pool.execute(self.queries.ping)
 
-    async def elect(self, holder: str, term: int, seconds: float) -> Election:
+    async def elect(self, holder: str, term: int, seconds: float,
+                    grace: float = 0.0) -> Election:
         """Renew the maintenance role for `seconds` if `holder` leads it under `term`
-        (0: none), or take it under a new term if it lapsed (see Queries.elect)."""
-        row = await self.pool.fetchrow(self.queries.elect, holder, term, seconds)
+        (0: none), or take it under a new term if it lapsed at least `grace` seconds
+        ago (see Queries.elect)."""
+        row = await self.pool.fetchrow(self.queries.elect, holder, term, seconds, grace)
         return Election(term=row["term"], holder=row["holder"], remaining=row["remaining"])
 
     async def resign(self, holder: str, term: int) -> None:
@@ -422,6 +424,12 @@ class Backend:
                 await self._advance(conn, workflow_id)
         return rows
 
+    async def promote(self, limit: int = 10_000) -> tuple[int, float | None]:
+        """Make up to `limit` delayed tasks that came due ready, waking their workers;
+        return how many, and the seconds until the next one comes due (None: none)."""
+        row = await self.pool.fetchrow(self.queries.promote, limit)
+        return int(row["promoted"]), row["next_in"]
+
     async def reap_workers(self, stale_seconds: float | None = None,
                            term: int | None = None) -> list[str]:
         """Forget workers not seen for `stale_seconds` (None: three of their own
@@ -637,7 +645,7 @@ class Backend:
             if row["workflow_id"] is not None:
                 raise InvalidCommand(f"task {task_id} is a step of workflow {row['workflow_id']}:"
                                      f" cancel the workflow (shoal cancel {row['workflow_id']})")
-            applied = row["state"] in ("ready", "running")
+            applied = row["state"] in ("delayed", "ready", "running")
             if applied:
                 await conn.execute(q.cancel_task, task_id, message)
             if row["state"] == "running":

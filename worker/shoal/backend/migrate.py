@@ -1,8 +1,10 @@
 """Schema migrations: ordered .sql files applied once each, under a lock.
 
-`migrate()` is idempotent and safe when many processes run it at once: a
-transaction-scoped advisory lock keyed by the schema name serialises them,
-and each file is applied with its version row in the same transaction.
+`migrate()` is idempotent and safe when many processes run it at once: an
+advisory lock keyed by the schema name, held from the first migration to the
+last, serialises them (one applies everything due, the others nothing), and
+each file is applied with its version row in a transaction of its own (a
+value added to an enum by one migration can be used only by the next).
 """
 
 from __future__ import annotations
@@ -43,15 +45,20 @@ async def migrate(conn: asyncpg.Connection, queries: Queries,
     applied_now = []
     async with conn.transaction():
         await conn.execute(queries.bootstrap)
-        done = {r["version"] for r in await conn.fetch(queries.applied_versions)}
         has_sort_key = await conn.fetchval(queries.aging_interval) is not None
         if aging_seconds is not None or not has_sort_key:
             seconds = DEFAULT_AGING_SECONDS if aging_seconds is None else aging_seconds
             await conn.execute(queries.sort_key_definition(seconds))
+    await conn.execute(queries.lock_migrations)
+    try:
+        done = {r["version"] for r in await conn.fetch(queries.applied_versions)}
         for version, name, template in migrations():
             if version in done:
                 continue
-            await conn.execute(template.replace("{schema}", queries.schema))
-            await conn.execute(queries.record_migration, version, name)
+            async with conn.transaction():
+                await conn.execute(template.replace("{schema}", queries.schema))
+                await conn.execute(queries.record_migration, version, name)
             applied_now.append(version)
+    finally:
+        await conn.execute(queries.unlock_migrations)
     return applied_now

@@ -51,6 +51,11 @@ class Queries:
 
     # -- schema management ------------------------------------------------------
 
+    # Serialises migrations of one schema: held by the migrating session from the
+    # first migration to the last (and by the bootstrap's transaction).
+    lock_migrations = "SELECT pg_advisory_lock(hashtext('shoal.migrate.' || '{schema}'))"
+    unlock_migrations = "SELECT pg_advisory_unlock(hashtext('shoal.migrate.' || '{schema}'))"
+
     bootstrap = """
     SELECT pg_advisory_xact_lock(hashtext('shoal.migrate.' || '{schema}'));
     CREATE SCHEMA IF NOT EXISTS {schema};
@@ -70,7 +75,8 @@ class Queries:
     ping = "SELECT 1"
 
     # The maintenance role (see migration 0004): worker $1, holding term $2 (0 for
-    # none), renews it for $3 seconds, or takes it with a new term once it lapsed.
+    # none), renews it for $3 seconds, or takes it with a new term once it lapsed
+    # $4 seconds ago or more (a grace: see shoal.worker.maintenance).
     # A lapsed term is never renewed, even by its holder: whoever leads after a lapse
     # leads under a new term. `term` is the term led now (NULL: another worker
     # leads); `remaining` the seconds left of the term seen before this statement.
@@ -82,7 +88,9 @@ class Queries:
             elected_at = CASE WHEN l.holder = $1 AND l.term = $2 AND l.expires_at > now()
                               THEN l.elected_at ELSE now() END,
             expires_at = now() + $3::float8 * interval '1 second'
-        WHERE l.role = 'maintenance' AND (l.expires_at <= now() OR (l.holder = $1 AND l.term = $2))
+        WHERE l.role = 'maintenance'
+          AND (l.expires_at <= now() - $4::float8 * interval '1 second'
+               OR (l.holder = $1 AND l.term = $2))
         RETURNING l.term
     )
     SELECT (SELECT term FROM won) AS term, l.holder,
@@ -184,18 +192,19 @@ class Queries:
                {schema}.sort_key(now() + r.delay_s * interval '1 second', r.priority),
                coalesce(h.max_attempts, r.max_attempts), coalesce(h.max_expiries, r.max_expiries),
                r.timeout_ms, r.key,
-               CASE WHEN h.id IS NULL THEN 'ready' ELSE 'running' END::{schema}.task_state,
+               CASE WHEN h.id IS NOT NULL THEN 'running' WHEN r.delay_s > 0 THEN 'delayed'
+                    ELSE 'ready' END::{schema}.task_state,
                (h.id IS NOT NULL)::int, (h.id IS NOT NULL)::int,
                now() + h.claim_ttl * interval '1 second', h.id,
                CASE WHEN h.id IS NOT NULL THEN now() END
         FROM rows r LEFT JOIN handoff h ON true
         ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-        RETURNING id, namespace, name, payload, idempotency_key, worker_id, attempts,
+        RETURNING id, namespace, state, name, payload, idempotency_key, worker_id, attempts,
                   max_attempts, lease_token, timeout_ms, run_at, lease_expires_at
     )
     SELECT i.id, i.idempotency_key,
            (SELECT count(pg_notify('{schema}_tasks', n.namespace))
-            FROM (SELECT DISTINCT namespace FROM inserted WHERE worker_id IS NULL) n) AS notified,
+            FROM (SELECT DISTINCT namespace FROM inserted WHERE state = 'ready') n) AS notified,
            (SELECT count(pg_notify(h.parked_channel, json_build_object(
                 'id', t.id, 'name', t.name, 'payload', t.payload, 'attempts', t.attempts,
                 'max_attempts', t.max_attempts, 'lease_token', t.lease_token,
@@ -322,7 +331,8 @@ class Queries:
     # retry_in_s NULL: the task is dead; otherwise it is ready again after the delay.
     fail = """
     UPDATE {schema}.tasks t
-    SET state = CASE WHEN r.retry_in_s IS NULL THEN 'dead' ELSE 'ready' END::{schema}.task_state,
+    SET state = CASE WHEN r.retry_in_s IS NULL THEN 'dead' WHEN r.retry_in_s > 0 THEN 'delayed'
+                     ELSE 'ready' END::{schema}.task_state,
         error = r.error,
         run_at = CASE WHEN r.retry_in_s IS NULL THEN t.run_at
                       ELSE now() + r.retry_in_s * interval '1 second' END,
@@ -446,6 +456,28 @@ class Queries:
     FROM expired e
     WHERE t.ctid = e.tid
     RETURNING t.id, t.namespace, t.workflow_id, t.state::text, """ + _finished_dead + """
+    """
+
+    # Delayed tasks that came due become ready (in their place in line: sort_key was
+    # set for their run_at), up to $1 of them, their namespaces told; and when the
+    # next delayed task comes due, in seconds (NULL: none). Safe from any worker:
+    # the maintenance leader calls it (see shoal.worker.scheduler).
+    promote = """
+    WITH due AS (
+        SELECT ctid AS tid FROM {schema}.tasks
+        WHERE state = 'delayed' AND run_at <= now()
+        ORDER BY run_at
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+    ), promoted AS (
+        UPDATE {schema}.tasks t SET state = 'ready' FROM due d WHERE t.ctid = d.tid
+        RETURNING t.namespace
+    )
+    SELECT (SELECT count(*) FROM promoted) AS promoted,
+           (SELECT count(pg_notify('{schema}_tasks', n.namespace))
+            FROM (SELECT DISTINCT namespace FROM promoted) n) AS notified,
+           (SELECT extract(epoch FROM min(run_at) - now())::float8 FROM {schema}.tasks
+            WHERE state = 'delayed' AND run_at > now()) AS next_in
     """
 
     # Of reports the fence refused, those whose outcome is recorded already under
@@ -594,7 +626,7 @@ class Queries:
     cancel_pending_steps = """
     UPDATE {schema}.tasks t
     SET state = 'cancelled', finished_at = now(), error = $2
-    WHERE workflow_id = $1 AND state IN ('blocked', 'ready')
+    WHERE workflow_id = $1 AND state IN ('blocked', 'delayed', 'ready')
     RETURNING """ + _announce + """
     """
 
@@ -645,14 +677,15 @@ class Queries:
     SELECT
         count(*) FILTER (WHERE t.state = 'ready' AND t.run_at <= now() AND runnable) AS ready,
         count(*) FILTER (WHERE t.state = 'running') AS running,
-        count(*) FILTER (WHERE t.state = 'ready' AND (t.run_at > now() OR NOT runnable)) AS waiting,
+        count(*) FILTER (WHERE t.state = 'delayed'
+                         OR t.state = 'ready' AND (t.run_at > now() OR NOT runnable)) AS waiting,
         count(*) FILTER (WHERE t.state = 'dead') AS dead
     FROM {schema}.tasks t
     LEFT JOIN LATERAL (
         SELECT t.workflow_id IS NULL OR EXISTS (
             SELECT 1 FROM {schema}.workflows w WHERE w.id = t.workflow_id AND w.state = 'running')
         AS runnable) r ON true
-    WHERE t.state IN ('ready', 'running', 'dead')
+    WHERE t.state IN ('delayed', 'ready', 'running', 'dead')
       AND t.namespace = $1
       AND t.tags <@ $2::text[]
       AND ($3::text[] IS NULL OR t.name = ANY($3::text[]))
@@ -682,7 +715,7 @@ class Queries:
     UPDATE {schema}.tasks t
     SET state = 'cancelled', error = $2, finished_at = now(), lease_expires_at = NULL,
         lease_token = t.lease_token + (t.state = 'running')::int
-    WHERE id = $1 AND state IN ('ready', 'running')
+    WHERE id = $1 AND state IN ('delayed', 'ready', 'running')
     RETURNING """ + _announce + """
     """
 
@@ -768,7 +801,8 @@ class Queries:
     queue_depth = """
     SELECT t.namespace, t.name,
         count(*) FILTER (WHERE t.state = 'ready' AND t.run_at <= now() AND runnable) AS ready,
-        count(*) FILTER (WHERE t.state = 'ready' AND t.run_at > now()) AS delayed,
+        count(*) FILTER (WHERE t.state = 'delayed'
+                         OR t.state = 'ready' AND t.run_at > now()) AS delayed,
         count(*) FILTER (WHERE t.state = 'ready' AND t.run_at <= now() AND NOT runnable) AS paused,
         count(*) FILTER (WHERE t.state = 'running') AS running,
         count(*) FILTER (WHERE t.state = 'blocked') AS blocked,
@@ -781,7 +815,7 @@ class Queries:
         SELECT t.workflow_id IS NULL OR EXISTS (
             SELECT 1 FROM {schema}.workflows w WHERE w.id = t.workflow_id AND w.state = 'running')
         AS runnable) r ON true
-    WHERE t.state IN ('ready', 'running', 'blocked', 'dead')
+    WHERE t.state IN ('delayed', 'ready', 'running', 'blocked', 'dead')
       AND ($1::text IS NULL OR t.namespace = $1)
       AND ($2::text[] IS NULL OR t.tags <@ $2::text[])
       AND ($3::text[] IS NULL OR t.name = ANY($3::text[]))

@@ -30,9 +30,9 @@ class Claimer:
     TTL from the moment the claim was sent, by this worker's clock. The plain
     successes waiting for their report ride on the next claim (one statement,
     one commit). A claim that finds less than it asked for parks the worker for
-    handoffs; it then waits for a wake-up (an enqueue in its namespace, a
-    handoff, one of its own retries coming due) or `poll_interval`. Transient
-    database errors are retried with backoff.
+    handoffs; it then waits for a wake-up (an enqueue in its namespace, delayed
+    tasks coming due, a handoff, a reconnect) or `poll_interval`, a fallback.
+    Transient database errors are retried with backoff.
     """
 
     name = "claim"

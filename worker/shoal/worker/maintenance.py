@@ -54,12 +54,14 @@ class Maintenance:
     unexpired. So a leader that is frozen or cut off loses the role when its term
     lapses and does nothing when it comes back until it wins a term again;
     another worker takes over within a quarter pass interval of the lapse.
-    Only a worker that has been in contact with the database (`Contact`) for a
-    whole claim TTL leads: it stands for election only then, and steps down
-    (resigns) when it loses contact. So after an outage that cut every worker
-    off (a restart, a failover, a partition) nobody reaps until the workers
-    have had a TTL to renew their leases, while after a leader that alone froze
-    or was cut off, a follower in contact takes over and reaps at once.
+    The leader reaps expired leases and forgets dead workers only once it has
+    been in contact with the database (`Contact`) for a whole claim TTL: after
+    an outage that cut every worker off (a restart, a failover, a partition)
+    the others have that long to renew their leases. A worker not yet in
+    contact that long stands for election a pass interval after the term
+    lapsed, so that after a leader that alone froze or was cut off, a follower
+    in contact wins and reaps at once; the leader's other duties (pruning, the
+    scheduler's promotions) need no contact and start with its term.
     Every pass of the leader runs to exhaustion in bounded batches (REAP_BATCH,
     PRUNE_BATCH), so other statements get between them and nothing is left for
     the next pass: an expired lease is reclaimed (or dead-lettered) within one
@@ -98,18 +100,11 @@ class Maintenance:
             self.term = 0
 
     async def _turn(self) -> float:
-        """Renew or win the role while in contact; run a pass if leading; the seconds
-        to the next turn."""
-        in_contact = self.contact.length(time.monotonic())
-        if in_contact < self.claim_ttl:
-            if self.term:
-                log.warning("stepping down from maintenance of schema %s: in contact with the "
-                            "database for %.1fs only, less than a claim TTL", self.backend.schema,
-                            in_contact)
-                await self.resign()
-            return pass_interval(self.claim_ttl)
+        """Renew or win the role; run a pass if leading; the seconds to the next turn."""
+        in_contact = self.contact.length(time.monotonic()) >= self.claim_ttl
+        grace = 0.0 if in_contact else pass_interval(self.claim_ttl)
         election = await self.backend.elect(self.holder, self.term,
-                                            term_seconds(self.claim_ttl))
+                                            term_seconds(self.claim_ttl), grace)
         if election.term is None:
             if self.term:
                 log.warning("no longer leading maintenance of schema %s: term %d lapsed, "
@@ -120,13 +115,16 @@ class Maintenance:
             log.info("leading maintenance of schema %s (term %d)", self.backend.schema,
                      election.term)
             self.term = election.term
-        await self._pass(self.term)
+        await self._pass(self.term, judge=in_contact)
         return pass_interval(self.claim_ttl)
 
-    async def _pass(self, term: int) -> None:
+    async def _pass(self, term: int, judge: bool) -> None:
+        """One pass; with `judge` (in contact for a TTL), other workers' leases and
+        liveness rows are judged too."""
         backend = self.backend
-        await self._reap(term)
-        await backend.reap_workers(term=term)
+        if judge:
+            await self._reap(term)
+            await backend.reap_workers(term=term)
         while True:
             tasks, workflows = await backend.prune(self.retention, PRUNE_BATCH, term=term)
             waits = await backend.prune_waits(PRUNE_BATCH, term=term)

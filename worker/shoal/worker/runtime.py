@@ -14,6 +14,7 @@ each given only the parts of the worker it uses:
 - `fence`: stops the handlers whose lease it could not renew in time;
 - `maintenance`: on the schema's leader (a role held by lease, with a term),
   reaps expired leases and dead workers and prunes finished tasks;
+- `scheduler`: on the same leader, makes delayed tasks ready when they come due;
 - `periodic`: enqueues the app's cron schedules (each tick once, whatever the
   number of workers);
 - `metrics`: serves /metrics, /healthz and /readyz.
@@ -90,6 +91,7 @@ from shoal.worker.listener import Listener
 from shoal.worker.maintenance import Maintenance
 from shoal.worker.periodic import PeriodicScheduler
 from shoal.worker.reporter import Reporter
+from shoal.worker.scheduler import Scheduler
 from shoal.worker.signals import Signals
 from shoal.worker.supervisor import Service, Supervisor
 
@@ -188,10 +190,13 @@ class Worker:
                                    self.interrupt)
         self.maintenance = Maintenance(self.backend, self.identity.id, config.claim_ttl,
                                        config.retention, self.ledger.contact, self.signals)
+        self.scheduler = Scheduler(self.backend, lambda: self.maintenance.term != 0,
+                                   self.signals)
         services: list[Service] = [
             Listener(self.backend, self.signals, self.catch_up), self.claimer,
             Reporter(self.signals, self.report, self.claimer.will_claim), self.heartbeat,
             Fence(self.ledger, self.signals, self.lapse), self.maintenance,
+            self.scheduler,
             PeriodicScheduler(self.backend, config.namespace, app.schedules)]
         if config.metrics_port:
             services.append(metrics.MetricsServer(config.metrics_host, config.metrics_port,
@@ -334,12 +339,6 @@ class Worker:
         if not job.cancelled() and job.exception() is not None:
             log.warning("could not hand a task back, its lease will expire: %s",
                         job.exception())
-
-    def wake_in(self, seconds: float) -> None:
-        if seconds <= 0:
-            self.signals.wake.set()
-        else:
-            asyncio.get_running_loop().call_later(seconds, self.signals.wake.set)
 
     # -- running ------------------------------------------------------------------------
 
@@ -490,8 +489,10 @@ class Worker:
         for task, outcome, ok in self.ledger.settle(batch, accepted):
             if ok:
                 self.task_metrics[task.name].finished[_kind(outcome)] += 1
-                if outcome.error and outcome.retry_in_seconds is not None:
-                    self.wake_in(outcome.retry_in_seconds)  # due from the report on
+                if outcome.retry_in_seconds == 0:
+                    self.signals.wake.set()  # ready again now
+                elif outcome.retry_in_seconds is not None and outcome.error:
+                    self.scheduler.expect(outcome.retry_in_seconds)
             else:
                 metrics.LEASES_LOST.inc()
                 log.warning("result for task %s #%d refused: its lease moved on",
