@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from shoal.backend import Backend, NewTask, WorkerIdentity
+from shoal.backend.connections import SESSION_SETTINGS, WORKER_SESSION_SETTINGS
 from shoal.backend.queries import Queries
 
 ME = WorkerIdentity(id="w", namespace="default", tags=(), task_names=("t",),
@@ -24,6 +25,19 @@ async def explain_claim(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, An
         "EXPLAIN (FORMAT JSON) " + Queries("shoal").claim,
         ME.namespace, list(ME.task_names), list(ME.tags), 100, 30.0, ME.id,
         list(ME.max_attempts), None, [], [], [], [1, 2, 3], [3] * len(ME.task_names))
+    return dict(json.loads(raw)[0])
+
+
+async def explain_generic_claim(conn: asyncpg.Connection) -> dict[str, Any]:
+    """The plan a worker's session runs every claim with: the generic plan of the
+    prepared claim (the one plan made once, whatever the parameters)."""
+    await conn.execute("PREPARE claim AS " + Queries("shoal").claim)
+    try:
+        raw = await conn.fetchval(  # the values do not matter: the plan is generic
+            "EXPLAIN (FORMAT JSON) EXECUTE claim('default', '{t}', '{}', 100, 30, 'w', '{3}',"
+            " NULL, '{}', '{}', '{}', '{1,2,3}', '{3}')")
+    finally:
+        await conn.execute("DEALLOCATE claim")
     return dict(json.loads(raw)[0])
 
 
@@ -44,6 +58,25 @@ async def test_claim_reads_ready_tasks_through_their_index(backend: Backend) -> 
     assert not [n for n in on_tasks if n["Node Type"] == "Seq Scan"], json.dumps(plan)
     assert any(n.get("Index Name") == "tasks_ready" for n in nodes(plan)), json.dumps(plan)
     assert len(await backend.claim(ME, 100, 30)) == 100  # and the statement claims as planned
+
+
+async def test_the_worker_sessions_one_claim_plan_reads_the_ready_index(
+        backend: Backend, dsn: str) -> None:
+    """A worker's session plans the claim once (a generic plan, `WORKER_SESSION_SETTINGS`):
+    with history and a backlog analysed, that plan too finds ready tasks through
+    `tasks_ready`, never by scanning the table."""
+    await backend.enqueue([NewTask("t", i) for i in range(20_000)])
+    await backend.pool.execute(
+        "UPDATE shoal.tasks SET state = 'succeeded', finished_at = now() WHERE id % 10 <> 0")
+    await backend.pool.execute("ANALYZE shoal.tasks")
+    conn = await asyncpg.connect(dsn, server_settings=SESSION_SETTINGS | WORKER_SESSION_SETTINGS)
+    try:
+        plan = (await explain_generic_claim(conn))["Plan"]
+    finally:
+        await conn.close()
+    on_tasks = [n for n in nodes(plan) if n.get("Relation Name") == "tasks"]
+    assert not [n for n in on_tasks if n["Node Type"] == "Seq Scan"], json.dumps(plan)
+    assert any(n.get("Index Name") == "tasks_ready" for n in nodes(plan)), json.dumps(plan)
 
 
 async def test_a_costly_claim_is_not_jit_compiled(backend: Backend, dsn: str) -> None:

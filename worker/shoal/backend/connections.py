@@ -21,6 +21,7 @@ import contextlib
 import logging
 import re
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -59,6 +60,13 @@ _NOT_MIGRATED = (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError,
 # few): 16 workers fell from 10,000 to 4,000 tasks/s with Postgres CPU per task
 # four times as high. Shoal's statements are short; JIT never pays for them.
 SESSION_SETTINGS = {"jit": "off"}
+
+# A worker's session plans each statement once (a generic plan), not at every call.
+# Left to itself Postgres kept custom plans for the claim and the heartbeat, whose
+# estimated generic cost looked higher: 1.2 ms of planning per claim (more than it
+# ran for) and 0.36 ms per heartbeat in a 300-worker fleet. The generic plans read
+# the same indexes (tests/backend/test_claim_plan.py checks the claim's).
+WORKER_SESSION_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
 
 Init = Callable[[asyncpg.Connection], Any]
 
@@ -120,9 +128,12 @@ class LinkTimeouts:
       dropped) and on the server (`statement_timeout`, and
       `idle_in_transaction_session_timeout` for a client gone mid-transaction);
     - `stall`: a statement unanswered this long makes the worker not ready;
-    - `probe`: an idle connection is pinged after this long without an answer, so
-      a link that died while idle is noticed too (within `probe` and half of it,
-      the listener's check, plus `stall`);
+    - `probe`: the kernel probes an idle connection's link after this long
+      without traffic (TCP keepalives: no statement, nothing for the server's
+      backend to do), so a link that died while idle is noticed too: its
+      silence (`idle_silence`) grows from the last answered probe, and reaches
+      `stall` within `probe` and `stall` (plus half a `probe`, the listener's
+      check);
     - `connect`: a connection attempt's bound;
     - TCP keepalives on both ends (`keepalive_idle`, `_interval`, `_count`) and
       `user_timeout` (unacknowledged data): the kernel ends a connection to a
@@ -141,14 +152,18 @@ class LinkTimeouts:
 
     @classmethod
     def for_claim_ttl(cls, ttl: float) -> LinkTimeouts:
-        """Readiness within TTL/2 of a silent link (1.5 probe + stall = 7/16 TTL), a
+        """Readiness within TTL/2 of a silent link (the keepalive's idle time, whole
+        seconds, plus `stall`, shortened for TTLs under 8 s; for TTLs under 4 s
+        the one-second keepalive alone is more than TTL/2), a
         hung statement dropped at TTL/2 (at least 1 s, at most 30 s), the kernel's
         verdict on a dead peer within about a TTL."""
-        quarter = ttl / 4
-        return cls(statement=min(30.0, max(1.0, ttl / 2)), stall=min(15.0, quarter),
-                   probe=min(5.0, ttl / 8), connect=min(10.0, max(1.0, ttl / 2)),
-                   keepalive_idle=max(1, round(quarter)),
-                   keepalive_interval=max(1, round(ttl / 8)), keepalive_count=3,
+        probe = min(5.0, ttl / 8)
+        keepalive_idle = max(1, round(probe))  # the kernel counts whole seconds
+        stall = min(15.0, ttl / 4, max(ttl / 8, ttl / 2 - keepalive_idle - probe / 2))
+        return cls(statement=min(30.0, max(1.0, ttl / 2)), stall=stall,
+                   probe=probe, connect=min(10.0, max(1.0, ttl / 2)),
+                   keepalive_idle=keepalive_idle,
+                   keepalive_interval=max(1, round(probe / 2)), keepalive_count=3,
                    user_timeout=max(1.0, ttl / 2))
 
     def server_settings(self) -> dict[str, str]:
@@ -170,9 +185,8 @@ class LinkTimeouts:
     def apply_to_socket(self, conn: asyncpg.Connection) -> None:
         """The client's half: keepalives and the user timeout on the connection's
         socket (TCP only; Linux names the options as used here)."""
-        transport = getattr(conn, "_transport", None)  # asyncpg keeps it private
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        sock = _tcp_socket(conn)
+        if sock is None:
             return
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         for option, value in (("TCP_KEEPIDLE", self.keepalive_idle),
@@ -181,6 +195,33 @@ class LinkTimeouts:
                               ("TCP_USER_TIMEOUT", round(self.user_timeout * 1000))):
             if hasattr(socket, option):
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+    def idle_silence(self, conn: asyncpg.Connection) -> float:
+        """Seconds the idle connection's link has gone unanswered: since the last
+        acknowledgement the kernel received, beyond the keepalive's idle time (0
+        while its keepalive probes are answered, and for a local socket)."""
+        sock = _tcp_socket(conn)
+        if sock is None or not hasattr(socket, "TCP_INFO"):
+            return 0.0
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+        last_ack_ms = int.from_bytes(info[_LAST_ACK_RECV:_LAST_ACK_RECV + 4], sys.byteorder)
+        return max(0.0, last_ack_ms / 1000 - self.keepalive_idle)
+
+
+# Linux's struct tcp_info: 8 one-byte fields, 9 32-bit ones, then the times in ms:
+# last_data_sent, last_ack_sent, last_data_recv, last_ack_recv.
+_LAST_ACK_RECV = 8 + 9 * 4 + 3 * 4
+_TCP_INFO_SIZE = _LAST_ACK_RECV + 4
+
+
+def _tcp_socket(conn: asyncpg.Connection) -> socket.socket | None:
+    """The connection's TCP socket (None: a Unix socket, or closed)."""
+    transport = getattr(conn, "_transport", None)  # asyncpg keeps it private
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    return sock  # type: ignore[no-any-return]
 
 
 def describe(exc: BaseException) -> str:
@@ -294,8 +335,10 @@ class Session(_Statements):
       once, naming its cause. `connected` says whether a connection is open now,
       `lost` is set when it closes.
     - `silence()` says for how long the statement in flight has heard nothing
-      (neither its answer nor a notification): a hung statement is seen without
-      queueing anything behind it.
+      (neither its answer nor a notification), or, with nothing in flight, for
+      how long the link's keepalive probes went unanswered: a hung statement or
+      a dead idle link is seen without queueing anything behind it, and without
+      a statement to the server.
     - Every new connection listens on `channels` before any statement runs on
       it, and bumps `generation`.
     - Notifications arrive while statements run; `on_notify(channel, payload)`
@@ -329,10 +372,13 @@ class Session(_Statements):
         return self._busy_since is not None
 
     def silence(self, now: float) -> float:
-        """Seconds the work in flight has gone without hearing from the server (0 when
-        nothing is in flight)."""
+        """Seconds the work in flight has gone without hearing from the server; with
+        nothing in flight, the idle link's (`LinkTimeouts.idle_silence`)."""
         if self._busy_since is None:
-            return 0.0
+            conn = self._conn
+            if conn is None or conn.is_closed():
+                return 0.0
+            return self.timeouts.idle_silence(conn)
         return max(0.0, now - max(self._busy_since, self.last_heard))
 
     async def connect(self) -> None:
@@ -350,7 +396,7 @@ class Session(_Statements):
             self._drop("the server closed it")
         t = self.timeouts
         conn = await connect(self.dsn, self.init, self.application_name,
-                             t.server_settings(), timeout=t.connect,
+                             WORKER_SESSION_SETTINGS | t.server_settings(), timeout=t.connect,
                              command_timeout=t.statement)
         try:
             t.apply_to_socket(conn)

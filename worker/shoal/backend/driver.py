@@ -184,10 +184,6 @@ class Backend:
             raise SchemaNotMigrated(f"schema {self.schema!r} is {found}, this Shoal needs "
                                     f"version {needed}: run `shoal migrate`")
 
-    async def ping(self) -> None:
-        """One round trip (cancel it to time it out: the connection is then dropped)."""
-        await self.pool.execute(self.queries.ping)
-
     async def elect(self, holder: str, term: int, seconds: float,
                     grace: float = 0.0) -> Election:
         """Renew the maintenance role for `seconds` if `holder` leads it under `term`

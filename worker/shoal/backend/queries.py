@@ -72,8 +72,6 @@ class Queries:
 
     schema_version = "SELECT max(version) FROM {schema}.schema_migrations"
 
-    ping = "SELECT 1"
-
     # The maintenance role (see migration 0004): worker $1, holding term $2 (0 for
     # none), renews it for $3 seconds, or takes it with a new term once it lapsed
     # $4 seconds ago or more (a grace: see shoal.worker.maintenance).

@@ -44,8 +44,9 @@ class WorkerSettings(BaseModel):
     concurrency: Concurrency = Field(10, description="tasks run at once")
     batch_size: BatchSize = Field(10, description="tasks claimed per database round trip")
     claim_ttl: float = Field(30.0, gt=0, le=MAX_CLAIM_TTL, description="lease of a claimed task")
-    poll_interval: float = Field(1.0, gt=0, le=3_600, description=(
-        "how often an idle worker looks for tasks without a notification"))
+    poll_interval: float = Field(30.0, gt=0, le=3_600, description=(
+        "how often an idle worker looks for tasks without a notification (a fallback: "
+        "every enqueue, retry coming due and reconnect wakes it)"))
     drain_timeout: float = Field(30.0, ge=0, le=MAX_DRAIN_TIMEOUT, description=(
         "on SIGTERM, time to finish in-flight tasks before releasing them"))
     retention: float = Field(7 * 86400.0, gt=0, le=100 * 365 * 86400.0, description=(

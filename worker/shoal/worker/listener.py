@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,12 +19,12 @@ class Listener:
 
     Guarantees: a dropped connection is reopened at once, then with capped
     exponential backoff, so notifications and handoffs flow again as soon as
-    the database answers. A connection that has not been heard from for
-    `timeouts.probe` while nothing is in flight is pinged, so a link that went
-    silent while idle is noticed as a busy one is: a statement unanswered for
-    `timeouts.stall` is logged (the worker is not ready meanwhile: see
-    `Worker.ready`), and one unanswered for `timeouts.statement` drops the
-    connection (`Session`). After every new connection the worker catches up
+    the database answers. A statement unanswered for `timeouts.stall`, or an
+    idle link whose keepalive probes went unanswered that long, is logged (the
+    worker is not ready meanwhile: see `Worker.ready`); a statement unanswered
+    for `timeouts.statement` drops the connection (`Session`), and so does the
+    kernel an idle link unanswered for `timeouts.user_timeout`. An idle worker
+    sends no statement to keep its link checked. After every new connection the worker catches up
     (`catch_up`): it claims at once, and runs the tasks leased to it since it
     started that it does not know of (claims whose reply was lost), so none of
     them waits for its lease to expire.
@@ -48,35 +46,21 @@ class Listener:
         caught_up = 0  # the connection generation caught up with
         backoff = Backoff(first=0.1)
         stalled = False
-        probe: asyncio.Task[None] | None = None
-        try:
-            while True:
-                try:
-                    await session.connect()
-                    if session.generation != caught_up:
-                        await self.catch_up()
-                        caught_up = session.generation
-                except TRANSIENT_ERRORS as exc:
-                    await retry_later("connect", exc, backoff)
-                    continue
-                backoff.reset()
-                if await wait_event(session.lost, t.probe / 2):
-                    continue
-                now = time.monotonic()
-                silence = session.silence(now)
-                if silence >= t.stall and not stalled:
-                    log.warning("no answer from the database for %.1fs: not ready until it "
-                                "answers (the connection is dropped after %gs)", silence,
-                                t.statement)
-                stalled = silence >= t.stall
-                if not session.busy and now - session.last_heard >= t.probe and (
-                        probe is None or probe.done()):
-                    probe = asyncio.create_task(self._ping())  # watched, not waited for
-        finally:
-            if probe is not None:
-                probe.cancel()
-
-    async def _ping(self) -> None:
-        """One probe; a failed one has dropped the connection, and the session said why."""
-        with contextlib.suppress(*TRANSIENT_ERRORS):
-            await self.backend.ping()
+        while True:
+            try:
+                await session.connect()
+                if session.generation != caught_up:
+                    await self.catch_up()
+                    caught_up = session.generation
+            except TRANSIENT_ERRORS as exc:
+                await retry_later("connect", exc, backoff)
+                continue
+            backoff.reset()
+            if await wait_event(session.lost, t.probe / 2):
+                continue
+            silence = session.silence(time.monotonic())
+            if silence >= t.stall and not stalled:
+                log.warning("no answer from the database for %.1fs: not ready until it "
+                            "answers (the connection is dropped after %gs)", silence,
+                            t.statement)
+            stalled = silence >= t.stall

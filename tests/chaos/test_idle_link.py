@@ -1,0 +1,57 @@
+"""An idle worker's link is watched by the kernel, not by statements: through the
+black-hole proxy, a healthy idle session sends no byte of its own and reads as not
+silent; cut off, it reads as silent past the stall bound within the keepalive's
+idle time and `stall`, still without a statement."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from shoal.backend import Backend, LinkTimeouts
+from tests.chaos.proxy import Proxy
+from tests.support import eventually
+
+TTL = 8.0  # probe 1 s, keepalive after 1 s idle, stall 2 s
+
+
+@pytest.fixture
+async def proxy(dsn: str) -> AsyncIterator[Proxy]:
+    url = urlsplit(dsn)
+    assert url.hostname is not None
+    async with Proxy(url.hostname, url.port or 5432) as started:
+        yield started
+
+
+async def test_an_idle_link_is_checked_without_statements(proxy: Proxy, dsn: str) -> None:
+    timeouts = LinkTimeouts.for_claim_ttl(TTL)
+    worker = Backend.for_worker(proxy.dsn(dsn), schema="shoal", worker_id="idle",
+                                handoff_channel="idle", on_notify=lambda _c, _p: None,
+                                timeouts=timeouts)
+    session = worker.session
+    assert session is not None
+    try:
+        await session.connect()
+        await asyncio.sleep(0.5)  # the connection's start-up bytes are through
+        forwarded = proxy.forwarded
+        watched_until = time.monotonic() + 3 * timeouts.keepalive_idle + 1
+        while time.monotonic() < watched_until:  # keepalives answered: not silent
+            assert session.silence(time.monotonic()) < timeouts.stall
+            await asyncio.sleep(0.1)
+        assert proxy.forwarded == forwarded  # keepalives carry no payload: no statement
+
+        proxy.blackhole()
+        cut = time.monotonic()
+        await eventually(lambda: session.silence(time.monotonic()) >= timeouts.stall,
+                         within=timeouts.keepalive_idle + timeouts.stall + 2,
+                         interval=0.05, what="the idle link to read as silent")
+        assert time.monotonic() - cut <= timeouts.keepalive_idle + timeouts.stall + 0.5
+        assert not session.busy  # seen with nothing in flight
+        assert proxy.forwarded == forwarded
+    finally:
+        proxy.heal()
+        await worker.close()
