@@ -117,10 +117,11 @@ async def packer(args: argparse.Namespace) -> int:
     durations: list[float] = []
     workers: list[Worker] = []
     for i in range(args.count):
+        poll = {} if args.poll_interval is None else {"poll_interval": args.poll_interval}
         config = WorkerConfig(
             dsn=args.dsn, worker_id=f"fleet-{args.index}-{i}", metrics_port=0,
             concurrency=args.concurrency, batch_size=args.batch_size,
-            poll_interval=args.poll_interval, claim_ttl=args.claim_ttl, pod_name=None)
+            claim_ttl=args.claim_ttl, pod_name=None, **poll)
         worker = Worker(app, config)
         instrument(worker, gate, durations)
         workers.append(worker)
@@ -223,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, required=True, help="workers in this process")
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--poll-interval", type=float, default=1.0)
+    parser.add_argument("--poll-interval", type=float, default=None,
+                        help="seconds (default: the worker's default)")
     parser.add_argument("--claim-ttl", type=float, default=30.0)
     parser.add_argument("--ramp", type=float, default=1.0,
                         help="seconds over which the workers are started")
@@ -262,7 +264,7 @@ class WorkerOptions:
 
     concurrency: int = 100
     batch_size: int = 100
-    poll_interval: float = 1.0
+    poll_interval: float | None = None  # None: the worker's default
     claim_ttl: float = 30.0
 
 
@@ -282,8 +284,10 @@ class Fleet:
     `history` keeps every report as (time, started, settled) totals."""
 
     def __init__(self, dsn: str, size: int, procs: int, options: WorkerOptions, logs: Path,
-                 *, gated: bool = False) -> None:
+                 *, gated: bool = False, src: Path = REPO) -> None:
+        """`src`: the source tree the workers run from (another commit's, to compare)."""
         self.dsn = dsn
+        self.src = src
         self.size = size
         self.procs = min(procs, size)
         self.options = options
@@ -319,19 +323,21 @@ class Fleet:
                   for i in range(self.procs)]
         o = self.options
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+            p for p in (str(self.src / "worker"), str(self.src), os.environ.get("PYTHONPATH"))
+            if p)}
         for index, count in enumerate(counts):
             argv = [sys.executable, "-m", "bench.fleet.packer", "--dsn", self.dsn,
                     "--index", str(index), "--count", str(count),
                     "--concurrency", str(o.concurrency), "--batch-size", str(o.batch_size),
-                    "--poll-interval", str(o.poll_interval), "--claim-ttl", str(o.claim_ttl),
-                    "--ramp", f"{max(o.poll_interval, count / 100):g}"]
+                    "--claim-ttl", str(o.claim_ttl), "--ramp", f"{max(1.0, count / 100):g}"]
+            if o.poll_interval is not None:
+                argv += ["--poll-interval", str(o.poll_interval)]
             if self.gated:
                 argv.append("--gated")
             with (self.logs / f"packer-{self.size}-{index}.log").open("ab") as err:
                 proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                    stderr=err, cwd=REPO, env=env, limit=1 << 20)
+                    stderr=err, cwd=self.src, env=env, limit=1 << 20)
             packer = _Packer(proc, count)
             self.packers.append(packer)
             self._readers.append(asyncio.create_task(self._read(packer)))

@@ -45,7 +45,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], title: str) -> s
 
 
 def size_label(r: SizeResult) -> str:
-    return f"{r.size}" + ("*" if r.packed else "")
+    return f"{r.size}" + ("*" if r.packed else "") + (f" {r.code}" if r.code else "")
 
 
 def idle_table(sizes: Sequence[SizeResult], baseline_ms_s: float) -> str:
@@ -211,9 +211,15 @@ def _row_blocks(p: DepthResult) -> float | None:
     return p.claim_blocks / p.claimed_per_call
 
 
-def verdict_table(rows: Sequence[Verdict]) -> str:
-    return table(["figure", "issue's anchor", "target", "this run", ""],
-                 [v.row() for v in rows], "Against issue 19's anchors and targets")
+def verdict_table(rows: Sequence[Verdict], before: Sequence[Verdict] | None = None) -> str:
+    """The verdicts; with `before` (the baseline code's, same run), its figures beside."""
+    if before is None:
+        return table(["figure", "issue's anchor", "target", "this run", ""],
+                     [v.row() for v in rows], "Against issue 19's anchors and targets")
+    then = {v.figure: v.measured for v in before}
+    return table(["figure", "issue's anchor", "target", "before", "after", ""],
+                 [[*v.row()[:3], then.get(v.figure, "-"), *v.row()[3:]] for v in rows],
+                 "Against issue 19's anchors and targets, before and after (same run)")
 
 
 # --------------------------------------------------------------------------
@@ -231,7 +237,7 @@ def plot(sizes: Sequence[SizeResult], depth: Sequence[DepthResult], ceiling: Cei
     written: list[Path] = []
     out.mkdir(parents=True, exist_ok=True)
     if sizes:
-        n = [r.size for r in sizes]
+        codes = list(dict.fromkeys(r.code for r in sizes))  # "" alone, or before, after
         fig, axes = plt.subplots(2, 4, figsize=(18, 8.5))
         panels: list[tuple[str, list[tuple[str, Callable[[SizeResult], Any]]]]] = [
             ("server CPU per idle worker (ms/s)", [("net", lambda r: r.idle.server_ms_s)]),
@@ -255,11 +261,18 @@ def plot(sizes: Sequence[SizeResult], depth: Sequence[DepthResult], ceiling: Cei
         logarithmic = {"CPU per task at saturation (us)", "idle enqueue -> start (ms)",
                        "server CPU per single enqueue (ms)",
                        "claim round trip at saturation (ms)"}
+        n = sorted({r.size for r in sizes})
         for ax, (title, series) in zip(axes.flat, panels, strict=True):
-            for label, get in series:
-                values = [get(r) for r in sizes]
-                ax.plot(n, [math.nan if v is None else v for v in values], marker="o",
-                        label=label)
+            for color, (label, get) in enumerate(series):
+                for code in codes:  # before: dashed, faint; after (or alone): solid
+                    runs = [r for r in sizes if r.code == code]
+                    values = [get(r) for r in runs]
+                    ax.plot([r.size for r in runs], [math.nan if v is None else v
+                                                     for v in values],
+                            marker="o", color=f"C{color}",
+                            linestyle="--" if code == "before" else "-",
+                            alpha=0.5 if code == "before" else 1.0,
+                            label=f"{label} ({code})" if code else label)
             ax.set_xscale("log")
             if title in logarithmic:
                 ax.set_yscale("log")

@@ -27,7 +27,7 @@ from bench.fleet.context import Context, load, measure_baseline
 from bench.fleet.depth import DepthResult, measure_point
 from bench.fleet.packer import REPO, WorkerOptions
 from bench.fleet.server import StatementStats
-from bench.fleet.sizes import SizeResult, SizeSettings, measure_size
+from bench.fleet.sizes import Code, SizeResult, SizeSettings, measure_size
 from bench.harness import proc_stat
 from tests.cluster.postgres import PostgresServer, find_postgres_bin
 
@@ -80,10 +80,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--raw-rows", type=int, default=3_000_000)
     p.add_argument("--concurrency", type=int, default=100, help="per worker")
     p.add_argument("--batch-size", type=int, default=100, help="per worker")
-    p.add_argument("--poll-interval", type=float, default=1.0)
+    p.add_argument("--poll-interval", type=float, default=None,
+                   help="seconds (default: each code's own default)")
     p.add_argument("--claim-ttl", type=float, default=30.0)
     p.add_argument("--no-statements", action="store_true",
                    help="do not load pg_stat_statements (no statement figures)")
+    p.add_argument("--baseline", metavar="REF",
+                   help="also measure each fleet size with the workers of commit REF (before "
+                        "this checkout's, on the same server and schema): before/after")
     p.add_argument("--dsn", help="admin DSN of a server on this host (default: a throwaway one)")
     p.add_argument("--pg-bin", type=Path, help="Postgres bin directory (throwaway server, pgbench)")
     p.add_argument("--out", type=Path, default=None,
@@ -133,11 +137,28 @@ async def postmaster_of(dsn: str) -> tuple[int, str]:
         await conn.close()
 
 
+def _git(*argv: str) -> str:
+    return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout
+
+
 def _commit() -> str:
-    def git(*argv: str) -> str:
-        return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True).stdout
-    dirty = " (uncommitted changes)" if git("status", "--porcelain", "--", "worker").strip() else ""
-    return git("rev-parse", "--short", "HEAD").strip() + dirty
+    changed = _git("status", "--porcelain", "--", "worker").strip()
+    return _git("rev-parse", "--short", "HEAD").strip() + (" (uncommitted changes)" if changed
+                                                            else "")
+
+
+def _codes(baseline: str | None, tmp: Path) -> list[Code]:
+    """What each fleet size is measured with: this checkout, after the tree of commit
+    `baseline` (extracted under `tmp`) when one is given."""
+    if baseline is None:
+        return [Code("", REPO)]
+    src = tmp / "baseline"
+    src.mkdir()
+    archive = subprocess.run(["git", "archive", baseline], cwd=REPO, capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    return [Code("before", src), Code("after", REPO)]
 
 
 @contextlib.asynccontextmanager
@@ -155,6 +176,7 @@ async def context(args: argparse.Namespace, admin_dsn: str, workdir: Path
 
 async def run(args: argparse.Namespace) -> int:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    poll = "default" if args.poll_interval is None else f"{args.poll_interval:g}s"
     out = args.out or (Path(tempfile.mkdtemp(prefix="shoal-fleet-")) if args.quick
                        else DEFAULT_OUT)
     sizes: list[SizeResult] = []
@@ -162,8 +184,10 @@ async def run(args: argparse.Namespace) -> int:
     ceiling: raw.Ceiling | None = None
     with server(args) as admin_dsn, tempfile.TemporaryDirectory(prefix="shoal-fleet-") as tmp:
         async with context(args, admin_dsn, Path(tmp)) as (ctx, version):
-            caption = (f"{now}, commit {_commit()}, Postgres {version}, {os.cpu_count()} cores, "
-                       f"poll {args.poll_interval:g}s, TTL {args.claim_ttl:g}s")
+            before = (f" vs {_git('rev-parse', '--short', args.baseline).strip()} (before)"
+                      if args.baseline else "")
+            caption = (f"{now}, commit {_commit()}{before}, Postgres {version}, "
+                       f"{os.cpu_count()} cores, poll {poll}, TTL {args.claim_ttl:g}s")
             print(f"fleet benchmark: {caption}; load {load()}"
                   + ("" if ctx.stats else "; no pg_stat_statements"), flush=True)
             ctx.idle_baseline = await measure_baseline(ctx, args.baseline_seconds)
@@ -174,9 +198,12 @@ async def run(args: argparse.Namespace) -> int:
                 settings = SizeSettings(args.settle, args.idle_seconds, args.idle_tasks,
                                         args.spacing_ms / 1000, args.tasks,
                                         args.backlog_per_worker, args.deadline)
+                codes = _codes(args.baseline, Path(tmp))
                 for size in args.sizes:
-                    print(f"{size} workers:", flush=True)
-                    sizes.append(await measure_size(ctx, size, settings))
+                    for code in codes:
+                        print(f"{size} workers{' (' + code.label + ')' if code.label else ''}:",
+                              flush=True)
+                        sizes.append(await measure_size(ctx, size, settings, code))
             if "depth" in args.sections:
                 for ready, history, delayed in _points(args):
                     print(f"depth: {ready:,} ready, {history:,} finished, {delayed:,} delayed",
@@ -201,7 +228,10 @@ async def run(args: argparse.Namespace) -> int:
         print(report.statements_table(sizes[-1]))
     if depth:
         print(report.depth_table(depth))
-    print(report.verdict_table(report.verdicts(sizes, depth, ceiling)))
+    after = [r for r in sizes if r.code != "before"]
+    before = [r for r in sizes if r.code == "before"]
+    print(report.verdict_table(report.verdicts(after, depth, ceiling),
+                               report.verdicts(before, [], ceiling) if before else None))
     out.mkdir(parents=True, exist_ok=True)
     (out / "fleet.json").write_text(json.dumps({
         "caption": caption, "argv": _argv(args), "baseline_ms_s": 1000 * ctx.idle_baseline,
@@ -240,7 +270,8 @@ def _argv(args: argparse.Namespace) -> list[str]:
     """The options that reproduce this run."""
     if args.quick:
         return ["--quick"]
-    return ["--sizes", ",".join(map(str, args.sizes)), "--procs", str(args.procs),
+    baseline = ["--baseline", args.baseline] if args.baseline else []
+    return [*baseline, "--sizes", ",".join(map(str, args.sizes)), "--procs", str(args.procs),
             "--idle-seconds", f"{args.idle_seconds:g}", "--settle", f"{args.settle:g}",
             "--depths", ",".join(map(str, args.depths)),
             "--histories", ",".join(map(str, args.histories)),

@@ -37,6 +37,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.fleet.context import Context, Window, load, percentile
@@ -111,6 +112,14 @@ class Saturation:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class Code:
+    """The code a fleet runs: a label ("" for this checkout alone) and its source tree."""
+
+    label: str
+    src: Path
+
+
 @dataclass
 class SizeResult:
     size: int
@@ -121,16 +130,20 @@ class SizeResult:
     idle: Idle
     handoff: Handoff
     saturation: Saturation
+    code: str = ""  # the label of the code measured ("": this checkout, no comparison)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-async def measure_size(ctx: Context, size: int, s: SizeSettings) -> SizeResult:
-    database = f"fleet_n{size}"
+async def measure_size(ctx: Context, size: int, s: SizeSettings, code: Code) -> SizeResult:
+    """Measure N workers of `code` in a fresh database (migrated by this checkout: the
+    schema is the newest, whichever code runs on it)."""
+    database = f"fleet_n{size}" + (f"_{code.label}" if code.label else "")
     dsn = await recreate_database(ctx.admin_dsn, database)
     client = await Client.connect(dsn)
-    fleet = Fleet(dsn, size, ctx.procs, ctx.options, ctx.workdir / "logs")
+    fleet = Fleet(dsn, size, ctx.procs, ctx.options, ctx.workdir / f"logs{code.label}",
+                  src=code.src)
     try:
         await client.backend.migrate()
         start_s = await fleet.start(ready_within=120 + size / 5)
@@ -152,7 +165,7 @@ async def measure_size(ctx: Context, size: int, s: SizeSettings) -> SizeResult:
         await client.close()
         await drop_database(ctx.admin_dsn, database)
     return SizeResult(size, fleet.procs, fleet.packed, start_s, at_load, idle, handoff,
-                      saturation)
+                      saturation, code.label)
 
 
 def _top(stats: Statements | None, per: float) -> list[dict[str, Any]]:
