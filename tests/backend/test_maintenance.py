@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from shoal import Client
-from shoal.backend import Backend, NewTask, Outcome, Subscription, WorkerIdentity
+from shoal.backend import Backend, Candidacy, NewTask, Outcome, Subscription, WorkerIdentity
 from tests.apps.recorder import app
 from tests.support import eventually
 
@@ -124,3 +124,24 @@ async def test_backlog_counts_what_a_pool_can_serve(backend: Backend) -> None:
     assert (backlog.ready, backlog.running, backlog.waiting, backlog.dead) == (2, 1, 1, 1)
     only_t = await backend.backlog("default", ["gpu"], ["t"])
     assert (only_t.ready, only_t.waiting) == (1, 1)
+
+
+async def test_a_followers_heartbeat_stands_for_the_role(backend: Backend) -> None:
+    """A follower's heartbeat stands as `elect` would, in the same statement: it leaves a
+    current term alone and says how much is left, takes a lapsed one under a new
+    term, and without a candidacy stands for nothing."""
+    term = (await backend.elect("leader", 0, 30)).term
+    assert term is not None
+    stand = Candidacy(ME.id, seconds=30, grace=0)
+    reply = await backend.heartbeat(ME, [], 30, in_flight=0, draining=False, stand=stand)
+    assert reply.election is not None
+    assert (reply.election.term, reply.election.holder) == (None, "leader")
+    assert 29 < reply.election.remaining <= 30
+    await backend.pool.execute("UPDATE shoal.leaders SET expires_at = now() - interval '2s'")
+    late = Candidacy(ME.id, seconds=30, grace=5)  # not in contact: a grace after the lapse
+    missed = await backend.heartbeat(ME, [], 30, in_flight=0, draining=False, stand=late)
+    assert missed.election is not None and missed.election.term is None
+    assert (await backend.heartbeat(ME, [], 30, in_flight=0, draining=False)).election is None
+    won = await backend.heartbeat(ME, [], 30, in_flight=0, draining=False, stand=stand)
+    assert won.election is not None and won.election.term == term + 1
+    assert (await backend.elect(ME.id, term + 1, 30)).term == term + 1  # it renews as leader

@@ -33,6 +33,7 @@ from shoal.backend.models import (
     DEFAULT_LEASE_EXPIRIES,
     Backlog,
     CancelResult,
+    Candidacy,
     ClaimedTask,
     CommandRecord,
     DeadLetter,
@@ -350,22 +351,32 @@ class Backend:
         return {r["id"] for r in rows}
 
     async def heartbeat(self, worker: WorkerIdentity, leases: Sequence[tuple[int, int]],
-                        lease_seconds: float, in_flight: int, draining: bool) -> HeartbeatReply:
-        """Extend every lease held and refresh the worker's liveness row.
+                        lease_seconds: float, in_flight: int, draining: bool,
+                        stand: Candidacy | None = None) -> HeartbeatReply:
+        """Extend every lease held and refresh the worker's liveness row; with `stand`,
+        stand for the maintenance role in the same statement (as `elect` would).
 
         One statement per HEARTBEAT_CHUNK leases (one in all for most workers).
         """
         rows: list[asyncpg.Record] = []
+        election: Election | None = None
         for start in range(0, max(len(leases), 1), HEARTBEAT_CHUNK):
             chunk = leases[start:start + HEARTBEAT_CHUNK]
-            rows += await self.pool.fetch(
+            ballot = stand if start == 0 else None
+            *beat, outcome = await self.pool.fetch(
                 self.queries.heartbeat, [i for i, _ in chunk], [t for _, t in chunk],
                 lease_seconds, worker.id, worker.pool, worker.pod_name, worker.namespace,
                 list(worker.tags), list(worker.task_names), worker.concurrency, in_flight,
-                draining, _max_attempts(worker), worker.channel, _max_expiries(worker))
+                draining, _max_attempts(worker), worker.channel, _max_expiries(worker),
+                ballot and ballot.holder, ballot and ballot.seconds, ballot and ballot.grace)
+            rows += beat
+            if ballot is not None:
+                election = Election(term=outcome["term"], holder=outcome["holder"],
+                                    remaining=outcome["remaining"])
         return HeartbeatReply(held=frozenset(r["id"] for r in rows),
                               cancel=frozenset(r["id"] for r in rows if r["cancel"]),
-                              withdrawn=frozenset(r["id"] for r in rows if r["withdrawn"]))
+                              withdrawn=frozenset(r["id"] for r in rows if r["withdrawn"]),
+                              election=election)
 
     async def remove_worker(self, worker_id: str) -> None:
         await self.pool.execute(self.queries.remove_worker, worker_id)

@@ -97,6 +97,17 @@ class HeartbeatReply:
     held: frozenset[int]
     cancel: frozenset[int]
     withdrawn: frozenset[int] = frozenset()
+    election: Election | None = None  # the outcome, when the heartbeat stood (`Candidacy`)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidacy:
+    """A follower standing for the maintenance role in its heartbeat: it takes the role
+    under a new term if the term lapsed `grace` seconds ago or more, for `seconds`."""
+
+    holder: str
+    seconds: float
+    grace: float
 
 
 @dataclass(frozen=True, slots=True)

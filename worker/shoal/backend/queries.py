@@ -17,6 +17,31 @@ def _holding(worker: str) -> str:
             f"AND ({worker}::text IS NULL OR t.worker_id = {worker})")
 
 
+def _stand(holder: str, term: str, seconds: str, grace: str) -> str:
+    """Worker `holder`, leading under `term` (0: none), renews the maintenance role
+    for `seconds`, or takes it under a new term once it lapsed `grace` seconds ago
+    (parameters such as "$1"; a NULL holder stands for nothing). Returns the term
+    won (see Queries.elect; `_election` reads the outcome)."""
+    mine = f"l.holder = {holder} AND l.term = {term}"
+    return f"""
+        UPDATE {{schema}}.leaders l
+        SET holder = {holder},
+            term = l.term + (NOT ({mine} AND l.expires_at > now()))::int,
+            elected_at = CASE WHEN {mine} AND l.expires_at > now()
+                              THEN l.elected_at ELSE now() END,
+            expires_at = now() + {seconds}::float8 * interval '1 second'
+        WHERE l.role = 'maintenance' AND {holder}::text IS NOT NULL
+          AND (l.expires_at <= now() - {grace}::float8 * interval '1 second' OR ({mine}))
+        RETURNING l.term"""
+
+
+# An election's outcome, after `won AS (_stand(...))`: the term won (NULL: none),
+# who leads, and the seconds left of the term as it was before the statement.
+_election = """(SELECT term FROM won) AS term, l.holder,
+           greatest(extract(epoch FROM l.expires_at - now()), 0)::float8 AS remaining
+    FROM {schema}.leaders l WHERE l.role = 'maintenance'"""
+
+
 def _leading(term: str) -> str:
     """The leader fence: true while the maintenance role's current term is `term` (a
     parameter such as "$2") and unexpired, or when `term` is NULL (an administrator's
@@ -79,21 +104,8 @@ class Queries:
     # leads under a new term. `term` is the term led now (NULL: another worker
     # leads); `remaining` the seconds left of the term seen before this statement.
     elect = """
-    WITH won AS (
-        UPDATE {schema}.leaders l
-        SET holder = $1,
-            term = l.term + (NOT (l.holder = $1 AND l.term = $2 AND l.expires_at > now()))::int,
-            elected_at = CASE WHEN l.holder = $1 AND l.term = $2 AND l.expires_at > now()
-                              THEN l.elected_at ELSE now() END,
-            expires_at = now() + $3::float8 * interval '1 second'
-        WHERE l.role = 'maintenance'
-          AND (l.expires_at <= now() - $4::float8 * interval '1 second'
-               OR (l.holder = $1 AND l.term = $2))
-        RETURNING l.term
-    )
-    SELECT (SELECT term FROM won) AS term, l.holder,
-           greatest(extract(epoch FROM l.expires_at - now()), 0)::float8 AS remaining
-    FROM {schema}.leaders l WHERE l.role = 'maintenance'
+    WITH won AS (""" + _stand("$1", "$2", "$3", "$4") + """)
+    SELECT """ + _election + """
     """
 
     # The holder of term $2 gives the role up (a drain): anyone may take it now, and
@@ -380,8 +392,13 @@ class Queries:
     # One statement extends every lease a worker holds and refreshes its liveness
     # row; the answer lists the leases still held and which must be cancelled,
     # and (withdrawn) the attempts `cancel_task` ended under this worker's lease.
+    # A follower's heartbeat also stands for the maintenance role ($16: the worker,
+    # $17 seconds, $18 grace; NULL: it does not stand), as `elect` would: the last
+    # row carries the election's outcome (see shoal.worker.maintenance), its lease
+    # columns NULL. So an idle follower sends one statement a beat, not two.
     heartbeat = """
-    WITH beat AS (
+    WITH won AS (""" + _stand("$16", "0", "$17", "$18") + """
+    ), beat AS (
         UPDATE {schema}.tasks t
         SET lease_expires_at = now() + $3::float8 * interval '1 second'
         FROM unnest($1::bigint[], $2::bigint[]) AS r(id, token)
@@ -405,13 +422,16 @@ class Queries:
         RETURNING 1
     )
     SELECT b.id, coalesce(w.state IN ('cancelling', 'cancelled'), false) AS cancel,
-           false AS withdrawn
+           false AS withdrawn, NULL::bigint AS term, NULL::text AS holder,
+           NULL::float8 AS remaining
     FROM beat b LEFT JOIN {schema}.workflows w ON w.id = b.workflow_id
     UNION ALL
-    SELECT t.id, true, true
+    SELECT t.id, true, true, NULL, NULL, NULL
     FROM unnest($1::bigint[], $2::bigint[]) AS r(id, token)
     JOIN {schema}.tasks t ON t.id = r.id AND t.lease_token = r.token + 1
     WHERE t.state = 'cancelled'
+    UNION ALL
+    SELECT NULL, NULL, NULL, """ + _election + """
     """
 
     remove_worker = "DELETE FROM {schema}.workers WHERE id = $1"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
 from collections.abc import Callable
 
-from shoal.backend import Backend
+from shoal.backend import Backend, Candidacy, Election
 from shoal.worker import metrics
 from shoal.worker.ledger import Contact
 from shoal.worker.signals import Signals
@@ -62,6 +63,9 @@ class Maintenance:
     lapsed, so that after a leader that alone froze or was cut off, a follower
     in contact wins and reaps at once; the leader's other duties (pruning, the
     scheduler's promotions) need no contact and start with its term.
+    A follower stands in its own heartbeat (`candidacy`, `counted`): one
+    statement a beat does both, and a follower asks for a beat only when the
+    term would lapse and no beat has told it of the term since its last turn.
     Every pass of the leader runs to exhaustion in bounded batches (REAP_BATCH,
     PRUNE_BATCH), so other statements get between them and nothing is left for
     the next pass: an expired lease is reclaimed (or dead-lettered) within one
@@ -86,6 +90,19 @@ class Maintenance:
         self.signals = signals
         self.jitter = jitter
         self.term = 0  # the term led, 0 while following
+        self._news: tuple[Election, float] | None = None  # a heartbeat's outcome, and when
+        self._heard = asyncio.Event()
+
+    def candidacy(self) -> Candidacy | None:
+        """What this worker's heartbeat stands for: the role, while it follows."""
+        if self.term:
+            return None
+        return Candidacy(self.holder, term_seconds(self.claim_ttl), self._grace())
+
+    def counted(self, election: Election) -> None:
+        """The outcome of a heartbeat that stood; the next turn reads it."""
+        self._news = (election, time.monotonic())
+        self._heard.set()
 
     async def run(self) -> None:
         await self.signals.registered.wait()
@@ -99,24 +116,48 @@ class Maintenance:
                      self.term)
             self.term = 0
 
+    def _in_contact(self) -> bool:
+        return self.contact.length(time.monotonic()) >= self.claim_ttl
+
+    def _grace(self) -> float:
+        return 0.0 if self._in_contact() else pass_interval(self.claim_ttl)
+
     async def _turn(self) -> float:
         """Renew or win the role; run a pass if leading; the seconds to the next turn."""
-        in_contact = self.contact.length(time.monotonic()) >= self.claim_ttl
-        grace = 0.0 if in_contact else pass_interval(self.claim_ttl)
-        election = await self.backend.elect(self.holder, self.term,
-                                            term_seconds(self.claim_ttl), grace)
+        in_contact = self._in_contact()
+        if self.term:
+            election = await self.backend.elect(self.holder, self.term,
+                                                term_seconds(self.claim_ttl), self._grace())
+            waited = 0.0
+        else:
+            election, waited = await self._stood()
         if election.term is None:
             if self.term:
                 log.warning("no longer leading maintenance of schema %s: term %d lapsed, "
                             "%s leads", self.backend.schema, self.term, election.holder)
                 self.term = 0
-            return follower_pause(election.remaining, self.claim_ttl, self.jitter())
+            left = election.remaining - waited
+            if waited and left <= 0:
+                return 0.0  # the term heard of may have lapsed since: stand now
+            return follower_pause(left, self.claim_ttl, self.jitter())
         if election.term != self.term:
             log.info("leading maintenance of schema %s (term %d)", self.backend.schema,
                      election.term)
             self.term = election.term
         await self._pass(self.term, judge=in_contact)
         return pass_interval(self.claim_ttl)
+
+    async def _stood(self) -> tuple[Election, float]:
+        """A follower's election, held by its heartbeat (one statement for both): the
+        outcome heard since the last turn, else that of a heartbeat asked for now;
+        and the seconds since it was heard."""
+        if self._news is None:
+            self._heard.clear()
+            self.signals.beat_due.set()
+            await self._heard.wait()
+        assert self._news is not None
+        (election, heard_at), self._news = self._news, None
+        return election, time.monotonic() - heard_at
 
     async def _pass(self, term: int, judge: bool) -> None:
         """One pass; with `judge` (in contact for a TTL), other workers' leases and

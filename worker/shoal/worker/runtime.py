@@ -186,10 +186,11 @@ class Worker:
         metrics.IN_FLIGHT.set_function(lambda: len(self.ledger.leases))  # read when scraped
         self.claimer = Claimer(self.backend, self.ledger, self.identity, config, self.signals,
                                self.start_claimed, self.settle)
-        self.heartbeat = Heartbeat(self.backend, self.ledger, self.identity, self.signals,
-                                   self.interrupt)
         self.maintenance = Maintenance(self.backend, self.identity.id, config.claim_ttl,
                                        config.retention, self.ledger.contact, self.signals)
+        self.heartbeat = Heartbeat(self.backend, self.ledger, self.identity, self.signals,
+                                   self.interrupt, self.maintenance.candidacy,
+                                   self.maintenance.counted)
         self.scheduler = Scheduler(self.backend, lambda: self.maintenance.term != 0,
                                    self.signals)
         services: list[Service] = [
