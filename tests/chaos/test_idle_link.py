@@ -7,24 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
-
-import pytest
 
 from shoal.backend import Backend, LinkTimeouts
 from tests.chaos.proxy import Proxy
 from tests.support import eventually
 
 TTL = 8.0  # probe 1 s, keepalive after 1 s idle, stall 2 s
-
-
-@pytest.fixture
-async def proxy(dsn: str) -> AsyncIterator[Proxy]:
-    url = urlsplit(dsn)
-    assert url.hostname is not None
-    async with Proxy(url.hostname, url.port or 5432) as started:
-        yield started
 
 
 async def test_an_idle_link_is_checked_without_statements(proxy: Proxy, dsn: str) -> None:

@@ -13,7 +13,6 @@ import struct
 import termios
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -25,14 +24,6 @@ from tests.support import eventually
 SILENCE = 1.0  # how long a test watches a black hole for a sign of life
 
 Connect = Callable[..., Awaitable[asyncpg.Connection]]
-
-
-@pytest.fixture
-async def proxy(dsn: str) -> AsyncIterator[Proxy]:
-    url = urlsplit(dsn)
-    assert url.hostname is not None
-    async with Proxy(url.hostname, url.port or 5432) as started:
-        yield started
 
 
 @pytest.fixture
