@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import asyncpg
@@ -34,6 +34,9 @@ from bench.harness import drop_database, recreate_database
 from shoal import Client
 
 WORKERS = 4
+# The depth points time the poll itself, so the workers poll every second (unless
+# --poll-interval says otherwise), whatever their default.
+POLL_INTERVAL = 1.0
 WARM_UP = 400  # completions before the window
 
 # Rows as an enqueue (and, for history, a claim and a completion) would leave them.
@@ -104,7 +107,8 @@ async def measure_point(ctx: Context, *, ready: int, history: int, delayed: int,
     database = "fleet_depth"
     dsn = await recreate_database(ctx.admin_dsn, database)
     client = await Client.connect(dsn)
-    fleet = Fleet(dsn, WORKERS, WORKERS, ctx.options, ctx.workdir / "logs", gated=True)
+    options = replace(ctx.options, poll_interval=ctx.options.poll_interval or POLL_INTERVAL)
+    fleet = Fleet(dsn, WORKERS, WORKERS, options, ctx.workdir / "logs", gated=True)
     try:
         await client.backend.migrate()
         fill_s, table_mb = await _fill(dsn, ready, history, delayed)
