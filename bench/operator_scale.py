@@ -153,7 +153,7 @@ class Operator:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness}/readyz",
                                         timeout=2) as r:
-                return r.status == 200
+                return bool(r.status == 200)
         except OSError:
             return False
 
@@ -434,6 +434,10 @@ class Bench:
             for task_id in ids:
                 await backend.cancel_task(task_id, actor="bench")
             await asyncio.sleep(1)
+        # Back to zero before the next idle window: its figures are the idle operator's.
+        if not await self.view.until(lambda: all(self.view.replicas.get(p, 0) == 0
+                                                 for p in fresh), within=120):
+            print("  some pools did not scale back to 0 within 120 s", flush=True)
         return latencies
 
     async def create_workflows(self, variant: Variant, pools: list[tuple[str, str]],

@@ -37,8 +37,9 @@ class Backends:
     """The operator's shared Backends, one per (DSN, schema), and its one NotifyHub.
 
     A database's Backend is connected and migrated on first use; a DSN read
-    from a Secret is remembered for DSN_TTL seconds, and concurrent reads of
-    one Secret share one request.
+    from a Secret is remembered for DSN_TTL seconds (and read again for every
+    re-check round: `refresh_dsns`), and concurrent reads of one Secret share
+    one request.
     """
 
     def __init__(self, kube: Kube, default_schema: str) -> None:
@@ -48,6 +49,8 @@ class Backends:
         self._backends: dict[tuple[str, str], Backend] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._dsns: dict[tuple[str, str, str], tuple[float, asyncio.Future[str]]] = {}
+        self._databases: dict[tuple[str, str, str], Database] = {}  # whose Secret it is
+        self._used: set[tuple[str, str, str]] = set()  # read since the last refresh
 
     def schema_of(self, database: Database) -> str:
         """The schema a resource's database settings select."""
@@ -81,16 +84,35 @@ class Backends:
         """
         ref = database.secret_ref
         key = (namespace, ref.name, ref.key)
+        self._used.add(key)
         known = self._dsns.get(key)
         if known is None or time.monotonic() - known[0] >= DSN_TTL:
-            known = self._dsns[key] = (time.monotonic(), asyncio.ensure_future(
-                _fetch_dsn(self.kube, namespace, database)))
+            known = self._fetch(key, database)
         try:
             return await asyncio.shield(known[1])
         except Exception:
             if self._dsns.get(key) is known:
                 del self._dsns[key]
             raise
+
+    async def refresh_dsns(self) -> None:
+        """Read again, all at once, every Secret read since the last refresh, so that
+        the evaluations of a round find their DSNs fresh and read their backlogs together."""
+        used, self._used = self._used, set()
+        entries = {key: self._fetch(key, self._databases[key]) for key in used}
+        await asyncio.gather(*(asyncio.shield(future) for _, future in entries.values()),
+                             return_exceptions=True)
+        for key, (at, future) in entries.items():
+            failed = future.cancelled() or future.exception() is not None
+            if failed and self._dsns.get(key) == (at, future):
+                del self._dsns[key]  # the evaluation that meets it says what to fix
+
+    def _fetch(self, key: tuple[str, str, str], database: Database
+               ) -> tuple[float, asyncio.Future[str]]:
+        self._databases[key] = database
+        entry = self._dsns[key] = (time.monotonic(), asyncio.ensure_future(
+            _fetch_dsn(self.kube, key[0], database)))
+        return entry
 
     async def backend_for_spec(self, namespace: str, spec: PoolSpec) -> Backend:
         """The shared Backend of a parsed pool spec."""

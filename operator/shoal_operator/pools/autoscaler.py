@@ -122,8 +122,9 @@ class BacklogReader:
 class Autoscaler:
     """Every pool's scaler, one BacklogReader per database, and the re-check ticker.
 
-    `tick` (a service) wakes every scaler each `recheck_seconds`, all at once,
-    so each database's reads of that round share one statement.
+    `tick` (a service) wakes every scaler each `recheck_seconds`, all at once
+    and with their DSNs fresh, so each database's reads of that round share one
+    statement.
     """
 
     def __init__(self, kube: Kube, backends: Backends, pools: PoolRegistry,
@@ -152,9 +153,11 @@ class Autoscaler:
             scaler.wake.set()
 
     async def tick(self) -> None:
-        """Wake every scaler each re-check interval, until cancelled."""
+        """Wake every scaler each re-check interval, until cancelled; their Secrets are
+        read first, all at once, so no evaluation of the round waits for its own."""
         while True:
             await asyncio.sleep(self.recheck_seconds)
+            await self.backends.refresh_dsns()
             for scaler in self.scalers.values():
                 scaler.wake.set()
 
