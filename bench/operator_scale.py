@@ -32,7 +32,7 @@ cluster-admin. Results: a table on stdout and in docs/fleet/operator.txt, every 
 in docs/fleet/operator.json, and docs/fleet/operator.png (latency, CPU, RSS, requests
 against the number of pools).
 
-    .venv/bin/python -m bench.operator_scale --before ../wt-main   # about 30 minutes
+    .venv/bin/python -m bench.operator_scale --before ../wt-main   # about 35 minutes
     .venv/bin/python -m bench.operator_scale --quick               # CI smoke, about 3 minutes
 """
 
