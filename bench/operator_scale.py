@@ -22,7 +22,10 @@ same server:
 2. creates `--workflows` Workflows (paused at creation, so their steps wait and the pools
    stay put) over the pools, and measures the time until the backend holds every
    instance and until every CR carries its phase label; then the idle window and scale
-   latency again, with them all in place.
+   latency again, with them all in place;
+3. restarts the operator and, `--restart-settle` seconds later, measures the idle window
+   once more: the operator's cost (and RSS) with everything in place, without the
+   creation burst behind it.
 
 The pools' pods never run: a nodeSelector no node matches keeps them Pending, so the
 figures are the operator's, the API server's and Postgres's, not the workers'. The
@@ -89,6 +92,7 @@ class Stage:
 
     pools: int
     workflows: int
+    restarted: bool = False  # measured after a restart of the operator, everything in place
     reconcile_ms: list[float] = field(default_factory=list)
     scale_ms: list[float] = field(default_factory=list)
     window_s: float = 0.0
@@ -362,9 +366,19 @@ class Bench:
             stage.scale_ms = await self.bursts(pools, burst, backend)
             variant.stages.append(stage)
             self.report(variant.label, stage)
+            variant.peak_rss_mib = operator.peak_rss
+            operator.stop()
+            operator = self.operator = Operator(
+                src, self.kubeconfig, variant.prefix,
+                self.tmp / f"operator-{variant.label}-restarted.log", args.recheck)
+            await asyncio.sleep(args.restart_settle)
+            stage = Stage(pools=len(pools), workflows=args.workflows, restarted=True)
+            await self.window(stage, operator, backend, variant)
+            variant.stages.append(stage)
+            self.report(variant.label, stage)
         finally:
             operator.rss()
-            variant.peak_rss_mib = operator.peak_rss
+            variant.peak_rss_mib = max(variant.peak_rss_mib, operator.peak_rss)
             operator.stop()
             await backend.close()
 
@@ -519,7 +533,8 @@ HEADER = ("pools | workflows | reconcile p50/p99 ms | scale p50/p99 ms | CPU % o
 
 
 def row(s: Stage) -> str:
-    return (f"{s.pools} | {s.workflows} | {pct(s.reconcile_ms, 50)} / {pct(s.reconcile_ms, 99)}"
+    workflows = f"{s.workflows} (restarted)" if s.restarted else str(s.workflows)
+    return (f"{s.pools} | {workflows} | {pct(s.reconcile_ms, 50)} / {pct(s.reconcile_ms, 99)}"
             f" | {pct(s.scale_ms, 50)} / {pct(s.scale_ms, 99)} | {s.cpu_share * 100:.1f} | "
             f"{s.rss_mib:.0f} | {s.api_per_s:.1f} | {s.db_per_s:.1f} | "
             f"{s.backlog_per_round:.1f}")
@@ -597,6 +612,9 @@ def main() -> int:
     parser.add_argument("--bursts", type=int, default=20, help="pools burst per step")
     parser.add_argument("--burst-pools", type=int, default=5, help="pools burst at once")
     parser.add_argument("--workflow-timeout", type=float, default=1500.0)
+    parser.add_argument("--restart-settle", type=float, default=60.0,
+                        help="after the Workflows, the operator is restarted; its idle window "
+                             "starts this many seconds later")
     parser.add_argument("--quick", action="store_true",
                         help="CI smoke: 2 namespaces, 4 and 8 pools, 100 Workflows, short windows")
     parser.add_argument("--out", type=Path, default=OUT, help="where operator.{txt,json,png} go")
@@ -604,6 +622,7 @@ def main() -> int:
     if args.quick:
         args.steps, args.namespaces, args.workflows = [4, 8], 2, 100
         args.window, args.settle, args.bursts, args.burst_pools = 10.0, 2.0, 4, 2
+        args.restart_settle = 10.0
     command = "python -m bench.operator_scale " + " ".join(sys.argv[1:])
     run = uuid.uuid4().hex[:4]  # a reused cluster keeps an earlier run's namespaces
     variants = []
