@@ -617,12 +617,16 @@ def main() -> int:
                              "starts this many seconds later")
     parser.add_argument("--quick", action="store_true",
                         help="CI smoke: 2 namespaces, 4 and 8 pools, 100 Workflows, short windows")
-    parser.add_argument("--out", type=Path, default=OUT, help="where operator.{txt,json,png} go")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where operator.{txt,json,png} go (default docs/fleet; with "
+                             "--quick a temporary folder)")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.namespaces, args.workflows = [4, 8], 2, 100
         args.window, args.settle, args.bursts, args.burst_pools = 10.0, 2.0, 4, 2
         args.restart_settle = 10.0
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="shoal-opscale-out-")) if args.quick else OUT
     command = "python -m bench.operator_scale " + " ".join(sys.argv[1:])
     run = uuid.uuid4().hex[:4]  # a reused cluster keeps an earlier run's namespaces
     variants = []
@@ -644,6 +648,7 @@ def main() -> int:
             print("\n" + text)
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "operator.txt").write_text(text)
+            print(f"written to {args.out}")
             (args.out / "operator.json").write_text(json.dumps(
                 {"command": command, "variants": [asdict(v) | {"src": str(v.src or REPO)}
                                                   for v in variants]}, indent=1))
