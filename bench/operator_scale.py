@@ -101,6 +101,7 @@ class Stage:
     api_per_s: float = 0.0
     db_per_s: float = 0.0
     backlog_per_round: float = 0.0
+    own_requests: dict[str, float] = field(default_factory=dict)  # per second, in the window
 
 
 @dataclass
@@ -140,11 +141,12 @@ class Operator:
         self.src = src
         self.log = log
         self.liveness = free_port()
+        self.metrics_port = free_port()
         env = os.environ | {"KUBECONFIG": str(kubeconfig),
                             "PYTHONPATH": f"{src / 'worker'}{os.pathsep}{src / 'operator'}"}
         argv = [sys.executable, "-c", "import sys; from shoal.cli import main; sys.exit(main())",
                 "operator", "--namespace", f"{prefix}-*", "--liveness-port", str(self.liveness),
-                "--metrics-port", "0", "--recheck-interval", str(recheck)]
+                "--metrics-port", str(self.metrics_port), "--recheck-interval", str(recheck)]
         with log.open("ab") as out:
             self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
                                          cwd=src)
@@ -160,6 +162,21 @@ class Operator:
                 return bool(r.status == 200)
         except OSError:
             return False
+
+    def requests(self) -> dict[str, float]:
+        """The operator's own counts: its client's API requests by verb and resource
+        (this branch's operator only) and the status sync's Workflow patches by kind."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=5) as r:
+            text = r.read().decode()
+        counts: dict[str, float] = {}
+        for m in re.finditer(r'^shoal_operator_api_requests_total\{resource="([^"]*)",'
+                             r'verb="([^"]*)"\} (\S+)$', text, re.MULTILINE):
+            counts[f"{m.group(2)} {m.group(1)}"] = float(m.group(3))
+        for m in re.finditer(r'^shoal_workflow_patches_total\{kind="([^"]*)"\} (\S+)$', text,
+                             re.MULTILINE):
+            counts[f"workflow {m.group(1)} patches"] = float(m.group(2))
+        return counts
 
     @property
     def pid(self) -> int:
@@ -406,12 +423,12 @@ class Bench:
         """The idle costs: CPU, RSS, API requests and statements over `--window` seconds."""
         await asyncio.sleep(self.args.settle)
         fragments = BACKLOG_FRAGMENTS
-        cpu0, api0 = operator.cpu(), apf_requests(self.kube)
+        cpu0, api0, own0 = operator.cpu(), apf_requests(self.kube), operator.requests()
         db0 = await backend.pool.fetchrow(STATEMENTS, variant.database, *fragments)
         t0 = time.monotonic()
         await asyncio.sleep(self.args.window)
         elapsed = time.monotonic() - t0
-        cpu1, api1 = operator.cpu(), apf_requests(self.kube)
+        cpu1, api1, own1 = operator.cpu(), apf_requests(self.kube), operator.requests()
         db1 = await backend.pool.fetchrow(STATEMENTS, variant.database, *fragments)
         stage.window_s = elapsed
         stage.cpu_share = (cpu1 - cpu0) / elapsed
@@ -419,6 +436,8 @@ class Bench:
         stage.api_per_s = (api1 - api0) / elapsed
         stage.db_per_s = (db1[0] - db0[0]) / elapsed
         stage.backlog_per_round = (db1[1] - db0[1]) / (elapsed / self.args.recheck)
+        stage.own_requests = {k: round((v - own0.get(k, 0)) / elapsed, 2)
+                              for k, v in own1.items() if v > own0.get(k, 0)}
 
     async def bursts(self, pools: list[tuple[str, str]], burst: set[tuple[str, str]],
                      backend: Backend) -> list[float]:
@@ -522,6 +541,8 @@ class Bench:
     @staticmethod
     def report(label: str, s: Stage) -> None:
         print(f"  [{label}] {row(s)}", flush=True)
+        if s.own_requests:
+            print(f"    per second, as the operator counts them: {s.own_requests}", flush=True)
 
 
 def pct(values: list[float], q: float) -> str:
