@@ -1,12 +1,13 @@
-"""One shared asyncpg `Backend` per (DSN, schema) for the whole operator.
+"""One shared asyncpg `Backend` per (DSN, schema) for the whole operator (`Backends`).
 
 Every WorkerPool (and Workflow) that points at the same database shares one
-small connection pool and one LISTEN connection (`notifications`), and the
-operator creates or upgrades its schema on first use.
-`pool_backend` resolves a pool's Secret into a DSN and guarantees one
-of: a connected Backend, or an error that says what to fix — `PoolNotFound`,
-`DatabaseSecretError` (Secret missing, key missing, not a postgresql:// URL)
-or `BackendUnavailable` (unreachable, refused). No message ever contains a password.
+small connection pool and one LISTEN connection (`Backends.notifications`),
+and the operator creates or upgrades its schema on first use.
+`Backends.backend_for_spec` resolves a pool's Secret into a DSN and guarantees
+one of: a connected Backend, or an error that says what to fix —
+`DatabaseSecretError` (Secret missing, key missing, not a postgresql:// URL),
+`SchemaNotReady` or `BackendUnavailable` (unreachable, refused). No message
+ever contains a password.
 """
 
 from __future__ import annotations
@@ -21,47 +22,109 @@ from dataclasses import dataclass, field
 
 from shoal.backend import TRANSIENT_ERRORS, Backend, Subscription
 from shoal.errors import MigrationFailed
-from shoal_operator.errors import DatabaseSecretError, PoolNotFound, SchemaNotReady
-from shoal_operator.kube import KubeError, kube, secret_path, workerpool_path
+from shoal_operator.errors import DatabaseSecretError, SchemaNotReady
+from shoal_operator.kube import Kube, KubeError, secret_path
 from shoal_operator.pools.spec import Database, PoolSpec
 
 log = logging.getLogger(__name__)
 
-_backends: dict[tuple[str, str], Backend] = {}
-_locks: dict[tuple[str, str], asyncio.Lock] = {}
-_default_schema = "shoal"
+# Successful Secret reads are remembered briefly: every scaler evaluates its pool
+# at least every re-check interval, and the DSN almost never changes.
+DSN_TTL = 5.0
 
 
-def set_default_schema(schema: str) -> None:
-    """The schema for resources that name none (`shoal operator --schema`)."""
-    global _default_schema
-    _default_schema = schema
+class Backends:
+    """The operator's shared Backends, one per (DSN, schema), and its one NotifyHub.
 
-
-def schema_of(database: Database) -> str:
-    """The schema a resource's database settings select."""
-    return database.schema_ or _default_schema
-
-
-async def backend_for(dsn: str, schema: str) -> Backend:
-    """The shared Backend for (dsn, schema), connected and migrated on first use.
-
-    Raises BackendUnavailable when the database cannot be reached, and its
-    SchemaNotReady when the schema cannot be created or upgraded.
+    A database's Backend is connected and migrated on first use; a DSN read
+    from a Secret is remembered for DSN_TTL seconds (and read again for every
+    re-check round: `refresh_dsns`), and concurrent reads of one Secret share
+    one request.
     """
-    key = (dsn, schema)
-    lock = _locks.setdefault(key, asyncio.Lock())
-    async with lock:
-        backend = _backends.get(key)
-        if backend is None:
-            backend = await Backend.connect(dsn, schema=schema, min_size=1, max_size=4)
-            try:
-                await _ensure_schema(backend)
-            except BaseException:
-                await backend.close()
-                raise
-            _backends[key] = backend
-        return backend
+
+    def __init__(self, kube: Kube, default_schema: str) -> None:
+        self.kube = kube
+        self.default_schema = default_schema  # for resources that name none
+        self.notifications = NotifyHub()
+        self._backends: dict[tuple[str, str], Backend] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._dsns: dict[tuple[str, str, str], tuple[float, asyncio.Future[str]]] = {}
+        self._databases: dict[tuple[str, str, str], Database] = {}  # whose Secret it is
+        self._used: set[tuple[str, str, str]] = set()  # read since the last refresh
+
+    def schema_of(self, database: Database) -> str:
+        """The schema a resource's database settings select."""
+        return database.schema_ or self.default_schema
+
+    async def backend_for(self, dsn: str, schema: str) -> Backend:
+        """The shared Backend for (dsn, schema), connected and migrated on first use.
+
+        Raises BackendUnavailable when the database cannot be reached, and
+        SchemaNotReady when the schema cannot be created or upgraded.
+        """
+        key = (dsn, schema)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            backend = self._backends.get(key)
+            if backend is None:
+                backend = await Backend.connect(dsn, schema=schema, min_size=1, max_size=4)
+                try:
+                    await _ensure_schema(backend)
+                except BaseException:
+                    await backend.close()
+                    raise
+                self._backends[key] = backend
+            return backend
+
+    async def read_dsn(self, namespace: str, database: Database) -> str:
+        """The DSN stored in the pool's database Secret, checked for shape (not reachability).
+
+        A change to a valid Secret is seen within DSN_TTL seconds; a failed
+        read is never remembered, so a fixed Secret is seen at once.
+        """
+        ref = database.secret_ref
+        key = (namespace, ref.name, ref.key)
+        self._used.add(key)
+        known = self._dsns.get(key)
+        if known is None or time.monotonic() - known[0] >= DSN_TTL:
+            known = self._fetch(key, database)
+        try:
+            return await asyncio.shield(known[1])
+        except Exception:
+            if self._dsns.get(key) is known:
+                del self._dsns[key]
+            raise
+
+    async def refresh_dsns(self) -> None:
+        """Read again, all at once, every Secret read since the last refresh, so that
+        the evaluations of a round find their DSNs fresh and read their backlogs together."""
+        used, self._used = self._used, set()
+        entries = {key: self._fetch(key, self._databases[key]) for key in used}
+        await asyncio.gather(*(asyncio.shield(future) for _, future in entries.values()),
+                             return_exceptions=True)
+        for key, (at, future) in entries.items():
+            failed = future.cancelled() or future.exception() is not None
+            if failed and self._dsns.get(key) == (at, future):
+                del self._dsns[key]  # the evaluation that meets it says what to fix
+
+    def _fetch(self, key: tuple[str, str, str], database: Database
+               ) -> tuple[float, asyncio.Future[str]]:
+        self._databases[key] = database
+        entry = self._dsns[key] = (time.monotonic(), asyncio.ensure_future(
+            _fetch_dsn(self.kube, key[0], database)))
+        return entry
+
+    async def backend_for_spec(self, namespace: str, spec: PoolSpec) -> Backend:
+        """The shared Backend of a parsed pool spec."""
+        dsn = await self.read_dsn(namespace, spec.database)
+        return await self.backend_for(dsn, self.schema_of(spec.database))
+
+    async def close(self) -> None:
+        """Close every LISTEN connection and shared Backend (operator shutdown)."""
+        await self.notifications.close()
+        backends = list(self._backends.values())
+        self._backends.clear()
+        await asyncio.gather(*(b.close() for b in backends), return_exceptions=True)
 
 
 async def _ensure_schema(backend: Backend) -> None:
@@ -86,33 +149,11 @@ async def _ensure_schema(backend: Backend) -> None:
         log.info("schema %s: applied migrations %s", schema, applied)
 
 
-# Successful Secret reads, remembered briefly: the scaler may evaluate a pool
-# ten times a second during a burst, and the DSN almost never changes. A
-# failed read is never remembered, so a fixed Secret is seen at once.
-DSN_TTL = 5.0
-_dsns: dict[tuple[str, str, str], tuple[float, str]] = {}
-
-
-async def read_dsn(namespace: str, database: Database) -> str:
-    """The DSN stored in the pool's database Secret, checked for shape (not reachability).
-
-    A change to a valid Secret is seen within DSN_TTL seconds.
-    """
-    ref = database.secret_ref
-    key = (namespace, ref.name, ref.key)
-    known = _dsns.get(key)
-    if known is not None and time.monotonic() - known[0] < DSN_TTL:
-        return known[1]
-    dsn = await _fetch_dsn(namespace, database)
-    _dsns[key] = (time.monotonic(), dsn)
-    return dsn
-
-
-async def _fetch_dsn(namespace: str, database: Database) -> str:
+async def _fetch_dsn(kube: Kube, namespace: str, database: Database) -> str:
     ref = database.secret_ref
     where = f"Secret {namespace}/{ref.name}"
     try:
-        secret = await (await kube()).get(secret_path(namespace, ref.name))
+        secret = await kube.get(secret_path(namespace, ref.name))
     except KubeError as exc:
         if exc.not_found:
             raise DatabaseSecretError(f"{where} does not exist") from None
@@ -129,27 +170,6 @@ async def _fetch_dsn(namespace: str, database: Database) -> str:
         raise DatabaseSecretError(
             f"{where} key {ref.key!r} is not a DSN: expected postgresql://user:pass@host/db")
     return dsn
-
-
-async def backend_for_spec(namespace: str, spec: PoolSpec) -> Backend:
-    """The shared Backend of a parsed pool spec."""
-    dsn = await read_dsn(namespace, spec.database)
-    return await backend_for(dsn, schema_of(spec.database))
-
-
-async def pool_backend(namespace: str, pool_name: str) -> tuple[PoolSpec, Backend]:
-    """WorkerPool `namespace/pool_name`'s parsed spec and its shared Backend.
-
-    Raises PoolNotFound, InvalidPoolSpec, DatabaseSecretError or BackendUnavailable.
-    """
-    try:
-        body = await (await kube()).get(workerpool_path(namespace, pool_name))
-    except KubeError as exc:
-        if exc.not_found:
-            raise PoolNotFound(f"WorkerPool {namespace}/{pool_name} does not exist") from None
-        raise
-    spec = PoolSpec.from_body(body.get("spec") or {})
-    return spec, await backend_for_spec(namespace, spec)
 
 
 OnPayload = Callable[[str], None]
@@ -218,14 +238,3 @@ class NotifyHub:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-notifications = NotifyHub()
-
-
-async def close_all() -> None:
-    """Close every LISTEN connection and shared Backend (operator shutdown)."""
-    await notifications.close()
-    backends = list(_backends.values())
-    _backends.clear()
-    await asyncio.gather(*(b.close() for b in backends), return_exceptions=True)

@@ -4,13 +4,14 @@ kopf watches and posts Events with its own client; the operator's own reads
 and writes (Deployments, Pods, Secrets, CR status, and the Events of services
 that run outside kopf's handlers) go through `Kube`, one
 `kubernetes_asyncio` ApiClient loaded from the in-cluster service account or,
-outside a cluster, from `$KUBECONFIG`. Objects are plain dicts, exactly what
-the API server sends; any non-2xx answer raises `KubeError` with its status.
+outside a cluster, from `$KUBECONFIG` (`connect`; the operator keeps one in its
+context). Objects are plain dicts, exactly what the API server sends; any
+non-2xx answer raises `KubeError` with its status. Every request is counted in
+`shoal_operator_api_requests_total` by verb and resource.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from urllib.parse import quote
 
 from kubernetes_asyncio import client, config
 
+from shoal_operator import metrics
 from shoal_operator.conditions import now_rfc3339
 from shoal_operator.resource import GROUP, VERSION
 
@@ -49,6 +51,15 @@ class KubeError(Exception):
         return "NamespaceTerminating" in self.causes
 
 
+def resource_of(path: str) -> str:
+    """The resource (and subresource) an API path names: `workerpools/status`, `pods`."""
+    parts = path.partition("?")[0].strip("/").split("/")
+    rest = parts[2:] if parts[0] == "api" else parts[3:]  # after /api/V or /apis/G/V
+    if len(rest) > 2 and rest[0] == "namespaces":
+        rest = rest[2:]
+    return "/".join(rest[:1] + rest[2:3])
+
+
 class Kube:
     """GET and PATCH of API paths with JSON bodies; returns decoded objects."""
 
@@ -59,6 +70,7 @@ class Kube:
                       query: Mapping[str, str] | None = None,
                       content_type: str = "application/json") -> Obj:
         headers = {"Accept": "application/json", "Content-Type": content_type}
+        metrics.api_requests.labels(method, resource_of(path)).inc()
         response = await self.api.call_api(
             path, method, query_params=list((query or {}).items()), header_params=headers,
             body=body, auth_settings=["BearerToken"], _preload_content=False,
@@ -90,6 +102,9 @@ class Kube:
         return await self.request("PATCH", path, body=manifest,
                                   query={"fieldManager": FIELD_MANAGER, "force": "true"},
                                   content_type="application/apply-patch+yaml")
+
+    async def close(self) -> None:
+        await self.api.close()
 
 
 def namespaced(namespace: str | None) -> str:
@@ -136,27 +151,10 @@ def event(involved: Mapping[str, str], type_: str, reason: str, message: str, *,
             "lastTimestamp": stamp, "count": 1}
 
 
-_kube: Kube | None = None
-_lock = asyncio.Lock()
-
-
-async def kube() -> Kube:
-    """The operator's shared client, created on first use."""
-    global _kube
-    async with _lock:
-        if _kube is None:
-            if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-                config.load_incluster_config()  # type: ignore[no-untyped-call]
-            else:  # read $KUBECONFIG now, not when kubernetes_asyncio was imported
-                await config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-            _kube = Kube(client.ApiClient())
-        return _kube
-
-
-async def close() -> None:
-    """Close the shared client (operator shutdown)."""
-    global _kube
-    async with _lock:
-        if _kube is not None:
-            await _kube.api.close()
-            _kube = None
+async def connect() -> Kube:
+    """A new client: the in-cluster service account, or `$KUBECONFIG` read now."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    else:  # read $KUBECONFIG now, not when kubernetes_asyncio was imported
+        await config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+    return Kube(client.ApiClient())

@@ -11,32 +11,17 @@ import asyncio
 import logging
 import os
 import sys
-from dataclasses import dataclass
 
 import kopf
 
 import shoal_operator.pools.handlers  # noqa: F401  (registers WorkerPool handlers)
 from shoal import logs
 from shoal.errors import InvalidInput
-from shoal_operator import backends, kube, metrics
+from shoal_operator import context, metrics
+from shoal_operator.context import Operator, OperatorConfig
 from shoal_operator.health import Health
 from shoal_operator.workflows import handlers as _workflows  # noqa: F401  (registers them)
 from shoal_operator.workflows.status import PHASE_LABEL_FIELD
-
-
-@dataclass(frozen=True)
-class OperatorConfig:
-    """What `shoal operator` was asked to do; handlers get it as `memo.config`."""
-
-    namespaces: tuple[str, ...]
-    all_namespaces: bool
-    liveness_port: int
-    metrics_port: int
-    schema: str
-    recheck_seconds: float
-    peering: str | None
-    log_format: str
-    log_level: str
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,11 +67,13 @@ def parse_args(argv: list[str]) -> OperatorConfig:
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: object) -> None:
-    """kopf settings: state kept in annotations, only warnings posted as Events by kopf.
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: object) -> None:
+    """kopf settings: state kept in annotations, only warnings posted as Events by kopf;
+    and the operator's context (`memo.shoal`, see context.py).
 
     Peering comes from `kopf.operator(standalone=..., peering_name=...)` in `run`.
     """
+    memo.shoal = await Operator.start(memo.config, memo.health)
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix="kopf.shoal.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -99,15 +86,13 @@ async def configure(settings: kopf.OperatorSettings, **_: object) -> None:
 
 
 @kopf.on.cleanup()
-async def shutdown(**_: object) -> None:
-    """Close the shared database pools and the API client."""
-    await backends.close_all()
-    await kube.close()
+async def shutdown(memo: kopf.Memo, **_: object) -> None:
+    """Stop the operator's services; close the shared database pools and the API client."""
+    await context.of(memo).close()
 
 
 async def run(config: OperatorConfig) -> int:
     """Serve until SIGINT/SIGTERM (0) or until one of the services died (1)."""
-    backends.set_default_schema(config.schema)
     health = Health()
     server = await health.serve(config.liveness_port) if config.liveness_port else None
     try:

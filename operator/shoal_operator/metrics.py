@@ -40,6 +40,9 @@ tasks = Gauge("shoal_workerpool_tasks",
 oldest_ready = Gauge("shoal_workerpool_oldest_ready_age_seconds",
                      "How long the oldest ready task the pool serves has waited, by task name "
                      "(0: none ready)", [*POOL, "task"])
+api_requests = Counter("shoal_operator_api_requests_total",
+                       "Requests of the operator's own API client (kopf's watches and "
+                       "patches not included), by verb and resource", ["verb", "resource"])
 workflows = Gauge("shoal_workflows", "Workflow CRs by namespace and phase",
                   ["namespace", "phase"])
 

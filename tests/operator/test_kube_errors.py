@@ -17,14 +17,16 @@ pytestmark = pytest.mark.kube
 
 
 @pytest.fixture
-async def admin_client(kube: KubeAccess, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+async def admin_client(kube: KubeAccess,
+                       monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[operator_kube.Kube]:
     monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
-    yield
-    await operator_kube.close()
+    client = await operator_kube.connect()
+    yield client
+    await client.close()
 
 
 async def test_a_terminating_namespace_is_recognised(kube: KubeAccess,
-                                                     admin_client: None) -> None:
+                                                     admin_client: operator_kube.Kube) -> None:
     namespace = f"term-{uuid.uuid4().hex[:8]}"
     held = {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "held", "namespace": namespace,
@@ -42,7 +44,7 @@ async def test_a_terminating_namespace_is_recognised(kube: KubeAccess,
                                "template": {"metadata": {"labels": {"a": "b"}},
                                             "spec": {"containers": [{"name": "c",
                                                                      "image": "x"}]}}}}
-        client = await operator_kube.kube()
+        client = admin_client
         with pytest.raises(KubeError) as refused:
             await client.apply(deployment_path(namespace, "late"), deployment)
         assert refused.value.status == 403 and refused.value.namespace_terminating

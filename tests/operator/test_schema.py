@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from shoal.backend.migrate import migrations
-from shoal_operator import backends
+from shoal_operator.backends import Backends
+from shoal_operator.kube import Kube
 
 
 @pytest.fixture
-async def operator_backends() -> AsyncIterator[None]:
-    yield
-    await backends.close_all()
+async def backends() -> AsyncIterator[Backends]:
+    """The operator's shared Backends (no Secret is read here: no API client)."""
+    shared = Backends(cast(Kube, None), "shoal")
+    yield shared
+    await shared.close()
 
 
 def _as_user(dsn: str, user: str) -> str:
@@ -25,7 +29,7 @@ def _as_user(dsn: str, user: str) -> str:
 
 
 async def test_a_pool_on_an_empty_database_gets_the_schema(dsn: str,
-                                                           operator_backends: None) -> None:
+                                                           backends: Backends) -> None:
     backend = await backends.backend_for(dsn, "team_a")
     versions = [r["version"] for r in await backend.pool.fetch(
         "SELECT version FROM team_a.schema_migrations ORDER BY version")]
@@ -34,7 +38,7 @@ async def test_a_pool_on_an_empty_database_gets_the_schema(dsn: str,
 
 
 async def test_a_role_without_ddl_rights_uses_a_schema_migrated_for_it(
-        dsn: str, operator_backends: None) -> None:
+        dsn: str, backends: Backends) -> None:
     role = f"app_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(dsn)
     try:

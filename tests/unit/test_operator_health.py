@@ -16,8 +16,12 @@ import yaml
 from prometheus_client import REGISTRY
 
 from shoal_operator import kube
+from shoal_operator.backends import Backends
 from shoal_operator.health import Health
-from shoal_operator.pools.autoscaler import PoolScaler
+from shoal_operator.kube import Kube
+from shoal_operator.pools.autoscaler import Autoscaler, PoolScaler
+from shoal_operator.pools.registry import PoolRegistry
+from shoal_operator.pools.status import StatusWriter
 from tests.cluster.postgres import free_port
 from tests.support import eventually
 
@@ -89,7 +93,7 @@ async def test_a_service_that_raises_is_dead_and_stops_the_operator(
 
 @pytest.fixture
 async def unreachable_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                          ) -> AsyncIterator[None]:
+                          ) -> AsyncIterator[Kube]:
     """The operator's API client pointed at a port where nothing listens."""
     config = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
               "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{free_port()}"}}],
@@ -99,19 +103,22 @@ async def unreachable_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     path.write_text(yaml.safe_dump(config))
     monkeypatch.setenv("KUBECONFIG", str(path))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    await kube.close()
-    yield
-    await kube.close()
+    client = await kube.connect()
+    yield client
+    await client.close()
 
 
 async def test_a_scaler_that_keeps_failing_makes_the_operator_not_ready(
-        unreachable_api: None, caplog: pytest.LogCaptureFixture) -> None:
+        unreachable_api: Kube, caplog: pytest.LogCaptureFixture) -> None:
     health = Health()
     health.ready.set()
     body = kopf.Body({"metadata": {"namespace": "ns", "name": "p"}, "spec": {
         "app": "tasks.py:app", "template": {"image": "shoal:1"},
         "database": {"secretRef": {"name": "pg"}}}})
-    scaler = PoolScaler(body, recheck_seconds=0.2, health=health)
+    client = unreachable_api
+    autoscaler = Autoscaler(client, Backends(client, "shoal"), PoolRegistry(),
+                            StatusWriter(client), health, recheck_seconds=0.2)
+    scaler = PoolScaler(body, autoscaler)
 
     class Stopped:  # what the scaler reads of kopf's DaemonStopped flag
         def __init__(self) -> None:

@@ -2,11 +2,14 @@
 
 `PoolScaler` (one per WorkerPool, run as a kopf daemon) evaluates when woken
 — within a second of an enqueue burst — and at least every re-check
-interval, as a safety net. It is woken by its database's enqueue
+interval, as a safety net: `Autoscaler.tick` wakes every scaler at the same
+moment, so that their reads share a round. It is woken by its database's enqueue
 notifications for its task namespace (the operator's one LISTEN connection
-per database, `backends.notifications`) and after every reconnect of that
+per database, `Backends.notifications`) and after every reconnect of that
 connection, so nothing enqueued meanwhile is missed. Each evaluation reads
-the backlog, asks the pure `scaler.decide`, marks pod-deletion costs from the worker liveness rows
+the backlog through its database's `BacklogReader` (one statement for every
+pool that reads in the same round), asks the pure `scaler.decide`, marks
+pod-deletion costs from the worker liveness rows
 before lowering replicas (idle pods go first), patches the Deployment, mirrors
 the count into spec.replicas (the scale subresource), and reports status
 conditions, an Event per scale decision or backend error, and metrics. A
@@ -21,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -30,13 +33,15 @@ import kopf
 from shoal.backend import TRANSIENT_ERRORS, Backend, Backlog
 from shoal.errors import BackendUnavailable, ShoalError
 from shoal.policy import retry_delay
-from shoal_operator import backends, metrics
+from shoal_operator import metrics
+from shoal_operator.backends import Backends
 from shoal_operator.conditions import Condition, make_condition, now_rfc3339
 from shoal_operator.errors import DatabaseSecretError, InvalidPoolSpec, SchemaNotReady
 from shoal_operator.health import Health
-from shoal_operator.kube import KubeError, deployment_path, kube, pods_path, workerpool_path
+from shoal_operator.kube import Kube, KubeError, deployment_path, pods_path, workerpool_path
 from shoal_operator.pools.deployment import selector_string
 from shoal_operator.pools.queue_metrics import QueueMetrics
+from shoal_operator.pools.registry import PoolRegistry
 from shoal_operator.pools.scaler import (
     Decision,
     Observation,
@@ -45,7 +50,7 @@ from shoal_operator.pools.scaler import (
     deletion_costs,
 )
 from shoal_operator.pools.spec import PoolSpec, is_paused
-from shoal_operator.pools.status import patch_status
+from shoal_operator.pools.status import StatusWriter
 
 log = logging.getLogger(__name__)
 
@@ -54,28 +59,120 @@ MIN_EVALUATION_GAP = 0.1  # seconds between evaluations: a burst coalesces into 
 STATUS_MIN_INTERVAL = 1.0  # seconds between status writes that only update numbers
 WARNING_REPEAT = 60.0  # a persisting problem is re-posted as an Event at most this often
 READ_ERRORS = (ShoalError, *TRANSIENT_ERRORS, KubeError)
+GATHER_SECONDS = 0.02  # the reads of one round that arrive this close share a statement
+TICKER = "autoscaler"
+
+Selector = tuple[str, tuple[str, ...], tuple[str, ...] | None]  # namespace, tags, names
 
 
-_scalers: dict[tuple[str, str], PoolScaler] = {}
+def selector(spec: PoolSpec) -> Selector:
+    """What a pool's backlog counts: its task namespace, tags and task names (None: any)."""
+    return spec.tasks.namespace, tuple(spec.tasks.tags), tuple(spec.tasks.names) or None
 
 
-def wake(namespace: str, name: str) -> None:
-    """Ask the pool's scaler to evaluate now (after a spec change)."""
-    scaler = _scalers.get((namespace, name))
-    if scaler is not None:
-        scaler.wake.set()
+class BacklogReader:
+    """Reads the backlog of the pools on one database (DSN and schema), many per statement.
+
+    Guarantees: every `read` is answered by a statement sent after it was
+    asked (never an older figure); the reads asked within GATHER_SECONDS of
+    a round's first one, or while the previous statement is in flight, share
+    one statement, and pools with the same selector share its row; one
+    statement at a time per database; a failed statement fails every read
+    it was for, with its error.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._waiting: dict[Selector, list[asyncio.Future[Backlog]]] = {}
+        self._rounds: asyncio.Task[None] | None = None
+
+    async def read(self, pool: Selector) -> Backlog:
+        """The backlog of one pool, read in the next round."""
+        future: asyncio.Future[Backlog] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(pool, []).append(future)
+        if self._rounds is None or self._rounds.done():
+            self._rounds = asyncio.create_task(self._run(), name="backlog-reader")
+        return await future
+
+    async def _run(self) -> None:
+        waiting: dict[Selector, list[asyncio.Future[Backlog]]] = {}
+        try:
+            while self._waiting:
+                await asyncio.sleep(GATHER_SECONDS)
+                waiting, self._waiting = self._waiting, {}
+                pools = list(waiting)
+                try:
+                    figures = await self.backend.backlogs(pools)
+                except Exception as exc:
+                    for futures in waiting.values():
+                        for future in futures:
+                            if not future.done():
+                                future.set_exception(exc)
+                    continue
+                for pool, backlog in zip(pools, figures, strict=True):
+                    for future in waiting[pool]:
+                        if not future.done():
+                            future.set_result(backlog)
+        finally:  # cancelled (shutdown): nobody waits for ever
+            for futures in (*waiting.values(), *self._waiting.values()):
+                for future in futures:
+                    future.cancel()
+
+
+class Autoscaler:
+    """Every pool's scaler, one BacklogReader per database, and the re-check ticker.
+
+    `tick` (a service) wakes every scaler each `recheck_seconds`, all at once
+    and with their DSNs fresh, so each database's reads of that round share one
+    statement.
+    """
+
+    def __init__(self, kube: Kube, backends: Backends, pools: PoolRegistry,
+                 status: StatusWriter, health: Health, recheck_seconds: float) -> None:
+        self.kube = kube
+        self.backends = backends
+        self.pools = pools
+        self.status = status
+        self.health = health
+        self.recheck_seconds = recheck_seconds
+        self.scalers: dict[tuple[str, str], PoolScaler] = {}
+        self.readers: dict[tuple[str, str], BacklogReader] = {}
+
+    def reader(self, backend: Backend) -> BacklogReader:
+        """The BacklogReader of `backend`'s database."""
+        key = (backend.dsn, backend.schema)
+        reader = self.readers.get(key)
+        if reader is None or reader.backend is not backend:
+            reader = self.readers[key] = BacklogReader(backend)
+        return reader
+
+    def wake(self, namespace: str, name: str) -> None:
+        """Ask the pool's scaler to evaluate now (after a spec change)."""
+        scaler = self.scalers.get((namespace, name))
+        if scaler is not None:
+            scaler.wake.set()
+
+    async def tick(self) -> None:
+        """Wake every scaler each re-check interval, until cancelled; their Secrets are
+        read first, all at once, so no evaluation of the round waits for its own."""
+        while True:
+            await asyncio.sleep(self.recheck_seconds)
+            await self.backends.refresh_dsns()
+            for scaler in self.scalers.values():
+                scaler.wake.set()
 
 
 class PoolScaler:
     """Scales one WorkerPool's Deployment; see the module docstring for guarantees."""
 
-    def __init__(self, body: kopf.Body, recheck_seconds: float, health: Health) -> None:
+    def __init__(self, body: kopf.Body, autoscaler: Autoscaler) -> None:
         self.body = body  # kopf's live view: always the latest known object
         self.namespace: str = body.metadata["namespace"]
         self.name: str = body.metadata["name"]
         self.service = f"scaler/{self.namespace}/{self.name}"
-        self.recheck_seconds = recheck_seconds
-        self.health = health
+        self.autoscaler = autoscaler
+        self.kube = autoscaler.kube
+        self.health = autoscaler.health
         self.wake = asyncio.Event()
         self.state: ScalerState | None = None
         self.listening: tuple[str, str, str] | None = None
@@ -86,12 +183,12 @@ class PoolScaler:
         self.queue_metrics = QueueMetrics(self.namespace, self.name)
 
     async def run(self, stopped: kopf.DaemonStopped) -> None:
-        _scalers[(self.namespace, self.name)] = self
+        self.autoscaler.scalers[(self.namespace, self.name)] = self
         stopping = asyncio.ensure_future(stopped.wait())
         try:
             while not stopped:
                 started = time.monotonic()
-                wait = self.recheck_seconds
+                wait: float | None = None  # until woken: by a notification or the ticker
                 try:
                     await self.evaluate()
                     self.health.succeeded(self.service)
@@ -99,7 +196,7 @@ class PoolScaler:
                     failures = self.health.failed(self.service, exc,
                                                   expected=isinstance(exc, READ_ERRORS))
                     await self._report_failing(exc)
-                    wait = min(wait, retry_delay(failures, base=0.5, cap=wait))
+                    wait = retry_delay(failures, base=0.5, cap=self.autoscaler.recheck_seconds)
                 metrics.evaluation_seconds.labels(self.namespace, self.name).observe(
                     time.monotonic() - started)
                 await asyncio.sleep(MIN_EVALUATION_GAP)
@@ -111,7 +208,8 @@ class PoolScaler:
         finally:
             stopping.cancel()
             self.unsubscribe()
-            _scalers.pop((self.namespace, self.name), None)
+            if self.autoscaler.scalers.get((self.namespace, self.name)) is self:
+                del self.autoscaler.scalers[(self.namespace, self.name)]
 
     async def _report_failing(self, exc: Exception) -> None:
         """Once this scaler keeps failing, its pool says so (if the API server lets it)."""
@@ -127,14 +225,14 @@ class PoolScaler:
     async def evaluate(self) -> None:
         """One evaluation; every failure becomes a condition and an Event, never a crash."""
         try:
-            spec = PoolSpec.from_body(self.body.get("spec") or {})
+            spec = self.autoscaler.pools.spec(self.body)
         except InvalidPoolSpec as exc:  # reconcile_pool posts the Event and Ready=False
             metrics.scaler_errors.labels(self.namespace, self.name, "InvalidSpec").inc()
             await self._write_status({}, [
                 self._condition("ScalingActive", False, "InvalidSpec", str(exc))])
             return
         try:
-            backend = await backends.backend_for_spec(self.namespace, spec)
+            backend = await self.autoscaler.backends.backend_for_spec(self.namespace, spec)
         except DatabaseSecretError as exc:
             await self._report_error("SecretInvalid", str(exc), spec)
             return
@@ -146,8 +244,7 @@ class PoolScaler:
             return
         self._listen(backend, spec.tasks.namespace)
         try:
-            backlog = await backend.backlog(spec.tasks.namespace, spec.tasks.tags,
-                                            spec.tasks.names or None)
+            backlog = await self.autoscaler.reader(backend).read(selector(spec))
         except READ_ERRORS as exc:
             await self._report_error("QueryFailed", f"cannot read the backlog: {exc}", spec)
             return
@@ -173,10 +270,9 @@ class PoolScaler:
 
     async def _scale(self, spec: PoolSpec, backend: Backend, backlog: Backlog,
                      reachable: Condition) -> None:
-        deployment = await self._deployment()
-        if deployment is None:
+        current = await self._replicas()
+        if current is None:
             return  # the reconciler (re)creates it; the next evaluation scales it
-        current = int(deployment["spec"].get("replicas", 1))
         now = time.monotonic()
         paused, bad_annotation = self._paused()
         state = self.state or ScalerState.starting(now, current)
@@ -218,8 +314,7 @@ class PoolScaler:
             return
         if decision.desired < current:
             await self._mark_deletion_costs(backend)
-        await (await kube()).merge_patch(deployment_path(self.namespace, self.name),
-                                         {"spec": {"replicas": decision.desired}})
+        await self._set_replicas(decision.desired)
         kopf.event(self.body, type="Normal", reason=decision.reason, message=decision.message)
         log.info("%s/%s: %s", self.namespace, self.name, decision.message)
 
@@ -228,7 +323,7 @@ class PoolScaler:
         so `/scale` reads what runs (as a Deployment's does under an HPA). A write there
         by anyone else is overridden here, at the evaluation it wakes."""
         if (self.body.get("spec") or {}).get("replicas") != desired:
-            await (await kube()).merge_patch(
+            await self.kube.merge_patch(
                 workerpool_path(self.namespace, self.name) + "/scale",
                 {"spec": {"replicas": desired}})
 
@@ -262,20 +357,33 @@ class PoolScaler:
         if self.last_report and self.last_report[0] == key and \
                 now - self.last_report[1] < STATUS_MIN_INTERVAL:
             return
-        await patch_status(self.namespace, self.name, fields, conditions)
+        await self.autoscaler.status.patch(self.body, fields, conditions)
         self.last_report = (key, now)
 
-    async def _deployment(self) -> Mapping[str, Any] | None:
+    async def _replicas(self) -> int | None:
+        """The Deployment's replicas as the watch (or the last write) says; read if unknown.
+        None when there is no Deployment."""
+        pools = self.autoscaler.pools
+        known = pools.replicas(self.namespace, self.name)
+        if known is not None:
+            return known
         try:
-            return await (await kube()).get(deployment_path(self.namespace, self.name))
+            deployment = await self.kube.get(deployment_path(self.namespace, self.name))
         except KubeError as exc:
             if exc.not_found:
                 return None
             raise
+        pools.observe_deployment(self.namespace, self.name, deployment)
+        return int(deployment["spec"].get("replicas", 1))
+
+    async def _set_replicas(self, replicas: int) -> None:
+        deployment = await self.kube.merge_patch(deployment_path(self.namespace, self.name),
+                                                 {"spec": {"replicas": replicas}})
+        self.autoscaler.pools.observe_deployment(self.namespace, self.name, deployment)
 
     async def _mark_deletion_costs(self, backend: Backend) -> None:
         """Idle pods get the lowest deletion cost, so the ReplicaSet removes them first."""
-        k = await kube()
+        k = self.kube
         pods = await k.get(pods_path(self.namespace),
                            {"labelSelector": selector_string(self.name)})
         items = {p["metadata"]["name"]: p for p in pods.get("items", [])
@@ -296,7 +404,7 @@ class PoolScaler:
         key = (backend.dsn, backend.schema, task_namespace)
         if self.listening != key:
             self.unsubscribe()
-            self.unsubscribe = backends.notifications.subscribe(
+            self.unsubscribe = self.autoscaler.backends.notifications.subscribe(
                 backend, backend.tasks_channel, task_namespace,
                 lambda _payload: self.wake.set(), self.wake.set)
             self.listening = key
@@ -317,10 +425,9 @@ class PoolScaler:
 
     async def _fallback(self, spec: PoolSpec) -> dict[str, Any]:
         """Apply the fallback count if it is due; the status fields that record it."""
-        deployment = await self._deployment()
-        if deployment is None:
+        current = await self._replicas()
+        if current is None:
             return {}
-        current = int(deployment["spec"].get("replicas", 1))
         now = time.monotonic()
         paused, _ = self._paused()
         prior = self.state or ScalerState.starting(now, current)
@@ -331,8 +438,7 @@ class PoolScaler:
         if decision.desired == current:
             self.state = decision.state
             return {}
-        await (await kube()).merge_patch(deployment_path(self.namespace, self.name),
-                                         {"spec": {"replicas": decision.desired}})
+        await self._set_replicas(decision.desired)
         self.state = decision.state
         kopf.event(self.body, type="Warning", reason=decision.reason, message=decision.message)
         await self._mirror(decision.desired)

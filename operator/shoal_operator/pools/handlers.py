@@ -9,6 +9,11 @@
   Ready/Reconciling/Stalled (`status.readiness` of its rollout) go to the
   pool's status.
 - a daemon per pool runs its `PoolScaler` until the pool is deleted.
+- every WorkerPool watch event updates the operator's `PoolRegistry`, so the
+  other handlers and the Workflow handlers find a pool without reading it.
+
+Each handler parses the spec through the registry (once per generation) and
+passes the pool it holds to the status writer, which never reads it first.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from typing import Any, cast
 
 import kopf
 
-from shoal_operator import backends, kube, metrics
+from shoal_operator import context, metrics
+from shoal_operator.context import Operator
 from shoal_operator.errors import InvalidPoolSpec
 from shoal_operator.kube import (
     KubeError,
@@ -42,13 +48,17 @@ from shoal_operator.resource import GROUP, VERSION
 Obj = Mapping[str, Any]
 
 
-async def _current_replicas(namespace: str, name: str, pool: Obj, spec: PoolSpec) -> int:
+async def _current_replicas(op: Operator, namespace: str, name: str, pool: Obj,
+                            spec: PoolSpec) -> int:
     """Manual mode: spec.replicas. Auto mode: what the scaler last set, else minReplicas."""
     scaling = spec.scaling
     if scaling.mode == "manual":
         return spec.replicas
+    known = op.pools.replicas(namespace, name)
+    if known is not None:
+        return known
     try:
-        existing = await (await kube.kube()).get(deployment_path(namespace, name))
+        existing = await op.kube.get(deployment_path(namespace, name))
         return int(existing["spec"].get("replicas", scaling.min_replicas))
     except KubeError as exc:
         if not exc.not_found:
@@ -58,34 +68,47 @@ async def _current_replicas(namespace: str, name: str, pool: Obj, spec: PoolSpec
     return min(max(wanted, scaling.min_replicas), scaling.max_replicas)
 
 
-async def _apply(pool: Obj, spec: PoolSpec, replicas: int) -> Obj:
+async def _apply(op: Operator, pool: Obj, spec: PoolSpec, replicas: int) -> None:
     meta = pool["metadata"]
     manifest = desired_deployment(pool, spec, replicas=replicas,
-                                  schema=backends.schema_of(spec.database))
-    return await (await kube.kube()).apply(deployment_path(meta["namespace"], meta["name"]),
-                                           manifest)
+                                  schema=op.backends.schema_of(spec.database))
+    applied = await op.kube.apply(deployment_path(meta["namespace"], meta["name"]), manifest)
+    op.pools.observe_deployment(meta["namespace"], meta["name"], applied)
+
+
+@kopf.on.event(GROUP, VERSION, "workerpools")
+async def track_pool(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo,
+                     name: str, namespace: str | None, **_: Any) -> None:
+    """Keep the pool registry in step with the watch stream (no API call)."""
+    op = context.of(memo)
+    if event.get("type") == "DELETED":
+        op.pools.forget(namespaced(namespace), name)
+    else:
+        op.pools.observe(cast(Obj, event["object"]))
 
 
 @kopf.on.resume(GROUP, VERSION, "workerpools")
 @kopf.on.create(GROUP, VERSION, "workerpools")
 @kopf.on.update(GROUP, VERSION, "workerpools")
-async def reconcile_pool(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
+async def reconcile_pool(body: kopf.Body, memo: kopf.Memo, name: str, namespace: str | None,
+                         **_: Any) -> None:
     """Apply the pool's Deployment; report InvalidSpec instead of retrying bad input."""
     namespace = namespaced(namespace)
+    op = context.of(memo)
     started = time.monotonic()
     generation = body.metadata.get("generation")
     try:
-        spec = PoolSpec.from_body(body.get("spec") or {})
+        spec = op.pools.spec(body)
     except InvalidPoolSpec as exc:
         metrics.reconciles.labels("WorkerPool", "invalid").inc()
         kopf.event(body, type="Warning", reason="InvalidSpec", message=str(exc))
-        await status.patch_status(namespace, name, {"observedGeneration": generation},
-                                  status.readiness(False, "InvalidSpec", str(exc),
-                                                   generation=generation))
+        await op.status.patch(body, {"observedGeneration": generation},
+                              status.readiness(False, "InvalidSpec", str(exc),
+                                               generation=generation))
         return
     try:
-        replicas = await _current_replicas(namespace, name, body, spec)
-        await _apply(body, spec, replicas)
+        replicas = await _current_replicas(op, namespace, name, body, spec)
+        await _apply(op, body, spec, replicas)
     except KubeError as exc:
         metrics.reconciles.labels("WorkerPool", "error").inc()
         rejected = exc.status in (400, 403, 422)
@@ -93,18 +116,18 @@ async def reconcile_pool(body: kopf.Body, name: str, namespace: str | None, **_:
         message = f"cannot apply the pool's Deployment: {exc.message}"
         kopf.event(body, type="Warning", reason=reason, message=message)
         # Refused: stalled until the spec changes. Failed otherwise: retried.
-        await status.patch_status(namespace, name, {"observedGeneration": generation},
-                                  status.readiness(False if rejected else None, reason,
-                                                   message, generation=generation))
+        await op.status.patch(body, {"observedGeneration": generation},
+                              status.readiness(False if rejected else None, reason,
+                                               message, generation=generation))
         if not rejected:
             raise kopf.TemporaryError(message, delay=10) from exc
         # The API server refused what the spec asks for (e.g. an unknown toleration
         # operator): wait for a new spec rather than retry forever.
         return
-    await status.patch_status(namespace, name, {
+    await op.status.patch(body, {
         "observedGeneration": generation, "selector": selector_string(name),
         "mode": spec.scaling.mode})
-    autoscaler.wake(namespace, name)
+    op.autoscaler.wake(namespace, name)
     metrics.reconciles.labels("WorkerPool", "ok").inc()
     metrics.reconcile_seconds.labels("WorkerPool").observe(time.monotonic() - started)
 
@@ -115,52 +138,61 @@ async def scale_pool(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Me
                      name: str, namespace: str | None, **_: Any) -> None:
     """The pool's scaler, for as long as the pool exists (a service: see health.py)."""
     namespace = namespaced(namespace)
-    scaler = autoscaler.PoolScaler(body, memo.config.recheck_seconds, memo.health)
+    op = context.of(memo)
+    scaler = autoscaler.PoolScaler(body, op.autoscaler)
     try:
-        await memo.health.supervise(scaler.service, lambda: scaler.run(stopped))
+        await op.health.supervise(scaler.service, lambda: scaler.run(stopped))
     finally:
         if body.metadata.get("deletionTimestamp"):
             metrics.forget_pool(namespace, name)
-            status.forget(namespace, name)
-            memo.health.forget(scaler.service)
+            op.status.forget(namespace, name)
+            op.health.forget(scaler.service)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=dict(MANAGED_BY))
-async def watch_deployment(event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
-                           **_: Any) -> None:
+async def watch_deployment(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo,
+                           namespace: str | None, **_: Any) -> None:
     """Repair a deleted or edited pool Deployment; otherwise mirror its status."""
     pool_name = (body.metadata.get("labels") or {}).get(POOL_LABEL)
     if not pool_name:
         return
     namespace = namespaced(namespace)
+    op = context.of(memo)
     started = time.monotonic()
-    try:
-        pool = await (await kube.kube()).get(workerpool_path(namespace, pool_name))
-    except KubeError as exc:
-        if exc.not_found:
-            return
-        raise
+    pool = op.pools.pool(namespace, pool_name)
+    if pool is None:  # not seen on the watch yet (the operator just started)
+        try:
+            pool = await op.kube.get(workerpool_path(namespace, pool_name))
+        except KubeError as exc:
+            if exc.not_found:
+                return
+            raise
+        op.pools.observe(pool)
     if pool["metadata"].get("deletionTimestamp"):
         return
     owners = [o.get("uid") for o in body.metadata.get("ownerReferences") or []]
     if pool["metadata"]["uid"] not in owners:
         return  # a Deployment of an older pool of the same name, being collected
+    deleted = event.get("type") == "DELETED"
+    if deleted:
+        op.pools.forget_deployment(namespace, pool_name)
+    else:
+        op.pools.observe_deployment(namespace, pool_name, body)
     try:
-        spec = PoolSpec.from_body(pool.get("spec") or {})
+        spec = op.pools.spec(pool)
     except InvalidPoolSpec:
         return  # reconcile_pool reports it
-    deleted = event.get("type") == "DELETED"
     # Auto mode: the scaler owns the count, so an existing Deployment's count is not drift.
-    replicas = (await _current_replicas(namespace, pool_name, pool, spec)
+    replicas = (await _current_replicas(op, namespace, pool_name, pool, spec)
                 if deleted or spec.scaling.mode == "manual"
                 else int(body.get("spec", {}).get("replicas", 0)))
     desired = desired_deployment(pool, spec, replicas=replicas,
-                                 schema=backends.schema_of(spec.database))
+                                 schema=op.backends.schema_of(spec.database))
     if deleted or drifted(desired["spec"], body.get("spec")) or drifted(
             desired["metadata"]["labels"], body.metadata.get("labels")):
         what = "was deleted" if deleted else "drifted from the pool's spec"
         try:
-            await _apply(pool, spec, replicas)
+            await _apply(op, pool, spec, replicas)
         except KubeError as exc:
             if exc.namespace_terminating:
                 return  # the namespace's deletion takes the pool too
@@ -175,7 +207,7 @@ async def watch_deployment(event: kopf.RawEvent, body: kopf.Body, namespace: str
     state, reason, message = rollout_state(body)
     st = body.get("status") or {}
     generation = pool["metadata"].get("generation")
-    await status.patch_status(namespace, pool_name, {
+    await op.status.patch(pool, {
         "replicas": int(st.get("replicas") or 0),
         "readyReplicas": int(st.get("readyReplicas") or 0),
     }, status.readiness(state, reason, message, generation=generation))

@@ -4,10 +4,13 @@
 wait`): Ready, Reconciling while the pool is getting there, Stalled with the
 reason when its spec cannot be served without a change.
 
-`patch_status` guarantees: writers for one pool are serialized; conditions
-are merged into the freshest copy of the object (so the scaler, the
-reconciler and the Deployment watcher never erase each other's conditions);
-a write that changes nothing is skipped, so status never churns.
+`StatusWriter.patch` guarantees: writers for one pool are serialized;
+conditions are merged into the status as the operator last wrote it (the
+answer of its last patch; before the first, the body the caller holds), so
+the scaler, the reconciler and the Deployment watcher never erase each
+other's conditions and no write needs a read first (the operator is the one
+writer of pool status); a write that changes nothing is not sent, so status
+never churns.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from shoal_operator.conditions import Condition, make_condition, set_conditions
-from shoal_operator.kube import KubeError, kube, workerpool_path
+from shoal_operator.kube import Kube, KubeError, workerpool_path
 
-_locks: dict[tuple[str, str], asyncio.Lock] = {}
+Key = tuple[str, str]  # (namespace, pool name)
 
 
 def readiness(state: bool | None, reason: str, message: str, *,
@@ -39,34 +42,41 @@ def readiness(state: bool | None, reason: str, message: str, *,
     ]
 
 
-async def patch_status(namespace: str, name: str, fields: Mapping[str, Any] | None = None,
-                       conditions: Iterable[Condition] = ()) -> Mapping[str, Any] | None:
-    """Merge `fields` and `conditions` into the pool's status; None if the pool is gone."""
-    lock = _locks.setdefault((namespace, name), asyncio.Lock())
-    async with lock:
-        k = await kube()
-        try:
-            body = await k.get(workerpool_path(namespace, name))
-        except KubeError as exc:
-            if exc.not_found:
-                return None
-            raise
-        status = body.get("status") or {}
-        new: dict[str, Any] = dict(fields or {})
-        updates = list(conditions)
-        if updates:
-            new["conditions"] = set_conditions(status.get("conditions"), updates)
-        if all(status.get(key) == value for key, value in new.items()):
-            return body
-        try:
-            return await k.merge_patch(workerpool_path(namespace, name) + "/status",
-                                       {"status": new})
-        except KubeError as exc:
-            if exc.not_found:
-                return None
-            raise
+class StatusWriter:
+    """Every write of WorkerPool status; see the module docstring for its guarantees."""
 
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._written: dict[Key, tuple[str, Mapping[str, Any]]] = {}  # key -> (uid, status)
 
-def forget(namespace: str, name: str) -> None:
-    """Drop the lock of a deleted pool."""
-    _locks.pop((namespace, name), None)
+    async def patch(self, pool: Mapping[str, Any], fields: Mapping[str, Any] | None = None,
+                    conditions: Iterable[Condition] = ()) -> bool:
+        """Merge `fields` and `conditions` into the status of `pool` (the body the caller
+        holds); False if the pool is gone."""
+        meta = pool["metadata"]
+        key, uid = (meta["namespace"], meta["name"]), str(meta.get("uid"))
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            written = self._written.get(key)
+            status = written[1] if written and written[0] == uid else pool.get("status") or {}
+            new: dict[str, Any] = dict(fields or {})
+            updates = list(conditions)
+            if updates:
+                new["conditions"] = set_conditions(status.get("conditions"), updates)
+            if all(status.get(name) == value for name, value in new.items()):
+                return True
+            try:
+                body = await self.kube.merge_patch(workerpool_path(*key) + "/status",
+                                                   {"status": new})
+            except KubeError as exc:
+                if exc.not_found:
+                    self.forget(*key)
+                    return False
+                raise
+            self._written[key] = (uid, body.get("status") or {})
+            return True
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop what is kept of a deleted pool."""
+        self._locks.pop((namespace, name), None)
+        self._written.pop((namespace, name), None)

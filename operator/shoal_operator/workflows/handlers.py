@@ -19,9 +19,7 @@ one writer, and mark the CR for its next round.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -35,6 +33,7 @@ from shoal.errors import (
     ShoalError,
 )
 from shoal.policy import retry_delay
+from shoal_operator import context
 from shoal_operator.conditions import make_condition
 from shoal_operator.errors import DatabaseSecretError, PoolNotFound
 from shoal_operator.kube import KubeError
@@ -42,32 +41,15 @@ from shoal_operator.resource import GROUP, VERSION
 from shoal_operator.workflows import annotations as steering
 from shoal_operator.workflows.spec import PLURAL, RESOURCE, check_pool_fit, parse_spec
 from shoal_operator.workflows.status import PHASE_LABEL
-from shoal_operator.workflows.sync import (
-    SERVICE,
-    PoolResolver,
-    StatusSync,
-    Tracked,
-    WorkflowRegistry,
-)
+from shoal_operator.workflows.sync import Tracked, WorkflowRuntime
 
 DELETE_RETRIES = 5
 # Errors that mean "the database cannot be used right now"; the handlers retry them.
 UNREACHABLE = TRANSIENT_ERRORS
 
 
-@dataclass
-class WorkflowRuntime:
-    """The operator-wide Workflow machinery, kept in kopf's memo as `memo.workflows`."""
-
-    registry: WorkflowRegistry
-    pools: PoolResolver
-    sync: StatusSync
-    tasks: list[asyncio.Task[None]]
-
-
 def _runtime(memo: kopf.Memo) -> WorkflowRuntime:
-    runtime: WorkflowRuntime = memo.workflows
-    return runtime
+    return context.of(memo).workflows
 
 
 class _QuietTracking(logging.Filter):
@@ -83,23 +65,9 @@ class _QuietTracking(logging.Filter):
 
 
 @kopf.on.startup()
-async def start_workflow_services(memo: kopf.Memo, **_: Any) -> None:
-    """Start the status sync (one task for every Workflow CR)."""
+async def quiet_tracking(**_: Any) -> None:
+    """Keep kopf's line about every `track` out of the log."""
     logging.getLogger("kopf.objects").addFilter(_QuietTracking())
-    registry = WorkflowRegistry()
-    pools = PoolResolver()
-    sync = StatusSync(registry, pools, memo.health)
-    memo.workflows = WorkflowRuntime(registry, pools, sync, [asyncio.create_task(
-        memo.health.supervise(SERVICE, sync.run), name=SERVICE)])
-
-
-@kopf.on.cleanup()
-async def stop_workflow_services(memo: kopf.Memo, **_: Any) -> None:
-    runtime = _runtime(memo)
-    for task in runtime.tasks:
-        task.cancel()
-    await asyncio.gather(*runtime.tasks, return_exceptions=True)
-    runtime.sync.stop()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

@@ -35,10 +35,12 @@ from shoal.backend import TRANSIENT_ERRORS, Backend
 from shoal.errors import ShoalError
 from shoal.policy import retry_delay
 from shoal_operator import metrics
-from shoal_operator.backends import notifications, pool_backend
+from shoal_operator.backends import Backends, NotifyHub
 from shoal_operator.conditions import Condition
+from shoal_operator.errors import PoolNotFound
 from shoal_operator.health import Health
-from shoal_operator.kube import Kube, KubeError, event, events_path, kube
+from shoal_operator.kube import Kube, KubeError, event, events_path, workerpool_path
+from shoal_operator.pools.registry import PoolRegistry
 from shoal_operator.pools.spec import PoolSpec
 from shoal_operator.resource import GROUP, VERSION
 from shoal_operator.workflows.spec import PLURAL, RESOURCE, sinks
@@ -71,24 +73,31 @@ def workflow_path(namespace: str, name: str, subresource: str = "") -> str:
 
 
 class PoolResolver:
-    """`pool_backend` with each successful answer remembered for `ttl` seconds.
+    """A Workflow's pool: its parsed spec and its shared Backend.
 
-    A burst of Workflow creations on one pool then costs two API reads per
-    `ttl`, not two per Workflow; a pool or Secret change is seen within `ttl`.
+    The pool comes from the pool registry (the watch's view: no API request);
+    it is read only when the registry has not seen it yet (just after the
+    operator started). Raises PoolNotFound, InvalidPoolSpec,
+    DatabaseSecretError or BackendUnavailable.
     """
 
-    def __init__(self, ttl: float = 5.0) -> None:
-        self.ttl = ttl
-        self._known: dict[tuple[str, str], tuple[float, PoolSpec, Backend]] = {}
+    def __init__(self, kube: Kube, pools: PoolRegistry, backends: Backends) -> None:
+        self.kube = kube
+        self.pools = pools
+        self.backends = backends
 
     async def resolve(self, namespace: str, pool: str) -> tuple[PoolSpec, Backend]:
-        key = (namespace, pool)
-        known = self._known.get(key)
-        if known is not None and time.monotonic() - known[0] < self.ttl:
-            return known[1], known[2]
-        spec, backend = await pool_backend(namespace, pool)
-        self._known[key] = (time.monotonic(), spec, backend)
-        return spec, backend
+        body = self.pools.pool(namespace, pool)
+        if body is None:
+            try:
+                body = await self.kube.get(workerpool_path(namespace, pool))
+            except KubeError as exc:
+                if exc.not_found:
+                    raise PoolNotFound(f"WorkerPool {namespace}/{pool} does not exist") from None
+                raise
+            self.pools.observe(body)
+        spec = self.pools.spec(body)
+        return spec, await self.backends.backend_for_spec(namespace, spec)
 
 
 @dataclass
@@ -157,6 +166,15 @@ class WorkflowRegistry:
             self.by_workflow.pop(entry.workflow_id, None)
 
 
+@dataclass
+class WorkflowRuntime:
+    """The operator-wide Workflow machinery (in the operator's context)."""
+
+    registry: WorkflowRegistry
+    pools: PoolResolver
+    sync: StatusSync
+
+
 class StatusSync:
     """Writes each Workflow CR's status and phase label from its backend instance.
 
@@ -175,12 +193,15 @@ class StatusSync:
     retried with backoff and reported to `Health` (see health.py).
     """
 
-    def __init__(self, registry: WorkflowRegistry, pools: PoolResolver, health: Health, *,
-                 window: float = 0.2, progress_interval: float = 2.0, resync: float = 120.0,
+    def __init__(self, registry: WorkflowRegistry, pools: PoolResolver, health: Health,
+                 kube: Kube, notifications: NotifyHub, *, window: float = 0.2,
+                 progress_interval: float = 2.0, resync: float = 120.0,
                  concurrency: int = 8, batch: int = 500) -> None:
         self.registry = registry
         self.pools = pools
         self.health = health
+        self.kube = kube
+        self.notifications = notifications
         self.window = window
         self.progress_interval = progress_interval
         self.resync = resync
@@ -212,7 +233,7 @@ class StatusSync:
         def connected() -> None:
             self.mark(e.uid for e in self.registry.entries.values() if e.backend is backend)
 
-        self._watching[key] = notifications.subscribe(
+        self._watching[key] = self.notifications.subscribe(
             backend, backend.workflows_channel, None, notified, connected)
 
     async def run(self) -> None:
@@ -310,7 +331,7 @@ class StatusSync:
         sent = 0
         async with self._limit:
             try:
-                client = await kube()
+                client = self.kube
                 # The label first: whoever sees the new phase in status can select by it.
                 phase = new.get("phase")
                 if phase and phase != e.phase_label:

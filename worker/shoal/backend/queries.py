@@ -709,6 +709,36 @@ class Queries:
       AND ($3::text[] IS NULL OR t.name = ANY($3::text[]))
     """
 
+    # The backlog of many pools in one statement (the operator reads every pool on
+    # one database per evaluation round): pool i is ($1[i] namespace, $2[i] its tags
+    # as a JSON array, $3[i] its task names as a JSON array or NULL for any), each
+    # counted as `backlog` counts it; one row per pool, `pool` its 1-based position.
+    backlogs = """
+    SELECT s.pool, c.ready, c.running, c.waiting, c.dead
+    FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS s(namespace, tags, names, pool)
+    CROSS JOIN LATERAL (
+        SELECT ARRAY(SELECT jsonb_array_elements_text(s.tags::jsonb)) AS tags,
+               CASE WHEN s.names IS NOT NULL
+                    THEN ARRAY(SELECT jsonb_array_elements_text(s.names::jsonb)) END AS names) p
+    CROSS JOIN LATERAL (
+        SELECT
+            count(*) FILTER (WHERE t.state = 'ready' AND t.run_at <= now() AND runnable) AS ready,
+            count(*) FILTER (WHERE t.state = 'running') AS running,
+            count(*) FILTER (WHERE t.state = 'delayed'
+                             OR t.state = 'ready' AND (t.run_at > now() OR NOT runnable)) AS waiting,
+            count(*) FILTER (WHERE t.state = 'dead') AS dead
+        FROM {schema}.tasks t
+        LEFT JOIN LATERAL (
+            SELECT t.workflow_id IS NULL OR EXISTS (
+                SELECT 1 FROM {schema}.workflows w WHERE w.id = t.workflow_id AND w.state = 'running')
+            AS runnable) r ON true
+        WHERE t.state IN ('delayed', 'ready', 'running', 'dead')
+          AND t.namespace = s.namespace
+          AND t.tags <@ p.tags
+          AND (p.names IS NULL OR t.name = ANY(p.names))) c
+    ORDER BY s.pool
+    """
+
     pool_workers = """
     SELECT id, pool, pod_name, namespace, tags, task_names, concurrency, in_flight, draining,
            started_at, last_seen
