@@ -417,7 +417,8 @@ async def run(args: argparse.Namespace, out: Path) -> list[ConnectionsResult]:
                             for name in ("server_version", "shared_buffers")]
         await conn.close()
     caption = (f"{now}, commit {_commit()}, Postgres {version}, shared_buffers {buffers}, "
-               f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
+               f"{os.cpu_count()} cores, workers polling every {args.poll_interval:g}s, "
+               f"load {os.getloadavg()[0]:.2f}")
     write(results, args, out, caption)
     return results
 
