@@ -416,8 +416,9 @@ async def run(args: argparse.Namespace, out: Path) -> list[ConnectionsResult]:
         version, buffers = [await conn.fetchval(f"SHOW {name}")
                             for name in ("server_version", "shared_buffers")]
         await conn.close()
+    poll = "default" if args.poll_interval is None else f"{args.poll_interval:g}s"
     caption = (f"{now}, commit {_commit()}, Postgres {version}, shared_buffers {buffers}, "
-               f"{os.cpu_count()} cores, workers polling every {args.poll_interval:g}s, "
+               f"{os.cpu_count()} cores, poll {poll}, "
                f"load {os.getloadavg()[0]:.2f}")
     write(results, args, out, caption)
     return results
