@@ -1,7 +1,9 @@
 """Run the fleet benchmark: ``python -m bench.fleet [--quick] [--sizes 4,10,100] ...``.
 
 Sections (``--sections``): ``raw`` (the pgbench ceiling), ``sizes`` (each fleet
-size), ``depth`` (claim cost against the table's contents). Each prints a line
+size), ``depth`` (claim cost against the table's contents), ``connections``
+(what N worker connections cost the server; on a server of its own, see
+`bench.fleet.connections`). Each prints a line
 as it goes and its table at the end, then the comparison with issue 19's anchors
 and targets; the plots and a JSON of every figure go to ``--out``.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.fleet import raw, report
+from bench.fleet import connections, raw, report
 from bench.fleet.context import Context, load, measure_baseline
 from bench.fleet.depth import DepthResult, measure_point
 from bench.fleet.packer import REPO, WorkerOptions
@@ -32,7 +34,7 @@ from bench.harness import proc_stat
 from tests.cluster.postgres import PostgresServer, find_postgres_bin
 
 DEFAULT_OUT = REPO / "docs" / "fleet"
-SECTIONS = ("raw", "sizes", "depth")
+SECTIONS = ("raw", "sizes", "depth", "connections")
 
 
 def _ints(text: str) -> list[int]:
@@ -45,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="CI smoke run (under 2 minutes): 4, 10 and 50 workers, short windows, "
                         "depths up to 100 k")
     p.add_argument("--sections", default=",".join(SECTIONS),
-                   help="comma-separated: raw, sizes, depth")
+                   help="comma-separated: raw, sizes, depth, connections")
     p.add_argument("--sizes", type=_ints, default=[4, 10, 50, 100, 300, 1000],
                    help="fleet sizes N, comma-separated")
     p.add_argument("--procs", type=int, default=4, help="packer processes (at most N)")
@@ -78,6 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--raw-seconds", type=float, default=15.0)
     p.add_argument("--raw-clients", type=int, default=4)
     p.add_argument("--raw-rows", type=int, default=3_000_000)
+    p.add_argument("--connection-sizes", type=_ints, default=[10, 100, 300, 1000],
+                   help="idle workers of the connections section, comma-separated")
+    p.add_argument("--connects", type=int, default=200,
+                   help="connections opened one after the other per establishment figure")
+    p.add_argument("--connection-settle", type=float, default=10.0,
+                   help="seconds the workers idle after their burst, before the snapshot")
     p.add_argument("--concurrency", type=int, default=100, help="per worker")
     p.add_argument("--batch-size", type=int, default=100, help="per worker")
     p.add_argument("--poll-interval", type=float, default=None,
@@ -102,6 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.depths, args.histories, args.delayed = [10_000, 100_000], [100_000], [100_000]
         args.depth_tasks, args.depth_idle_seconds = 5_000, 3.0
         args.raw_seconds, args.raw_rows = 3.0, 600_000
+        args.connection_sizes, args.connects, args.connection_settle = [10, 50], 50, 2.0
     if args.settle is None:
         args.settle = args.claim_ttl + 5
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -174,11 +183,15 @@ async def context(args: argparse.Namespace, admin_dsn: str, workdir: Path
             await stats.close()
 
 
+def _out(args: argparse.Namespace) -> Path:
+    return args.out or (Path(tempfile.mkdtemp(prefix="shoal-fleet-")) if args.quick
+                        else DEFAULT_OUT)
+
+
 async def run(args: argparse.Namespace) -> int:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     poll = "default" if args.poll_interval is None else f"{args.poll_interval:g}s"
-    out = args.out or (Path(tempfile.mkdtemp(prefix="shoal-fleet-")) if args.quick
-                       else DEFAULT_OUT)
+    out = _out(args)
     sizes: list[SizeResult] = []
     depth: list[DepthResult] = []
     ceiling: raw.Ceiling | None = None
@@ -279,7 +292,12 @@ def _argv(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return asyncio.run(run(parse_args(argv)))
+    args = parse_args(argv)
+    if "connections" in args.sections:
+        asyncio.run(connections.run(args, _out(args)))
+    if set(args.sections) - {"connections"}:
+        return asyncio.run(run(args))
+    return 0
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ Given the `App`, the client refuses unknown task names and payloads that do
 not fit a handler's input model before anything is written, and takes each
 task's retries, lease expiries, timeout, priority and tags from its definition.
 `shoal.sync.Client` is the same API for code that is not async.
+
+Through a transaction pooler (PgBouncer's `pool_mode = transaction`), mark the
+DSN with `?prepared_statements=false` (see `shoal.backend.connections`); the
+waits then LISTEN on `listen_dsn`, a direct or session-mode DSN.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from shoal.backend import (
     Connection,
     DeadLetter,
     DeadLetterFilter,
+    Endpoint,
     NewTask,
     QueueDepth,
     ScheduleStatus,
@@ -80,18 +85,22 @@ class Client:
     """Enqueue tasks and steer workflows over one backend connection pool."""
 
     def __init__(self, backend: Backend, app: App | None = None,
-                 namespace: str = "default") -> None:
+                 namespace: str = "default", listen_dsn: str | None = None) -> None:
         self.backend = backend
         self.app = app
         self.namespace = namespace
+        self.listen_dsn = listen_dsn or backend.dsn
         self._completions: Completions | None = None
         self._unwatching: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def connect(cls, dsn: str, *, schema: str = "shoal", app: App | None = None,
-                      namespace: str = "default", max_size: int = 4) -> Client:
+                      namespace: str = "default", max_size: int = 4,
+                      listen_dsn: str | None = None) -> Client:
+        """A client over a pool of up to `max_size` connections to `dsn`; its waits
+        LISTEN on one more, to `listen_dsn` (default `dsn`), opened by the first."""
         return cls(await Backend.connect(dsn, schema=schema, max_size=max_size), app,
-                   namespace)
+                   namespace, listen_dsn)
 
     async def close(self) -> None:
         await asyncio.gather(*self._unwatching)
@@ -237,7 +246,8 @@ class Client:
 
     async def _listening(self, deadline: Deadline) -> Completions:
         if self._completions is None:
-            self._completions = Completions(self.backend)
+            Endpoint.parse(self.listen_dsn).require_session("waiting (LISTEN: pass listen_dsn)")
+            self._completions = Completions(self.backend, self.listen_dsn)
         await deadline.wait(self._completions.start(), "not listening for notifications yet")
         return self._completions
 
@@ -338,11 +348,11 @@ class Completions:
     connection is re-established every event is set, so each wait reads again.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, dsn: str) -> None:
         self.finished = backend.queries.finished_channel
         self.workflows = backend.queries.workflows_channel
         self.events: dict[tuple[str, str], set[asyncio.Event]] = {}
-        self.subscription = Subscription(backend.dsn, [self.finished, self.workflows],
+        self.subscription = Subscription(dsn, [self.finished, self.workflows],
                                          self._notified, self._reconnected)
         self.listener: asyncio.Task[None] | None = None
 

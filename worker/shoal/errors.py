@@ -29,6 +29,12 @@ class BackendUnavailable(ShoalError, ConnectionError):
     """The database could not be reached or refused the credentials."""
 
 
+class SessionRequired(ShoalError):
+    """A transaction pooler where a session is needed: a worker, a LISTEN or `shoal migrate`
+    given a DSN marked `prepared_statements=false`, or prepared statements failing
+    through a pooler whose DSN was not marked."""
+
+
 class SchemaNotMigrated(ShoalError):
     """Shoal's tables are missing or older than this version needs: run `shoal migrate`."""
 

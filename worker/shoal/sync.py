@@ -49,7 +49,8 @@ class Client:
 
     @classmethod
     def connect(cls, dsn: str, *, schema: str = "shoal", app: App | None = None,
-                namespace: str = "default", max_size: int = 4) -> Client:
+                namespace: str = "default", max_size: int = 4,
+                listen_dsn: str | None = None) -> Client:
         """Connect a pool (as `shoal.Client.connect`) served by a thread of its own."""
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="shoal-sync-client",
@@ -57,7 +58,8 @@ class Client:
         thread.start()
         try:
             client = asyncio.run_coroutine_threadsafe(AsyncClient.connect(
-                dsn, schema=schema, app=app, namespace=namespace, max_size=max_size),
+                dsn, schema=schema, app=app, namespace=namespace, max_size=max_size,
+                listen_dsn=listen_dsn),
                 loop).result()
         except BaseException:
             _stop(loop, thread)

@@ -4,7 +4,7 @@ It knows nothing of Kubernetes or of the worker runtime; both call `Backend`.
 """
 
 from shoal.backend.codec import MAX_JSON_BYTES, check_text, json_text, printable
-from shoal.backend.connections import TRANSIENT_ERRORS, LinkTimeouts, describe
+from shoal.backend.connections import TRANSIENT_ERRORS, Endpoint, LinkTimeouts, describe
 from shoal.backend.driver import (
     FINAL_WORKFLOW_STATES,
     Backend,
@@ -54,6 +54,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterFilter",
     "Election",
+    "Endpoint",
     "HeartbeatReply",
     "LinkTimeouts",
     "NewTask",

@@ -12,6 +12,18 @@ Both discard a connection after any error that may have left it unusable
 as a constraint violation), so a connection in a bad client state
 (asyncpg's "cannot switch to state ...; another operation is in progress")
 is never used again. Both translate a missing schema into `SchemaNotMigrated`.
+
+Transaction poolers (PgBouncer's `pool_mode = transaction`): a DSN whose query
+says `prepared_statements=false` (see `Endpoint`) reaches the database through
+one. A `Pool` over it keeps no state in a server session: no prepared
+statements (asyncpg's `statement_cache_size=0`: each statement is parsed
+unnamed and re-parsed with its parameters in the same message) and no startup
+settings (PgBouncer 1.18 refuses parameters it does not track). What needs a
+session of its own refuses such a DSN with `SessionRequired`: a `Session` (a
+worker: it LISTENs, its hand-offs are addressed to its backend's pid, it sets
+session timeouts) and `connect` (LISTEN), and `Pool.require_session` (the
+migration lock). Through a pooler whose DSN was not marked, the errors say to
+mark it (`unavailable`, `_translate`).
 """
 
 from __future__ import annotations
@@ -26,10 +38,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 import asyncpg
 
-from shoal.errors import BackendUnavailable, SchemaNotMigrated
+from shoal.errors import BackendUnavailable, InvalidInput, SchemaNotMigrated, SessionRequired
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +89,63 @@ def _keeps_connection(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, TRANSIENT_ERRORS)
 
 
+# What asyncpg's named prepared statements run into behind a transaction pooler: the
+# next message of the same client went to another server connection.
+_PREPARED_ELSEWHERE = (asyncpg.InvalidSQLStatementNameError,
+                       asyncpg.DuplicatePreparedStatementError)
+_MARK_IT = ("a transaction pooler (PgBouncer's pool_mode = transaction?) in front of the "
+            "database: add prepared_statements=false to the DSN of producers, and give "
+            "workers, the operator and `shoal migrate` a direct DSN")
+
+
 def _translate(exc: BaseException, schema: str) -> BaseException:
     if isinstance(exc, _NOT_MIGRATED):
         return SchemaNotMigrated(
             f"schema {schema!r} is missing or not up to date ({exc}): run `shoal migrate`")
+    if isinstance(exc, _PREPARED_ELSEWHERE):
+        return SessionRequired(f"{str(exc).splitlines()[0]}: {_MARK_IT}")
     return exc
+
+
+# The DSN query parameter that marks a transaction pooler; `false` (or 0, off, no)
+# marks it. Rails spells the same switch so; asyncpg's is `statement_cache_size=0`,
+# SQLAlchemy's `prepared_statement_cache_size=0`, psycopg's `prepare_threshold=None`.
+POOLER_PARAMETER = "prepared_statements"
+_FALSE, _TRUE = ("false", "0", "off", "no"), ("true", "1", "on", "yes")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A DSN as Shoal reads it: `dsn` is what asyncpg gets (without Shoal's own
+    `prepared_statements` parameter, which asyncpg would send to the server as a
+    setting); `transaction_pooled` when that parameter is false."""
+
+    dsn: str
+    transaction_pooled: bool
+
+    @classmethod
+    def parse(cls, dsn: str) -> Endpoint:
+        """InvalidInput for a `prepared_statements` value that is not a boolean."""
+        base, mark, query = dsn.partition("?")
+        pooled, kept = False, []
+        for item in query.split("&") if query else ():
+            name, _, value = item.partition("=")
+            if unquote(name) != POOLER_PARAMETER:
+                kept.append(item)
+            elif unquote(value).lower() in _FALSE + _TRUE:
+                pooled = unquote(value).lower() in _FALSE
+            else:
+                raise InvalidInput(f"{POOLER_PARAMETER}={unquote(value)} in the DSN: "
+                                   "expected true or false")
+        return cls(base + (mark + "&".join(kept) if kept else ""), pooled)
+
+    def require_session(self, what: str) -> None:
+        """SessionRequired, saying `what` needs a session, when this is a transaction pooler."""
+        if self.transaction_pooled:
+            raise SessionRequired(
+                f"{what} needs a session of its own, and {where(self.dsn)} is marked as a "
+                f"transaction pooler ({POOLER_PARAMETER}=false): give it a direct (or "
+                "session-mode pooler's) DSN")
 
 
 def where(dsn: str) -> str:
@@ -98,17 +163,22 @@ def unavailable(dsn: str, exc: BaseException) -> BackendUnavailable:
         return BackendUnavailable(f"database does not exist at {at}: {exc}")
     if isinstance(exc, OSError | TimeoutError | asyncpg.CannotConnectNowError):
         return BackendUnavailable(f"cannot reach the database at {at}: {exc}")
+    if "unsupported startup parameter" in str(exc):
+        return BackendUnavailable(f"cannot connect through {at}: {exc}: {_MARK_IT}")
     return BackendUnavailable(f"cannot connect to the database at {at}: {exc}")
 
 
 async def connect(dsn: str, init: Init, application_name: str | None = None,
                   settings: dict[str, str] | None = None, **kwargs: Any) -> asyncpg.Connection:
-    """One connection with Shoal's session settings (and `settings`), initialised by
-    `init`; unreachable or refused → BackendUnavailable."""
+    """A session: one connection with Shoal's session settings (and `settings`),
+    initialised by `init`; unreachable or refused → BackendUnavailable, a DSN marked
+    as a transaction pooler → SessionRequired."""
+    endpoint = Endpoint.parse(dsn)
+    endpoint.require_session("a LISTEN connection")
     settings = SESSION_SETTINGS | (settings or {}) | (
         {"application_name": application_name} if application_name else {})
     try:
-        conn = await asyncpg.connect(dsn, server_settings=settings, **kwargs)
+        conn = await asyncpg.connect(endpoint.dsn, server_settings=settings, **kwargs)
     except Exception as exc:
         raise unavailable(dsn, exc) from exc
     try:
@@ -245,6 +315,8 @@ class Connections(Protocol):
 
     async def close(self) -> None: ...
 
+    def require_session(self, what: str) -> None: ...
+
 
 class _Statements:
     """fetch/fetchrow/fetchval/execute, each on a connection from `acquire()`."""
@@ -278,11 +350,14 @@ POOL_LINK = LinkTimeouts.for_claim_ttl(60.0)
 class Pool(_Statements):
     """An asyncpg pool whose connections are discarded after an error that may
     have broken them, whose missing-schema errors say to run `shoal migrate`, and
-    whose links to a vanished server are ended by the kernel (`POOL_LINK`)."""
+    whose links to a vanished server are ended by the kernel (`POOL_LINK`).
+    Through a transaction pooler (`endpoint.transaction_pooled`) it keeps no
+    session state: no prepared statements, no startup settings."""
 
-    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, schema: str, endpoint: Endpoint) -> None:
         self.pool = pool
         self.schema = schema
+        self.endpoint = endpoint
 
     @classmethod
     async def open(cls, dsn: str, schema: str, init: Init, reset: Init, *, min_size: int,
@@ -291,14 +366,22 @@ class Pool(_Statements):
             POOL_LINK.apply_to_socket(conn)
             await init(conn)
 
-        settings = SESSION_SETTINGS | POOL_LINK.keepalive_settings()
+        endpoint = Endpoint.parse(dsn)
+        if endpoint.transaction_pooled:  # the pooler keeps its own server-side keepalives
+            options: dict[str, Any] = {"statement_cache_size": 0}
+        else:
+            options = {"server_settings": SESSION_SETTINGS | POOL_LINK.keepalive_settings()}
         try:
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
-                                             server_settings=settings, init=setup,
-                                             reset=reset, timeout=10)
+            pool = await asyncpg.create_pool(endpoint.dsn, min_size=min_size,
+                                             max_size=max_size, init=setup, reset=reset,
+                                             timeout=10, **options)
         except Exception as exc:
             raise unavailable(dsn, exc) from exc
-        return cls(pool, schema)
+        return cls(pool, schema, endpoint)
+
+    def require_session(self, what: str) -> None:
+        """SessionRequired when this pool goes through a transaction pooler."""
+        self.endpoint.require_session(what)
 
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
@@ -347,6 +430,10 @@ class Session(_Statements):
 
     def __init__(self, dsn: str, schema: str, channels: list[str], on_notify: OnNotify,
                  init: Init, *, application_name: str, timeouts: LinkTimeouts) -> None:
+        """SessionRequired for a DSN marked as a transaction pooler."""
+        Endpoint.parse(dsn).require_session(
+            "a worker (it LISTENs, its hand-offs are addressed to its backend, it sets "
+            "session timeouts)")
         self.dsn = dsn
         self.application_name = application_name
         self.schema = schema
@@ -443,6 +530,9 @@ class Session(_Statements):
                 self.last_heard = time.monotonic()
             finally:
                 self._busy_since = None
+
+    def require_session(self, what: str) -> None:
+        """Nothing: a Session is one."""
 
     def _cause(self, exc: BaseException) -> str:
         if isinstance(exc, TimeoutError):

@@ -155,8 +155,10 @@ class Backend:
         """Create or upgrade the schema; see `shoal.backend.migrate`.
 
         Raises InvalidInput for an aging interval out of bounds, MigrationFailed
-        (with `privileges` when the role may not) or a transient error.
+        (with `privileges` when the role may not), SessionRequired through a
+        transaction pooler (its lock is a session's) or a transient error.
         """
+        self.pool.require_session("migrating the schema (a session advisory lock)")
         if aging_seconds is not None and not 0 < aging_seconds <= MAX_AGING_SECONDS:
             raise InvalidInput(f"aging interval must be positive and at most 30 days, not "
                                f"{aging_seconds:g}s")
