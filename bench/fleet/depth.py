@@ -55,9 +55,9 @@ FROM generate_series(1, $1::bigint) i,
      LATERAL (SELECT now() - interval '1 hour' + i * interval '1 microsecond') AS x(t)
 """
 DELAYED = """
-INSERT INTO shoal.tasks (namespace, name, payload, run_at, sort_key, enqueued_at)
-SELECT 'default', 'noop', jsonb_build_object('id', i, 'ts', 0), x.t, shoal.sort_key(x.t, 0),
-       now()
+INSERT INTO shoal.tasks (namespace, name, payload, state, run_at, sort_key, enqueued_at)
+SELECT 'default', 'noop', jsonb_build_object('id', i, 'ts', 0), 'delayed', x.t,
+       shoal.sort_key(x.t, 0), now()
 FROM generate_series(1, $1::bigint) i,
      LATERAL (SELECT now() + interval '1 day' + i * interval '1 microsecond') AS x(t)
 """
