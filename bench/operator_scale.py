@@ -54,7 +54,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -496,28 +496,33 @@ class Bench:
         result = {"created_s": time.monotonic() - t0}
         print(f"  created in {result['created_s']:.1f} s", flush=True)
         deadline = t0 + self.args.workflow_timeout
-        submitted = 0
-        while time.monotonic() < deadline:
-            submitted = int(await backend.pool.fetchval(
+        async def in_backend() -> int:
+            return int(await backend.pool.fetchval(
                 f"SELECT count(*) FROM {backend.schema}.workflows"))
-            self.operator.rss()
-            if submitted >= n:
-                break
-            await asyncio.sleep(2)
+
+        submitted = await self.count_until(in_backend, n, deadline, every=2)
         result["submitted"] = submitted
         result["submitted_s"] = time.monotonic() - t0
         print(f"  {submitted} submitted after {result['submitted_s']:.1f} s", flush=True)
-        labelled = 0
-        while time.monotonic() < deadline:
-            labelled = await self.labelled(namespaces)
-            self.operator.rss()
-            if labelled >= n:
-                break
-            await asyncio.sleep(10)
+        labelled = await self.count_until(lambda: self.labelled(namespaces), n, deadline,
+                                          every=10)
         result["labelled"] = labelled
         result["labelled_s"] = time.monotonic() - t0
         print(f"  {labelled} labelled Paused after {result['labelled_s']:.1f} s", flush=True)
         return result
+
+    async def count_until(self, count: Callable[[], Awaitable[int]], n: int, deadline: float,
+                          every: float) -> int:
+        """`count()` every `every` seconds (sampling the operator's RSS) until it reaches
+        `n` or `deadline` (monotonic) passes; its last value."""
+        counted = 0
+        while time.monotonic() < deadline:
+            counted = await count()
+            self.operator.rss()
+            if counted >= n:
+                break
+            await asyncio.sleep(every)
+        return counted
 
     async def labelled(self, namespaces: list[str]) -> int:
         total = 0

@@ -42,6 +42,27 @@ _election = """(SELECT term FROM won) AS term, l.holder,
     FROM {schema}.leaders l WHERE l.role = 'maintenance'"""
 
 
+def _backlog_counts(namespace: str, tags: str, names: str) -> str:
+    """A pool's backlog (see Queries.backlog) as the select list and FROM of a query:
+    tasks in `namespace` whose tags are a subset of `tags` and, unless `names` is
+    NULL, whose name is among `names` (SQL expressions)."""
+    return f"""
+        count(*) FILTER (WHERE t.state = 'ready' AND t.run_at <= now() AND runnable) AS ready,
+        count(*) FILTER (WHERE t.state = 'running') AS running,
+        count(*) FILTER (WHERE t.state = 'delayed'
+                         OR t.state = 'ready' AND (t.run_at > now() OR NOT runnable)) AS waiting,
+        count(*) FILTER (WHERE t.state = 'dead') AS dead
+    FROM {{schema}}.tasks t
+    LEFT JOIN LATERAL (
+        SELECT t.workflow_id IS NULL OR EXISTS (
+            SELECT 1 FROM {{schema}}.workflows w WHERE w.id = t.workflow_id AND w.state = 'running')
+        AS runnable) r ON true
+    WHERE t.state IN ('delayed', 'ready', 'running', 'dead')
+      AND t.namespace = {namespace}
+      AND t.tags <@ {tags}
+      AND ({names} IS NULL OR t.name = ANY({names}))"""
+
+
 def _leading(term: str) -> str:
     """The leader fence: true while the maintenance role's current term is `term` (a
     parameter such as "$2") and unexpired, or when `term` is NULL (an administrator's
@@ -692,21 +713,7 @@ class Queries:
     # Backlog a pool can serve: tasks in its namespace whose tags are a subset of
     # the pool's tags and (when the pool lists them) whose names it runs.
     backlog = """
-    SELECT
-        count(*) FILTER (WHERE t.state = 'ready' AND t.run_at <= now() AND runnable) AS ready,
-        count(*) FILTER (WHERE t.state = 'running') AS running,
-        count(*) FILTER (WHERE t.state = 'delayed'
-                         OR t.state = 'ready' AND (t.run_at > now() OR NOT runnable)) AS waiting,
-        count(*) FILTER (WHERE t.state = 'dead') AS dead
-    FROM {schema}.tasks t
-    LEFT JOIN LATERAL (
-        SELECT t.workflow_id IS NULL OR EXISTS (
-            SELECT 1 FROM {schema}.workflows w WHERE w.id = t.workflow_id AND w.state = 'running')
-        AS runnable) r ON true
-    WHERE t.state IN ('delayed', 'ready', 'running', 'dead')
-      AND t.namespace = $1
-      AND t.tags <@ $2::text[]
-      AND ($3::text[] IS NULL OR t.name = ANY($3::text[]))
+    SELECT """ + _backlog_counts("$1", "$2::text[]", "$3::text[]") + """
     """
 
     # The backlog of many pools in one statement (the operator reads every pool on
@@ -721,21 +728,7 @@ class Queries:
                CASE WHEN s.names IS NOT NULL
                     THEN ARRAY(SELECT jsonb_array_elements_text(s.names::jsonb)) END AS names) p
     CROSS JOIN LATERAL (
-        SELECT
-            count(*) FILTER (WHERE t.state = 'ready' AND t.run_at <= now() AND runnable) AS ready,
-            count(*) FILTER (WHERE t.state = 'running') AS running,
-            count(*) FILTER (WHERE t.state = 'delayed'
-                             OR t.state = 'ready' AND (t.run_at > now() OR NOT runnable)) AS waiting,
-            count(*) FILTER (WHERE t.state = 'dead') AS dead
-        FROM {schema}.tasks t
-        LEFT JOIN LATERAL (
-            SELECT t.workflow_id IS NULL OR EXISTS (
-                SELECT 1 FROM {schema}.workflows w WHERE w.id = t.workflow_id AND w.state = 'running')
-            AS runnable) r ON true
-        WHERE t.state IN ('delayed', 'ready', 'running', 'dead')
-          AND t.namespace = s.namespace
-          AND t.tags <@ p.tags
-          AND (p.names IS NULL OR t.name = ANY(p.names))) c
+        SELECT """ + _backlog_counts("s.namespace", "p.tags", "p.names") + """) c
     ORDER BY s.pool
     """
 
