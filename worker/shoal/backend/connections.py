@@ -201,7 +201,7 @@ class LinkTimeouts:
     - `probe`: the kernel probes an idle connection's link after this long
       without traffic (TCP keepalives: no statement, nothing for the server's
       backend to do), so a link that died while idle is noticed too: its
-      silence (`idle_silence`) grows from the last answered probe, and reaches
+      silence (`link_silence`) grows from the last answered probe, and reaches
       `stall` within `probe` and `stall` (plus half a `probe`, the listener's
       check);
     - `connect`: a connection attempt's bound;
@@ -267,10 +267,10 @@ class LinkTimeouts:
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
-    def idle_silence(self, conn: asyncpg.Connection) -> float:
-        """Seconds the idle connection's link has gone unanswered: since the last
+    def link_silence(self, conn: asyncpg.Connection) -> float:
+        """Seconds the connection's link has gone unanswered: since the last
         acknowledgement the kernel received, beyond the keepalive's idle time (0
-        while its keepalive probes are answered, and for a local socket)."""
+        while data or keepalive probes are acknowledged, and for a local socket)."""
         sock = _tcp_socket(conn)
         if sock is None or not hasattr(socket, "TCP_INFO"):
             return 0.0
@@ -418,10 +418,10 @@ class Session(_Statements):
       once, naming its cause. `connected` says whether a connection is open now,
       `lost` is set when it closes.
     - `silence()` says for how long the statement in flight has heard nothing
-      (neither its answer nor a notification), or, with nothing in flight, for
-      how long the link's keepalive probes went unanswered: a hung statement or
-      a dead idle link is seen without queueing anything behind it, and without
-      a statement to the server.
+      (neither its answer nor a notification), or the link nothing at all (the
+      kernel's acknowledgements, keepalives included), whichever is longer: a
+      hung statement or a dead link, busy or idle, is seen without queueing
+      anything behind it, and without a statement to the server.
     - Every new connection listens on `channels` before any statement runs on
       it, and bumps `generation`.
     - Notifications arrive while statements run; `on_notify(channel, payload)`
@@ -459,14 +459,15 @@ class Session(_Statements):
         return self._busy_since is not None
 
     def silence(self, now: float) -> float:
-        """Seconds the work in flight has gone without hearing from the server; with
-        nothing in flight, the idle link's (`LinkTimeouts.idle_silence`)."""
+        """Seconds the link has gone unanswered (`LinkTimeouts.link_silence`), or the
+        work in flight without hearing from the server, whichever is longer: a
+        statement sent into a link that died earlier counts from when it died."""
+        conn = self._conn
+        link = (self.timeouts.link_silence(conn) if conn is not None and not conn.is_closed()
+                else 0.0)
         if self._busy_since is None:
-            conn = self._conn
-            if conn is None or conn.is_closed():
-                return 0.0
-            return self.timeouts.idle_silence(conn)
-        return max(0.0, now - max(self._busy_since, self.last_heard))
+            return link
+        return max(link, now - max(self._busy_since, self.last_heard))
 
     async def connect(self) -> None:
         """Open the connection now if there is none (never waiting behind a statement in
