@@ -196,9 +196,10 @@ class Backend:
         row = await self.pool.fetchrow(self.queries.elect, holder, term, seconds, grace)
         return Election(term=row["term"], holder=row["holder"], remaining=row["remaining"])
 
-    async def resign(self, holder: str, term: int) -> None:
-        """End `holder`'s term `term` of the maintenance role now, if it is current."""
-        await self.pool.execute(self.queries.resign, holder, term)
+    async def resign(self, holder: str, term: int) -> bool:
+        """End `holder`'s term `term` of the maintenance role now, if it is current;
+        whether it was."""
+        return bool(await self.pool.fetch(self.queries.resign, holder, term))
 
     # -- tasks -----------------------------------------------------------------
 

@@ -111,9 +111,12 @@ class Maintenance:
     async def resign(self) -> None:
         """Give the role up now (a drain): another worker may lead at once."""
         if self.term:
-            await self.backend.resign(self.holder, self.term)
-            log.info("resigned maintenance of schema %s (term %d)", self.backend.schema,
-                     self.term)
+            if await self.backend.resign(self.holder, self.term):
+                log.info("resigned maintenance of schema %s (term %d)", self.backend.schema,
+                         self.term)
+            else:  # e.g. frozen past its term, and stopped before its next turn
+                log.warning("no longer leading maintenance of schema %s: term %d lapsed",
+                            self.backend.schema, self.term)
             self.term = 0
 
     def _in_contact(self) -> bool:
