@@ -36,7 +36,8 @@ async def test_one_leader_and_it_moves_when_the_leader_is_killed(
 
     (second,) = await eventually(new_leader, within=10, what="another worker to lead")
     assert second in workers and second != first
-    assert "leading maintenance of schema shoal" in workers[second].output()
+    await eventually(lambda: "leading maintenance of schema shoal" in workers[second].output(),
+                     within=2, what="the new leader to say so")
     # a drained leader resigns: the last worker leads well before the term would lapse
     workers[second].signal(signal.SIGTERM)
     assert await workers[second].wait() == 0

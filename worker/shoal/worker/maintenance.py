@@ -100,9 +100,12 @@ class Maintenance:
         return Candidacy(self.holder, term_seconds(self.claim_ttl), self._grace())
 
     def counted(self, election: Election) -> None:
-        """The outcome of a heartbeat that stood; the next turn reads it."""
+        """The outcome of a heartbeat that stood; the next turn reads it, at once when
+        the heartbeat won the role."""
         self._news = (election, time.monotonic())
         self._heard.set()
+        if election.term is not None:
+            self.signals.elect_due.set()
 
     async def run(self) -> None:
         await self.signals.registered.wait()
