@@ -363,18 +363,7 @@ class PoolScaler:
     async def _replicas(self) -> int | None:
         """The Deployment's replicas as the watch (or the last write) says; read if unknown.
         None when there is no Deployment."""
-        pools = self.autoscaler.pools
-        known = pools.replicas(self.namespace, self.name)
-        if known is not None:
-            return known
-        try:
-            deployment = await self.kube.get(deployment_path(self.namespace, self.name))
-        except KubeError as exc:
-            if exc.not_found:
-                return None
-            raise
-        pools.observe_deployment(self.namespace, self.name, deployment)
-        return int(deployment["spec"].get("replicas", 1))
+        return await self.autoscaler.pools.read_replicas(self.kube, self.namespace, self.name)
 
     async def _set_replicas(self, replicas: int) -> None:
         deployment = await self.kube.merge_patch(deployment_path(self.namespace, self.name),

@@ -31,7 +31,6 @@ from shoal_operator.kube import (
     KubeError,
     deployment_path,
     namespaced,
-    workerpool_path,
 )
 from shoal_operator.pools import autoscaler, status
 from shoal_operator.pools.deployment import (
@@ -54,15 +53,9 @@ async def _current_replicas(op: Operator, namespace: str, name: str, pool: Obj,
     scaling = spec.scaling
     if scaling.mode == "manual":
         return spec.replicas
-    known = op.pools.replicas(namespace, name)
-    if known is not None:
-        return known
-    try:
-        existing = await op.kube.get(deployment_path(namespace, name))
-        return int(existing["spec"].get("replicas", scaling.min_replicas))
-    except KubeError as exc:
-        if not exc.not_found:
-            raise
+    existing = await op.pools.read_replicas(op.kube, namespace, name)
+    if existing is not None:
+        return existing
     last = (pool.get("status") or {}).get("desiredReplicas")
     wanted = scaling.min_replicas if last is None else int(last)
     return min(max(wanted, scaling.min_replicas), scaling.max_replicas)
@@ -159,15 +152,9 @@ async def watch_deployment(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Mem
     namespace = namespaced(namespace)
     op = context.of(memo)
     started = time.monotonic()
-    pool = op.pools.pool(namespace, pool_name)
-    if pool is None:  # not seen on the watch yet (the operator just started)
-        try:
-            pool = await op.kube.get(workerpool_path(namespace, pool_name))
-        except KubeError as exc:
-            if exc.not_found:
-                return
-            raise
-        op.pools.observe(pool)
+    pool = await op.pools.read_pool(op.kube, namespace, pool_name)
+    if pool is None:
+        return
     if pool["metadata"].get("deletionTimestamp"):
         return
     owners = [o.get("uid") for o in body.metadata.get("ownerReferences") or []]

@@ -7,7 +7,9 @@ invalid spec raises the same InvalidPoolSpec every time, without parsing it
 again); `pool` is the latest WorkerPool body seen; `replicas` is the replica
 count of the pool's Deployment as of its newest generation seen, from the
 watch or from the operator's own writes (an older event never overrides a
-newer one), None when unknown.
+newer one), None when unknown. `read_pool` and `read_replicas` read through:
+from the API server only what the watch has not shown yet (just after the
+operator started), and record it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal_operator.errors import InvalidPoolSpec
+from shoal_operator.kube import Kube, KubeError, deployment_path, workerpool_path
 from shoal_operator.pools.spec import PoolSpec
 
 Obj = Mapping[str, Any]
@@ -58,6 +61,20 @@ class PoolRegistry:
     def pool(self, namespace: str, name: str) -> Obj | None:
         return self._pools.get((namespace, name))
 
+    async def read_pool(self, kube: Kube, namespace: str, name: str) -> Obj | None:
+        """The pool as the watch shows it, else as the API server does; None: no such pool."""
+        known = self.pool(namespace, name)
+        if known is not None:
+            return known
+        try:
+            body = await kube.get(workerpool_path(namespace, name))
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
+        self.observe(body)
+        return body
+
     def spec(self, body: Obj) -> PoolSpec:
         """The pool's parsed spec; raises InvalidPoolSpec. Parsed once per generation."""
         meta = body["metadata"]
@@ -90,3 +107,18 @@ class PoolRegistry:
     def replicas(self, namespace: str, pool: str) -> int | None:
         known = self._scales.get((namespace, pool))
         return None if known is None else known.replicas
+
+    async def read_replicas(self, kube: Kube, namespace: str, pool: str) -> int | None:
+        """The replicas of the pool's Deployment as known, else as the API server says;
+        None: there is no Deployment."""
+        known = self.replicas(namespace, pool)
+        if known is not None:
+            return known
+        try:
+            deployment = await kube.get(deployment_path(namespace, pool))
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
+        self.observe_deployment(namespace, pool, deployment)
+        return self.replicas(namespace, pool)

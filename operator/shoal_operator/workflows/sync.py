@@ -39,7 +39,7 @@ from shoal_operator.backends import Backends, NotifyHub
 from shoal_operator.conditions import Condition
 from shoal_operator.errors import PoolNotFound
 from shoal_operator.health import Health
-from shoal_operator.kube import Kube, KubeError, event, events_path, workerpool_path
+from shoal_operator.kube import Kube, KubeError, event, events_path
 from shoal_operator.pools.registry import PoolRegistry
 from shoal_operator.pools.spec import PoolSpec
 from shoal_operator.resource import GROUP, VERSION
@@ -87,15 +87,9 @@ class PoolResolver:
         self.backends = backends
 
     async def resolve(self, namespace: str, pool: str) -> tuple[PoolSpec, Backend]:
-        body = self.pools.pool(namespace, pool)
+        body = await self.pools.read_pool(self.kube, namespace, pool)
         if body is None:
-            try:
-                body = await self.kube.get(workerpool_path(namespace, pool))
-            except KubeError as exc:
-                if exc.not_found:
-                    raise PoolNotFound(f"WorkerPool {namespace}/{pool} does not exist") from None
-                raise
-            self.pools.observe(body)
+            raise PoolNotFound(f"WorkerPool {namespace}/{pool} does not exist")
         spec = self.pools.spec(body)
         return spec, await self.backends.backend_for_spec(namespace, spec)
 
