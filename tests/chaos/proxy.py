@@ -43,12 +43,17 @@ to cut them all.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import ctypes
+import fcntl
 import socket
 import struct
+import termios
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
 
 # <asm-generic/socket.h> (x86 and arm); Python's socket module does not name them.
 SO_ATTACH_FILTER = 26
@@ -182,3 +187,15 @@ class Proxy:
                 return
             await loop.sock_sendall(sink, data)
             self.forwarded += len(data)
+
+
+def client_socket(conn: asyncpg.Connection) -> socket.socket:
+    """The socket of the client end of `conn`."""
+    return conn._transport.get_extra_info("socket")  # type: ignore[no-any-return]
+
+
+def unacknowledged(conn: asyncpg.Connection) -> int:
+    """Bytes in the send queue of `conn`'s socket that its peer has not acknowledged."""
+    queued = array.array("i", [0])
+    fcntl.ioctl(client_socket(conn).fileno(), termios.TIOCOUTQ, queued)  # SIOCOUTQ
+    return queued[0]

@@ -4,20 +4,17 @@ heal resumes the old connections as TCP would after a real partition."""
 
 from __future__ import annotations
 
-import array
 import asyncio
 import errno
-import fcntl
 import socket
 import struct
-import termios
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import pytest
 
-from tests.chaos.proxy import Proxy
+from tests.chaos.proxy import Proxy, client_socket, unacknowledged
 from tests.cluster.postgres import free_port
 from tests.support import eventually
 
@@ -48,17 +45,6 @@ async def alive(direct: asyncpg.Connection, pid: int) -> bool:
 
 async def gone(direct: asyncpg.Connection, pid: int) -> bool:
     return not await alive(direct, pid)
-
-
-def client_socket(conn: asyncpg.Connection) -> socket.socket:
-    return conn._transport.get_extra_info("socket")  # type: ignore[no-any-return]
-
-
-def unacknowledged(conn: asyncpg.Connection) -> int:
-    """Bytes in the send queue of `conn`'s socket that its peer has not acknowledged."""
-    queued = array.array("i", [0])
-    fcntl.ioctl(client_socket(conn).fileno(), termios.TIOCOUTQ, queued)  # SIOCOUTQ
-    return queued[0]
 
 
 async def test_dsn_points_through_the_proxy(proxy: Proxy, dsn: str) -> None:
