@@ -266,7 +266,6 @@ class LinkTimeouts:
             if hasattr(socket, option):
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
-
     def link_silence(self, conn: asyncpg.Connection) -> float:
         """Seconds the connection's link has gone unanswered: since the last
         acknowledgement the kernel received, beyond the keepalive's idle time (0

@@ -24,10 +24,10 @@ class Listener:
     worker is not ready meanwhile: see `Worker.ready`); a statement unanswered
     for `timeouts.statement` drops the connection (`Session`), and so does the
     kernel an idle link unanswered for `timeouts.user_timeout`. An idle worker
-    sends no statement to keep its link checked. After every new connection the worker catches up
-    (`catch_up`): it claims at once, and runs the tasks leased to it since it
-    started that it does not know of (claims whose reply was lost), so none of
-    them waits for its lease to expire.
+    sends no statement to keep its link checked. After every new connection the
+    worker catches up (`catch_up`): it claims at once, and runs the tasks leased
+    to it since it started that it does not know of (claims whose reply was
+    lost), so none of them waits for its lease to expire.
     """
 
     name = "listener"
