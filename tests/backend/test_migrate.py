@@ -104,3 +104,19 @@ async def test_cli_refuses_bad_schema_and_writes_nothing(dsn: str) -> None:
         assert "shoal" not in await schemas(backend)
     finally:
         await backend.close()
+
+
+async def test_liveness_tables_are_never_analyzed(dsn: str) -> None:
+    """Autoanalyze of the heartbeat-churned tables would discard every worker's cached
+    plans about once a minute; migration 8 turns it off for them (and only for them)."""
+    backend = await Backend.connect(dsn)
+    try:
+        await backend.migrate()
+        rows = await backend.pool.fetch(
+            "SELECT relname, reloptions FROM pg_class WHERE relnamespace = 'shoal'::regnamespace"
+            " AND relkind = 'r' AND reloptions IS NOT NULL")
+        never = {r["relname"] for r in rows
+                 if "autovacuum_analyze_threshold=2000000000" in r["reloptions"]}
+        assert never == {"workers", "leaders"}, rows
+    finally:
+        await backend.close()
