@@ -97,7 +97,8 @@ class Maintenance:
         """What this worker's heartbeat stands for: the role, while it follows."""
         if self.term:
             return None
-        return Candidacy(self.holder, term_seconds(self.claim_ttl), self._grace())
+        return Candidacy(self.holder, term_seconds(self.claim_ttl),
+                         self._grace(self._in_contact()))
 
     def counted(self, election: Election) -> None:
         """The outcome of a heartbeat that stood; the next turn reads it, at once when
@@ -125,15 +126,17 @@ class Maintenance:
     def _in_contact(self) -> bool:
         return self.contact.length(time.monotonic()) >= self.claim_ttl
 
-    def _grace(self) -> float:
-        return 0.0 if self._in_contact() else pass_interval(self.claim_ttl)
+    def _grace(self, in_contact: bool) -> float:
+        """How long after a lapse this worker may take the role (see the class docstring)."""
+        return 0.0 if in_contact else pass_interval(self.claim_ttl)
 
     async def _turn(self) -> float:
         """Renew or win the role; run a pass if leading; the seconds to the next turn."""
         in_contact = self._in_contact()
         if self.term:
             election = await self.backend.elect(self.holder, self.term,
-                                                term_seconds(self.claim_ttl), self._grace())
+                                                term_seconds(self.claim_ttl),
+                                                self._grace(in_contact))
             waited = 0.0
         else:
             election, waited = await self._stood()
