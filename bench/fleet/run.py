@@ -284,11 +284,15 @@ def _argv(args: argparse.Namespace) -> list[str]:
     if args.quick:
         return ["--quick"]
     baseline = ["--baseline", args.baseline] if args.baseline else []
-    return [*baseline, "--sizes", ",".join(map(str, args.sizes)), "--procs", str(args.procs),
-            "--idle-seconds", f"{args.idle_seconds:g}", "--settle", f"{args.settle:g}",
-            "--depths", ",".join(map(str, args.depths)),
-            "--histories", ",".join(map(str, args.histories)),
-            "--delayed", ",".join(map(str, args.delayed))]
+    sections = ([] if list(args.sections) == list(SECTIONS)
+                else ["--sections", ",".join(args.sections)])
+    depth = (["--depths", ",".join(map(str, args.depths)),
+              "--histories", ",".join(map(str, args.histories)),
+              "--delayed", ",".join(map(str, args.delayed))]
+             if "depth" in args.sections else [])
+    return [*baseline, *sections, "--sizes", ",".join(map(str, args.sizes)),
+            "--procs", str(args.procs), "--idle-seconds", f"{args.idle_seconds:g}",
+            "--settle", f"{args.settle:g}", *depth]
 
 
 def main(argv: list[str] | None = None) -> int:
