@@ -154,6 +154,11 @@ def test_defaults_and_pause_annotation() -> None:
     assert (spec.scaling.mode, spec.scaling.min_replicas, spec.scaling.max_replicas) == (
         "auto", 1, 10)
     assert spec.scaling.scale_down_stabilization_seconds == 300
+    assert spec.scaling.target_queue_age_seconds is None
+    assert spec.scaling.pod_startup_seconds is None
+    timed = PoolSpec.from_body({k: SPEC[k] for k in ("app", "template", "database")}
+                               | {"scaling": {"targetQueueAge": "1m30s", "podStartupTime": "0s"}})
+    assert (timed.scaling.target_queue_age_seconds, timed.scaling.pod_startup_seconds) == (90, 0)
     assert is_paused({"pause": "true"}) and is_paused({"shoal.dev/pause": "True"})
     assert not is_paused({"pause": "false"}) and not is_paused(None)
     with pytest.raises(InvalidPoolSpec, match="'maybe' is not true or false"):

@@ -16,6 +16,7 @@ from shoal_operator.kube import Kube
 from shoal_operator.pools import autoscaler
 from shoal_operator.pools.registry import PoolRegistry
 from shoal_operator.pools.scaler import (
+    Flow,
     Observation,
     ScalerState,
     decide,
@@ -145,6 +146,111 @@ def test_failed_read_without_fallback_never_changes_replicas() -> None:
 def test_paused_holds() -> None:
     d = decide(scaling(), 10, Observation(0, 3, 1000, paused=True), ScalerState())
     assert (d.desired, d.reason, d.active) == (3, "Paused", False)
+
+
+def test_due_tasks_count_as_load_and_are_named() -> None:
+    s = scaling(pod_startup_time="25s")
+    d = decide(s, 10, Observation(0, 1, 38, due=3), ScalerState.starting(0, 1))
+    assert (d.desired, d.reason) == (5, "ScaledUp")  # ceil(41 / 10)
+    assert "load 41 (3 due within 25s of it)" in d.message
+    # From zero, a periodic tick due within the start-up time starts a pod now.
+    d = decide(scaling(min_replicas=0), 10, Observation(0, 0, 0, due=1), ScalerState())
+    assert d.desired == 1
+
+
+LATENCY = {"target_queue_age": "30s", "pod_startup_time": "0s", "min_replicas": 0,
+           "max_replicas": 100}
+
+
+def flow(ready: int, oldest: float = 0.0, service: float | None = 1.0, rate: float = 0.0,
+         work: float = 0.0) -> Flow:
+    return Flow(oldest_ready_seconds=oldest, service_seconds=service, arrival_rate=rate,
+                arrival_work=work, ready=ready)
+
+
+def latency(current: int, running: int, f: Flow, due: int = 0, **overrides: object) -> int:
+    obs = Observation(0, current, running + f.ready, due=due, flow=f)
+    return decide(scaling(**(LATENCY | overrides)), 4, obs, ScalerState()).desired
+
+
+def test_latency_without_service_history_scales_by_count_and_says_so() -> None:
+    s = scaling(**LATENCY)
+    for f in (flow(36, oldest=5, service=None), None):
+        d = decide(s, 4, Observation(0, 1, 40, flow=f), ScalerState.starting(0, 1))
+        assert (d.desired, d.reason) == (10, "ScaledUp")  # ceil(40 / 4)
+        assert "no service history yet for the 30s target: by count" in d.message
+    d = decide(s, 4, Observation(0, 10, 40, flow=flow(36, service=None)), ScalerState())
+    assert d.reason == "WithinTolerance"
+
+
+def test_latency_drains_a_burst_before_the_target() -> None:
+    # 150 fresh tasks of 2 s (nothing running, nothing arrived before them): within 30 s a
+    # slot starts (2 + 30)/2 = 16 of them: 9.4 slots, 3 replicas. Without the backlog
+    # term: 1 replica.
+    assert latency(1, 0, flow(150, service=2.0)) == 3
+    # The same backlog 22 s old has 8 s left: 150 x 2 / (2 + 8) = 30 slots.
+    assert latency(1, 0, flow(150, oldest=22, service=2.0)) == 8
+    # Unless a stream brought it (150 tasks in 22 s at the arrival rate): its newest tasks
+    # have the whole 30 s, and the oldest start first.
+    assert latency(1, 0, flow(150, oldest=22, service=2.0, rate=150 / 22)) == 3
+
+
+def test_latency_serves_the_stream_from_the_running_tasks() -> None:
+    # A steady stream at full use: 20 slots all busy with 4 s tasks (5 tasks/s, Little's
+    # law: 20 in flight), 100 queued over the last 20 s. The newest must start within 30 s
+    # less the margin for a start-up of 10 s (2.33 x sqrt(2 x 10 / 5) = 4.66 s):
+    # (20 + 100) x 4 / (4 + 25.34) = 16.4 slots, 5 replicas. Without the running tasks
+    # (the stream) 13.6 slots, 4 replicas; without the backlog 2.7 slots, 1 replica.
+    f = flow(100, oldest=20, service=4.0, rate=5.0, work=20.0)
+    assert latency(5, 20, f, pod_startup_time="10s") == 5
+    assert latency(5, 20, flow(100, oldest=20, service=4.0, rate=5.0),
+                   pod_startup_time="10s", scale_down_stabilization="0s") == 5
+
+
+def test_latency_pays_for_the_start_up_of_pods_it_adds() -> None:
+    # A fresh burst with 4 slots there (they start 4 x 16 = 64 tasks within 30 s): added
+    # slots start work only after the start-up, so each starts (2 + 30 - 12)/2 = 10 of the
+    # other 86, not 16: 4 + 8.6 slots, 4 replicas (3 without the start-up).
+    assert latency(1, 0, flow(150, service=2.0), pod_startup_time="12s") == 4
+    # The start-up time measured by the operator overrides the spec's.
+    obs = Observation(0, 1, 150, flow=flow(150, service=2.0), startup_seconds=12.0)
+    assert decide(scaling(**LATENCY), 4, obs, ScalerState()).desired == 4
+
+
+def test_latency_counts_due_tasks_without_the_start_up_penalty() -> None:
+    # At zero, 200 ticks of 3 s due within the start-up time: their pods start now and are
+    # Ready when they are due: 200 x 3 / (3 + 30) = 18.2 slots, 5 replicas.
+    s = scaling(**(LATENCY | {"pod_startup_time": "12s"}))
+    d = decide(s, 4, Observation(0, 0, 0, due=200, flow=flow(0, service=3.0)), ScalerState())
+    assert (d.desired, d.reason) == (5, "ScaledUp")
+    assert "0 ready, 200 due within 12s and 0 running x 3s" in d.message
+    assert "-> 18.2 slots for the due (4 per replica)" in d.message
+
+
+def test_latency_keeps_the_slots_of_long_running_tasks() -> None:
+    # 13 tasks of 2 min running, nothing queued: 13 x 120 / (120 + 30) = 10.4 slots would
+    # do for what is queued, but fewer than 13 slots would interrupt running tasks.
+    assert latency(4, 13, flow(0, service=120.0), scale_down_stabilization="0s") == 4
+    # Short tasks free their slots within the target: one replica carries the stream.
+    assert latency(4, 13, flow(0, service=0.5), scale_down_stabilization="0s") == 1
+
+
+def test_latency_tolerance_clamp_and_message() -> None:
+    s = scaling(**LATENCY)
+    f = flow(150, oldest=12.4, service=2.0, rate=2.5, work=5.0)
+    d = decide(s, 4, Observation(0, 1, 150, flow=f), ScalerState.starting(0, 1))
+    assert d.message == ("1 -> 4 replicas: oldest ready 12s of 30s target; 150 ready and 0 "
+                         "running x 2s; 2.5 tasks/s (5 slot-s/s) -> 12.1 slots for the oldest "
+                         "(4 per replica)")
+    # 12.1 slots on 3 replicas of 4: within the 10 % band.
+    d = decide(s, 4, Observation(0, 3, 150, flow=f), ScalerState.starting(0, 3))
+    assert (d.desired, d.reason) == (3, "WithinTolerance")
+    capped = decide(scaling(**(LATENCY | {"max_replicas": 2})), 4,
+                    Observation(0, 1, 150, flow=f), ScalerState())
+    assert (capped.desired, capped.limit_reason) == (2, "TooManyReplicas")
+    # 2 ready tasks of 1 s on 1 replica: well within its 4 slots, nothing to change.
+    d = decide(s, 4, Observation(0, 1, 3, flow=flow(2)), ScalerState.starting(0, 1))
+    assert (d.desired, d.reason) == (1, "LatencyTarget")
 
 
 def _row(pod: str, in_flight: int) -> WorkerRow:

@@ -3,9 +3,35 @@
 `decide` is a pure function (no I/O, no clock: `now` is an argument), so
 every rule is unit-tested:
 
-- load = ready + running tasks the pool can serve; desired = ceil(load /
+- load = ready + running tasks the pool can serve, plus the delayed tasks and
+  periodic ticks due within the pods' start-up time (`due`: counted as ready
+  now, so the pods are Ready when the work is due); desired = ceil(load /
   targetTasksPerReplica), kept at the current count while the load per
   replica is within `tolerance` of the target (the HPA rule);
+- with `targetQueueAge` (T) and a measured service time s (`Flow`), the
+  latency rule replaces the count. Within a budget H a slot carries its
+  running task and H/s queued ones, so L tasks need L x s / (s + H) slots; a
+  slot added now works only after the pods' start-up time u, so beyond the
+  current slots each carries (s + H - u)/s. Three deadlines; the largest need
+  wins:
+  - the oldest: the running tasks and the part of the backlog the steady
+    stream does not explain (ready - arrival rate x oldest age: a burst, as
+    old as the oldest), within H = T - the oldest's age;
+  - the newest: the running and all ready tasks, within T less a margin for
+    what arrives while a pod starts (99 % of a Poisson stream: 2.33 x
+    sqrt(2u / arrival rate), at most u), scaled by the stream's share of the
+    backlog (a burst already here needs no margin);
+  - the due: running + ready + due within T, without the start-up penalty
+    (their pods start a start-up time ahead);
+  budgets never shrink below a quarter of T, and tasks running longer than T
+  keep their slots (at least running x min(1, s / T)). The steady stream is
+  served by the running tasks' slots (Little's law, measured rather than
+  predicted from arrival_work: bench/scaling_sim.py found the prediction
+  noisier and dearer).
+  desired = ceil(slots / target), `target` being the slots per replica (the
+  concurrency), with the same tolerance band, and at least one replica while
+  any task is ready, running or due. Without service history the count rule
+  applies, and the message says so;
 - from zero, the pool starts only when the load exceeds the activation
   threshold;
 - clamped to [minReplicas, maxReplicas];
@@ -26,6 +52,9 @@ from dataclasses import dataclass, field, replace
 
 from shoal.backend import WorkerRow
 from shoal_operator.pools.spec import RateLimit, Scaling
+
+BUDGET_FLOOR = 0.25  # of the target: a budget never shrinks below this
+Z99 = 2.33  # the normal quantile of 99 %
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +80,36 @@ class ScalerState:
 
 
 @dataclass(frozen=True, slots=True)
+class Flow:
+    """The pool's flow of work, measured from Postgres, for a latency target.
+
+    - oldest_ready_seconds: age of the oldest ready task the pool serves (0: none ready);
+    - service_seconds: mean seconds a task of the ready mix holds a slot (None: no history);
+    - arrival_rate: tasks per second arriving (enqueued and due) over the window;
+    - arrival_work: slot-seconds of work arriving per second: the sum over task names of
+      rate x service time;
+    - ready: the ready tasks among the load (the rest of it is running).
+    """
+
+    oldest_ready_seconds: float
+    service_seconds: float | None
+    arrival_rate: float
+    arrival_work: float
+    ready: int
+
+
+@dataclass(frozen=True, slots=True)
 class Observation:
-    """One snapshot: the Deployment's replicas, and the load (None: the read failed)."""
+    """One snapshot: the Deployment's replicas, the load (None: the read failed), the tasks
+    due within the pods' start-up time, and the flow of work (for a latency target)."""
 
     now: float
     current: int
     load: int | None
     paused: bool = False
+    due: int = 0
+    flow: Flow | None = None
+    startup_seconds: float | None = None  # the pods' start-up time (learned): `due`'s lead
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +125,7 @@ class Decision:
     state: ScalerState = field(default_factory=ScalerState)
 
 
-def _hpa(load: int, current: int, target: int, tolerance: float) -> tuple[int, bool]:
+def _hpa(load: float, current: int, target: int, tolerance: float) -> tuple[int, bool]:
     """(replicas for `load`, whether it was held by the tolerance band)."""
     if current > 0:
         ratio = load / (current * target)
@@ -111,17 +163,27 @@ def decide(scaling: Scaling, target: int, obs: Observation, state: ScalerState) 
                         f"backend unreadable ({failures} in a row): holding {current} replicas",
                         active=False, state=state)
 
-    load = obs.load
+    load = obs.load + obs.due
     state = replace(state, failures=0)
-    reason, why = "Steady", f"load {load} (target {target} per replica)"
+    shown = f"{load}" + (f" ({_due(_lead(scaling, obs), obs.due, '')} of it)" if obs.due else "")
+    reason, why = "Steady", f"load {shown} (target {target} per replica)"
+    age = scaling.target_queue_age_seconds
     if current == 0 and load <= scaling.activation_threshold:
         raw = 0
-        reason, why = "BelowActivation", (f"load {load} is at or below the activation "
+        reason, why = "BelowActivation", (f"load {shown} is at or below the activation "
                                            f"threshold {scaling.activation_threshold}")
+    elif age is not None and obs.flow is not None and obs.flow.service_seconds is not None:
+        slots, why = _latency(age, scaling, target, obs, obs.flow, obs.flow.service_seconds)
+        raw, tolerated = _hpa(slots, current, target, scaling.tolerance_percent / 100)
+        reason = "WithinTolerance" if tolerated else "LatencyTarget"
+        why += f" ({target} per replica)"
     else:
         raw, tolerated = _hpa(load, current, target, scaling.tolerance_percent / 100)
         if tolerated:
             reason = "WithinTolerance"
+        if age is not None:
+            reason = "NoServiceHistory" if not tolerated else reason
+            why = f"no service history yet for the {age:g}s target: by count, {why}"
     bounded = min(max(raw, scaling.min_replicas), scaling.max_replicas)
     limited, limit_reason = False, "DesiredWithinRange"
     if raw > scaling.max_replicas:
@@ -165,6 +227,62 @@ def decide(scaling: Scaling, target: int, obs: Observation, state: ScalerState) 
                else f"holding {current} replicas: {why}")
     return Decision(desired, reason, message, active=True, limited=limited,
                     limit_reason=limit_reason, state=state)
+
+
+def _lead(scaling: Scaling, obs: Observation) -> float | None:
+    """The pods' start-up time: as observed (learned), else as the spec says."""
+    return obs.startup_seconds if obs.startup_seconds is not None else scaling.pod_startup_seconds
+
+
+def _due(lead: float | None, due: int, sep: str = " ") -> str:
+    if not due:
+        return ""
+    return f"{sep}{due} due" + (f" within {lead:g}s" if lead is not None else "")
+
+
+def _latency(age: float, scaling: Scaling, target: int, obs: Observation, flow: Flow,
+             service: float) -> tuple[float, str]:
+    """Slots for the latency target, and the figures in words (see the module docstring)."""
+    lead = _lead(scaling, obs)
+    startup = lead or 0.0
+    oldest, rate, ready = flow.oldest_ready_seconds, flow.arrival_rate, flow.ready
+    running = max(0, (obs.load or 0) - ready)
+    have = float(obs.current * target)
+    floor = BUDGET_FLOOR * age
+
+    def slots_for(tasks: float, budget: float, late: bool = True) -> float:
+        """Slots that start `tasks` (running ones included) within `budget`: a slot there
+        now carries (s + budget)/s of them, one added now (s + budget - start-up)/s,
+        unless `late` is False (its pods were ordered a start-up time ahead)."""
+        slots = tasks * service / (service + budget)
+        if slots <= have or not late:
+            return slots
+        short = tasks - have * (service + budget) / service
+        return have + short * service / (service + max(budget - startup, floor))
+
+    # The backlog beyond what the stream brought over `oldest` seconds is as old as the
+    # oldest (a burst); the stream's share is spread over [0, oldest].
+    stream_share = min(1.0, rate * oldest / ready) if ready else 1.0
+    burst = ready * (1 - stream_share)
+    # Arrivals while a pod starts, at 99 % (Poisson, service CV 1), push the newest back.
+    margin = (min(startup, Z99 * math.sqrt(2 * startup / rate)) if rate > 0 else startup)
+    margin *= stream_share
+    needs = (
+        (slots_for(running + burst, max(age - oldest, floor)), "the oldest"),
+        (slots_for(running + ready, max(age - margin, floor)), "the newest"),
+        (slots_for(running + ready + obs.due, age, late=False), "the due"),
+    )
+    slots, binding = max(needs)
+    # Over a budget of T, a running task holds its slot for min(s, T): one that runs
+    # longer than the target keeps its slot (scaling below it would interrupt it).
+    slots = max(slots, running * min(1.0, service / age))
+    if running + ready + obs.due:
+        slots = max(slots, 1.0)
+    why = (f"oldest ready {oldest:.0f}s of {age:g}s target; {ready} ready"
+           f"{_due(lead, obs.due, ', ')} and {running} running x {service:.2g}s; "
+           f"{rate:.2g} tasks/s ({flow.arrival_work:.3g} slot-s/s) -> {slots:.3g} slots "
+           f"for {binding}")
+    return slots, why
 
 
 def _record(state: ScalerState, now: float, before: int, after: int) -> ScalerState:

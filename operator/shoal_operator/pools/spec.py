@@ -216,6 +216,18 @@ class Scaling(_Model):
         "300s", description=(
             "Scale down only to the highest count recommended within this window (at most "
             "1h), so a brief dip removes no pods. Scale-up does not wait."))
+    target_queue_age: Annotated[str, Duration(gt=0, le=86400)] | None = Field(
+        None, description=(
+            "Keep the age of the oldest ready task this pool serves under this (at most 24h): "
+            "replicas follow the work arriving (rate x measured service time per task name) "
+            "plus what drains the ready backlog before it ages past the target, with "
+            "concurrency as the slots per replica. Unset: scale by count "
+            "(targetTasksPerReplica). Without service history yet, scales by count."))
+    pod_startup_time: Annotated[str, Duration(ge=0, le=3600)] | None = Field(
+        None, description=(
+            "How long a new Pod takes to become Ready (at most 1h): delayed tasks and "
+            "periodic ticks due within it count as ready, so the Pods are Ready when the "
+            "work is due. Unset: learned from the pool's own Pods."))
     scale_up: ScaleUp = Field(default_factory=ScaleUp, description=ScaleUp.__doc__)
     scale_down: ScaleDown = Field(default_factory=ScaleDown, description=ScaleDown.__doc__)
     fallback: Fallback = Field(default_factory=Fallback, description=Fallback.__doc__)
@@ -223,6 +235,14 @@ class Scaling(_Model):
     @property
     def scale_down_stabilization_seconds(self) -> float:
         return parse_duration(self.scale_down_stabilization)
+
+    @property
+    def target_queue_age_seconds(self) -> float | None:
+        return None if self.target_queue_age is None else parse_duration(self.target_queue_age)
+
+    @property
+    def pod_startup_seconds(self) -> float | None:
+        return None if self.pod_startup_time is None else parse_duration(self.pod_startup_time)
 
 
 class PoolSpec(_Model):
