@@ -7,7 +7,15 @@ from __future__ import annotations
 import asyncio
 
 from shoal import Client
-from shoal.backend import Backend, Candidacy, NewTask, Outcome, Subscription, WorkerIdentity
+from shoal.backend import (
+    Backend,
+    Candidacy,
+    NewTask,
+    Outcome,
+    PoolTasks,
+    Subscription,
+    WorkerIdentity,
+)
 from tests.apps.recorder import app
 from tests.support import eventually
 
@@ -124,6 +132,57 @@ async def test_backlog_counts_what_a_pool_can_serve(backend: Backend) -> None:
     assert (backlog.ready, backlog.running, backlog.waiting, backlog.dead) == (2, 1, 1, 1)
     only_t = await backend.backlog("default", ["gpu"], ["t"])
     assert (only_t.ready, only_t.waiting) == (1, 1)
+
+
+async def test_backlog_says_what_is_due_and_how_old_the_queue_is(backend: Backend) -> None:
+    """Due: not yet ready but due within the pool's lead, or overdue (no worker promoted
+    it yet); the oldest ready task's age; the seconds to the next task not yet due."""
+    await backend.enqueue([NewTask("t", delay_seconds=5), NewTask("t", delay_seconds=50),
+                           NewTask("t", delay_seconds=500), NewTask("t")])
+    await backend.pool.execute(  # the ready one became ready 40 s ago
+        "UPDATE shoal.tasks SET run_at = now() - interval '40 seconds' WHERE state = 'ready'")
+    pool = PoolTasks("default")
+    short, long = await backend.backlogs([pool, pool], leads=[10, 60])
+    assert (short.ready, short.waiting, short.due, long.due) == (1, 3, 1, 2)
+    assert 39 < short.oldest_ready_seconds < 45
+    assert short.next_due_seconds is not None and 48 < short.next_due_seconds <= 50
+    assert long.next_due_seconds is not None and 498 < long.next_due_seconds <= 500
+    await backend.pool.execute(  # overdue: no worker's scheduler has promoted it
+        "UPDATE shoal.tasks SET run_at = now() - interval '1 second' WHERE state = 'delayed' "
+        "AND run_at < now() + interval '10 seconds'")
+    (overdue,) = await backend.backlogs([pool])
+    assert (overdue.due, overdue.ready) == (1, 1)
+    assert overdue.next_due_seconds is not None and 48 < overdue.next_due_seconds <= 50
+    idle = await backend.backlog("nobody", [])
+    assert (idle.due, idle.oldest_ready_seconds, idle.next_due_seconds) == (0, 0.0, None)
+
+
+async def test_flows_measure_service_time_and_arrivals_by_name(backend: Backend) -> None:
+    """Per task name: finished tasks of the window and their busy seconds, tasks that
+    became ready within the span (finished or live), tasks ready now; a full sample
+    narrows the span to what it covers."""
+    await backend.enqueue([NewTask("fast") for _ in range(4)] + [NewTask("slow")])
+    await backend.pool.execute(  # finished 1 s ago after 0.5 s (fast), 4 s (slow)
+        "UPDATE shoal.tasks SET state = 'succeeded', finished_at = now() - interval '1 second',"
+        " started_at = now() - interval '1 second' - CASE name WHEN 'fast' THEN "
+        "interval '0.5 seconds' ELSE interval '4 seconds' END")
+    await backend.pool.execute(  # an old one, outside the window
+        "UPDATE shoal.tasks SET run_at = now() - interval '2 hours', finished_at = now() - "
+        "interval '2 hours', started_at = now() - interval '2 hours 1 second' "
+        "WHERE id = (SELECT min(id) FROM shoal.tasks)")
+    await backend.enqueue([NewTask("fast"), NewTask("fast"), NewTask("new")])
+    pool = PoolTasks("default")
+    (flow,) = await backend.flows([pool], window_seconds=60, sample=1000)
+    by_name = {f.name: f for f in flow}
+    fast, slow, new = by_name["fast"], by_name["slow"], by_name["new"]
+    assert (fast.finished, fast.arrivals, fast.ready) == (3, 5, 2)
+    assert abs(fast.busy_seconds - 1.5) < 0.01 and fast.span_seconds == 60
+    assert (slow.finished, slow.arrivals, slow.ready) == (1, 1, 0)
+    assert abs(slow.busy_seconds - 4) < 0.01
+    assert (new.finished, new.arrivals, new.ready) == (0, 1, 1)
+    (full,) = await backend.flows([pool], window_seconds=60, sample=2)
+    assert sum(f.finished for f in full) == 2 and full[0].span_seconds < 5
+    assert await backend.flows([PoolTasks("nobody")], window_seconds=60, sample=10) == [[]]
 
 
 async def test_a_followers_heartbeat_stands_for_the_role(backend: Backend) -> None:

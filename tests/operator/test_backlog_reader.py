@@ -12,16 +12,17 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from shoal.backend import Backend, Backlog, NewTask
-from shoal_operator.pools.autoscaler import BacklogReader, Selector
+from shoal.backend import Backend, NewTask, PoolTasks
+from shoal_operator.pools.autoscaler import BacklogReader
 from tests.cluster.postgres import PostgresServer
 
 # pg_stat_statements keeps a statement's text with its constants replaced, so
-# each backlog statement is found by a fragment only it has.
+# each statement is found by a fragment only it has.
 CALLS = ("SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE strpos(query, $1) > 0"
          " AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())")
-BATCHED = "unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY"
-SINGLE = "AND t.tags <@ $2::text[]"
+BACKLOGS = "unnest($1::text[], $2::text[], $3::text[], $4::float8[])"
+FLOWS = "ORDER BY t.finished_at DESC LIMIT"
+SCHEDULES = "FROM {schema}.periodic p LEFT JOIN"
 
 
 @pytest.fixture(scope="module")
@@ -31,19 +32,22 @@ def counting_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-async def backend(counting_server: PostgresServer) -> AsyncIterator[Backend]:
-    b = await Backend.connect(counting_server.create_database("reader"))
+async def backend(counting_server: PostgresServer, request: pytest.FixtureRequest
+                  ) -> AsyncIterator[Backend]:
+    name = request.node.name.removeprefix("test_")[:60]
+    b = await Backend.connect(counting_server.create_database(name))
     await b.migrate()
     await b.pool.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
     yield b
     await b.close()
 
 
-async def calls(backend: Backend) -> tuple[int, int]:
-    """(batched backlog statements, single-pool backlog statements) run so far."""
-    assert BATCHED in backend.queries.backlogs and SINGLE in backend.queries.backlog
-    return (int(await backend.pool.fetchval(CALLS, BATCHED)),
-            int(await backend.pool.fetchval(CALLS, SINGLE)))
+async def calls(backend: Backend, fragment: str) -> int:
+    """How many statements containing `fragment` ran so far."""
+    q = backend.queries
+    assert fragment.replace("{schema}", "shoal") in (q.backlogs + q.flows + q.list_periodic) \
+        .replace("{schema}", "shoal")
+    return int(await backend.pool.fetchval(CALLS, fragment.replace("{schema}", "shoal")))
 
 
 async def test_several_pools_on_one_database_cost_one_statement_per_round(
@@ -51,20 +55,42 @@ async def test_several_pools_on_one_database_cost_one_statement_per_round(
     await backend.enqueue([NewTask("resize", None, namespace="images") for _ in range(3)]
                           + [NewTask("resize", None, namespace="images", tags=["gpu"])]
                           + [NewTask("mail", None, namespace="mail") for _ in range(2)])
-    pools: list[Selector] = [
-        ("images", (), None), ("images", ("gpu",), None), ("images", ("gpu",), ("thumbnail",)),
-        ("mail", (), None), ("mail", (), ("resize",)), ("empty", (), None),
-        ("images", (), None)]  # a second pool with the first one's selector
+    pools = [
+        PoolTasks("images"), PoolTasks("images", ("gpu",)),
+        PoolTasks("images", ("gpu",), ("thumbnail",)), PoolTasks("mail"),
+        PoolTasks("mail", (), ("resize",)), PoolTasks("empty"),
+        PoolTasks("images")]  # a second pool with the first one's tasks
     await backend.pool.execute("SELECT pg_stat_statements_reset()")
     reader = BacklogReader(backend)
 
-    figures = await asyncio.gather(*(reader.read(p) for p in pools))
+    figures = [r.backlog for r in await asyncio.gather(*(reader.read(p) for p in pools))]
 
     assert [f.ready for f in figures] == [3, 4, 0, 2, 0, 0, 3]
-    assert figures[0] == Backlog(ready=3, running=0, waiting=0, dead=0)
-    assert await calls(backend) == (1, 0)
+    first = figures[0]
+    assert (first.ready, first.running, first.waiting, first.dead, first.due) == (3, 0, 0, 0, 0)
+    assert await calls(backend, BACKLOGS) == 1
     await asyncio.gather(*(reader.read(p) for p in pools[:3]))
     await reader.read(pools[3])  # alone, in a round of its own
-    assert await calls(backend) == (3, 0)
-    await backend.backlog("images", [])  # what each pool's scaler used to send
-    assert await calls(backend) == (3, 1)
+    assert await calls(backend, BACKLOGS) == 3
+    await backend.backlog("images", [])  # one pool, the same statement
+    assert await calls(backend, BACKLOGS) == 4
+    assert await calls(backend, SCHEDULES) == 1  # read with the first round only
+
+
+async def test_flows_are_read_for_the_pools_that_ask_at_most_every_interval(
+        backend: Backend) -> None:
+    await backend.enqueue([NewTask("resize", None, namespace="images") for _ in range(2)])
+    await backend.pool.execute("SELECT pg_stat_statements_reset()")
+    reader = BacklogReader(backend)
+    latency, by_count = PoolTasks("images"), PoolTasks("mail")
+
+    first, other = await asyncio.gather(reader.read(latency, 30.0, flow=True),
+                                        reader.read(by_count, 30.0))
+    assert other.flows is None and first.flows is not None
+    assert [(f.name, f.ready, f.arrivals) for f in first.flows] == [("resize", 2, 2)]
+    assert (await calls(backend, FLOWS), await calls(backend, BACKLOGS)) == (1, 1)
+    again = await reader.read(latency, 30.0, flow=True)  # within the interval: cached
+    assert again.flows == first.flows
+    assert (await calls(backend, FLOWS), await calls(backend, BACKLOGS)) == (1, 2)
+    await reader.read(PoolTasks("mail", ("x",)), 30.0, flow=True)  # never read: read now
+    assert await calls(backend, FLOWS) == 2

@@ -8,7 +8,11 @@ notifications for its task namespace (the operator's one LISTEN connection
 per database, `Backends.notifications`) and after every reconnect of that
 connection, so nothing enqueued meanwhile is missed. Each evaluation reads
 the backlog through its database's `BacklogReader` (one statement for every
-pool that reads in the same round), asks the pure `scaler.decide`, marks
+pool that reads in the same round), with the tasks and periodic ticks due
+within the pool's lead (`lead`: its Pods' start-up time, so they are Ready when
+the work is due; the scaler also wakes when the next such work enters the lead),
+and, for a latency target, the pool's recent flow (`flow`); asks the pure
+`scaler.decide`, marks
 pod-deletion costs from the worker liveness rows
 before lowering replicas (idle pods go first), patches the Deployment, mirrors
 the count into spec.replicas (the scale subresource), and reports status
@@ -25,12 +29,20 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from shoal.backend import TRANSIENT_ERRORS, Backend, Backlog
+from shoal.backend import (
+    TRANSIENT_ERRORS,
+    Backend,
+    Backlog,
+    PoolTasks,
+    ScheduleStatus,
+    TaskFlow,
+)
 from shoal.errors import BackendUnavailable, ShoalError
 from shoal.policy import retry_delay
 from shoal_operator import metrics
@@ -40,6 +52,13 @@ from shoal_operator.errors import DatabaseSecretError, InvalidPoolSpec, SchemaNo
 from shoal_operator.health import Health
 from shoal_operator.kube import Kube, KubeError, deployment_path, pods_path, workerpool_path
 from shoal_operator.pools.deployment import selector_string
+from shoal_operator.pools.flow import (
+    FLOW_INTERVAL_SECONDS,
+    FLOW_SAMPLE,
+    FLOW_WINDOW_SECONDS,
+    measure,
+)
+from shoal_operator.pools.lead import StartupClock, due_ticks, lead_seconds
 from shoal_operator.pools.queue_metrics import QueueMetrics
 from shoal_operator.pools.registry import PoolRegistry
 from shoal_operator.pools.scaler import (
@@ -61,62 +80,104 @@ WARNING_REPEAT = 60.0  # a persisting problem is re-posted as an Event at most t
 READ_ERRORS = (ShoalError, *TRANSIENT_ERRORS, KubeError)
 GATHER_SECONDS = 0.02  # the reads of one round that arrive this close share a statement
 TICKER = "autoscaler"
+SCHEDULES_INTERVAL_SECONDS = 10.0  # periodic schedules are read at most this often
 
-Selector = tuple[str, tuple[str, ...], tuple[str, ...] | None]  # namespace, tags, names
+def pool_tasks(spec: PoolSpec) -> PoolTasks:
+    """The tasks a pool serves, and so counts: its task namespace, tags and names."""
+    return PoolTasks(spec.tasks.namespace, tuple(spec.tasks.tags),
+                     tuple(spec.tasks.names) or None)
 
 
-def selector(spec: PoolSpec) -> Selector:
-    """What a pool's backlog counts: its task namespace, tags and task names (None: any)."""
-    return spec.tasks.namespace, tuple(spec.tasks.tags), tuple(spec.tasks.names) or None
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What one evaluation reads of its pool's database: the backlog (with what is due
+    within the lead asked for); the recent flow by task name, when asked for (as of
+    the last flow read, at most FLOW_INTERVAL_SECONDS old); the periodic schedules
+    (at most SCHEDULES_INTERVAL_SECONDS old)."""
+
+    backlog: Backlog
+    flows: list[TaskFlow] | None
+    schedules: list[ScheduleStatus]
+
+
+Ask = tuple[PoolTasks, float]  # a pool's tasks, and its lead in seconds
 
 
 class BacklogReader:
     """Reads the backlog of the pools on one database (DSN and schema), many per statement.
 
-    Guarantees: every `read` is answered by a statement sent after it was
+    Guarantees: every `read` is answered by a backlog statement sent after it was
     asked (never an older figure); the reads asked within GATHER_SECONDS of
-    a round's first one, or while the previous statement is in flight, share
-    one statement, and pools with the same selector share its row; one
-    statement at a time per database; a failed statement fails every read
-    it was for, with its error.
+    a round's first one, or while the previous round is in flight, share
+    one statement, and pools with the same tasks and lead share its row; one
+    round at a time per database; a failed statement fails every read
+    it was for, with its error. A pool's flow, when asked for, is at most
+    FLOW_INTERVAL_SECONDS old: a round reads the stale ones of its pools in one
+    more statement; the periodic schedules cost one statement at most every
+    SCHEDULES_INTERVAL_SECONDS.
     """
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self._waiting: dict[Selector, list[asyncio.Future[Backlog]]] = {}
+        self._waiting: dict[Ask, list[asyncio.Future[Backlog]]] = {}
         self._rounds: asyncio.Task[None] | None = None
+        self._flows: dict[PoolTasks, tuple[float, list[TaskFlow]]] = {}  # when read, what
+        self._flows_wanted: set[PoolTasks] = set()
+        self._schedules: list[ScheduleStatus] = []
+        self._schedules_read = float("-inf")
 
-    async def read(self, pool: Selector) -> Backlog:
-        """The backlog of one pool, read in the next round."""
+    async def read(self, pool: PoolTasks, lead: float = 0.0, flow: bool = False) -> Reading:
+        """One pool's reading, its backlog read in the next round."""
         future: asyncio.Future[Backlog] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(pool, []).append(future)
+        self._waiting.setdefault((pool, lead), []).append(future)
+        if flow:
+            self._flows_wanted.add(pool)
         if self._rounds is None or self._rounds.done():
             self._rounds = asyncio.create_task(self._run(), name="backlog-reader")
-        return await future
+        backlog = await future
+        flows = self._flows[pool][1] if flow and pool in self._flows else None
+        return Reading(backlog, flows, self._schedules)
 
     async def _run(self) -> None:
-        waiting: dict[Selector, list[asyncio.Future[Backlog]]] = {}
+        waiting: dict[Ask, list[asyncio.Future[Backlog]]] = {}
         try:
             while self._waiting:
                 await asyncio.sleep(GATHER_SECONDS)
                 waiting, self._waiting = self._waiting, {}
-                pools = list(waiting)
+                asks = list(waiting)
                 try:
-                    figures = await self.backend.backlogs(pools)
+                    await self._refresh()
+                    figures = await self.backend.backlogs([pool for pool, _ in asks],
+                                                          [lead for _, lead in asks])
                 except Exception as exc:
                     for futures in waiting.values():
                         for future in futures:
                             if not future.done():
                                 future.set_exception(exc)
                     continue
-                for pool, backlog in zip(pools, figures, strict=True):
-                    for future in waiting[pool]:
+                for ask, backlog in zip(asks, figures, strict=True):
+                    for future in waiting[ask]:
                         if not future.done():
                             future.set_result(backlog)
         finally:  # cancelled (shutdown): nobody waits for ever
             for futures in (*waiting.values(), *self._waiting.values()):
                 for future in futures:
                     future.cancel()
+
+    async def _refresh(self) -> None:
+        """Read again, in one statement, the flows asked for that are older than
+        FLOW_INTERVAL_SECONDS (or never read); the schedules, when they are due."""
+        now = time.monotonic()
+        wanted, self._flows_wanted = self._flows_wanted, set()
+        stale = sorted((pool for pool in wanted
+                        if now - self._flows.get(pool, (float("-inf"), []))[0]
+                        >= FLOW_INTERVAL_SECONDS), key=repr)
+        if stale:
+            flows = await self.backend.flows(stale, FLOW_WINDOW_SECONDS, FLOW_SAMPLE)
+            self._flows.update((pool, (now, flow)) for pool, flow in zip(stale, flows,
+                                                                            strict=True))
+        if now - self._schedules_read >= SCHEDULES_INTERVAL_SECONDS:
+            self._schedules, self._schedules_read = await self.backend.list_periodic(), now
 
 
 class Autoscaler:
@@ -181,6 +242,7 @@ class PoolScaler:
         self.last_warnings: dict[str, tuple[str, float]] = {}  # reason -> (message, when)
         self.last_report: tuple[tuple[object, ...], float] | None = None
         self.queue_metrics = QueueMetrics(self.namespace, self.name)
+        self.next_due: float | None = None  # seconds to the next work entering the lead
 
     async def run(self, stopped: kopf.DaemonStopped) -> None:
         self.autoscaler.scalers[(self.namespace, self.name)] = self
@@ -201,7 +263,7 @@ class PoolScaler:
                     time.monotonic() - started)
                 await asyncio.sleep(MIN_EVALUATION_GAP)
                 woken = asyncio.ensure_future(self.wake.wait())
-                await asyncio.wait({woken, stopping}, timeout=wait,
+                await asyncio.wait({woken, stopping}, timeout=_earliest(wait, self.next_due),
                                    return_when=asyncio.FIRST_COMPLETED)
                 woken.cancel()
                 self.wake.clear()
@@ -224,6 +286,7 @@ class PoolScaler:
 
     async def evaluate(self) -> None:
         """One evaluation; every failure becomes a condition and an Event, never a crash."""
+        self.next_due = None
         try:
             spec = self.autoscaler.pools.spec(self.body)
         except InvalidPoolSpec as exc:  # reconcile_pool posts the Event and Ready=False
@@ -243,11 +306,14 @@ class PoolScaler:
             await self._report_error("Unreachable", str(exc), spec)
             return
         self._listen(backend, spec.tasks.namespace)
+        lead = lead_seconds(spec.scaling.pod_startup_seconds, self._startup().seconds)
         try:
-            backlog = await self.autoscaler.reader(backend).read(selector(spec))
+            reading = await self.autoscaler.reader(backend).read(
+                pool_tasks(spec), lead, flow=spec.scaling.target_queue_age is not None)
         except READ_ERRORS as exc:
             await self._report_error("QueryFailed", f"cannot read the backlog: {exc}", spec)
             return
+        backlog = reading.backlog
         self._record_backlog(backlog)
         await self.queue_metrics.observe(spec, backend)
         if self.backend_failing:
@@ -266,26 +332,38 @@ class PoolScaler:
                 self._condition("ScalingLimited", False, "ManualMode", "")])
             self.state = None
             return
-        await self._scale(spec, backend, backlog, reachable)
+        await self._scale(spec, backend, reading, lead, reachable)
 
-    async def _scale(self, spec: PoolSpec, backend: Backend, backlog: Backlog,
+    async def _scale(self, spec: PoolSpec, backend: Backend, reading: Reading, lead: float,
                      reachable: Condition) -> None:
         current = await self._replicas()
         if current is None:
             return  # the reconciler (re)creates it; the next evaluation scales it
         now = time.monotonic()
         paused, bad_annotation = self._paused()
+        backlog = reading.backlog
+        ticks = due_ticks(reading.schedules, pool_tasks(spec), datetime.now(UTC), lead)
+        self.next_due = _earliest(
+            None if backlog.next_due_seconds is None else backlog.next_due_seconds - lead,
+            ticks.next_seconds)
         state = self.state or ScalerState.starting(now, current)
-        decision = decide(spec.scaling, spec.target_per_replica,
-                          Observation(now, current, backlog.ready + backlog.running, paused),
-                          state)
+        observation = Observation(
+            now, current, backlog.ready + backlog.running, paused, due=backlog.due + ticks.due,
+            flow=None if reading.flows is None else measure(backlog, reading.flows),
+            startup_seconds=lead)
+        decision = decide(spec.scaling, spec.target_per_replica, observation, state)
         if bad_annotation:
             decision = replace(decision, reason="InvalidAnnotation",
                                message=f"{bad_annotation}: holding {current} replicas")
         await self._apply(decision, current, backend)
         self.state = decision.state  # only once applied: a refused patch is no scale event
+        if decision.desired > current:
+            self._startup().scaled_up(now, decision.desired)
         await self._mirror(decision.desired)
         await self._report(decision, current, backlog, reachable, paused)
+
+    def _startup(self) -> StartupClock:
+        return self.autoscaler.pools.startup(self.namespace, self.name)
 
     def _condition(self, type_: str, status: bool, reason: str, message: str = "") -> Condition:
         """A condition stamped with the generation of the spec it was judged against."""
@@ -433,6 +511,12 @@ class PoolScaler:
         await self._mirror(decision.desired)
         return {"desiredReplicas": decision.desired, "lastScaleTime": now_rfc3339(),
                 "lastScaleReason": decision.message}
+
+
+def _earliest(*seconds: float | None) -> float | None:
+    """The soonest of some waits (None: no wait)."""
+    known = [s for s in seconds if s is not None]
+    return max(0.0, min(known)) if known else None
 
 
 def _backlog_status(backlog: Backlog) -> dict[str, int]:

@@ -9,17 +9,20 @@ count of the pool's Deployment as of its newest generation seen, from the
 watch or from the operator's own writes (an older event never overrides a
 newer one), None when unknown. `read_pool` and `read_replicas` read through:
 from the API server only what the watch has not shown yet (just after the
-operator started), and record it.
+operator started), and record it. `startup` is the pool's `StartupClock`, told
+of every readyReplicas its Deployment reports.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from shoal_operator.errors import InvalidPoolSpec
 from shoal_operator.kube import Kube, KubeError, deployment_path, workerpool_path
+from shoal_operator.pools.lead import StartupClock
 from shoal_operator.pools.spec import PoolSpec
 
 Obj = Mapping[str, Any]
@@ -47,6 +50,7 @@ class PoolRegistry:
         self._pools: dict[Key, Obj] = {}
         self._parsed: dict[Key, _Parsed] = {}
         self._scales: dict[Key, _Scale] = {}
+        self._startups: dict[Key, StartupClock] = {}
 
     def observe(self, body: Obj) -> None:
         """Record a WorkerPool as a watch event (or a read) shows it."""
@@ -55,7 +59,7 @@ class PoolRegistry:
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted pool."""
-        for known in (self._pools, self._parsed, self._scales):
+        for known in (self._pools, self._parsed, self._scales, self._startups):
             known.pop((namespace, name), None)
 
     def pool(self, namespace: str, name: str) -> Obj | None:
@@ -92,13 +96,20 @@ class PoolRegistry:
         return parsed.spec
 
     def observe_deployment(self, namespace: str, pool: str, deployment: Obj) -> None:
-        """Record the replicas of the pool's Deployment, unless a newer generation is known."""
+        """Record the replicas of the pool's Deployment, unless a newer generation is known,
+        and tell the pool's StartupClock how many are Ready."""
         meta = deployment.get("metadata") or {}
+        ready = (deployment.get("status") or {}).get("readyReplicas") or 0
+        self.startup(namespace, pool).ready(time.monotonic(), int(ready))
         scale = _Scale(str(meta.get("uid")), int(meta.get("generation") or 0),
                        int((deployment.get("spec") or {}).get("replicas", 1)))
         known = self._scales.get((namespace, pool))
         if known is None or known.uid != scale.uid or known.generation <= scale.generation:
             self._scales[(namespace, pool)] = scale
+
+    def startup(self, namespace: str, pool: str) -> StartupClock:
+        """The pool's StartupClock (a new one for a pool not seen before)."""
+        return self._startups.setdefault((namespace, pool), StartupClock())
 
     def forget_deployment(self, namespace: str, pool: str) -> None:
         """The pool's Deployment was deleted."""

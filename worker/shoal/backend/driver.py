@@ -43,11 +43,13 @@ from shoal.backend.models import (
     HeartbeatReply,
     NewTask,
     Outcome,
+    PoolTasks,
     QueueDepth,
     Schedule,
     ScheduleStatus,
     StepStatus,
     TaskFilter,
+    TaskFlow,
     TaskRow,
     TaskSummary,
     WorkerIdentity,
@@ -628,21 +630,34 @@ class Backend:
 
     async def backlog(self, namespace: str, tags: Iterable[str],
                       task_names: Iterable[str] | None = None) -> Backlog:
-        names = list(task_names) if task_names is not None else None
-        row = await self.pool.fetchrow(self.queries.backlog, namespace, list(tags), names or None)
-        return Backlog(ready=row["ready"], running=row["running"], waiting=row["waiting"],
-                       dead=row["dead"])
+        """One pool's backlog, as `backlogs` reads it."""
+        names = tuple(task_names) if task_names is not None else None
+        return (await self.backlogs([PoolTasks(namespace, tuple(tags), names or None)]))[0]
 
-    async def backlogs(self, pools: Sequence[tuple[str, Sequence[str], Sequence[str] | None]]
+    async def backlogs(self, pools: Sequence[PoolTasks], leads: Sequence[float] | None = None
                        ) -> list[Backlog]:
-        """The backlog of each (namespace, tags, task names or None) in `pools`, in order,
-        read in one statement; each as `backlog` reads it."""
+        """The backlog of each pool in `pools`, in order, read in one statement; `leads`
+        (seconds, one per pool; default 0) says how far ahead a task counts as due."""
         rows = await self.pool.fetch(
-            self.queries.backlogs, [ns for ns, _, _ in pools],
-            [json.dumps(list(tags)) for _, tags, _ in pools],
-            [json.dumps(list(names)) if names else None for _, _, names in pools])
+            self.queries.backlogs, *_pool_arrays(pools),
+            list(leads) if leads is not None else [0.0] * len(pools))
         return [Backlog(ready=r["ready"], running=r["running"], waiting=r["waiting"],
-                        dead=r["dead"]) for r in rows]
+                        dead=r["dead"], due=r["due"],
+                        oldest_ready_seconds=r["oldest_ready_seconds"],
+                        next_due_seconds=r["next_due_seconds"]) for r in rows]
+
+    async def flows(self, pools: Sequence[PoolTasks], window_seconds: float, sample: int
+                    ) -> list[list[TaskFlow]]:
+        """Each pool's recent flow by task name (see `Queries.flows`), in one statement:
+        over its last `sample` finished plain tasks within `window_seconds`."""
+        rows = await self.pool.fetch(self.queries.flows, *_pool_arrays(pools),
+                                     window_seconds, sample)
+        flows: list[list[TaskFlow]] = [[] for _ in pools]
+        for r in rows:
+            flows[r["pool"] - 1].append(TaskFlow(
+                name=r["name"], finished=r["finished"], busy_seconds=r["busy_seconds"],
+                arrivals=r["arrivals"], ready=r["ready"], span_seconds=r["span_seconds"]))
+        return flows
 
     async def pool_workers(self, pool: str) -> list[WorkerRow]:
         rows = await self.pool.fetch(self.queries.pool_workers, pool)
@@ -885,3 +900,10 @@ def _check_workflow(spec: dag.WorkflowSpec, name: str, namespace: str, key: str 
         check_text(step.task, f"step {step.name!r}: task")
         for tag in step.tags or spec.tags:
             check_text(tag, f"step {step.name!r}: tag")
+
+
+def _pool_arrays(pools: Sequence[PoolTasks]) -> tuple[list[str], list[str], list[str | None]]:
+    """Pools as the array parameters of `backlogs` and `flows`: namespaces, tags and
+    names (JSON arrays; None: any name)."""
+    return ([p.namespace for p in pools], [json.dumps(list(p.tags)) for p in pools],
+            [json.dumps(list(p.names)) if p.names else None for p in pools])

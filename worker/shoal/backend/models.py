@@ -121,13 +121,43 @@ class Election:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolTasks:
+    """The tasks a pool serves: those in `namespace` whose tags are a subset of `tags`
+    and, unless `names` is None, whose name is among `names`."""
+
+    namespace: str
+    tags: tuple[str, ...] = ()
+    names: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Backlog:
-    """Tasks a pool can serve: ready now, running, waiting (delayed or paused), dead."""
+    """Tasks a pool can serve: ready now, running, waiting (delayed or paused), dead;
+    of the waiting ones, those due within the lead asked for (or overdue); the age of
+    the oldest ready task (0: none) and the seconds to the run_at of the next waiting
+    task not yet due (None: none)."""
 
     ready: int
     running: int
     waiting: int
     dead: int
+    due: int = 0
+    oldest_ready_seconds: float = 0.0
+    next_due_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFlow:
+    """One task name of a pool over a recent span (see `Backend.flows`): tasks that
+    finished and their summed start-to-finish seconds, tasks that became ready, and
+    tasks ready now."""
+
+    name: str
+    finished: int
+    busy_seconds: float
+    arrivals: int
+    ready: int
+    span_seconds: float
 
 
 @dataclass(frozen=True, slots=True)

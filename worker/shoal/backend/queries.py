@@ -42,16 +42,27 @@ _election = """(SELECT term FROM won) AS term, l.holder,
     FROM {schema}.leaders l WHERE l.role = 'maintenance'"""
 
 
-def _backlog_counts(namespace: str, tags: str, names: str) -> str:
-    """A pool's backlog (see Queries.backlog) as the select list and FROM of a query:
+def _backlog_counts(namespace: str, tags: str, names: str, lead: str) -> str:
+    """A pool's backlog (see Queries.backlogs) as the select list and FROM of a query:
     tasks in `namespace` whose tags are a subset of `tags` and, unless `names` is
-    NULL, whose name is among `names` (SQL expressions)."""
+    NULL, whose name is among `names`; `lead` is the seconds ahead within which a
+    not-yet-ready task counts as due (SQL expressions)."""
     return f"""
         count(*) FILTER (WHERE t.state = 'ready' AND t.run_at <= now() AND runnable) AS ready,
         count(*) FILTER (WHERE t.state = 'running') AS running,
         count(*) FILTER (WHERE t.state = 'delayed'
                          OR t.state = 'ready' AND (t.run_at > now() OR NOT runnable)) AS waiting,
-        count(*) FILTER (WHERE t.state = 'dead') AS dead
+        count(*) FILTER (WHERE t.state = 'dead') AS dead,
+        count(*) FILTER (WHERE (t.state = 'delayed' OR t.state = 'ready' AND t.run_at > now())
+                         AND runnable
+                         AND t.run_at <= now() + {lead} * interval '1 second') AS due,
+        coalesce(extract(epoch FROM now() - min(t.run_at) FILTER (
+            WHERE t.state = 'ready' AND t.run_at <= now() AND runnable)), 0)::float8
+            AS oldest_ready_seconds,
+        extract(epoch FROM min(t.run_at) FILTER (
+            WHERE (t.state = 'delayed' OR t.state = 'ready' AND t.run_at > now())
+            AND runnable AND t.run_at > now() + {lead} * interval '1 second')
+            - now())::float8 AS next_due_seconds
     FROM {{schema}}.tasks t
     LEFT JOIN LATERAL (
         SELECT t.workflow_id IS NULL OR EXISTS (
@@ -710,26 +721,77 @@ class Queries:
 
     # -- what the operator reads -------------------------------------------------------
 
-    # Backlog a pool can serve: tasks in its namespace whose tags are a subset of
-    # the pool's tags and (when the pool lists them) whose names it runs.
-    backlog = """
-    SELECT """ + _backlog_counts("$1", "$2::text[]", "$3::text[]") + """
+    # The backlog of many pools in one statement (the operator reads every pool on
+    # one database per evaluation round). Pool i is ($1[i] namespace, $2[i] its tags
+    # as a JSON array, $3[i] its task names as a JSON array or NULL for any, $4[i]
+    # the lead in seconds): the tasks in its namespace whose tags are a subset of the
+    # pool's and whose name it runs. Ready: claimable now; waiting: delayed, or in a
+    # workflow that is not running; due: not yet ready but due within the lead (or
+    # overdue, waiting for a worker's scheduler); the oldest ready task's age; the
+    # seconds to the run_at of the next waiting task not yet due (NULL: none). One
+    # row per pool, `pool` its position.
+    backlogs = """
+    SELECT s.pool, c.ready, c.running, c.waiting, c.dead, c.due, c.oldest_ready_seconds,
+           c.next_due_seconds
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[])
+        WITH ORDINALITY AS s(namespace, tags, names, lead, pool)
+    CROSS JOIN LATERAL (
+        SELECT ARRAY(SELECT jsonb_array_elements_text(s.tags::jsonb)) AS tags,
+               CASE WHEN s.names IS NOT NULL
+                    THEN ARRAY(SELECT jsonb_array_elements_text(s.names::jsonb)) END AS names) p
+    CROSS JOIN LATERAL (
+        SELECT """ + _backlog_counts("s.namespace", "p.tags", "p.names", "s.lead") + """) c
+    ORDER BY s.pool
     """
 
-    # The backlog of many pools in one statement (the operator reads every pool on
-    # one database per evaluation round): pool i is ($1[i] namespace, $2[i] its tags
-    # as a JSON array, $3[i] its task names as a JSON array or NULL for any), each
-    # counted as `backlog` counts it; one row per pool, `pool` its 1-based position.
-    backlogs = """
-    SELECT s.pool, c.ready, c.running, c.waiting, c.dead
+    # What a latency target needs of each pool (same $1-$3 as `backlogs`), by task
+    # name: over the last $5 finished plain tasks of the pool within $4 seconds (the
+    # tasks_finished index, newest first), how many finished and their summed
+    # seconds from start to finish; how many became ready (run_at) within the span
+    # that sample covers, finished or still live; how many are ready now; and that
+    # span in seconds ($4 unless the sample was full).
+    flows = """
+    SELECT s.pool, f.name, f.finished, f.busy_seconds, f.arrivals, f.ready, f.span_seconds
     FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS s(namespace, tags, names, pool)
     CROSS JOIN LATERAL (
         SELECT ARRAY(SELECT jsonb_array_elements_text(s.tags::jsonb)) AS tags,
                CASE WHEN s.names IS NOT NULL
                     THEN ARRAY(SELECT jsonb_array_elements_text(s.names::jsonb)) END AS names) p
     CROSS JOIN LATERAL (
-        SELECT """ + _backlog_counts("s.namespace", "p.tags", "p.names") + """) c
-    ORDER BY s.pool
+        WITH recent AS (
+            SELECT t.name, t.run_at, extract(epoch FROM t.finished_at - t.started_at) AS busy,
+                   t.finished_at
+            FROM {schema}.tasks t
+            WHERE t.state = 'succeeded' AND t.workflow_id IS NULL
+              AND t.finished_at > now() - $4::float8 * interval '1 second'
+              AND t.namespace = s.namespace AND t.tags <@ p.tags
+              AND (p.names IS NULL OR t.name = ANY(p.names))
+            ORDER BY t.finished_at DESC LIMIT $5::int),
+        span AS (
+            SELECT CASE WHEN count(*) < $5::int THEN $4::float8
+                        ELSE greatest(extract(epoch FROM now() - min(finished_at)), 0.001)
+                   END::float8 AS seconds
+            FROM recent),
+        live AS (
+            SELECT t.name, t.state, t.run_at FROM {schema}.tasks t
+            WHERE t.state IN ('ready', 'running') AND t.run_at <= now()
+              AND t.namespace = s.namespace AND t.tags <@ p.tags
+              AND (p.names IS NULL OR t.name = ANY(p.names))),
+        named AS (
+            SELECT r.name, count(*) AS finished, sum(r.busy) AS busy_seconds,
+                   count(*) FILTER (WHERE r.run_at > now() - span.seconds * interval '1 second')
+                       AS arrivals, 0::bigint AS ready
+            FROM recent r, span GROUP BY r.name
+            UNION ALL
+            SELECT l.name, 0, 0, count(*) FILTER (
+                       WHERE l.run_at > now() - span.seconds * interval '1 second'),
+                   count(*) FILTER (WHERE l.state = 'ready')
+            FROM live l, span GROUP BY l.name)
+        SELECT n.name, sum(n.finished)::bigint AS finished,
+               sum(n.busy_seconds)::float8 AS busy_seconds, sum(n.arrivals)::bigint AS arrivals,
+               sum(n.ready)::bigint AS ready, max(span.seconds) AS span_seconds
+        FROM named n, span GROUP BY n.name) f
+    ORDER BY s.pool, f.name
     """
 
     pool_workers = """

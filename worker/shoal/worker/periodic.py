@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from shoal.backend import Backend, Schedule
+from shoal.backend import Backend, Schedule, ScheduleStatus
 from shoal.worker.supervisor import repeat
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 MAX_SLEEP = 60.0  # seconds: a jump of the wall clock is noticed within this
 
 
-def zone(schedule: Schedule) -> ZoneInfo:
+def zone(schedule: Schedule | ScheduleStatus) -> ZoneInfo:
     return ZoneInfo(schedule.timezone)
 
 
@@ -60,8 +60,8 @@ def latest_tick(schedule: Schedule, now: datetime) -> datetime:
     return next(CronSim(schedule.cron, start, reverse=True)).astimezone(UTC)
 
 
-def next_tick(schedule: Schedule, after: datetime) -> datetime:
-    """The schedule's first tick after `after` (aware, in UTC)."""
+def next_tick(schedule: Schedule | ScheduleStatus, after: datetime) -> datetime:
+    """The schedule's first tick after `after` (aware, in UTC); a stored schedule too."""
     return next(CronSim(schedule.cron, after.astimezone(zone(schedule)))).astimezone(UTC)
 
 
