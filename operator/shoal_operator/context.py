@@ -3,7 +3,8 @@
 `Operator.start` (called by the startup handler in main.py) builds it: the
 API client, the shared Backends and their LISTEN connections, the pool
 registry, the pool status writer, the autoscaler (its scalers, one backlog
-reader per database and the re-check ticker) and the Workflow machinery.
+reader per database and the re-check ticker), the Workflow machinery and the
+watch of OOM kills.
 Handlers reach it with `of(memo)`; nothing of it lives in a module-level
 variable, so two operators in one process (as in tests) share nothing.
 `close` stops its services and closes its connections.
@@ -21,6 +22,7 @@ from shoal_operator.backends import Backends
 from shoal_operator.health import Health
 from shoal_operator.kube import Kube
 from shoal_operator.pools.autoscaler import TICKER, Autoscaler
+from shoal_operator.pools.oom_watch import OOMWatch
 from shoal_operator.pools.registry import PoolRegistry
 from shoal_operator.pools.status import StatusWriter
 from shoal_operator.workflows.sync import (
@@ -60,6 +62,7 @@ class Operator:
     autoscaler: Autoscaler
     workflows: WorkflowRuntime
     services: list[asyncio.Task[None]]
+    oom: OOMWatch
 
     @classmethod
     async def start(cls, config: OperatorConfig, health: Health) -> Operator:
@@ -75,7 +78,8 @@ class Operator:
         services = [asyncio.create_task(health.supervise(name, run), name=name)
                     for name, run in ((SERVICE, sync.run), (TICKER, autoscaler.tick))]
         return cls(config, health, kube, backends, pools, status, autoscaler,
-                   WorkflowRuntime(registry, resolver, sync), services)
+                   WorkflowRuntime(registry, resolver, sync), services,
+                   OOMWatch(kube, pools, backends, resolver))
 
     async def close(self) -> None:
         """Stop the services, close every database connection and the API client."""

@@ -20,6 +20,8 @@ from shoal.errors import InvalidInput
 from shoal_operator import context, metrics
 from shoal_operator.context import Operator, OperatorConfig
 from shoal_operator.health import Health
+from shoal_operator.pools import pods as _pods  # noqa: F401  (registers the pool Pods' handler)
+from shoal_operator.pools.oom_watch import POD_RESOURCE, POD_SELECTOR
 from shoal_operator.workflows import handlers as _workflows  # noqa: F401  (registers them)
 from shoal_operator.workflows.status import PHASE_LABEL_FIELD
 
@@ -68,8 +70,8 @@ def parse_args(argv: list[str]) -> OperatorConfig:
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: object) -> None:
-    """kopf settings: state kept in annotations, only warnings posted as Events by kopf;
-    and the operator's context (`memo.shoal`, see context.py).
+    """kopf settings: state kept in annotations, only warnings posted as Events by kopf,
+    only pool Pods watched; and the operator's context (`memo.shoal`, see context.py).
 
     Peering comes from `kopf.operator(standalone=..., peering_name=...)` in `run`.
     """
@@ -82,6 +84,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: objec
     settings.persistence.finalizer = "kopf.shoal.dev/finalizer"
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    settings.watching.label_selectors[POD_RESOURCE] = POD_SELECTOR
     settings.networking.request_timeout = 60
 
 

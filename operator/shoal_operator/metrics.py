@@ -43,6 +43,12 @@ oldest_ready = Gauge("shoal_workerpool_oldest_ready_age_seconds",
 api_requests = Counter("shoal_operator_api_requests_total",
                        "Requests of the operator's own API client (kopf's watches and "
                        "patches not included), by verb and resource", ["verb", "resource"])
+oom_kills = Counter("shoal_workerpool_oom_kills_total",
+                    "Runs of the pool's worker containers that ended OOMKilled", POOL)
+oom_tasks = Counter("shoal_workerpool_oom_killed_tasks_total",
+                    "Tasks whose worker was OOMKilled while running them, by what became of "
+                    "them (retried, rerouted: retried with spec.onOOMKilled's tags, dead: "
+                    "lease-expiry budget used up)", [*POOL, "outcome"])
 workflows = Gauge("shoal_workflows", "Workflow CRs by namespace and phase",
                   ["namespace", "phase"])
 
@@ -52,7 +58,7 @@ WORKFLOW_PHASES = ("Pending", "Running", "Paused", "Cancelling", "Cancelled", "S
                    "Failed")
 POOL_METRICS: tuple[MetricWrapperBase, ...] = (
     backlog, desired_replicas, scaler_errors, evaluation_seconds, max_replicas, tasks,
-    oldest_ready)
+    oldest_ready, oom_kills, oom_tasks)
 service_failures = Counter("shoal_operator_service_failures_total",
                            "Failed rounds of the operator's services (scaler/NS/POOL, "
                            "workflow-sync)", ["service"])

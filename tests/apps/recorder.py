@@ -158,6 +158,21 @@ async def hog(run: Run, ctx: TaskContext) -> None:
         await asyncio.sleep(0.01)
 
 
+class Allocation(Run):
+    mib: int  # MiB to allocate, every page written
+
+
+@app.task("allocate")
+async def allocate(run: Allocation, ctx: TaskContext) -> dict[str, int]:
+    """Holds `mib` MiB of written memory for `sleep` seconds: past the container's memory
+    limit the kernel kills the worker (OOMKilled) before the `done` note."""
+    note(run, ctx, "start")
+    hoard = b"x" * (run.mib << 20)
+    await asyncio.sleep(run.sleep)
+    note(run, ctx, "done")
+    return {"mib": len(hoard) >> 20}
+
+
 class AddInput(BaseModel):
     a: int
     b: int

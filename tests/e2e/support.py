@@ -9,6 +9,7 @@ process reads: runs are counted independently of Shoal's own bookkeeping.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from tests.apps.recorder import runs
 from tests.cluster.access import KubeAccess
 from tests.cluster.images import APP_IMAGE
 from tests.cluster.kind import SHARED_PATH
-from tests.support import eventually
+from tests.operator.harness import apply, create_secret, pod_ready, pool_pods
+from tests.support import eventually, wait_for
 
 RECORDER = "tests/apps/recorder.py:app"
 # The partition scenarios' table (test_partition.py), printed at the end of the run.
@@ -81,6 +83,15 @@ def recorder_pool(name: str, namespace: str, *, secret: str = "pg", replicas: in
     body.update(spec)
     return {"apiVersion": "shoal.dev/v1alpha1", "kind": "WorkerPool",
             "metadata": {"name": name, "namespace": namespace}, "spec": body}
+
+
+async def ready_pool(kube: KubeAccess, namespace: str, pod_dsn: str, name: str, replicas: int,
+                     **spec: Any) -> None:
+    """The recorder pool `name` (see recorder_pool) up with `replicas` Ready pods."""
+    create_secret(kube, namespace, pod_dsn)
+    apply(kube, recorder_pool(name, namespace, replicas=replicas, **spec))
+    await asyncio.to_thread(wait_for, lambda: sum(map(pod_ready, pool_pods(
+        kube, namespace, name))) == replicas, 90, f"{replicas} Ready worker pods")
 
 
 async def settled(backend: Backend, ids: list[int], within: float) -> list[Any]:

@@ -16,7 +16,7 @@ from tests.cluster.access import KubeAccess
 from tests.cluster.engine import docker
 from tests.cluster.kind import network_gateway
 from tests.cluster.postgres import PostgresServer
-from tests.e2e.support import RunLog, assert_each_done_once, recorder_pool, settled
+from tests.e2e.support import RunLog, assert_each_done_once, ready_pool, recorder_pool, settled
 from tests.operator.harness import (
     OperatorProcess,
     apply,
@@ -27,15 +27,6 @@ from tests.operator.harness import (
 from tests.support import eventually, wait_for
 
 pytestmark = pytest.mark.kube
-
-
-async def ready_pool(kube: KubeAccess, namespace: str, pod_dsn: str, name: str, replicas: int,
-                     **spec: Any) -> None:
-    """The recorder pool `name` (see recorder_pool) up with `replicas` Ready pods."""
-    create_secret(kube, namespace, pod_dsn)
-    apply(kube, recorder_pool(name, namespace, replicas=replicas, **spec))
-    await asyncio.to_thread(wait_for, lambda: sum(map(pod_ready, pool_pods(
-        kube, namespace, name))) == replicas, 90, f"{replicas} Ready worker pods")
 
 
 def running_on(log: RunLog, pod: str) -> set[int]:
@@ -158,8 +149,8 @@ async def test_oom_killed_worker_is_reclaimed_and_the_task_ends_dead(
         kube: KubeAccess, shoal_operator: OperatorProcess, pod_dsn: str, namespace: str,
         backend: Backend) -> None:
     """A task that allocates past the pod's memory limit: the kernel kills the worker
-    (OOMKilled), the lease expires, the task runs again (its budget: one lease expiry)
-    and ends a dead letter; the other pod's work is unharmed."""
+    (OOMKilled), the lease ends with that cause, the task runs again (its budget: one
+    lease expiry) and ends a dead letter; the other pod's work is unharmed."""
     log = RunLog.create(kube)
     await ready_pool(kube, namespace, pod_dsn, "oom", 2, memory="160Mi")
     [hog] = await backend.enqueue(log.tasks("hog", 1, namespace))  # budget: the worker's
@@ -167,7 +158,8 @@ async def test_oom_killed_worker_is_reclaimed_and_the_task_ends_dead(
     [dead] = await settled(backend, [hog], 180)
     assert dead.state == "dead", dead
     assert log.count("start")[hog] == 2, "the hog did not run exactly twice"
-    assert "lease expired (2 of 2 allowed)" in (dead.error or ""), dead
+    # the operator ends the lease at once, or adds the cause to the reaper's error
+    assert "(2 of 2 allowed)" in (dead.error or "") and "OOMKilled on pod" in dead.error, dead
     await settled(backend, others, 60)
     assert_each_done_once(log, others)
     killed = [s for p in pool_pods(kube, namespace, "oom") for s in p["status"][

@@ -64,10 +64,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
-# Pod deletion cost (idle pods first) before a scale-down.
+# Pool pods: deletion cost (idle pods first) before a scale-down; the watch of
+# OOM kills, and the annotation recording those acted on.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, patch]
+  verbs: [list, watch, patch]
 # The DSN of each pool's database Secret; never listed or watched.
 - apiGroups: [""]
   resources: [secrets]

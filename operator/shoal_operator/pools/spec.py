@@ -32,6 +32,7 @@ RESERVED_MOUNT = "/tmp"
 POD = "io.k8s.api.core.v1.PodSpec"
 CONTAINER = "io.k8s.api.core.v1.Container"
 SCHEMA_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
 class _Model(Checked):
@@ -245,6 +246,27 @@ class Scaling(_Model):
         return None if self.pod_startup_time is None else parse_duration(self.pod_startup_time)
 
 
+class OnOOMKilled(_Model):
+    """Where a task goes when the worker running it is OOMKilled: its retry is claimable
+    only by workers with the tags named here (a worker claims a task whose tags are a
+    subset of its own). Set pool or tags. Without this field, the retry goes back to the
+    workers that could claim it before, this pool's included."""
+
+    cel_rules = (Rule("has(self.pool) != has(self.tags)",
+                      "set exactly one of onOOMKilled.pool and onOOMKilled.tags",
+                      check=lambda o: (o.pool is None) != (o.tags is None)),)
+
+    pool: str | None = Field(None, pattern=DNS_LABEL, max_length=63, description=(
+        "A WorkerPool in this namespace, e.g. one with a larger memory limit: the retried "
+        "task takes that pool's tasks.tags (where that pool lists task names, only a task it "
+        "runs). It must serve the same task namespace from the same database and have a tag "
+        "this pool's workers lack; otherwise the task is retried as without onOOMKilled and "
+        "a Warning Event OOMRouteUnavailable says why."))
+    tags: tuple[Tag, ...] | None = Field(None, min_length=1, max_length=64, description=(
+        "The tags the retried task takes instead of its own; at least one must be a tag "
+        "this pool's workers lack (else OOMRouteUnavailable, as for pool)."))
+
+
 class PoolSpec(_Model):
     """What the pool's workers run, where their tasks live, and how many run."""
 
@@ -276,6 +298,8 @@ class PoolSpec(_Model):
         "the count to run (`kubectl scale`, an HPA). Auto mode: the scaler's count, mirrored "
         "here; a write is overridden at its next evaluation."))
     scaling: Scaling = Field(default_factory=Scaling, description=Scaling.__doc__)
+    on_oom_killed: OnOOMKilled | None = Field(None, alias="onOOMKilled",
+                                              description=OnOOMKilled.__doc__)
 
     @property
     def target_per_replica(self) -> int:

@@ -20,10 +20,9 @@ from shoal import dag
 from shoal.errors import InvalidWorkflow
 from shoal.validation import Rule, problems
 from shoal_operator.conditions import Conditions
-from shoal_operator.pools.spec import TaskSelector
+from shoal_operator.pools.spec import DNS_LABEL, TaskSelector
 from shoal_operator.resource import Column, Resource
 
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 Phase = Literal["Pending", "Running", "Paused", "Cancelling", "Cancelled", "Succeeded", "Failed"]
 
 

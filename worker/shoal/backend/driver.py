@@ -41,10 +41,13 @@ from shoal.backend.models import (
     DeadLetterFilter,
     Election,
     HeartbeatReply,
+    KilledLease,
+    KilledWorker,
     NewTask,
     Outcome,
     PoolTasks,
     QueueDepth,
+    Reroute,
     Schedule,
     ScheduleStatus,
     StepStatus,
@@ -422,6 +425,28 @@ class Backend:
                                        [t for _, t in leases], worker_id,
                                        printable(reason[:1000]))
         return {r["id"] for r in rows}
+
+    async def end_killed_leases(self, killed: KilledWorker,
+                                reroute: Reroute | None = None) -> list[KilledLease]:
+        """End the leases a killed run of a pool's pod held (see Queries.end_killed_leases).
+
+        Each is counted as a lease expiry whose reason is `killed.cause`: the task is
+        ready again at once (with `reroute`'s tags, where given and its names allow)
+        or, its lease-expiry budget used up, a dead letter. Fenced: a task that
+        finished or was claimed again meanwhile is left as it is, so calling again
+        changes nothing. A lease the reaper ended first gets the cause added to its
+        error (`reaped`). Raises InvalidInput for a cause or tags that cannot be stored.
+        """
+        check_text(killed.cause, "cause")
+        if reroute is not None:
+            _check_tags(reroute.tags, "reroute")
+        rows = await self._expire_rows(
+            self.queries.end_killed_leases, killed.pool, killed.pod_name, killed.started_at,
+            killed.killed_at, killed.cause[:1000],
+            None if reroute is None else list(reroute.tags),
+            None if reroute is None or reroute.names is None else list(reroute.names))
+        return [KilledLease(task_id=r["id"], state=r["state"], rerouted=r["rerouted"],
+                            reaped=r["reaped"]) for r in rows]
 
     async def _expire(self, query: str, *args: Any) -> int:
         return len(await self._expire_rows(query, *args))
@@ -860,15 +885,21 @@ def _check_seconds(value: float, what: str, limit: float, unit: str) -> None:
         raise InvalidInput(f"{what} must be between 0 and {unit}, not {value:g}s")
 
 
+def _check_tags(tags: Sequence[str], what: str) -> None:
+    """Raise InvalidInput unless every tag can be stored (non-empty, no comma: enqueue
+    joins them with commas)."""
+    if any("," in tag or not tag for tag in tags):
+        raise InvalidInput(f"{what}: invalid tags {list(tags)!r}")
+    for tag in tags:
+        check_text(tag, f"{what}: tag")
+
+
 def _check_task(t: NewTask) -> None:
     """Raise InvalidInput unless every field of `t` fits its column."""
     _check_name(t.name, "task name", MAX_NAME)
     what = f"task {t.name!r}"
     _check_name(t.namespace, f"{what}: namespace", MAX_NAMESPACE)
-    if any("," in tag or not tag for tag in t.tags):
-        raise InvalidInput(f"{what}: invalid tags {list(t.tags)!r}")
-    for tag in t.tags:
-        check_text(tag, f"{what}: tag")
+    _check_tags(t.tags, what)
     _check_int(t.priority, f"{what}: priority", -MAX_PRIORITY, MAX_PRIORITY)
     _check_seconds(t.delay_seconds, f"{what}: delay", MAX_DELAY_SECONDS, "10 years")
     if t.max_attempts is not None:

@@ -176,6 +176,42 @@ class WorkerRow:
 
 
 @dataclass(frozen=True, slots=True)
+class KilledWorker:
+    """One run of a pool pod's worker that something outside it killed (an OOM kill).
+
+    The run's leases are those its pod's workers (liveness rows with this pool and
+    pod name) took from `started_at` to `killed_at`, by the database's clock; a
+    lease taken later is a later run's (the restarted container's).
+    """
+
+    pool: str
+    pod_name: str
+    started_at: datetime
+    killed_at: datetime
+    cause: str  # what the tasks' error says, e.g. "OOMKilled on pod p (container worker)"
+
+
+@dataclass(frozen=True, slots=True)
+class Reroute:
+    """Where the retry of a killed run's task goes: the task's tags become `tags`
+    (a worker claims a task whose tags are a subset of its own), for tasks named
+    in `names` (None: any name)."""
+
+    tags: tuple[str, ...]
+    names: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KilledLease:
+    """A task whose lease a killed run held, after `Backend.end_killed_leases`."""
+
+    task_id: int
+    state: str  # 'ready': retried now; 'dead': its lease-expiry budget was used up
+    rerouted: bool  # its tags became the Reroute's
+    reaped: bool  # the lease reaper had ended the lease first: only the cause was added
+
+
+@dataclass(frozen=True, slots=True)
 class TaskRow:
     id: int
     namespace: str

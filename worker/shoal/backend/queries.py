@@ -99,6 +99,24 @@ def _expiry(what: str, why: str) -> str:
         worker_id = NULL"""
 
 
+# What the lease reaper's error says: `LEASE_EXPIRED (2 of 4 allowed): worker W stopped
+# heartbeating` (see _expiry and reap_expired).
+LEASE_EXPIRED = "'lease expired'"
+
+
+def _stopped_heartbeating(worker: str) -> str:
+    """Why the lease reaper ended a lease of `worker` (an SQL expression)."""
+    return f"'worker ' || {worker} || ' stopped heartbeating'"
+
+
+def _reroutable(ready: str) -> str:
+    """Whether `end_killed_leases` reroutes a task that is ready again (`ready`, an SQL
+    condition): a reroute's tags are given ($6) and its names ($7, NULL: any) hold the
+    task's."""
+    return (f"({ready} AND $6::text[] IS NOT NULL "
+            f"AND ($7::text[] IS NULL OR t.name = ANY($7::text[])))")
+
+
 class Queries:
     """The statements of this class, rendered for one schema.
 
@@ -501,11 +519,60 @@ class Queries:
         FOR UPDATE SKIP LOCKED
     )
     UPDATE {schema}.tasks t
-    SET """ + _expiry("'lease expired'",
-                      "'worker ' || coalesce(t.worker_id, '?') || ' stopped heartbeating'") + """
+    SET """ + _expiry(LEASE_EXPIRED, _stopped_heartbeating("coalesce(t.worker_id, '?')")) + """
     FROM expired e
     WHERE t.ctid = e.tid
     RETURNING t.id, t.namespace, t.workflow_id, t.state::text, """ + _finished_dead + """
+    """
+
+    # The leases a killed run of a pool's pod held (see KilledWorker): $1 pool, $2 pod
+    # name, $3 and $4 when the run started and was killed, $5 the cause, $6 a reroute's
+    # tags (NULL: none) for tasks named in $7 (NULL: any name).
+    # Each lease the pod's workers took in that window and still hold ends as an
+    # expiry (see _expiry) whose reason is the cause: ready again at once, in its
+    # place in line, or dead once its lease-expiry budget is used up; a retry takes
+    # the reroute's tags. Fenced as every expiry is: a task that finished, was
+    # re-claimed (by another worker, or by the pod's next run, whose leases are
+    # later than $4) or ended already is not running under such a lease and is left
+    # as it is, so a second call changes nothing.
+    # Where the lease reaper got there first (the error it wrote names the pod's
+    # worker, and the task was not claimed since), the cause is added to that error
+    # and a retry is rerouted; nothing is counted twice. That costs a scan of the
+    # namespace's ready and dead tasks (no index knows a task's last worker), so it
+    # is looked for only once half a claim TTL has passed since the kill (a one-time
+    # filter): before that no lease renewed on schedule can have expired, and a kill
+    # seen at once, as the operator's watch sees it, scans nothing.
+    end_killed_leases = """
+    WITH killed AS (
+        SELECT id, namespace, claim_ttl,
+               """ + _stopped_heartbeating("id") + """ AS reaped_why
+        FROM {schema}.workers WHERE pool = $1 AND pod_name = $2
+    ), ended AS (
+        UPDATE {schema}.tasks t
+        SET """ + _expiry("'worker killed'", "$5") + """,
+            tags = CASE WHEN """ + _reroutable("t.expiries < t.max_expiries") + """
+                        THEN $6::text[] ELSE t.tags END
+        FROM killed k
+        WHERE t.worker_id = k.id AND t.state = 'running' AND t.lease_expires_at IS NOT NULL
+          AND t.started_at BETWEEN $3 AND $4
+        RETURNING t.id, t.namespace, t.workflow_id, t.state::text, false AS reaped,
+                  """ + _reroutable("t.state = 'ready'") + """ AS rerouted,
+                  """ + _finished_dead + """ AS announced
+    ), amended AS (
+        UPDATE {schema}.tasks t
+        SET error = t.error || ': ' || $5,
+            tags = CASE WHEN """ + _reroutable("t.state = 'ready'") + """
+                        THEN $6::text[] ELSE t.tags END
+        FROM killed k
+        WHERE (SELECT bool_or(now() > $4 + claim_ttl / 2 * interval '1 second') FROM killed)
+          AND t.namespace = k.namespace AND (t.state = 'ready' OR t.state = 'dead')
+          AND t.worker_id IS NULL AND t.started_at BETWEEN $3 AND $4
+          AND starts_with(t.error, """ + LEASE_EXPIRED + """ || ' (')
+          AND right(t.error, length(k.reaped_why) + 3) = '): ' || k.reaped_why
+        RETURNING t.id, t.namespace, t.workflow_id, t.state::text, true,
+                  """ + _reroutable("t.state = 'ready'") + """, NULL::boolean
+    )
+    SELECT * FROM ended UNION ALL SELECT * FROM amended
     """
 
     # Delayed tasks that came due become ready (in their place in line: sort_key was
