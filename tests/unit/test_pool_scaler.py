@@ -18,6 +18,7 @@ from shoal_operator.pools.registry import PoolRegistry
 from shoal_operator.pools.scaler import (
     Flow,
     Observation,
+    ScaleEvent,
     ScalerState,
     decide,
     deletion_costs,
@@ -163,14 +164,18 @@ LATENCY = {"target_queue_age": "30s", "pod_startup_time": "0s", "min_replicas": 
 
 
 def flow(ready: int, oldest: float = 0.0, service: float | None = 1.0, rate: float = 0.0,
-         work: float = 0.0) -> Flow:
+         newest: float | None = None, long_running: int = 0) -> Flow:
+    """A burst unless told otherwise: every ready task as old as the oldest."""
     return Flow(oldest_ready_seconds=oldest, service_seconds=service, arrival_rate=rate,
-                arrival_work=work, ready=ready)
+                arrival_work=rate * (service or 0), ready=ready,
+                newest_ready_seconds=oldest if newest is None else newest,
+                long_running=long_running)
 
 
-def latency(current: int, running: int, f: Flow, due: int = 0, **overrides: object) -> int:
-    obs = Observation(0, current, running + f.ready, due=due, flow=f)
-    return decide(scaling(**(LATENCY | overrides)), 4, obs, ScalerState()).desired
+def latency(current: int, running: int, f: Flow, due: int = 0, now: float = 0,
+            state: ScalerState | None = None, **overrides: object) -> int:
+    obs = Observation(now, current, running + f.ready, due=due, flow=f)
+    return decide(scaling(**(LATENCY | overrides)), 4, obs, state or ScalerState()).desired
 
 
 def test_latency_without_service_history_scales_by_count_and_says_so() -> None:
@@ -184,37 +189,55 @@ def test_latency_without_service_history_scales_by_count_and_says_so() -> None:
 
 
 def test_latency_drains_a_burst_before_the_target() -> None:
-    # 150 fresh tasks of 2 s (nothing running, nothing arrived before them): within 30 s a
-    # slot starts (2 + 30)/2 = 16 of them: 9.4 slots, 3 replicas. Without the backlog
-    # term: 1 replica.
+    # 150 fresh tasks of 2 s, nothing running: within 30 s a slot starts (2 + 30)/2 = 16
+    # of them: 9.4 slots, 3 replicas. Without the backlog: 1.
     assert latency(1, 0, flow(150, service=2.0)) == 3
-    # The same backlog 22 s old has 8 s left: 150 x 2 / (2 + 8) = 30 slots.
+    # The same burst 22 s old has 8 s left: 150 x 2 / (2 + 8) = 30 slots.
     assert latency(1, 0, flow(150, oldest=22, service=2.0)) == 8
-    # Unless a stream brought it (150 tasks in 22 s at the arrival rate): its newest tasks
-    # have the whole 30 s, and the oldest start first.
-    assert latency(1, 0, flow(150, oldest=22, service=2.0, rate=150 / 22)) == 3
+    # Without the newest task's age, the newest is taken as fresh: with no arrivals to
+    # explain the backlog, it is still a burst.
+    assert latency(1, 0, Flow(22, 2.0, 0.0, 0.0, 150)) == 8
+    # Unless a stream brought it (150 tasks in 22 s at the arrival rate): its newest task
+    # has the whole 30 s, and the oldest start first.
+    assert latency(1, 0, flow(150, oldest=22, newest=0, service=2.0, rate=150 / 22)) == 3
 
 
-def test_latency_serves_the_stream_from_the_running_tasks() -> None:
-    # A steady stream at full use: 20 slots all busy with 4 s tasks (5 tasks/s, Little's
-    # law: 20 in flight), 100 queued over the last 20 s. The newest must start within 30 s
-    # less the margin for a start-up of 10 s (2.33 x sqrt(2 x 10 / 5) = 4.66 s):
-    # (20 + 100) x 4 / (4 + 25.34) = 16.4 slots, 5 replicas. Without the running tasks
-    # (the stream) 13.6 slots, 4 replicas; without the backlog 2.7 slots, 1 replica.
-    f = flow(100, oldest=20, service=4.0, rate=5.0, work=20.0)
-    assert latency(5, 20, f, pod_startup_time="10s") == 5
-    assert latency(5, 20, flow(100, oldest=20, service=4.0, rate=5.0),
-                   pod_startup_time="10s", scale_down_stabilization="0s") == 5
+def test_latency_counts_the_slots_the_stream_holds() -> None:
+    # A stream at full use: 40 slots busy with 20 s tasks (Little's law: 2 tasks/s x 20 s),
+    # 60 queued over the last 12 s. A busy slot frees in about 20 s, then starts
+    # (20 + 30 - 20)/20 = 1.5 of them within 30 s: all 40 slots are needed. Were the
+    # running tasks not holding slots, 24 would do (6 replicas); without the backlog, 1.
+    f = flow(60, oldest=12, newest=0, service=20.0, rate=5.0)
+    assert latency(10, 40, f, scale_down_stabilization="0s") == 10
 
 
 def test_latency_pays_for_the_start_up_of_pods_it_adds() -> None:
     # A fresh burst with 4 slots there (they start 4 x 16 = 64 tasks within 30 s): added
-    # slots start work only after the start-up, so each starts (2 + 30 - 12)/2 = 10 of the
+    # slots serve only after the start-up, so each starts (2 + 30 - 12)/2 = 10 of the
     # other 86, not 16: 4 + 8.6 slots, 4 replicas (3 without the start-up).
     assert latency(1, 0, flow(150, service=2.0), pod_startup_time="12s") == 4
     # The start-up time measured by the operator overrides the spec's.
     obs = Observation(0, 1, 150, flow=flow(150, service=2.0), startup_seconds=12.0)
     assert decide(scaling(**LATENCY), 4, obs, ScalerState()).desired == 4
+
+
+def test_latency_keeps_a_margin_for_the_stream_while_pods_start() -> None:
+    # 200 tasks of 2 s queued by a stream of 10/s: while a pod starts (12 s), 99 % of such
+    # streams bring at most 2.33 x sqrt(2 x 12 / 10) = 3.6 s more wait than on average, so
+    # the newest gets 26.4 s, not 30: 4 + 17.5 slots, 6 replicas (5 without the margin).
+    f = flow(200, oldest=20, newest=0, service=2.0, rate=10.0)
+    assert latency(1, 0, f, pod_startup_time="12s") == 6
+
+
+def test_latency_waits_for_the_pods_it_started() -> None:
+    # 4 s after scaling 1 -> 3 for a 20 s old burst, the two new pods serve in 8 s: within
+    # the 10 s left each of their slots starts (2 + 10 - 8)/2 = 2 tasks, not 6. More are
+    # needed than if they were serving already.
+    f = flow(100, oldest=20, service=2.0)
+    started = ScalerState(events=(ScaleEvent(0, 1, 3),))
+    waiting = latency(3, 0, f, now=4, state=started, pod_startup_time="12s")
+    serving = latency(3, 0, f, now=4, state=ScalerState(), pod_startup_time="12s")
+    assert (serving, waiting) == (5, 7)
 
 
 def test_latency_counts_due_tasks_without_the_start_up_penalty() -> None:
@@ -223,30 +246,32 @@ def test_latency_counts_due_tasks_without_the_start_up_penalty() -> None:
     s = scaling(**(LATENCY | {"pod_startup_time": "12s"}))
     d = decide(s, 4, Observation(0, 0, 0, due=200, flow=flow(0, service=3.0)), ScalerState())
     assert (d.desired, d.reason) == (5, "ScaledUp")
-    assert "0 ready, 200 due within 12s and 0 running x 3s" in d.message
+    assert "0 ready, 200 due within 12s x 3s, 0 running;" in d.message
     assert "-> 18.2 slots for the due (4 per replica)" in d.message
 
 
-def test_latency_keeps_the_slots_of_long_running_tasks() -> None:
-    # 13 tasks of 2 min running, nothing queued: 13 x 120 / (120 + 30) = 10.4 slots would
-    # do for what is queued, but fewer than 13 slots would interrupt running tasks.
-    assert latency(4, 13, flow(0, service=120.0), scale_down_stabilization="0s") == 4
-    # Short tasks free their slots within the target: one replica carries the stream.
-    assert latency(4, 13, flow(0, service=0.5), scale_down_stabilization="0s") == 1
+def test_latency_keeps_slots_of_tasks_running_longer_than_the_target() -> None:
+    # 13 running, nothing queued: those running for over 30 s keep their slots.
+    assert latency(4, 13, flow(0, long_running=13), scale_down_stabilization="0s") == 4
+    assert latency(4, 13, flow(0), scale_down_stabilization="0s") == 1
+    # Nor do their slots take the queue: 20 quick tasks 20 s old need slots beside the 4
+    # long ones; 4 slots of quick ones would start them all within the 10 s left.
+    assert latency(1, 4, flow(20, oldest=20, service=0.5, long_running=4)) == 2
+    assert latency(1, 4, flow(20, oldest=20, service=0.5)) == 1
 
 
 def test_latency_tolerance_clamp_and_message() -> None:
     s = scaling(**LATENCY)
-    f = flow(150, oldest=12.4, service=2.0, rate=2.5, work=5.0)
-    d = decide(s, 4, Observation(0, 1, 150, flow=f), ScalerState.starting(0, 1))
-    assert d.message == ("1 -> 4 replicas: oldest ready 12s of 30s target; 150 ready and 0 "
-                         "running x 2s; 2.5 tasks/s (5 slot-s/s) -> 12.1 slots for the oldest "
+    f = flow(150, oldest=12.4, newest=2, service=2.0, rate=2.5)
+    d = decide(s, 4, Observation(0, 1, 152, flow=f), ScalerState.starting(0, 1))
+    assert d.message == ("1 -> 4 replicas: oldest ready 12s of 30s target; 150 ready x 2s, "
+                         "2 running; 2.5 tasks/s (5 slot-s/s) -> 12.9 slots for the oldest "
                          "(4 per replica)")
-    # 12.1 slots on 3 replicas of 4: within the 10 % band.
-    d = decide(s, 4, Observation(0, 3, 150, flow=f), ScalerState.starting(0, 3))
+    # 12.9 slots on 3 replicas of 4: within the 10 % band.
+    d = decide(s, 4, Observation(0, 3, 152, flow=f), ScalerState.starting(0, 3))
     assert (d.desired, d.reason) == (3, "WithinTolerance")
     capped = decide(scaling(**(LATENCY | {"max_replicas": 2})), 4,
-                    Observation(0, 1, 150, flow=f), ScalerState())
+                    Observation(0, 1, 152, flow=f), ScalerState())
     assert (capped.desired, capped.limit_reason) == (2, "TooManyReplicas")
     # 2 ready tasks of 1 s on 1 replica: well within its 4 slots, nothing to change.
     d = decide(s, 4, Observation(0, 1, 3, flow=flow(2)), ScalerState.starting(0, 1))

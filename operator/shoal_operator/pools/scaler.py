@@ -9,29 +9,29 @@ every rule is unit-tested:
   targetTasksPerReplica), kept at the current count while the load per
   replica is within `tolerance` of the target (the HPA rule);
 - with `targetQueueAge` (T) and a measured service time s (`Flow`), the
-  latency rule replaces the count. Within a budget H a slot carries its
-  running task and H/s queued ones, so L tasks need L x s / (s + H) slots; a
-  slot added now works only after the pods' start-up time u, so beyond the
-  current slots each carries (s + H - u)/s. Three deadlines; the largest need
-  wins:
-  - the oldest: the running tasks and the part of the backlog the steady
-    stream does not explain (ready - arrival rate x oldest age: a burst, as
-    old as the oldest), within H = T - the oldest's age;
-  - the newest: the running and all ready tasks, within T less a margin for
+  latency rule replaces the count: the fewest slots that start every ready
+  task before its deadline. Within a budget H, a slot free in w seconds
+  starts (s + H - w)/s queued tasks: an idle slot w = 0, a busy one w = s (a
+  task that has run longer than T: never, it keeps its slot), a pod this
+  scaler added less than a start-up time u ago what is left of u, a slot
+  added now u (the fluid model of a FIFO queue). Three deadlines; the largest
+  need wins:
+  - the oldest: the ready tasks a stream at the arrival rate would not have
+    brought between the newest's and the oldest's age (a burst, as old as
+    the oldest), within H = T - the oldest's age;
+  - the newest: all ready tasks, within T - the newest's age - a margin for
     what arrives while a pod starts (99 % of a Poisson stream: 2.33 x
     sqrt(2u / arrival rate), at most u), scaled by the stream's share of the
     backlog (a burst already here needs no margin);
-  - the due: running + ready + due within T, without the start-up penalty
-    (their pods start a start-up time ahead);
-  budgets never shrink below a quarter of T, and tasks running longer than T
-  keep their slots (at least running x min(1, s / T)). The steady stream is
-  served by the running tasks' slots (Little's law, measured rather than
-  predicted from arrival_work: bench/scaling_sim.py found the prediction
-  noisier and dearer).
-  desired = ceil(slots / target), `target` being the slots per replica (the
-  concurrency), with the same tolerance band, and at least one replica while
-  any task is ready, running or due. Without service history the count rule
-  applies, and the message says so;
+  - the due: ready + due within T, slots added now counted as free (their
+    pods start a start-up time ahead of the work);
+  budgets never shrink below a quarter of T. The steady stream is served by
+  the busy slots as they free (Little's law: they are the stream, measured
+  rather than predicted from arrival_work, which bench/scaling_sim.py found
+  noisier and dearer). desired = ceil(slots / target), `target` being the
+  slots per replica (the concurrency), with the same tolerance band, and at
+  least one replica while any task is ready, running or due. Without service
+  history the count rule applies, and the message says so;
 - from zero, the pool starts only when the load exceeds the activation
   threshold;
 - clamped to [minReplicas, maxReplicas];
@@ -88,7 +88,11 @@ class Flow:
     - arrival_rate: tasks per second arriving (enqueued and due) over the window;
     - arrival_work: slot-seconds of work arriving per second: the sum over task names of
       rate x service time;
-    - ready: the ready tasks among the load (the rest of it is running).
+    - ready: the ready tasks among the load (the rest of it is running);
+    - newest_ready_seconds: age of the newest ready task (0: none ready; None: not
+      measured, taken as 0: the backlog's newest task is taken to be fresh);
+    - long_running: running tasks that have run longer than the target so far (with a
+      heavy tail, the ones likely to run longest; 0 when not measured).
     """
 
     oldest_ready_seconds: float
@@ -96,6 +100,8 @@ class Flow:
     arrival_rate: float
     arrival_work: float
     ready: int
+    newest_ready_seconds: float | None = None
+    long_running: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +179,8 @@ def decide(scaling: Scaling, target: int, obs: Observation, state: ScalerState) 
         reason, why = "BelowActivation", (f"load {shown} is at or below the activation "
                                            f"threshold {scaling.activation_threshold}")
     elif age is not None and obs.flow is not None and obs.flow.service_seconds is not None:
-        slots, why = _latency(age, scaling, target, obs, obs.flow, obs.flow.service_seconds)
+        slots, why = _latency(age, scaling, target, obs, obs.flow, obs.flow.service_seconds,
+                              state.events)
         raw, tolerated = _hpa(slots, current, target, scaling.tolerance_percent / 100)
         reason = "WithinTolerance" if tolerated else "LatencyTarget"
         why += f" ({target} per replica)"
@@ -221,7 +228,8 @@ def decide(scaling: Scaling, target: int, obs: Observation, state: ScalerState) 
     if desired != current:
         reason = "ScaledUp" if desired > current else "ScaledDown"
         state = _record(state, obs.now, current, desired)
-    horizon = max(scaling.scale_up.period_seconds, scaling.scale_down.period_seconds)
+    horizon = max(scaling.scale_up.period_seconds, scaling.scale_down.period_seconds,
+                  _lead(scaling, obs) or 0.0)  # the latency rule's pods still starting
     state = replace(state, events=tuple(e for e in state.events if e.at > obs.now - horizon))
     message = (f"{current} -> {desired} replicas: {why}" if desired != current
                else f"holding {current} replicas: {why}")
@@ -241,45 +249,67 @@ def _due(lead: float | None, due: int, sep: str = " ") -> str:
 
 
 def _latency(age: float, scaling: Scaling, target: int, obs: Observation, flow: Flow,
-             service: float) -> tuple[float, str]:
+             service: float, events: tuple[ScaleEvent, ...]) -> tuple[float, str]:
     """Slots for the latency target, and the figures in words (see the module docstring)."""
     lead = _lead(scaling, obs)
     startup = lead or 0.0
+    service = max(service, 0.001)
     oldest, rate, ready = flow.oldest_ready_seconds, flow.arrival_rate, flow.ready
+    newest = min(flow.newest_ready_seconds or 0.0, oldest)
     running = max(0, (obs.load or 0) - ready)
-    have = float(obs.current * target)
+    # A task that has run longer than the target is likely to run on (a heavy tail): its
+    # slot takes no queued task within the budget. The others end in about s.
+    stuck = min(flow.long_running, running)
     floor = BUDGET_FLOOR * age
+    # The current slots, in the order a scale-down keeps them (the ReplicaSet removes
+    # starting pods first, then idle ones): busy, idle, starting (pods this scaler added
+    # less than a start-up time ago), each as the seconds until it takes a queued task.
+    starting: list[float] = []
+    for e in reversed(events):
+        if e.after > e.before and e.at > obs.now - startup:
+            starting += [startup - (obs.now - e.at)] * (e.after - e.before)
+    starting = starting[:obs.current]
+    serving = obs.current * target - len(starting) * target
+    busy = min(running, serving)
+    held = min(stuck, busy)
+    slots_now = ([(float(held), math.inf), (float(busy - held), service),
+                  (float(serving - busy), 0.0)] + [(float(target), wait) for wait in starting])
 
-    def slots_for(tasks: float, budget: float, late: bool = True) -> float:
-        """Slots that start `tasks` (running ones included) within `budget`: a slot there
-        now carries (s + budget)/s of them, one added now (s + budget - start-up)/s,
-        unless `late` is False (its pods were ordered a start-up time ahead)."""
-        slots = tasks * service / (service + budget)
-        if slots <= have or not late:
-            return slots
-        short = tasks - have * (service + budget) / service
-        return have + short * service / (service + max(budget - startup, floor))
+    def slots_for(queued: float, budget: float, late: bool = True) -> float:
+        """The fewest slots that start `queued` tasks within `budget`: a slot free in w
+        seconds starts (s + budget - w)/s of them; one added now is free after the
+        start-up, unless `late` is False (its pods were ordered a start-up time ahead)."""
+        slots = 0.0
+        for count, wait in slots_now:
+            each = max(0.0, service + budget - wait) / service
+            if each * count >= queued:
+                return slots + (queued / each if each else 0.0)
+            slots, queued = slots + count, queued - each * count
+        added = max(budget - startup, floor) if late else budget
+        return slots + queued * service / (service + added)
 
-    # The backlog beyond what the stream brought over `oldest` seconds is as old as the
-    # oldest (a burst); the stream's share is spread over [0, oldest].
-    stream_share = min(1.0, rate * oldest / ready) if ready else 1.0
+    # The ready tasks arrived between `oldest` and `newest` seconds ago: what a stream at
+    # the arrival rate brings in that time is spread over it; the rest is a burst, as old
+    # as the oldest.
+    stream_share = min(1.0, rate * (oldest - newest) / ready) if ready else 1.0
     burst = ready * (1 - stream_share)
     # Arrivals while a pod starts, at 99 % (Poisson, service CV 1), push the newest back.
     margin = (min(startup, Z99 * math.sqrt(2 * startup / rate)) if rate > 0 else startup)
     margin *= stream_share
     needs = (
-        (slots_for(running + burst, max(age - oldest, floor)), "the oldest"),
-        (slots_for(running + ready, max(age - margin, floor)), "the newest"),
-        (slots_for(running + ready + obs.due, age, late=False), "the due"),
+        (slots_for(burst, max(age - oldest, floor)), "the oldest"),
+        (slots_for(ready, max(age - newest - margin, floor)), "the newest"),
+        (slots_for(ready + obs.due, age, late=False), "the due"),
     )
     slots, binding = max(needs)
-    # Over a budget of T, a running task holds its slot for min(s, T): one that runs
-    # longer than the target keeps its slot (scaling below it would interrupt it).
-    slots = max(slots, running * min(1.0, service / age))
+    # A task running longer than the target keeps its slot (scaling below it would
+    # interrupt it).
+    slots = max(slots, float(stuck))
     if running + ready + obs.due:
         slots = max(slots, 1.0)
+    long = f" ({stuck} for over {age:g}s)" if stuck else ""
     why = (f"oldest ready {oldest:.0f}s of {age:g}s target; {ready} ready"
-           f"{_due(lead, obs.due, ', ')} and {running} running x {service:.2g}s; "
+           f"{_due(lead, obs.due, ', ')} x {service:.2g}s, {running} running{long}; "
            f"{rate:.2g} tasks/s ({flow.arrival_work:.3g} slot-s/s) -> {slots:.3g} slots "
            f"for {binding}")
     return slots, why
