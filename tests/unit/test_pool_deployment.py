@@ -159,6 +159,10 @@ def test_defaults_and_pause_annotation() -> None:
     timed = PoolSpec.from_body({k: SPEC[k] for k in ("app", "template", "database")}
                                | {"scaling": {"targetQueueAge": "1m30s", "podStartupTime": "0s"}})
     assert (timed.scaling.target_queue_age_seconds, timed.scaling.pod_startup_seconds) == (90, 0)
+    # With a latency target, the scaler's target per replica is the slots: concurrency.
+    both = PoolSpec.from_body({k: SPEC[k] for k in ("app", "template", "database")}
+                              | {"scaling": {"targetQueueAge": "30s", "targetTasksPerReplica": 9}})
+    assert both.target_per_replica == both.concurrency == 4
     assert is_paused({"pause": "true"}) and is_paused({"shoal.dev/pause": "True"})
     assert not is_paused({"pause": "false"}) and not is_paused(None)
     with pytest.raises(InvalidPoolSpec, match="'maybe' is not true or false"):

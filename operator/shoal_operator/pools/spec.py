@@ -206,7 +206,7 @@ class Scaling(_Model):
     max_replicas: int = Field(10, ge=0, description="Most replicas in auto mode.")
     target_tasks_per_replica: int | None = Field(None, ge=1, description=(
         "The load (ready + running tasks the pool serves) one replica should carry; desired "
-        "replicas = ceil(load / this). Default: concurrency."))
+        "replicas = ceil(load / this). Default: concurrency. Not used with targetQueueAge."))
     activation_threshold: int = Field(0, ge=0, description=(
         "At zero replicas, start only when the load exceeds this (0: the first task starts "
         "a pod)."))
@@ -220,10 +220,11 @@ class Scaling(_Model):
     target_queue_age: Annotated[str, Duration(gt=0, le=86400)] | None = Field(
         None, description=(
             "Keep the age of the oldest ready task this pool serves under this (at most 24h): "
-            "replicas follow the work arriving (rate x measured service time per task name) "
-            "plus what drains the ready backlog before it ages past the target, with "
-            "concurrency as the slots per replica. Unset: scale by count "
-            "(targetTasksPerReplica). Without service history yet, scales by count."))
+            "replicas are the fewest slots (concurrency per replica) that start every ready "
+            "and due task before it ages past the target, from the measured service time "
+            "per task name, the running tasks and the pods' start-up time. Unset: scale by "
+            "count (targetTasksPerReplica). Until a task has finished (no service history), "
+            "scales by count at one task per slot."))
     pod_startup_time: Annotated[str, Duration(ge=0, le=3600)] | None = Field(
         None, description=(
             "How long a new Pod takes to become Ready (at most 1h): delayed tasks and "
@@ -303,7 +304,11 @@ class PoolSpec(_Model):
 
     @property
     def target_per_replica(self) -> int:
-        """Tasks one replica is expected to carry: the explicit target, else its concurrency."""
+        """Tasks one replica is expected to carry: the explicit target, else its concurrency.
+        With a latency target, the slots per replica: its concurrency (the count the scaler
+        falls back on without service history is then one task per slot)."""
+        if self.scaling.target_queue_age is not None:
+            return self.concurrency
         return self.scaling.target_tasks_per_replica or self.concurrency
 
     @property
