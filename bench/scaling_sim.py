@@ -15,16 +15,16 @@ wakes on enqueue within a second):
   Shoal's drainTimeout, 30 s by default, would release a longer task; no policy here is
   charged for that); a pod costs pod-seconds from its creation until it is removed and
   drained;
-- the Flow as the operator's SQL would read it: arrival_rate = arrivals (enqueued and
-  due) over the trailing 60 s / 60 s; service time per task name = the mean duration of
-  the last 1,000 finished tasks (whatever their age: a task's duration is a property of
-  its code, and a pool idle for a minute must not forget it); service_seconds = those
-  means weighted by the ready (and due) mix (a name without history takes the mean of
-  all); arrival_work = the sum over names of rate x mean; the ages of the oldest and the
-  newest ready task; long_running = running tasks that have run longer than the target;
-  no finished task at all: no history (service_seconds None, the count rule). The
-  latency policy starts with the history of the same trace shape on another seed (the
-  pool ran the day before); the row "new pool" starts without any;
+- the Flow as the operator reads it (`pools/flow.py`): service time per task name = the
+  mean duration of its tasks finished in the trailing 60 s (at most the last 1,000 of
+  the pool); service_seconds = those means weighted by the ready (and due) mix (a name
+  without any takes the mean of all); arrival_rate = arrivals (enqueued and due) in the
+  60 s / 60 s; arrival_work = the sum over names of rate x mean; the ages of the oldest
+  and the newest ready task; long_running = running tasks that have run longer than the
+  target (these two the operator does not read yet); no task finished in the window: no
+  history (service_seconds None: the count rule). The latency policy starts as if the
+  pool had run right before the trace (the last 1,000 tasks of the same trace shape on
+  another seed just finished); the row "new pool" starts without any;
 - `due`: periodic ticks due within the pods' start-up time (podStartupTime = the mean of
   the start-up model, 12 s, as the learned value would be) count as ready, for both
   Shoal policies (as `decide()` counts them).
@@ -59,7 +59,7 @@ docs/scaling/sim.png, and whether issue 20's acceptance holds (latency: >= 99 % 
 the target, with no more pod-seconds than the count policy tuned on the same trace), on
 three seeds of every trace (the table and the plot show the first).
 
-    .venv/bin/python -m bench.scaling_sim            # about 50 s on one core
+    .venv/bin/python -m bench.scaling_sim            # about 45 s on one core
     .venv/bin/python -m bench.scaling_sim --quick    # CI smoke: quarter-length traces, 5 s
 
 It exits 1 when the acceptance does not hold (not with --quick, whose traces are too short
@@ -89,7 +89,7 @@ CONCURRENCY = 4
 TARGET_AGE = 30.0
 WINDOW = 60.0
 FINISHED_CAP = 1000
-SERVICE_WINDOW = math.inf  # service history: the last FINISHED_CAP finished tasks, any age
+SERVICE_WINDOW = WINDOW  # as pools/flow.py: FLOW_WINDOW_SECONDS
 STARTUP = (8.0, 16.0)  # uniform start-up of a pod, seconds
 MAX_REPLICAS = 100
 TAIL = 600.0  # simulated after the last arrival: stragglers, scale-down
