@@ -144,7 +144,8 @@ async def test_backlog_says_what_is_due_and_how_old_the_queue_is(backend: Backen
     pool = PoolTasks("default")
     short, long = await backend.backlogs([pool, pool], leads=[10, 60])
     assert (short.ready, short.waiting, short.due, long.due) == (1, 3, 1, 2)
-    assert 39 < short.oldest_ready_seconds < 45
+    assert 39 < short.oldest_ready_seconds < 45 and short.newest_ready_seconds == \
+        short.oldest_ready_seconds
     assert short.next_due_seconds is not None and 48 < short.next_due_seconds <= 50
     assert long.next_due_seconds is not None and 498 < long.next_due_seconds <= 500
     await backend.pool.execute(  # overdue: no worker's scheduler has promoted it
@@ -170,9 +171,15 @@ async def test_flows_measure_service_time_and_arrivals_by_name(backend: Backend)
         "UPDATE shoal.tasks SET run_at = now() - interval '2 hours', finished_at = now() - "
         "interval '2 hours', started_at = now() - interval '2 hours 1 second' "
         "WHERE id = (SELECT min(id) FROM shoal.tasks)")
-    await backend.enqueue([NewTask("fast"), NewTask("fast"), NewTask("new")])
+    await backend.enqueue([NewTask("fast"), NewTask("fast"), NewTask("new"), NewTask("long"),
+                           NewTask("long")])
+    await backend.pool.execute(  # one has run for 40 s, one for 10 s
+        "UPDATE shoal.tasks SET state = 'running', started_at = now() - CASE WHEN id = "
+        "(SELECT min(id) FROM shoal.tasks WHERE name = 'long') THEN interval '40 seconds' "
+        "ELSE interval '10 seconds' END, lease_expires_at = now() + interval '1 minute' "
+        "WHERE name = 'long'")
     pool = PoolTasks("default")
-    (flow,) = await backend.flows([pool], window_seconds=60, sample=1000)
+    (flow,) = await backend.flows([pool], [30], window_seconds=60, sample=1000)
     by_name = {f.name: f for f in flow}
     fast, slow, new = by_name["fast"], by_name["slow"], by_name["new"]
     assert (fast.finished, fast.arrivals, fast.ready) == (3, 5, 2)
@@ -180,9 +187,11 @@ async def test_flows_measure_service_time_and_arrivals_by_name(backend: Backend)
     assert (slow.finished, slow.arrivals, slow.ready) == (1, 1, 0)
     assert abs(slow.busy_seconds - 4) < 0.01
     assert (new.finished, new.arrivals, new.ready) == (0, 1, 1)
-    (full,) = await backend.flows([pool], window_seconds=60, sample=2)
+    assert (by_name["long"].long_running, by_name["long"].ready, fast.long_running) == (1, 0, 0)
+    (full,) = await backend.flows([pool], [30], window_seconds=60, sample=2)
     assert sum(f.finished for f in full) == 2 and full[0].span_seconds < 5
-    assert await backend.flows([PoolTasks("nobody")], window_seconds=60, sample=10) == [[]]
+    assert await backend.flows([PoolTasks("nobody")], [30], window_seconds=60,
+                               sample=10) == [[]]
 
 
 async def test_a_followers_heartbeat_stands_for_the_role(backend: Backend) -> None:

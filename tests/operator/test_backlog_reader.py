@@ -20,7 +20,7 @@ from tests.cluster.postgres import PostgresServer
 # each statement is found by a fragment only it has.
 CALLS = ("SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE strpos(query, $1) > 0"
          " AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())")
-BACKLOGS = "unnest($1::text[], $2::text[], $3::text[], $4::float8[])"
+BACKLOGS = "AS s(namespace, tags, names, lead, pool)"
 FLOWS = "ORDER BY t.finished_at DESC LIMIT"
 SCHEDULES = "FROM {schema}.periodic p LEFT JOIN"
 
@@ -84,13 +84,13 @@ async def test_flows_are_read_for_the_pools_that_ask_at_most_every_interval(
     reader = BacklogReader(backend)
     latency, by_count = PoolTasks("images"), PoolTasks("mail")
 
-    first, other = await asyncio.gather(reader.read(latency, 30.0, flow=True),
+    first, other = await asyncio.gather(reader.read(latency, 30.0, target=30.0),
                                         reader.read(by_count, 30.0))
     assert other.flows is None and first.flows is not None
     assert [(f.name, f.ready, f.arrivals) for f in first.flows] == [("resize", 2, 2)]
     assert (await calls(backend, FLOWS), await calls(backend, BACKLOGS)) == (1, 1)
-    again = await reader.read(latency, 30.0, flow=True)  # within the interval: cached
+    again = await reader.read(latency, 30.0, target=30.0)  # within the interval: cached
     assert again.flows == first.flows
     assert (await calls(backend, FLOWS), await calls(backend, BACKLOGS)) == (1, 2)
-    await reader.read(PoolTasks("mail", ("x",)), 30.0, flow=True)  # never read: read now
+    await reader.read(PoolTasks("mail", ("x",)), 30.0, target=30.0)  # never read: read now
     assert await calls(backend, FLOWS) == 2

@@ -7,22 +7,24 @@ import pytest
 from shoal.backend import Backlog, TaskFlow
 from shoal_operator.pools.flow import measure
 
-BACKLOG = Backlog(ready=12, running=2, waiting=0, dead=0, oldest_ready_seconds=7.0)
+BACKLOG = Backlog(ready=12, running=2, waiting=0, dead=0, oldest_ready_seconds=7.0,
+                  newest_ready_seconds=0.5)
 
 
 def named(name: str, finished: int, busy: float, arrivals: int, ready: int,
-          span: float = 60.0) -> TaskFlow:
-    return TaskFlow(name, finished, busy, arrivals, ready, span)
+          span: float = 60.0, long_running: int = 0) -> TaskFlow:
+    return TaskFlow(name, finished, busy, arrivals, ready, long_running, span)
 
 
 def test_service_time_follows_the_ready_mix_and_work_follows_the_arrivals() -> None:
-    flows = [named("fast", 100, 50.0, 120, 2),     # 0.5 s each
-             named("slow", 10, 100.0, 6, 10)]      # 10 s each
+    flows = [named("fast", 100, 50.0, 120, 2),  # 0.5 s each
+             named("slow", 10, 100.0, 6, 10, long_running=1)]  # 10 s each
     flow = measure(BACKLOG, flows)
     assert flow.service_seconds == pytest.approx((2 * 0.5 + 10 * 10) / 12)
     assert flow.arrival_rate == pytest.approx(126 / 60)
     assert flow.arrival_work == pytest.approx((120 * 0.5 + 6 * 10) / 60)
-    assert (flow.oldest_ready_seconds, flow.ready) == (7.0, 12)
+    assert (flow.oldest_ready_seconds, flow.newest_ready_seconds, flow.ready) == (7.0, 0.5, 12)
+    assert flow.long_running == 1
 
 
 def test_a_name_without_history_takes_the_pools_mean() -> None:

@@ -101,6 +101,7 @@ class Reading:
 
 
 Ask = tuple[PoolTasks, float]  # a pool's tasks, and its lead in seconds
+Flowing = tuple[PoolTasks, float]  # a pool's tasks, and its latency target in seconds
 
 
 class BacklogReader:
@@ -121,21 +122,24 @@ class BacklogReader:
         self.backend = backend
         self._waiting: dict[Ask, list[asyncio.Future[Backlog]]] = {}
         self._rounds: asyncio.Task[None] | None = None
-        self._flows: dict[PoolTasks, tuple[float, list[TaskFlow]]] = {}  # when read, what
-        self._flows_wanted: set[PoolTasks] = set()
+        self._flows: dict[Flowing, tuple[float, list[TaskFlow]]] = {}  # when read, what
+        self._flows_wanted: set[Flowing] = set()
         self._schedules: list[ScheduleStatus] = []
         self._schedules_read = float("-inf")
 
-    async def read(self, pool: PoolTasks, lead: float = 0.0, flow: bool = False) -> Reading:
-        """One pool's reading, its backlog read in the next round."""
+    async def read(self, pool: PoolTasks, lead: float = 0.0, target: float | None = None
+                   ) -> Reading:
+        """One pool's reading, its backlog read in the next round; its flow too when it
+        has a latency `target` (seconds)."""
         future: asyncio.Future[Backlog] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault((pool, lead), []).append(future)
-        if flow:
-            self._flows_wanted.add(pool)
+        if target is not None:
+            self._flows_wanted.add((pool, target))
         if self._rounds is None or self._rounds.done():
             self._rounds = asyncio.create_task(self._run(), name="backlog-reader")
         backlog = await future
-        flows = self._flows[pool][1] if flow and pool in self._flows else None
+        flowing = None if target is None else self._flows.get((pool, target))
+        flows = None if flowing is None else flowing[1]
         return Reading(backlog, flows, self._schedules)
 
     async def _run(self) -> None:
@@ -169,13 +173,15 @@ class BacklogReader:
         FLOW_INTERVAL_SECONDS (or never read); the schedules, when they are due."""
         now = time.monotonic()
         wanted, self._flows_wanted = self._flows_wanted, set()
-        stale = sorted((pool for pool in wanted
-                        if now - self._flows.get(pool, (float("-inf"), []))[0]
+        stale = sorted((ask for ask in wanted
+                        if now - self._flows.get(ask, (float("-inf"), []))[0]
                         >= FLOW_INTERVAL_SECONDS), key=repr)
         if stale:
-            flows = await self.backend.flows(stale, FLOW_WINDOW_SECONDS, FLOW_SAMPLE)
-            self._flows.update((pool, (now, flow)) for pool, flow in zip(stale, flows,
-                                                                            strict=True))
+            flows = await self.backend.flows([pool for pool, _ in stale],
+                                             [target for _, target in stale],
+                                             FLOW_WINDOW_SECONDS, FLOW_SAMPLE)
+            self._flows.update((ask, (now, flow)) for ask, flow in zip(stale, flows,
+                                                                          strict=True))
         if now - self._schedules_read >= SCHEDULES_INTERVAL_SECONDS:
             self._schedules, self._schedules_read = await self.backend.list_periodic(), now
 
@@ -309,7 +315,7 @@ class PoolScaler:
         lead = lead_seconds(spec.scaling.pod_startup_seconds, self._startup().seconds)
         try:
             reading = await self.autoscaler.reader(backend).read(
-                pool_tasks(spec), lead, flow=spec.scaling.target_queue_age is not None)
+                pool_tasks(spec), lead, spec.scaling.target_queue_age_seconds)
         except READ_ERRORS as exc:
             await self._report_error("QueryFailed", f"cannot read the backlog: {exc}", spec)
             return

@@ -21,14 +21,16 @@ FLOW_INTERVAL_SECONDS = 5.0  # a database's flows are read at most this often
 
 
 def measure(backlog: Backlog, flows: Sequence[TaskFlow]) -> Flow:
-    """The pool's Flow: the oldest ready task's age from `backlog`; the mean service
-    time of the ready tasks by their names (of the recent ones when none is ready);
-    arrivals per second and the slot-seconds of work they bring per second."""
+    """The pool's Flow: the ready tasks and the oldest and newest one's age from
+    `backlog`; the mean service time of the ready tasks by their names (of the recent
+    ones when none is ready); arrivals per second and the slot-seconds of work they
+    bring per second; the tasks running longer than the target."""
     finished = sum(f.finished for f in flows)
     if not finished:
         arrivals = sum(f.arrivals for f in flows)
         span = max((f.span_seconds for f in flows), default=FLOW_WINDOW_SECONDS)
-        return Flow(backlog.oldest_ready_seconds, None, arrivals / span, 0.0, backlog.ready)
+        return Flow(backlog.oldest_ready_seconds, None, arrivals / span, 0.0, backlog.ready,
+                    backlog.newest_ready_seconds, sum(f.long_running for f in flows))
     pool_mean = sum(f.busy_seconds for f in flows) / finished
 
     def service(f: TaskFlow) -> float:
@@ -40,4 +42,5 @@ def measure(backlog: Backlog, flows: Sequence[TaskFlow]) -> Flow:
     return Flow(oldest_ready_seconds=backlog.oldest_ready_seconds, service_seconds=mix,
                 arrival_rate=sum(f.arrivals for f in flows) / span,
                 arrival_work=sum(f.arrivals * service(f) for f in flows) / span,
-                ready=backlog.ready)
+                ready=backlog.ready, newest_ready_seconds=backlog.newest_ready_seconds,
+                long_running=sum(f.long_running for f in flows))

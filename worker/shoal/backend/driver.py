@@ -669,19 +669,22 @@ class Backend:
         return [Backlog(ready=r["ready"], running=r["running"], waiting=r["waiting"],
                         dead=r["dead"], due=r["due"],
                         oldest_ready_seconds=r["oldest_ready_seconds"],
+                        newest_ready_seconds=r["newest_ready_seconds"],
                         next_due_seconds=r["next_due_seconds"]) for r in rows]
 
-    async def flows(self, pools: Sequence[PoolTasks], window_seconds: float, sample: int
-                    ) -> list[list[TaskFlow]]:
+    async def flows(self, pools: Sequence[PoolTasks], targets: Sequence[float],
+                    window_seconds: float, sample: int) -> list[list[TaskFlow]]:
         """Each pool's recent flow by task name (see `Queries.flows`), in one statement:
-        over its last `sample` finished plain tasks within `window_seconds`."""
-        rows = await self.pool.fetch(self.queries.flows, *_pool_arrays(pools),
+        over its last `sample` finished plain tasks within `window_seconds`; `targets`
+        (seconds, one per pool) is the age past which a running task counts as long."""
+        rows = await self.pool.fetch(self.queries.flows, *_pool_arrays(pools), list(targets),
                                      window_seconds, sample)
         flows: list[list[TaskFlow]] = [[] for _ in pools]
         for r in rows:
             flows[r["pool"] - 1].append(TaskFlow(
                 name=r["name"], finished=r["finished"], busy_seconds=r["busy_seconds"],
-                arrivals=r["arrivals"], ready=r["ready"], span_seconds=r["span_seconds"]))
+                arrivals=r["arrivals"], ready=r["ready"], long_running=r["long_running"],
+                span_seconds=r["span_seconds"]))
         return flows
 
     async def pool_workers(self, pool: str) -> list[WorkerRow]:

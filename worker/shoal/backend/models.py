@@ -134,8 +134,8 @@ class PoolTasks:
 class Backlog:
     """Tasks a pool can serve: ready now, running, waiting (delayed or paused), dead;
     of the waiting ones, those due within the lead asked for (or overdue); the age of
-    the oldest ready task (0: none) and the seconds to the run_at of the next waiting
-    task not yet due (None: none)."""
+    the oldest and of the newest ready task (0: none) and the seconds to the run_at of
+    the next waiting task not yet due (None: none)."""
 
     ready: int
     running: int
@@ -143,20 +143,22 @@ class Backlog:
     dead: int
     due: int = 0
     oldest_ready_seconds: float = 0.0
+    newest_ready_seconds: float = 0.0
     next_due_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class TaskFlow:
     """One task name of a pool over a recent span (see `Backend.flows`): tasks that
-    finished and their summed start-to-finish seconds, tasks that became ready, and
-    tasks ready now."""
+    finished and their summed start-to-finish seconds, tasks that became ready, tasks
+    ready now, and tasks running for longer than the pool's target."""
 
     name: str
     finished: int
     busy_seconds: float
     arrivals: int
     ready: int
+    long_running: int
     span_seconds: float
 
 

@@ -59,6 +59,9 @@ def _backlog_counts(namespace: str, tags: str, names: str, lead: str) -> str:
         coalesce(extract(epoch FROM now() - min(t.run_at) FILTER (
             WHERE t.state = 'ready' AND t.run_at <= now() AND runnable)), 0)::float8
             AS oldest_ready_seconds,
+        coalesce(extract(epoch FROM now() - max(t.run_at) FILTER (
+            WHERE t.state = 'ready' AND t.run_at <= now() AND runnable)), 0)::float8
+            AS newest_ready_seconds,
         extract(epoch FROM min(t.run_at) FILTER (
             WHERE (t.state = 'delayed' OR t.state = 'ready' AND t.run_at > now())
             AND runnable AND t.run_at > now() + {lead} * interval '1 second')
@@ -794,12 +797,13 @@ class Queries:
     # the lead in seconds): the tasks in its namespace whose tags are a subset of the
     # pool's and whose name it runs. Ready: claimable now; waiting: delayed, or in a
     # workflow that is not running; due: not yet ready but due within the lead (or
-    # overdue, waiting for a worker's scheduler); the oldest ready task's age; the
-    # seconds to the run_at of the next waiting task not yet due (NULL: none). One
+    # overdue, waiting for a worker's scheduler); the oldest and the newest ready
+    # task's age; the seconds to the run_at of the next waiting task not yet due
+    # (NULL: none). One
     # row per pool, `pool` its position.
     backlogs = """
     SELECT s.pool, c.ready, c.running, c.waiting, c.dead, c.due, c.oldest_ready_seconds,
-           c.next_due_seconds
+           c.newest_ready_seconds, c.next_due_seconds
     FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[])
         WITH ORDINALITY AS s(namespace, tags, names, lead, pool)
     CROSS JOIN LATERAL (
@@ -811,15 +815,18 @@ class Queries:
     ORDER BY s.pool
     """
 
-    # What a latency target needs of each pool (same $1-$3 as `backlogs`), by task
-    # name: over the last $5 finished plain tasks of the pool within $4 seconds (the
-    # tasks_finished index, newest first), how many finished and their summed
-    # seconds from start to finish; how many became ready (run_at) within the span
-    # that sample covers, finished or still live; how many are ready now; and that
-    # span in seconds ($4 unless the sample was full).
+    # What a latency target needs of each pool (same $1-$3 as `backlogs`, $4[i] its
+    # target in seconds), by task name: over the last $6 finished plain tasks of the
+    # pool within $5 seconds (the tasks_finished index, newest first), how many
+    # finished and their summed seconds from start to finish; how many became ready
+    # (run_at) within the span that sample covers, finished or still live; how many
+    # are ready now; how many have been running longer than the target; and that
+    # span in seconds ($5 unless the sample was full).
     flows = """
-    SELECT s.pool, f.name, f.finished, f.busy_seconds, f.arrivals, f.ready, f.span_seconds
-    FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS s(namespace, tags, names, pool)
+    SELECT s.pool, f.name, f.finished, f.busy_seconds, f.arrivals, f.ready, f.long_running,
+           f.span_seconds
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[])
+        WITH ORDINALITY AS s(namespace, tags, names, target, pool)
     CROSS JOIN LATERAL (
         SELECT ARRAY(SELECT jsonb_array_elements_text(s.tags::jsonb)) AS tags,
                CASE WHEN s.names IS NOT NULL
@@ -830,33 +837,36 @@ class Queries:
                    t.finished_at
             FROM {schema}.tasks t
             WHERE t.state = 'succeeded' AND t.workflow_id IS NULL
-              AND t.finished_at > now() - $4::float8 * interval '1 second'
+              AND t.finished_at > now() - $5::float8 * interval '1 second'
               AND t.namespace = s.namespace AND t.tags <@ p.tags
               AND (p.names IS NULL OR t.name = ANY(p.names))
-            ORDER BY t.finished_at DESC LIMIT $5::int),
+            ORDER BY t.finished_at DESC LIMIT $6::int),
         span AS (
-            SELECT CASE WHEN count(*) < $5::int THEN $4::float8
+            SELECT CASE WHEN count(*) < $6::int THEN $5::float8
                         ELSE greatest(extract(epoch FROM now() - min(finished_at)), 0.001)
                    END::float8 AS seconds
             FROM recent),
         live AS (
-            SELECT t.name, t.state, t.run_at FROM {schema}.tasks t
+            SELECT t.name, t.state, t.run_at, t.started_at FROM {schema}.tasks t
             WHERE t.state IN ('ready', 'running') AND t.run_at <= now()
               AND t.namespace = s.namespace AND t.tags <@ p.tags
               AND (p.names IS NULL OR t.name = ANY(p.names))),
         named AS (
             SELECT r.name, count(*) AS finished, sum(r.busy) AS busy_seconds,
                    count(*) FILTER (WHERE r.run_at > now() - span.seconds * interval '1 second')
-                       AS arrivals, 0::bigint AS ready
+                       AS arrivals, 0::bigint AS ready, 0::bigint AS long_running
             FROM recent r, span GROUP BY r.name
             UNION ALL
             SELECT l.name, 0, 0, count(*) FILTER (
                        WHERE l.run_at > now() - span.seconds * interval '1 second'),
-                   count(*) FILTER (WHERE l.state = 'ready')
+                   count(*) FILTER (WHERE l.state = 'ready'),
+                   count(*) FILTER (WHERE l.state = 'running'
+                                    AND l.started_at < now() - s.target * interval '1 second')
             FROM live l, span GROUP BY l.name)
         SELECT n.name, sum(n.finished)::bigint AS finished,
                sum(n.busy_seconds)::float8 AS busy_seconds, sum(n.arrivals)::bigint AS arrivals,
-               sum(n.ready)::bigint AS ready, max(span.seconds) AS span_seconds
+               sum(n.ready)::bigint AS ready, sum(n.long_running)::bigint AS long_running,
+               max(span.seconds) AS span_seconds
         FROM named n, span GROUP BY n.name) f
     ORDER BY s.pool, f.name
     """
