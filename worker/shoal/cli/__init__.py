@@ -34,6 +34,7 @@ from shoal.cli import (
     queue,
     task_admin,
     tasks,
+    wait,
     worker,
     workflows,
 )
@@ -41,7 +42,8 @@ from shoal.cli.common import Commands
 from shoal.errors import ShoalError
 from shoal.version import VERSION
 
-GROUPS = (migrate, worker, tasks, task_admin, queue, periodic, workflows, dead_letters)
+GROUPS = (migrate, worker, tasks, wait, task_admin, queue, periodic, workflows,
+          dead_letters)
 
 
 class Parser(argparse.ArgumentParser):
