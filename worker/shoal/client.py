@@ -12,6 +12,9 @@
 Given the `App`, the client refuses unknown task names and payloads that do
 not fit a handler's input model before anything is written, and takes each
 task's retries, lease expiries, timeout, priority and tags from its definition.
+Without it, the workers supply them: retries, lease expiries and timeout when
+one claims the task, tags and priority as they declared them when they started
+(the enqueue reads them in its own statement).
 `shoal.sync.Client` is the same API for code that is not async.
 
 Through a transaction pooler (PgBouncer's `pool_mode = transaction`), mark the
@@ -159,14 +162,16 @@ class Client:
             definition.lease_expiries if definition else None)
         timeout = job.timeout if job.timeout is not None else (
             definition.timeout if definition else None)
-        tags = job.tags if job.tags is not None else (definition.tags if definition else ())
+        # Without the app, unset tags and priority are left to the backend: the task's
+        # as its workers declared them.
+        tags = job.tags if job.tags is not None else (definition.tags if definition else None)
         priority = job.priority if job.priority is not None else (
-            definition.priority if definition else 0)
+            definition.priority if definition else None)
         if retries is not None and retries < 0:
             raise InvalidInput(f"task {job.name!r}: retries must be >= 0")
         return NewTask(
             name=job.name, payload=payload, namespace=self.namespace, priority=priority,
-            tags=tuple(check_tags(list(tags))),
+            tags=None if tags is None else tuple(check_tags(list(tags))),
             delay_seconds=parse_duration(job.delay) if job.delay is not None else 0.0,
             max_attempts=None if retries is None else retries + 1,
             lease_expiries=lease_expiries,

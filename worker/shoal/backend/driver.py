@@ -211,6 +211,8 @@ class Backend:
 
         A task whose idempotency key already exists in its namespace is not
         inserted again; the existing task's id is returned in its place.
+        A task whose tags or priority are None gets those its workers declared
+        (`register_task_names`), else none and 0.
         With `connection` (the caller's, inside its transaction), the tasks
         exist if and only if that transaction commits, and Postgres delivers
         the wake-up NOTIFY on commit; no task is handed off to a parked worker
@@ -225,7 +227,8 @@ class Backend:
         rows = await target.fetch(
             self.queries.enqueue,
             [t.namespace for t in tasks], [t.name for t in tasks], payloads,
-            [t.priority for t in tasks], [",".join(t.tags) for t in tasks],
+            [t.priority for t in tasks],
+            [None if t.tags is None else ",".join(t.tags) for t in tasks],
             [t.delay_seconds for t in tasks], [t.max_attempts for t in tasks],
             [_millis(t.timeout_seconds) for t in tasks], [t.idempotency_key for t in tasks],
             [t.lease_expiries for t in tasks], connection is None)
@@ -387,9 +390,16 @@ class Backend:
     async def remove_worker(self, worker_id: str) -> None:
         await self.pool.execute(self.queries.remove_worker, worker_id)
 
-    async def register_task_names(self, namespace: str, names: Sequence[str]) -> None:
-        """Remember that a worker serves `names` in `namespace` (see `task_name_known`)."""
-        await self.pool.execute(self.queries.register_task_names, namespace, list(names))
+    async def register_task_names(self, namespace: str, names: Sequence[str],
+                                  tags: Sequence[Sequence[str]] | None = None,
+                                  priorities: Sequence[int] | None = None) -> None:
+        """Remember that a worker serves `names` in `namespace` (see `task_name_known`),
+        each with the tags and priority it declares (default none and 0), which an
+        enqueue that sets neither takes (see `enqueue`)."""
+        await self.pool.execute(
+            self.queries.register_task_names, namespace, list(names),
+            [",".join(t) for t in tags] if tags is not None else [""] * len(names),
+            list(priorities) if priorities is not None else [0] * len(names))
 
     async def task_name_known(self, namespace: str, name: str) -> bool:
         """Whether any worker ever served task `name` in `namespace`."""
@@ -865,11 +875,13 @@ def _check_task(t: NewTask) -> None:
     _check_name(t.name, "task name", MAX_NAME)
     what = f"task {t.name!r}"
     _check_name(t.namespace, f"{what}: namespace", MAX_NAMESPACE)
-    if any("," in tag or not tag for tag in t.tags):
-        raise InvalidInput(f"{what}: invalid tags {list(t.tags)!r}")
-    for tag in t.tags:
+    tags = t.tags or ()
+    if any("," in tag or not tag for tag in tags):
+        raise InvalidInput(f"{what}: invalid tags {list(tags)!r}")
+    for tag in tags:
         check_text(tag, f"{what}: tag")
-    _check_int(t.priority, f"{what}: priority", -MAX_PRIORITY, MAX_PRIORITY)
+    if t.priority is not None:
+        _check_int(t.priority, f"{what}: priority", -MAX_PRIORITY, MAX_PRIORITY)
     _check_seconds(t.delay_seconds, f"{what}: delay", MAX_DELAY_SECONDS, "10 years")
     if t.max_attempts is not None:
         if t.max_attempts < 1:

@@ -168,6 +168,9 @@ class Queries:
     # Payloads are JSON text ($3::text[]), so the statement also runs on a caller's
     # connection whatever jsonb codec it set (transactional enqueue); $11 false
     # turns the handoff off (a caller's transaction must not hold a worker's row).
+    # Tags ($5, comma-joined) and priority ($4) left NULL are the task's as its
+    # workers declared them (task_names), else none and 0: one index probe, only
+    # for rows that lack one.
     # Handoff: an enqueue of exactly one task, due now, without idempotency key,
     # whose JSON fits in a notification, is leased in the same statement to the
     # parked worker that parked longest among those that could claim it
@@ -181,14 +184,22 @@ class Queries:
     # namespace wakes the workers.
     enqueue = """
     WITH rows AS (
-        SELECT r.namespace, r.name, r.payload::jsonb AS payload, r.priority, r.delay_s,
-               r.max_attempts, r.timeout_ms, r.key, r.max_expiries,
-               CASE WHEN r.tags = '' THEN '{}'::text[] ELSE string_to_array(r.tags, ',') END
+        SELECT r.namespace, r.name, r.payload::jsonb AS payload,
+               coalesce(r.priority, d.priority, 0) AS priority, r.delay_s,
+               r.max_attempts, r.timeout_ms, r.key, r.max_expiries, r.ord,
+               CASE WHEN r.tags IS NULL THEN coalesce(d.tags, '{}'::text[])
+                    WHEN r.tags = '' THEN '{}'::text[] ELSE string_to_array(r.tags, ',') END
                     AS tag_array
         FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
                     $6::float8[], $7::int[], $8::int[], $9::text[], $10::int[])
+            WITH ORDINALITY
             AS r(namespace, name, payload, priority, tags, delay_s, max_attempts, timeout_ms, key,
-                 max_expiries)
+                 max_expiries, ord)
+        LEFT JOIN LATERAL (
+            SELECT n.tags, n.priority FROM {schema}.task_names n
+            WHERE (r.tags IS NULL OR r.priority IS NULL)
+              AND n.namespace = r.namespace AND n.name = r.name
+        ) d ON true
     ), handoff AS (
         UPDATE {schema}.workers w
         SET parked_channel = NULL
@@ -240,6 +251,7 @@ class Queries:
                now() + h.claim_ttl * interval '1 second', h.id,
                CASE WHEN h.id IS NOT NULL THEN now() END
         FROM rows r LEFT JOIN handoff h ON true
+        ORDER BY r.ord  -- RETURNING in the order given: the ids of keyless tasks by position
         ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING id, namespace, state, name, payload, idempotency_key, worker_id, attempts,
                   max_attempts, lease_token, timeout_ms, run_at, lease_expires_at
@@ -468,10 +480,16 @@ class Queries:
 
     remove_worker = "DELETE FROM {schema}.workers WHERE id = $1"
 
+    # With each name its declared tags ($3, comma-joined) and priority ($4), which
+    # an enqueue that sets none takes (see enqueue); written only when they changed.
     register_task_names = """
-    INSERT INTO {schema}.task_names (namespace, name)
-    SELECT $1, unnest($2::text[])
-    ON CONFLICT DO NOTHING
+    INSERT INTO {schema}.task_names AS n (namespace, name, tags, priority)
+    SELECT $1, d.name,
+           CASE WHEN d.tags = '' THEN '{}'::text[] ELSE string_to_array(d.tags, ',') END,
+           d.priority
+    FROM unnest($2::text[], $3::text[], $4::int[]) AS d(name, tags, priority)
+    ON CONFLICT (namespace, name) DO UPDATE SET tags = EXCLUDED.tags, priority = EXCLUDED.priority
+    WHERE (n.tags, n.priority) IS DISTINCT FROM (EXCLUDED.tags, EXCLUDED.priority)
     """
 
     task_name_known = """
