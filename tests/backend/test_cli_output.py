@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from shoal import Client
-from shoal.client import Job
 from shoal.backend import Backend
+from shoal.client import Job
 from tests.support import REPO, SHOAL, cli
 
 

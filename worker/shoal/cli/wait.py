@@ -83,19 +83,19 @@ async def run(args: argparse.Namespace) -> int:
     return exit_status(outcomes)
 
 
-async def wait_task(client: Client, task_id: int, timeout: float | None) -> Waited:
+async def wait_task(client: Client, task_id: int, within: float | None) -> Waited:
     try:
         return Waited("task", task_id, "succeeded",
-                      result=await client.wait(task_id, timeout=timeout))
+                      result=await client.wait(task_id, timeout=within))
     except TaskFailed as exc:
         return Waited("task", task_id, exc.state, error=exc.error)
     except WaitTimeout:
         return Waited("task", task_id, (await client.task(task_id)).state, timed_out=True)
 
 
-async def wait_workflow(client: Client, workflow_id: UUID, timeout: float | None) -> Waited:
+async def wait_workflow(client: Client, workflow_id: UUID, within: float | None) -> Waited:
     try:
-        status = await client.wait_workflow(workflow_id, timeout=timeout)
+        status = await client.wait_workflow(workflow_id, timeout=within)
         return Waited("workflow", str(workflow_id), status.state,
                       result={step.name: step.output for step in status.steps})
     except WorkflowFailed as exc:
