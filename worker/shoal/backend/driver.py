@@ -209,8 +209,10 @@ class Backend:
                       connection: Connection | None = None) -> list[int]:
         """Insert tasks in one statement with one NOTIFY per namespace; return their ids.
 
-        A task whose idempotency key already exists in its namespace is not
-        inserted again; the existing task's id is returned in its place.
+        A task whose idempotency key is held in its namespace is not inserted
+        again; the holder's id is returned in its place. A key is held by the
+        task enqueued with it, for good (`unique="forever"`) or while that task
+        is active (`"active"`: until it succeeded, was cancelled or is dead).
         A task whose tags or priority are None gets those its workers declared
         (`register_task_names`), else none and 0.
         With `connection` (the caller's, inside its transaction), the tasks
@@ -222,27 +224,56 @@ class Backend:
             return []
         for t in tasks:
             _check_task(t)
-        payloads = [_json(t.payload, f"payload of task {t.name!r}") for t in tasks]
         target: Connections | Connection = self.pool if connection is None else connection
+        ids: dict[int, int] = {}
+        pending = list(range(len(tasks)))
+        # A key's holder that was active at the insert may have ended before the
+        # lookup of its id: that key is free now, so its task is enqueued again. Each
+        # round either inserts or finds a holder, unless holders keep ending meanwhile.
+        for _ in range(ENQUEUE_ROUNDS):
+            found = await self._insert(target, [tasks[i] for i in pending], connection is None)
+            ids.update((i, task_id) for i, task_id in zip(pending, found, strict=True)
+                       if task_id is not None)
+            pending = [i for i in pending if i not in ids]
+            if not pending:
+                return [ids[i] for i in range(len(tasks))]
+        raise RuntimeError(f"the holders of idempotency keys "
+                           f"{sorted({tasks[i].idempotency_key or '' for i in pending})} kept "
+                           f"ending while {ENQUEUE_ROUNDS} enqueues looked them up")
+
+    async def _insert(self, target: Connections | Connection, tasks: Sequence[NewTask],
+                      handoff: bool) -> list[int | None]:
+        """One enqueue statement (and a lookup of the keys' holders); per task, its id,
+        its key's holder's, or None when that holder ended before it was looked up."""
+        payloads = [_json(t.payload, f"payload of task {t.name!r}") for t in tasks]
         rows = await target.fetch(
             self.queries.enqueue,
             [t.namespace for t in tasks], [t.name for t in tasks], payloads,
             [t.priority for t in tasks],
             [None if t.tags is None else ",".join(t.tags) for t in tasks],
             [t.delay_seconds for t in tasks], [t.max_attempts for t in tasks],
-            [_millis(t.timeout_seconds) for t in tasks], [t.idempotency_key for t in tasks],
-            [t.lease_expiries for t in tasks], connection is None)
-        by_key = {r["idempotency_key"]: r["id"] for r in rows if r["idempotency_key"]}
+            [_millis(t.timeout_seconds) for t in tasks],
+            [t.idempotency_key if t.unique == "forever" else None for t in tasks],
+            [t.lease_expiries for t in tasks], handoff,
+            [t.idempotency_key if t.unique == "active" else None for t in tasks])
+        by_key = {(r["namespace"], r["idempotency_key"]): r["id"]
+                  for r in rows if r["idempotency_key"]}
         inserted = iter(r["id"] for r in rows if not r["idempotency_key"])
         missing: dict[str, list[str]] = {}
         for t in tasks:
-            if t.idempotency_key and t.idempotency_key not in by_key:
+            if t.idempotency_key and (t.namespace, t.idempotency_key) not in by_key:
                 missing.setdefault(t.namespace, []).append(t.idempotency_key)
         for namespace, keys in missing.items():
-            for r in await target.fetch(self.queries.existing_keys, namespace, keys):
-                by_key[r["idempotency_key"]] = r["id"]
-        return [by_key[t.idempotency_key] if t.idempotency_key else next(inserted)
-                for t in tasks]
+            for key, task_id in (await self._holders(target, namespace, keys)).items():
+                by_key[(namespace, key)] = task_id
+        return [by_key.get((t.namespace, t.idempotency_key)) if t.idempotency_key
+                else next(inserted) for t in tasks]
+
+    async def _holders(self, target: Connections | Connection, namespace: str,
+                       keys: Sequence[str]) -> dict[str, int]:
+        """The ids of the tasks holding `keys` in `namespace` now, by key."""
+        rows = await target.fetch(self.queries.existing_keys, namespace, list(keys))
+        return {r["idempotency_key"]: r["id"] for r in rows}
 
     async def claim(self, worker: WorkerIdentity, limit: int,
                     lease_seconds: float) -> list[ClaimedTask]:
@@ -851,6 +882,8 @@ MAX_LEASE_EXPIRIES = 1000
 MAX_NAMESPACE = 253  # a NOTIFY's payload; Kubernetes namespaces have 63
 MAX_NAME = 200
 MAX_KEY = 1000
+UNIQUE_SCOPES = ("forever", "active")  # how long an idempotency key is held (NewTask)
+ENQUEUE_ROUNDS = 10  # enqueue statements per call at most (see `enqueue`)
 MAX_LIST = 100_000
 
 
@@ -893,6 +926,9 @@ def _check_task(t: NewTask) -> None:
         _check_seconds(t.timeout_seconds, f"{what}: timeout", MAX_TIMEOUT_SECONDS, "24 days")
     if t.idempotency_key is not None:
         _check_name(t.idempotency_key, f"{what}: idempotency key", MAX_KEY)
+    if t.unique not in UNIQUE_SCOPES:
+        raise InvalidInput(f"{what}: unique must be one of {', '.join(UNIQUE_SCOPES)}, "
+                           f"not {t.unique!r}")
 
 
 def _check_workflow(spec: dag.WorkflowSpec, name: str, namespace: str, key: str | None) -> None:

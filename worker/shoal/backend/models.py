@@ -29,6 +29,9 @@ class NewTask:
     lease_expiries: int | None = None
     timeout_seconds: float | None = None
     idempotency_key: str | None = None
+    # How long the key is held: "forever" (until retention prunes the task) or
+    # "active" (until the task succeeded, was cancelled or is dead).
+    unique: str = "forever"
 
 
 class ClaimedTask(NamedTuple):

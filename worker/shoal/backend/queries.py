@@ -168,6 +168,10 @@ class Queries:
     # Payloads are JSON text ($3::text[]), so the statement also runs on a caller's
     # connection whatever jsonb codec it set (transactional enqueue); $11 false
     # turns the handoff off (a caller's transaction must not hold a worker's row).
+    # A key is permanent ($9) or held while the task is active ($12, see migration
+    # 0010); ON CONFLICT without a target skips a row that conflicts with either
+    # index (tasks_idempotency, tasks_unique_key), waiting, as unique indexes do,
+    # for a concurrent transaction that inserted or ended the key's holder.
     # Tags ($5, comma-joined) and priority ($4) left NULL are the task's as its
     # workers declared them (task_names), else none and 0: one index probe, only
     # for rows that lack one.
@@ -186,15 +190,15 @@ class Queries:
     WITH rows AS (
         SELECT r.namespace, r.name, r.payload::jsonb AS payload,
                coalesce(r.priority, d.priority, 0) AS priority, r.delay_s,
-               r.max_attempts, r.timeout_ms, r.key, r.max_expiries, r.ord,
+               r.max_attempts, r.timeout_ms, r.key, r.active_key, r.max_expiries, r.ord,
                CASE WHEN r.tags IS NULL THEN coalesce(d.tags, '{}'::text[])
                     WHEN r.tags = '' THEN '{}'::text[] ELSE string_to_array(r.tags, ',') END
                     AS tag_array
         FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
-                    $6::float8[], $7::int[], $8::int[], $9::text[], $10::int[])
+                    $6::float8[], $7::int[], $8::int[], $9::text[], $10::int[], $12::text[])
             WITH ORDINALITY
             AS r(namespace, name, payload, priority, tags, delay_s, max_attempts, timeout_ms, key,
-                 max_expiries, ord)
+                 max_expiries, active_key, ord)
         LEFT JOIN LATERAL (
             SELECT n.tags, n.priority FROM {schema}.task_names n
             WHERE (r.tags IS NULL OR r.priority IS NULL)
@@ -211,7 +215,8 @@ class Queries:
                             p.max_expiries[array_position(p.task_names, r.name)]) AS max_expiries
             FROM rows r, {schema}.workers p
             WHERE $11::boolean AND (SELECT count(*) FROM rows) = 1
-              AND r.delay_s <= 0 AND r.key IS NULL AND octet_length(r.payload::text) <= 7000
+              AND r.delay_s <= 0 AND r.key IS NULL AND r.active_key IS NULL
+              AND octet_length(r.payload::text) <= 7000
               AND p.parked_channel IS NOT NULL
               AND p.last_seen > now() - p.claim_ttl * interval '1 second'
               AND p.parked_pid IN (SELECT pg_stat_get_backend_pid(b)
@@ -238,13 +243,13 @@ class Queries:
     ), inserted AS (
         INSERT INTO {schema}.tasks
             (namespace, name, payload, priority, tags, run_at, sort_key,
-             max_attempts, max_expiries, timeout_ms, idempotency_key,
+             max_attempts, max_expiries, timeout_ms, idempotency_key, active_key,
              state, attempts, lease_token, lease_expires_at, worker_id, started_at)
         SELECT r.namespace, r.name, r.payload, r.priority, r.tag_array,
                now() + r.delay_s * interval '1 second',
                {schema}.sort_key(now() + r.delay_s * interval '1 second', r.priority),
                coalesce(h.max_attempts, r.max_attempts), coalesce(h.max_expiries, r.max_expiries),
-               r.timeout_ms, r.key,
+               r.timeout_ms, r.key, r.active_key,
                CASE WHEN h.id IS NOT NULL THEN 'running' WHEN r.delay_s > 0 THEN 'delayed'
                     ELSE 'ready' END::{schema}.task_state,
                (h.id IS NOT NULL)::int, (h.id IS NOT NULL)::int,
@@ -252,11 +257,12 @@ class Queries:
                CASE WHEN h.id IS NOT NULL THEN now() END
         FROM rows r LEFT JOIN handoff h ON true
         ORDER BY r.ord  -- RETURNING in the order given: the ids of keyless tasks by position
-        ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-        RETURNING id, namespace, state, name, payload, idempotency_key, worker_id, attempts,
+        ON CONFLICT DO NOTHING
+        RETURNING id, namespace, state, name, payload,
+                  coalesce(idempotency_key, active_key) AS idempotency_key, worker_id, attempts,
                   max_attempts, lease_token, timeout_ms, run_at, lease_expires_at
     )
-    SELECT i.id, i.idempotency_key,
+    SELECT i.id, i.namespace, i.idempotency_key,
            (SELECT count(pg_notify('{schema}_tasks', n.namespace))
             FROM (SELECT DISTINCT namespace FROM inserted WHERE state = 'ready') n) AS notified,
            (SELECT count(pg_notify(h.parked_channel, json_build_object(
@@ -269,9 +275,13 @@ class Queries:
     FROM inserted i
     """
 
+    # The tasks holding keys $2 in namespace $1 (permanent or active; see migration
+    # 0010), through tasks_unique_key: the predicate is the index's own.
     existing_keys = """
-    SELECT id, idempotency_key FROM {schema}.tasks
-    WHERE namespace = $1 AND idempotency_key = ANY($2::text[])
+    SELECT id, coalesce(idempotency_key, active_key) AS idempotency_key FROM {schema}.tasks
+    WHERE namespace = $1 AND coalesce(idempotency_key, active_key) = ANY($2::text[])
+      AND (idempotency_key IS NOT NULL
+           OR (active_key IS NOT NULL AND state IN ('blocked', 'delayed', 'ready', 'running')))
     """
 
     # The end of a task someone waits for is announced on the finished channel by
