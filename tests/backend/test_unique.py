@@ -7,6 +7,7 @@ for it, as the unique index makes it."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -105,30 +106,37 @@ async def test_concurrent_enqueues_of_one_key_make_one_task(backend: Backend) ->
         "SELECT count(*) FROM shoal.tasks WHERE active_key = 'hot'") == 5
 
 
-async def blocked(task: asyncio.Task[int]) -> bool:
-    """Whether `task` is still waiting after a while."""
-    await asyncio.sleep(0.3)
-    return not task.done()
+async def racing(dsn: str, client: Client, theirs: Callable[[asyncpg.Connection], Awaitable[Any]],
+                 commit: bool) -> int:
+    """Our enqueue of key `k` while another transaction has run `theirs` and not ended:
+    ours must wait for it, then see its outcome (`commit`, or a rollback)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        await theirs(conn)
+        ours = asyncio.create_task(
+            client.enqueue("echo", 2, idempotency_key="k", unique="active"))
+        await asyncio.sleep(0.3)
+        assert not ours.done()  # waiting for their transaction
+        await (tx.commit() if commit else tx.rollback())
+        return await asyncio.wait_for(ours, 10)
+    finally:
+        await conn.close()
 
 
 @pytest.mark.parametrize("commit", [True, False])
 async def test_an_enqueue_waits_for_a_transaction_that_inserts_the_key(
         dsn: str, backend: Backend, commit: bool) -> None:
     client = Client(backend)
-    conn = await asyncpg.connect(dsn)
-    try:
-        tx = conn.transaction()
-        await tx.start()
-        theirs = await client.enqueue("echo", 1, idempotency_key="k", unique="active",
-                                      connection=conn)
-        ours = asyncio.create_task(
-            client.enqueue("echo", 2, idempotency_key="k", unique="active"))
-        assert await blocked(ours)
-        await (tx.commit() if commit else tx.rollback())
-        task_id = await asyncio.wait_for(ours, 10)
-    finally:
-        await conn.close()
-    assert (task_id == theirs) is commit
+    theirs: list[int] = []
+
+    async def insert(conn: asyncpg.Connection) -> None:
+        theirs.append(await client.enqueue("echo", 1, idempotency_key="k", unique="active",
+                                           connection=conn))
+
+    task_id = await racing(dsn, client, insert, commit)
+    assert (task_id == theirs[0]) is commit
     assert await active_holders(backend, "k") == [task_id]
 
 
@@ -137,19 +145,12 @@ async def test_an_enqueue_waits_for_a_transaction_that_ends_the_holder(
         dsn: str, backend: Backend, commit: bool) -> None:
     client = Client(backend)
     holder = await client.enqueue("echo", 1, idempotency_key="k", unique="active")
-    conn = await asyncpg.connect(dsn)
-    try:
-        tx = conn.transaction()
-        await tx.start()
+
+    async def cancel(conn: asyncpg.Connection) -> None:
         await conn.execute("UPDATE shoal.tasks SET state = 'cancelled', finished_at = now() "
                            "WHERE id = $1", holder)
-        ours = asyncio.create_task(
-            client.enqueue("echo", 2, idempotency_key="k", unique="active"))
-        assert await blocked(ours)
-        await (tx.commit() if commit else tx.rollback())
-        task_id = await asyncio.wait_for(ours, 10)
-    finally:
-        await conn.close()
+
+    task_id = await racing(dsn, client, cancel, commit)
     assert (task_id != holder) is commit  # ended: a new task; still active: the holder
     assert await active_holders(backend, "k") == [task_id]
 
