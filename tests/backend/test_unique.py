@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from shoal import Client
-from shoal.backend import Backend, Outcome, WorkerIdentity
+from shoal.backend import Backend, DeadLetterFilter, Outcome, WorkerIdentity
 from shoal.client import Job
 from tests.support import cli
 
@@ -200,3 +200,19 @@ async def test_cli_enqueue_unique(dsn: str, backend: Backend) -> None:
              "such as 1h, not 'soon'")]:
         refused = await cli("enqueue", "echo", "--dsn", dsn, "--force", *args)
         assert (refused.returncode, refused.stdout, refused.stderr) == (2, "", error + "\n")
+
+
+async def test_a_dead_letter_whose_key_was_taken_is_not_retried(backend: Backend) -> None:
+    """Retrying a dead letter whose active key another active task holds now would make
+    two active tasks of one key: it stays dead (the holder does the work); once the
+    holder ended, the retry revives it."""
+    client = Client(backend)
+    dead = await client.enqueue("echo", 1, idempotency_key="k", unique="active")
+    await finish(backend, dead, error="boom")
+    holder = await client.enqueue("echo", 2, idempotency_key="k", unique="active")
+    assert holder != dead
+    assert await client.retry_dead_letters(DeadLetterFilter(task_id=dead)) == 0
+    assert (await client.task(dead)).state == "dead"
+    await client.cancel_task(holder)
+    assert await client.retry_dead_letters(DeadLetterFilter(task_id=dead)) == 1
+    assert await client.enqueue("echo", 3, idempotency_key="k", unique="active") == dead

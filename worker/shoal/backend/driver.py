@@ -513,15 +513,26 @@ class Backend:
     async def retry_dead_letters(self, where: DeadLetterFilter) -> int:
         """Make matching dead letters ready with fresh attempts; failed workflows resume.
 
+        A dead letter whose active key (`unique="active"`) another task holds now
+        stays dead: that task does its work.
         A revived workflow's steps that its failure cancelled wait again; they
         start as usual once the retried steps they depend on succeed (or are
         cancelled again if a retried step dies again).
         """
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(self.queries.retry_dead, *_dead_args(where))
-            if row["revived_ids"]:
-                await conn.execute(self.queries.reblock_cancelled_steps, row["revived_ids"])
-        return int(row["retried"])
+        for attempt in range(3):
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    row = await conn.fetchrow(self.queries.retry_dead, *_dead_args(where))
+                    if row["revived_ids"]:
+                        await conn.execute(self.queries.reblock_cancelled_steps,
+                                           row["revived_ids"])
+                return int(row["retried"])
+            except asyncpg.UniqueViolationError:
+                # A task took a retried letter's active key between the statement's
+                # check and its update: again, and that letter stays dead.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     # -- workflows -----------------------------------------------------------------
 

@@ -99,6 +99,14 @@ def _expiry(what: str, why: str) -> str:
         worker_id = NULL"""
 
 
+def _holds_key(t: str) -> str:
+    """Row `t` holds its idempotency key: a permanent one, or an active one while its task
+    has not ended. tasks_unique_key's predicate (migration 0010), which a lookup must
+    restate to use the index."""
+    return (f"({t}.idempotency_key IS NOT NULL OR ({t}.active_key IS NOT NULL"
+            f" AND {t}.state IN ('blocked', 'delayed', 'ready', 'running')))")
+
+
 class Queries:
     """The statements of this class, rendered for one schema.
 
@@ -278,10 +286,10 @@ class Queries:
     # The tasks holding keys $2 in namespace $1 (permanent or active; see migration
     # 0010), through tasks_unique_key: the predicate is the index's own.
     existing_keys = """
-    SELECT id, coalesce(idempotency_key, active_key) AS idempotency_key FROM {schema}.tasks
-    WHERE namespace = $1 AND coalesce(idempotency_key, active_key) = ANY($2::text[])
-      AND (idempotency_key IS NOT NULL
-           OR (active_key IS NOT NULL AND state IN ('blocked', 'delayed', 'ready', 'running')))
+    SELECT t.id, coalesce(t.idempotency_key, t.active_key) AS idempotency_key
+    FROM {schema}.tasks t
+    WHERE t.namespace = $1 AND coalesce(t.idempotency_key, t.active_key) = ANY($2::text[])
+      AND """ + _holds_key("t") + """
     """
 
     # The end of a task someone waits for is announced on the finished channel by
@@ -626,15 +634,21 @@ class Queries:
 
     count_dead = "SELECT count(*) FROM {schema}.tasks WHERE " + dead_filter
 
-    # A retried dead letter gets a fresh set of attempts and runs now.
+    # A retried dead letter gets a fresh set of attempts and runs now. Not one whose
+    # active key (migration 0010) another task holds now: that task does its work.
     retry_dead = """
     WITH retried AS (
-        UPDATE {schema}.tasks
+        UPDATE {schema}.tasks t
         SET state = 'ready', attempts = 0, expiries = 0, run_at = now(),
             sort_key = {schema}.sort_key(now(), priority),
             finished_at = NULL, error = NULL, worker_id = NULL
         WHERE """ + dead_filter + """
-        RETURNING id, namespace, workflow_id
+          AND NOT (t.active_key IS NOT NULL AND EXISTS (
+                SELECT 1 FROM {schema}.tasks o
+                WHERE o.namespace = t.namespace
+                  AND coalesce(o.idempotency_key, o.active_key) = t.active_key
+                  AND """ + _holds_key("o") + """))
+        RETURNING t.id, t.namespace, t.workflow_id
     ), revived AS (
         UPDATE {schema}.workflows w
         SET state = 'running', message = NULL, finished_at = NULL, updated_at = now()
