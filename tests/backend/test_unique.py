@@ -50,30 +50,26 @@ async def test_an_active_key_is_free_again_once_its_task_ended(backend: Backend)
     assert await elsewhere.enqueue("echo", 7, idempotency_key="k", unique="active") != fourth
 
 
-async def test_a_permanent_key_stays_held_and_both_kinds_share_one_key(
-        backend: Backend) -> None:
+async def test_a_permanent_key_stays_held_and_scopes_are_apart(backend: Backend) -> None:
     client = Client(backend)
     forever = await client.enqueue("echo", 1, idempotency_key="f")
     await client.cancel_task(forever)
     assert await client.enqueue("echo", 2, idempotency_key="f") == forever
-    # A permanent holder holds against an active-scoped enqueue, in every state...
-    assert await client.enqueue("echo", 3, idempotency_key="f", unique="active") == forever
-    # ... and an active holder against a permanent-scoped one while it is active.
-    active = await client.enqueue("echo", 4, idempotency_key="a", unique="active")
-    assert await client.enqueue("echo", 5, idempotency_key="a") == active
-    await client.cancel_task(active)
-    permanent = await client.enqueue("echo", 6, idempotency_key="a")
-    assert permanent != active
-    await client.cancel_task(permanent)
-    assert await client.enqueue("echo", 7, idempotency_key="a", unique="active") == permanent
-    # One batch: repeated keys get one task, in any namespace each.
+    # A key of one scope is not a key of the other.
+    active = await client.enqueue("echo", 3, idempotency_key="f", unique="active")
+    assert active != forever
+    assert await client.enqueue("echo", 4, idempotency_key="f") == forever
+    # One batch: repeated keys get one task, per namespace and scope.
     ids = await client.enqueue_many([
-        Job("echo", 8, idempotency_key="b", unique="active"),
-        Job("echo", 9),
-        Job("echo", 10, idempotency_key="b", unique="active"),
-        Job("echo", 11, idempotency_key="a")])
-    assert ids[0] == ids[2] and ids[3] == permanent and len(set(ids)) == 3
-    assert (await client.task(ids[1])).payload == 9
+        Job("echo", 5, idempotency_key="b", unique="active"),
+        Job("echo", 6),
+        Job("echo", 7, idempotency_key="b", unique="active"),
+        Job("echo", 8, idempotency_key="f"),
+        Job("echo", 9, idempotency_key="f", unique="active"),
+        Job("echo", 10, idempotency_key="b")])
+    assert ids[0] == ids[2] and ids[3:5] == [forever, active]
+    assert len({ids[0], ids[1], ids[5], forever, active}) == 5
+    assert [(await client.task(i)).payload for i in (ids[0], ids[1], ids[5])] == [5, 6, 10]
 
 
 async def active_holders(backend: Backend, key: str) -> list[int]:

@@ -212,7 +212,8 @@ class Backend:
         A task whose idempotency key is held in its namespace is not inserted
         again; the holder's id is returned in its place. A key is held by the
         task enqueued with it, for good (`unique="forever"`) or while that task
-        is active (`"active"`: until it succeeded, was cancelled or is dead).
+        is active (`"active"`: until it succeeded, was cancelled or is dead);
+        a key of one scope is not a key of the other.
         A task whose tags or priority are None gets those its workers declared
         (`register_task_names`), else none and 0.
         With `connection` (the caller's, inside its transaction), the tasks
@@ -246,8 +247,9 @@ class Backend:
         """One enqueue statement (and a lookup of the keys' holders); per task, its id,
         its key's holder's, or None when that holder ended before it was looked up."""
         payloads = [_json(t.payload, f"payload of task {t.name!r}") for t in tasks]
+        active = any(t.unique == "active" for t in tasks)
         rows = await target.fetch(
-            self.queries.enqueue,
+            self.queries.enqueue_active if active else self.queries.enqueue,
             [t.namespace for t in tasks], [t.name for t in tasks], payloads,
             [t.priority for t in tasks],
             [None if t.tags is None else ",".join(t.tags) for t in tasks],
@@ -256,24 +258,27 @@ class Backend:
             [t.idempotency_key if t.unique == "forever" else None for t in tasks],
             [t.lease_expiries for t in tasks], handoff,
             [t.idempotency_key if t.unique == "active" else None for t in tasks])
-        by_key = {(r["namespace"], r["idempotency_key"]): r["id"]
-                  for r in rows if r["idempotency_key"]}
-        inserted = iter(r["id"] for r in rows if not r["idempotency_key"])
-        missing: dict[str, list[str]] = {}
+        by_key: dict[tuple[str, str, str], int] = {}
+        for r in rows:
+            if r["idempotency_key"] or r["active_key"]:
+                scope = "forever" if r["idempotency_key"] else "active"
+                by_key[(r["namespace"], scope, r["idempotency_key"] or r["active_key"])] = r["id"]
+        inserted = iter(r["id"] for r in rows if not r["idempotency_key"] and not r["active_key"])
+        missing: dict[tuple[str, str], list[str]] = {}
         for t in tasks:
-            if t.idempotency_key and (t.namespace, t.idempotency_key) not in by_key:
-                missing.setdefault(t.namespace, []).append(t.idempotency_key)
-        for namespace, keys in missing.items():
-            for key, task_id in (await self._holders(target, namespace, keys)).items():
-                by_key[(namespace, key)] = task_id
-        return [by_key.get((t.namespace, t.idempotency_key)) if t.idempotency_key
+            if t.idempotency_key and (t.namespace, t.unique, t.idempotency_key) not in by_key:
+                missing.setdefault((t.namespace, t.unique), []).append(t.idempotency_key)
+        for (namespace, scope), keys in missing.items():
+            for key, task_id in (await self._holders(target, namespace, scope, keys)).items():
+                by_key[(namespace, scope, key)] = task_id
+        return [by_key.get((t.namespace, t.unique, t.idempotency_key)) if t.idempotency_key
                 else next(inserted) for t in tasks]
 
-    async def _holders(self, target: Connections | Connection, namespace: str,
+    async def _holders(self, target: Connections | Connection, namespace: str, scope: str,
                        keys: Sequence[str]) -> dict[str, int]:
-        """The ids of the tasks holding `keys` in `namespace` now, by key."""
-        rows = await target.fetch(self.queries.existing_keys, namespace, list(keys))
-        return {r["idempotency_key"]: r["id"] for r in rows}
+        """The ids of the tasks holding `keys` of `scope` in `namespace` now, by key."""
+        query = self.queries.active_keys if scope == "active" else self.queries.existing_keys
+        return {r["key"]: r["id"] for r in await target.fetch(query, namespace, list(keys))}
 
     async def claim(self, worker: WorkerIdentity, limit: int,
                     lease_seconds: float) -> list[ClaimedTask]:

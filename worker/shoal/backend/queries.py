@@ -99,12 +99,18 @@ def _expiry(what: str, why: str) -> str:
         worker_id = NULL"""
 
 
-def _holds_key(t: str) -> str:
-    """Row `t` holds its idempotency key: a permanent one, or an active one while its task
-    has not ended. tasks_unique_key's predicate (migration 0010), which a lookup must
-    restate to use the index."""
-    return (f"({t}.idempotency_key IS NOT NULL OR ({t}.active_key IS NOT NULL"
-            f" AND {t}.state IN ('blocked', 'delayed', 'ready', 'running')))")
+def _holds_active_key(t: str) -> str:
+    """Row `t` holds its active key: its task has not ended. tasks_active_key's predicate
+    (migration 0010), which a lookup restates to use the index."""
+    return (f"{t}.active_key IS NOT NULL"
+            f" AND {t}.state IN ('blocked', 'delayed', 'ready', 'running')")
+
+
+# The enqueue's conflict clauses: on the permanent key's index (tasks_idempotency),
+# or, for a batch with active keys, on every unique index (so on tasks_active_key
+# too; an ON CONFLICT names one index at most, and one that is not named raises).
+_ON_KEY = "ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+_ON_ANY_KEY = "ON CONFLICT DO NOTHING"
 
 
 class Queries:
@@ -177,9 +183,9 @@ class Queries:
     # connection whatever jsonb codec it set (transactional enqueue); $11 false
     # turns the handoff off (a caller's transaction must not hold a worker's row).
     # A key is permanent ($9) or held while the task is active ($12, see migration
-    # 0010); ON CONFLICT without a target skips a row that conflicts with either
-    # index (tasks_idempotency, tasks_unique_key), waiting, as unique indexes do,
-    # for a concurrent transaction that inserted or ended the key's holder.
+    # 0010); a row whose key is held is skipped, after waiting, as unique indexes
+    # do, for a concurrent transaction that inserted or ended the key's holder.
+    # `enqueue_active` is the statement for batches with active keys (see _ON_KEY).
     # Tags ($5, comma-joined) and priority ($4) left NULL are the task's as its
     # workers declared them (task_names), else none and 0: one index probe, only
     # for rows that lack one.
@@ -265,12 +271,12 @@ class Queries:
                CASE WHEN h.id IS NOT NULL THEN now() END
         FROM rows r LEFT JOIN handoff h ON true
         ORDER BY r.ord  -- RETURNING in the order given: the ids of keyless tasks by position
-        ON CONFLICT DO NOTHING
-        RETURNING id, namespace, state, name, payload,
-                  coalesce(idempotency_key, active_key) AS idempotency_key, worker_id, attempts,
+        """ + _ON_KEY + """
+        RETURNING id, namespace, state, name, payload, idempotency_key, active_key, worker_id,
+                  attempts,
                   max_attempts, lease_token, timeout_ms, run_at, lease_expires_at
     )
-    SELECT i.id, i.namespace, i.idempotency_key,
+    SELECT i.id, i.namespace, i.idempotency_key, i.active_key,
            (SELECT count(pg_notify('{schema}_tasks', n.namespace))
             FROM (SELECT DISTINCT namespace FROM inserted WHERE state = 'ready') n) AS notified,
            (SELECT count(pg_notify(h.parked_channel, json_build_object(
@@ -283,13 +289,17 @@ class Queries:
     FROM inserted i
     """
 
-    # The tasks holding keys $2 in namespace $1 (permanent or active; see migration
-    # 0010), through tasks_unique_key: the predicate is the index's own.
+    enqueue_active = enqueue.replace(_ON_KEY, _ON_ANY_KEY)
+
     existing_keys = """
-    SELECT t.id, coalesce(t.idempotency_key, t.active_key) AS idempotency_key
-    FROM {schema}.tasks t
-    WHERE t.namespace = $1 AND coalesce(t.idempotency_key, t.active_key) = ANY($2::text[])
-      AND """ + _holds_key("t") + """
+    SELECT id, idempotency_key AS key FROM {schema}.tasks
+    WHERE namespace = $1 AND idempotency_key = ANY($2::text[])
+    """
+
+    # The tasks holding active keys $2 in namespace $1 (migration 0010).
+    active_keys = """
+    SELECT t.id, t.active_key AS key FROM {schema}.tasks t
+    WHERE t.namespace = $1 AND t.active_key = ANY($2::text[]) AND """ + _holds_active_key("t") + """
     """
 
     # The end of a task someone waits for is announced on the finished channel by
@@ -645,9 +655,8 @@ class Queries:
         WHERE """ + dead_filter + """
           AND NOT (t.active_key IS NOT NULL AND EXISTS (
                 SELECT 1 FROM {schema}.tasks o
-                WHERE o.namespace = t.namespace
-                  AND coalesce(o.idempotency_key, o.active_key) = t.active_key
-                  AND """ + _holds_key("o") + """))
+                WHERE o.namespace = t.namespace AND o.active_key = t.active_key
+                  AND """ + _holds_active_key("o") + """))
         RETURNING t.id, t.namespace, t.workflow_id
     ), revived AS (
         UPDATE {schema}.workflows w

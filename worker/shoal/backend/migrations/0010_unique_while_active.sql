@@ -2,18 +2,14 @@
 
 -- Unique while active: an idempotency key that holds only while its task may still
 -- run (blocked, delayed, ready, running) and is free again once the task ended
--- (succeeded, dead, cancelled). Such a key is kept in `active_key`; a permanent
--- key stays in `idempotency_key` (and in tasks_idempotency, which producers of
--- earlier versions name in their ON CONFLICT).
+-- (succeeded, dead, cancelled). Such a key is kept in `active_key`, apart from the
+-- permanent `idempotency_key` (a key of one scope never meets a key of the other).
 ALTER TABLE {schema}.tasks ADD COLUMN active_key text;
 
--- One key, one holder, for both kinds: a permanent key's task holds it in every
--- state, an active key's task only until it ends. The row leaves this partial
--- index in the same update that ends its task, so an enqueue racing with the end
--- either waits for that transaction and inserts, or conflicts with a task that
--- was still active: no lock or read-then-insert of our own. Rows without a key
--- (most) are not in it.
-CREATE UNIQUE INDEX tasks_unique_key
-    ON {schema}.tasks (namespace, (coalesce(idempotency_key, active_key)))
-    WHERE idempotency_key IS NOT NULL
-       OR (active_key IS NOT NULL AND state IN ('blocked', 'delayed', 'ready', 'running'));
+-- The row leaves this partial index in the update that ends its task, so an
+-- enqueue (ON CONFLICT on this index) racing with that end either waits for its
+-- transaction and inserts, or meets a task that was still active: the database
+-- serialises them, with no lock or read-then-insert of Shoal's. Rows without an
+-- active key (most) are not in it.
+CREATE UNIQUE INDEX tasks_active_key ON {schema}.tasks (namespace, active_key)
+    WHERE active_key IS NOT NULL AND state IN ('blocked', 'delayed', 'ready', 'running');
