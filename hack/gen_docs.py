@@ -262,7 +262,7 @@ def _cli_samples() -> dict[str, str]:
         TaskSummary,
         WorkflowStatus,
     )
-    from shoal.cli import dead_letters, migrate, periodic, queue, task_admin, workflows
+    from shoal.cli import dead_letters, migrate, periodic, queue, task_admin, wait, workflows
 
     now = datetime(2025, 3, 3, 9, 41, 30, tzinfo=UTC)
     ago = lambda seconds: now - timedelta(seconds=seconds)  # noqa: E731
@@ -317,13 +317,20 @@ def _cli_samples() -> dict[str, str]:
         "shoal migrate": migrate.render("shoal", [1, 3], 300.0),
         "shoal worker": log_lines("tasks.resize", "resized 3 images", attempt),
         "shoal enqueue": "1208",
-        "shoal tasks list": task_admin.render_list(tasks, "table", now),
-        "shoal tasks show": task_admin.render_task(task, "table"),
+        "shoal wait": wait.render([
+            wait.Waited("task", 1207, "succeeded", result={"resized": 3}),
+            wait.Waited("task", 1201, "dead",
+                        error="ConnectionError: upstream closed the connection"),
+            wait.Waited("task", 1206, "delayed", timed_out=True),
+            wait.Waited("workflow", str(wf), "succeeded",
+                        result={"extract": {"rows": 120}, "load": None})], "text"),
+        "shoal tasks list": task_admin.render_list(tasks, "text", now),
+        "shoal tasks show": task_admin.render_task(task, "text"),
         "shoal tasks cancel": task_admin.render_cancel([CancelResult(1207, "running", True),
                                                         CancelResult(1180, "succeeded", False)]),
         "shoal tasks retry": "retried 1",
-        "shoal queue": queue.render(depth, "table"),
-        "shoal periodic list": periodic.render(schedules, "table", now),
+        "shoal queue": queue.render(depth, "text"),
+        "shoal periodic list": periodic.render(schedules, "text", now),
         "shoal submit": str(wf),
         "shoal pause": workflows.render_command("pause", record),
         "shoal resume": workflows.render_command("resume", record),

@@ -12,6 +12,9 @@
 Given the `App`, the client refuses unknown task names and payloads that do
 not fit a handler's input model before anything is written, and takes each
 task's retries, lease expiries, timeout, priority and tags from its definition.
+Without it, the workers supply them: retries, lease expiries and timeout when
+one claims the task, tags and priority as they declared them when they started
+(the enqueue reads them in its own statement).
 `shoal.sync.Client` is the same API for code that is not async.
 
 Through a transaction pooler (PgBouncer's `pool_mode = transaction`), mark the
@@ -24,9 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -79,6 +84,8 @@ class Job:
     lease_expiries: int | None = None
     timeout: str | float | None = None
     idempotency_key: str | None = None
+    # How long the key holds (see `unique_key`): "forever", "active", or a period.
+    unique: str | float = "forever"
 
 
 class Client:
@@ -118,7 +125,9 @@ class Client:
 
     async def enqueue(self, name: str, payload: Any = None, *,
                       connection: Connection | None = None, **options: Any) -> int:
-        """Enqueue one task and return its id (the existing id for a known idempotency key).
+        """Enqueue one task and return its id (the holder's id for an idempotency key that
+        is held: forever, while its task is active, or per period, as `unique=` says;
+        see `unique_key`).
 
         With `connection` (an asyncpg connection of the caller's, in a
         transaction), the task exists if and only if that transaction commits;
@@ -159,19 +168,21 @@ class Client:
             definition.lease_expiries if definition else None)
         timeout = job.timeout if job.timeout is not None else (
             definition.timeout if definition else None)
-        tags = job.tags if job.tags is not None else (definition.tags if definition else ())
+        # Without the app, unset tags and priority are left to the backend: the task's
+        # as its workers declared them.
+        tags = job.tags if job.tags is not None else (definition.tags if definition else None)
         priority = job.priority if job.priority is not None else (
-            definition.priority if definition else 0)
+            definition.priority if definition else None)
         if retries is not None and retries < 0:
             raise InvalidInput(f"task {job.name!r}: retries must be >= 0")
         return NewTask(
             name=job.name, payload=payload, namespace=self.namespace, priority=priority,
-            tags=tuple(check_tags(list(tags))),
+            tags=None if tags is None else tuple(check_tags(list(tags))),
             delay_seconds=parse_duration(job.delay) if job.delay is not None else 0.0,
             max_attempts=None if retries is None else retries + 1,
             lease_expiries=lease_expiries,
             timeout_seconds=parse_duration(timeout) if timeout is not None else None,
-            idempotency_key=job.idempotency_key)
+            **unique_key(job.idempotency_key, job.unique, time.time()))
 
     async def task(self, task_id: int) -> TaskRow:
         return await self.backend.get_task(task_id)
@@ -301,6 +312,33 @@ class Client:
     async def retry_dead_letters(self, where: DeadLetterFilter | None = None) -> int:
         """Retry matching dead letters with fresh attempts; return how many."""
         return await self.backend.retry_dead_letters(where or DeadLetterFilter())
+
+
+def unique_key(key: str | None, unique: str | float, now: float) -> dict[str, Any]:
+    """The idempotency key and scope a task is stored with, for `unique`:
+
+    - "forever" (the default): the key is the task's until retention prunes it;
+    - "active": until the task ended (succeeded, cancelled, dead): River's unique
+      states without the finished ones, PgQueuer's dedupe key;
+    - a period ("1h", or seconds): one task per key per clock-aligned window of
+      that length (River's ByPeriod), by the producer's clock (`now`): the key is
+      stored as `KEY@WINDOW-START`, e.g. `img-42@2025-03-03T09:00:00Z`, for good.
+    """
+    if unique == "forever":
+        return {"idempotency_key": key, "unique": "forever"}
+    if key is None:
+        raise InvalidInput(f"unique={unique!r} needs an idempotency key")
+    if unique == "active":
+        return {"idempotency_key": key, "unique": "active"}
+    try:
+        period = parse_duration(unique)
+    except InvalidInput:
+        period = 0.0
+    if period < 1 or not period.is_integer():
+        raise InvalidInput(f"unique must be 'forever', 'active' or a period of whole seconds "
+                           f"such as 1h, not {unique!r}")
+    window = datetime.fromtimestamp(now - now % period, UTC)
+    return {"idempotency_key": f"{key}@{window:%Y-%m-%dT%H:%M:%SZ}", "unique": "forever"}
 
 
 def parse_workflow(spec: dag.WorkflowSpec | dict[str, Any] | str) -> dag.WorkflowSpec:

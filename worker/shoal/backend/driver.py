@@ -212,8 +212,13 @@ class Backend:
                       connection: Connection | None = None) -> list[int]:
         """Insert tasks in one statement with one NOTIFY per namespace; return their ids.
 
-        A task whose idempotency key already exists in its namespace is not
-        inserted again; the existing task's id is returned in its place.
+        A task whose idempotency key is held in its namespace is not inserted
+        again; the holder's id is returned in its place. A key is held by the
+        task enqueued with it, for good (`unique="forever"`) or while that task
+        is active (`"active"`: until it succeeded, was cancelled or is dead);
+        a key of one scope is not a key of the other.
+        A task whose tags or priority are None gets those its workers declared
+        (`register_task_names`), else none and 0.
         With `connection` (the caller's, inside its transaction), the tasks
         exist if and only if that transaction commits, and Postgres delivers
         the wake-up NOTIFY on commit; no task is handed off to a parked worker
@@ -223,26 +228,60 @@ class Backend:
             return []
         for t in tasks:
             _check_task(t)
-        payloads = [_json(t.payload, f"payload of task {t.name!r}") for t in tasks]
         target: Connections | Connection = self.pool if connection is None else connection
+        ids: dict[int, int] = {}
+        pending = list(range(len(tasks)))
+        # A key's holder that was active at the insert may have ended before the
+        # lookup of its id: that key is free now, so its task is enqueued again. Each
+        # round either inserts or finds a holder, unless holders keep ending meanwhile.
+        for _ in range(ENQUEUE_ROUNDS):
+            found = await self._insert(target, [tasks[i] for i in pending], connection is None)
+            ids.update((i, task_id) for i, task_id in zip(pending, found, strict=True)
+                       if task_id is not None)
+            pending = [i for i in pending if i not in ids]
+            if not pending:
+                return [ids[i] for i in range(len(tasks))]
+        raise RuntimeError(f"the holders of idempotency keys "
+                           f"{sorted({tasks[i].idempotency_key or '' for i in pending})} kept "
+                           f"ending while {ENQUEUE_ROUNDS} enqueues looked them up")
+
+    async def _insert(self, target: Connections | Connection, tasks: Sequence[NewTask],
+                      handoff: bool) -> list[int | None]:
+        """One enqueue statement (and a lookup of the keys' holders); per task, its id,
+        its key's holder's, or None when that holder ended before it was looked up."""
+        payloads = [_json(t.payload, f"payload of task {t.name!r}") for t in tasks]
+        active = any(t.unique == "active" for t in tasks)
         rows = await target.fetch(
-            self.queries.enqueue,
+            self.queries.enqueue_active if active else self.queries.enqueue,
             [t.namespace for t in tasks], [t.name for t in tasks], payloads,
-            [t.priority for t in tasks], [",".join(t.tags) for t in tasks],
+            [t.priority for t in tasks],
+            [None if t.tags is None else ",".join(t.tags) for t in tasks],
             [t.delay_seconds for t in tasks], [t.max_attempts for t in tasks],
-            [_millis(t.timeout_seconds) for t in tasks], [t.idempotency_key for t in tasks],
-            [t.lease_expiries for t in tasks], connection is None)
-        by_key = {r["idempotency_key"]: r["id"] for r in rows if r["idempotency_key"]}
-        inserted = iter(r["id"] for r in rows if not r["idempotency_key"])
-        missing: dict[str, list[str]] = {}
+            [_millis(t.timeout_seconds) for t in tasks],
+            [t.idempotency_key if t.unique == "forever" else None for t in tasks],
+            [t.lease_expiries for t in tasks], handoff,
+            [t.idempotency_key if t.unique == "active" else None for t in tasks])
+        by_key: dict[tuple[str, str, str], int] = {}
+        for r in rows:
+            if r["idempotency_key"] or r["active_key"]:
+                scope = "forever" if r["idempotency_key"] else "active"
+                by_key[(r["namespace"], scope, r["idempotency_key"] or r["active_key"])] = r["id"]
+        inserted = iter(r["id"] for r in rows if not r["idempotency_key"] and not r["active_key"])
+        missing: dict[tuple[str, str], list[str]] = {}
         for t in tasks:
-            if t.idempotency_key and t.idempotency_key not in by_key:
-                missing.setdefault(t.namespace, []).append(t.idempotency_key)
-        for namespace, keys in missing.items():
-            for r in await target.fetch(self.queries.existing_keys, namespace, keys):
-                by_key[r["idempotency_key"]] = r["id"]
-        return [by_key[t.idempotency_key] if t.idempotency_key else next(inserted)
-                for t in tasks]
+            if t.idempotency_key and (t.namespace, t.unique, t.idempotency_key) not in by_key:
+                missing.setdefault((t.namespace, t.unique), []).append(t.idempotency_key)
+        for (namespace, scope), keys in missing.items():
+            for key, task_id in (await self._holders(target, namespace, scope, keys)).items():
+                by_key[(namespace, scope, key)] = task_id
+        return [by_key.get((t.namespace, t.unique, t.idempotency_key)) if t.idempotency_key
+                else next(inserted) for t in tasks]
+
+    async def _holders(self, target: Connections | Connection, namespace: str, scope: str,
+                       keys: Sequence[str]) -> dict[str, int]:
+        """The ids of the tasks holding `keys` of `scope` in `namespace` now, by key."""
+        query = self.queries.active_keys if scope == "active" else self.queries.existing_keys
+        return {r["key"]: r["id"] for r in await target.fetch(query, namespace, list(keys))}
 
     async def claim(self, worker: WorkerIdentity, limit: int,
                     lease_seconds: float) -> list[ClaimedTask]:
@@ -390,9 +429,16 @@ class Backend:
     async def remove_worker(self, worker_id: str) -> None:
         await self.pool.execute(self.queries.remove_worker, worker_id)
 
-    async def register_task_names(self, namespace: str, names: Sequence[str]) -> None:
-        """Remember that a worker serves `names` in `namespace` (see `task_name_known`)."""
-        await self.pool.execute(self.queries.register_task_names, namespace, list(names))
+    async def register_task_names(self, namespace: str, names: Sequence[str],
+                                  tags: Sequence[Sequence[str]] | None = None,
+                                  priorities: Sequence[int] | None = None) -> None:
+        """Remember that a worker serves `names` in `namespace` (see `task_name_known`),
+        each with the tags and priority it declares (default none and 0), which an
+        enqueue that sets neither takes (see `enqueue`)."""
+        await self.pool.execute(
+            self.queries.register_task_names, namespace, list(names),
+            [",".join(t) for t in tags] if tags is not None else [""] * len(names),
+            list(priorities) if priorities is not None else [0] * len(names))
 
     async def task_name_known(self, namespace: str, name: str) -> bool:
         """Whether any worker ever served task `name` in `namespace`."""
@@ -497,15 +543,26 @@ class Backend:
     async def retry_dead_letters(self, where: DeadLetterFilter) -> int:
         """Make matching dead letters ready with fresh attempts; failed workflows resume.
 
+        A dead letter whose active key (`unique="active"`) another task holds now
+        stays dead: that task does its work.
         A revived workflow's steps that its failure cancelled wait again; they
         start as usual once the retried steps they depend on succeed (or are
         cancelled again if a retried step dies again).
         """
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(self.queries.retry_dead, *_dead_args(where))
-            if row["revived_ids"]:
-                await conn.execute(self.queries.reblock_cancelled_steps, row["revived_ids"])
-        return int(row["retried"])
+        for attempt in range(3):
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    row = await conn.fetchrow(self.queries.retry_dead, *_dead_args(where))
+                    if row["revived_ids"]:
+                        await conn.execute(self.queries.reblock_cancelled_steps,
+                                           row["revived_ids"])
+                return int(row["retried"])
+            except asyncpg.UniqueViolationError:
+                # A task took a retried letter's active key between the statement's
+                # check and its update: again, and that letter stays dead.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     # -- workflows -----------------------------------------------------------------
 
@@ -869,6 +926,8 @@ MAX_LEASE_EXPIRIES = 1000
 MAX_NAMESPACE = 253  # a NOTIFY's payload; Kubernetes namespaces have 63
 MAX_NAME = 200
 MAX_KEY = 1000
+UNIQUE_SCOPES = ("forever", "active")  # how long an idempotency key is held (NewTask)
+ENQUEUE_ROUNDS = 10  # enqueue statements per call at most (see `enqueue`)
 MAX_LIST = 100_000
 
 
@@ -902,8 +961,9 @@ def _check_task(t: NewTask) -> None:
     _check_name(t.name, "task name", MAX_NAME)
     what = f"task {t.name!r}"
     _check_name(t.namespace, f"{what}: namespace", MAX_NAMESPACE)
-    _check_tags(t.tags, what)
-    _check_int(t.priority, f"{what}: priority", -MAX_PRIORITY, MAX_PRIORITY)
+    _check_tags(t.tags or (), what)
+    if t.priority is not None:
+        _check_int(t.priority, f"{what}: priority", -MAX_PRIORITY, MAX_PRIORITY)
     _check_seconds(t.delay_seconds, f"{what}: delay", MAX_DELAY_SECONDS, "10 years")
     if t.max_attempts is not None:
         if t.max_attempts < 1:
@@ -915,6 +975,9 @@ def _check_task(t: NewTask) -> None:
         _check_seconds(t.timeout_seconds, f"{what}: timeout", MAX_TIMEOUT_SECONDS, "24 days")
     if t.idempotency_key is not None:
         _check_name(t.idempotency_key, f"{what}: idempotency key", MAX_KEY)
+    if t.unique not in UNIQUE_SCOPES:
+        raise InvalidInput(f"{what}: unique must be one of {', '.join(UNIQUE_SCOPES)}, "
+                           f"not {t.unique!r}")
 
 
 def _check_workflow(spec: dag.WorkflowSpec, name: str, namespace: str, key: str | None) -> None:

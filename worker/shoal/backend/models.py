@@ -17,8 +17,10 @@ class NewTask:
     name: str
     payload: Any = None
     namespace: str = "default"
-    priority: int = 0
-    tags: tuple[str, ...] = ()
+    # None: what the task's workers declared (`@app.task(priority=, tags=)`), else 0
+    # and no tags.
+    priority: int | None = None
+    tags: tuple[str, ...] | None = None
     delay_seconds: float = 0.0
     max_attempts: int | None = None  # None: the handler's retries decide at claim time
     # Leases that may expire (worker killed, frozen, cut off) without the task
@@ -27,6 +29,9 @@ class NewTask:
     lease_expiries: int | None = None
     timeout_seconds: float | None = None
     idempotency_key: str | None = None
+    # How long the key is held: "forever" (until retention prunes the task) or
+    # "active" (until the task succeeded, was cancelled or is dead).
+    unique: str = "forever"
 
 
 class ClaimedTask(NamedTuple):

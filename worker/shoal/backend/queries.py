@@ -120,6 +120,20 @@ def _reroutable(ready: str) -> str:
             f"AND ($7::text[] IS NULL OR t.name = ANY($7::text[])))")
 
 
+def _holds_active_key(t: str) -> str:
+    """Row `t` holds its active key: its task has not ended. tasks_active_key's predicate
+    (migration 0010), which a lookup restates to use the index."""
+    return (f"{t}.active_key IS NOT NULL"
+            f" AND {t}.state IN ('blocked', 'delayed', 'ready', 'running')")
+
+
+# The enqueue's conflict clauses: on the permanent key's index (tasks_idempotency),
+# or, for a batch with active keys, on every unique index (so on tasks_active_key
+# too; an ON CONFLICT names one index at most, and one that is not named raises).
+_ON_KEY = "ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+_ON_ANY_KEY = "ON CONFLICT DO NOTHING"
+
+
 class Queries:
     """The statements of this class, rendered for one schema.
 
@@ -189,6 +203,13 @@ class Queries:
     # Payloads are JSON text ($3::text[]), so the statement also runs on a caller's
     # connection whatever jsonb codec it set (transactional enqueue); $11 false
     # turns the handoff off (a caller's transaction must not hold a worker's row).
+    # A key is permanent ($9) or held while the task is active ($12, see migration
+    # 0010); a row whose key is held is skipped, after waiting, as unique indexes
+    # do, for a concurrent transaction that inserted or ended the key's holder.
+    # `enqueue_active` is the statement for batches with active keys (see _ON_KEY).
+    # Tags ($5, comma-joined) and priority ($4) left NULL are the task's as its
+    # workers declared them (task_names), else none and 0: one index probe, only
+    # for rows that lack one.
     # Handoff: an enqueue of exactly one task, due now, without idempotency key,
     # whose JSON fits in a notification, is leased in the same statement to the
     # parked worker that parked longest among those that could claim it
@@ -202,14 +223,22 @@ class Queries:
     # namespace wakes the workers.
     enqueue = """
     WITH rows AS (
-        SELECT r.namespace, r.name, r.payload::jsonb AS payload, r.priority, r.delay_s,
-               r.max_attempts, r.timeout_ms, r.key, r.max_expiries,
-               CASE WHEN r.tags = '' THEN '{}'::text[] ELSE string_to_array(r.tags, ',') END
+        SELECT r.namespace, r.name, r.payload::jsonb AS payload,
+               coalesce(r.priority, d.priority, 0) AS priority, r.delay_s,
+               r.max_attempts, r.timeout_ms, r.key, r.active_key, r.max_expiries, r.ord,
+               CASE WHEN r.tags IS NULL THEN coalesce(d.tags, '{}'::text[])
+                    WHEN r.tags = '' THEN '{}'::text[] ELSE string_to_array(r.tags, ',') END
                     AS tag_array
         FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
-                    $6::float8[], $7::int[], $8::int[], $9::text[], $10::int[])
+                    $6::float8[], $7::int[], $8::int[], $9::text[], $10::int[], $12::text[])
+            WITH ORDINALITY
             AS r(namespace, name, payload, priority, tags, delay_s, max_attempts, timeout_ms, key,
-                 max_expiries)
+                 max_expiries, active_key, ord)
+        LEFT JOIN LATERAL (
+            SELECT n.tags, n.priority FROM {schema}.task_names n
+            WHERE (r.tags IS NULL OR r.priority IS NULL)
+              AND n.namespace = r.namespace AND n.name = r.name
+        ) d ON true
     ), handoff AS (
         UPDATE {schema}.workers w
         SET parked_channel = NULL
@@ -221,7 +250,8 @@ class Queries:
                             p.max_expiries[array_position(p.task_names, r.name)]) AS max_expiries
             FROM rows r, {schema}.workers p
             WHERE $11::boolean AND (SELECT count(*) FROM rows) = 1
-              AND r.delay_s <= 0 AND r.key IS NULL AND octet_length(r.payload::text) <= 7000
+              AND r.delay_s <= 0 AND r.key IS NULL AND r.active_key IS NULL
+              AND octet_length(r.payload::text) <= 7000
               AND p.parked_channel IS NOT NULL
               AND p.last_seen > now() - p.claim_ttl * interval '1 second'
               AND p.parked_pid IN (SELECT pg_stat_get_backend_pid(b)
@@ -248,24 +278,26 @@ class Queries:
     ), inserted AS (
         INSERT INTO {schema}.tasks
             (namespace, name, payload, priority, tags, run_at, sort_key,
-             max_attempts, max_expiries, timeout_ms, idempotency_key,
+             max_attempts, max_expiries, timeout_ms, idempotency_key, active_key,
              state, attempts, lease_token, lease_expires_at, worker_id, started_at)
         SELECT r.namespace, r.name, r.payload, r.priority, r.tag_array,
                now() + r.delay_s * interval '1 second',
                {schema}.sort_key(now() + r.delay_s * interval '1 second', r.priority),
                coalesce(h.max_attempts, r.max_attempts), coalesce(h.max_expiries, r.max_expiries),
-               r.timeout_ms, r.key,
+               r.timeout_ms, r.key, r.active_key,
                CASE WHEN h.id IS NOT NULL THEN 'running' WHEN r.delay_s > 0 THEN 'delayed'
                     ELSE 'ready' END::{schema}.task_state,
                (h.id IS NOT NULL)::int, (h.id IS NOT NULL)::int,
                now() + h.claim_ttl * interval '1 second', h.id,
                CASE WHEN h.id IS NOT NULL THEN now() END
         FROM rows r LEFT JOIN handoff h ON true
-        ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-        RETURNING id, namespace, state, name, payload, idempotency_key, worker_id, attempts,
+        ORDER BY r.ord  -- RETURNING in the order given: the ids of keyless tasks by position
+        """ + _ON_KEY + """
+        RETURNING id, namespace, state, name, payload, idempotency_key, active_key, worker_id,
+                  attempts,
                   max_attempts, lease_token, timeout_ms, run_at, lease_expires_at
     )
-    SELECT i.id, i.idempotency_key,
+    SELECT i.id, i.namespace, i.idempotency_key, i.active_key,
            (SELECT count(pg_notify('{schema}_tasks', n.namespace))
             FROM (SELECT DISTINCT namespace FROM inserted WHERE state = 'ready') n) AS notified,
            (SELECT count(pg_notify(h.parked_channel, json_build_object(
@@ -278,9 +310,17 @@ class Queries:
     FROM inserted i
     """
 
+    enqueue_active = enqueue.replace(_ON_KEY, _ON_ANY_KEY)
+
     existing_keys = """
-    SELECT id, idempotency_key FROM {schema}.tasks
+    SELECT id, idempotency_key AS key FROM {schema}.tasks
     WHERE namespace = $1 AND idempotency_key = ANY($2::text[])
+    """
+
+    # The tasks holding active keys $2 in namespace $1 (migration 0010).
+    active_keys = """
+    SELECT t.id, t.active_key AS key FROM {schema}.tasks t
+    WHERE t.namespace = $1 AND t.active_key = ANY($2::text[]) AND """ + _holds_active_key("t") + """
     """
 
     # The end of a task someone waits for is announced on the finished channel by
@@ -489,10 +529,16 @@ class Queries:
 
     remove_worker = "DELETE FROM {schema}.workers WHERE id = $1"
 
+    # With each name its declared tags ($3, comma-joined) and priority ($4), which
+    # an enqueue that sets none takes (see enqueue); written only when they changed.
     register_task_names = """
-    INSERT INTO {schema}.task_names (namespace, name)
-    SELECT $1, unnest($2::text[])
-    ON CONFLICT DO NOTHING
+    INSERT INTO {schema}.task_names AS n (namespace, name, tags, priority)
+    SELECT $1, d.name,
+           CASE WHEN d.tags = '' THEN '{}'::text[] ELSE string_to_array(d.tags, ',') END,
+           d.priority
+    FROM unnest($2::text[], $3::text[], $4::int[]) AS d(name, tags, priority)
+    ON CONFLICT (namespace, name) DO UPDATE SET tags = EXCLUDED.tags, priority = EXCLUDED.priority
+    WHERE (n.tags, n.priority) IS DISTINCT FROM (EXCLUDED.tags, EXCLUDED.priority)
     """
 
     task_name_known = """
@@ -668,15 +714,20 @@ class Queries:
 
     count_dead = "SELECT count(*) FROM {schema}.tasks WHERE " + dead_filter
 
-    # A retried dead letter gets a fresh set of attempts and runs now.
+    # A retried dead letter gets a fresh set of attempts and runs now. Not one whose
+    # active key (migration 0010) another task holds now: that task does its work.
     retry_dead = """
     WITH retried AS (
-        UPDATE {schema}.tasks
+        UPDATE {schema}.tasks t
         SET state = 'ready', attempts = 0, expiries = 0, run_at = now(),
             sort_key = {schema}.sort_key(now(), priority),
             finished_at = NULL, error = NULL, worker_id = NULL
         WHERE """ + dead_filter + """
-        RETURNING id, namespace, workflow_id
+          AND NOT (t.active_key IS NOT NULL AND EXISTS (
+                SELECT 1 FROM {schema}.tasks o
+                WHERE o.namespace = t.namespace AND o.active_key = t.active_key
+                  AND """ + _holds_active_key("o") + """))
+        RETURNING t.id, t.namespace, t.workflow_id
     ), revived AS (
         UPDATE {schema}.workflows w
         SET state = 'running', message = NULL, finished_at = NULL, updated_at = now()

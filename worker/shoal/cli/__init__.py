@@ -8,6 +8,10 @@ subcommands.
 Every database subcommand takes `--dsn` (default `$SHOAL_DSN`) and `--schema`
 (default `$SHOAL_SCHEMA` or `shoal`). Every error is one line on stderr: bad
 input exits with status 2 (nothing is written then), a database error with 1.
+A reader that goes away (`shoal tasks list | head`) ends the command quietly
+with 141, as a shell reports a process killed by SIGPIPE (and Ctrl-C with 130).
+Listing commands print `-o text` (for people, the default), `json` or `yaml`
+(see `shoal.cli.output`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import select
+import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -28,6 +34,7 @@ from shoal.cli import (
     queue,
     task_admin,
     tasks,
+    wait,
     worker,
     workflows,
 )
@@ -35,7 +42,8 @@ from shoal.cli.common import Commands
 from shoal.errors import ShoalError
 from shoal.version import VERSION
 
-GROUPS = (migrate, worker, tasks, task_admin, queue, periodic, workflows, dead_letters)
+GROUPS = (migrate, worker, tasks, wait, task_admin, queue, periodic, workflows,
+          dead_letters)
 
 
 class Parser(argparse.ArgumentParser):
@@ -62,16 +70,45 @@ def main(argv: Sequence[str] | None = None) -> int:
                        getattr(args, "log_level", None)
                        or os.environ.get("SHOAL_LOG_LEVEL", "info"))
         status: int = asyncio.run(args.run(args))
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except BrokenPipeError as exc:
+        return reader_gone() if stdout_closed() else database_error(exc)
     except ShoalError as exc:
         print(f"shoal: error: {exc}", file=sys.stderr)
         return 2
     except TRANSIENT_ERRORS as exc:
-        print(f"shoal: error: database: {type(exc).__name__}: {exc}".splitlines()[0],
-              file=sys.stderr)
-        return 1
+        return database_error(exc)
     except KeyboardInterrupt:
         return 130
     return status
+
+
+def database_error(exc: BaseException) -> int:
+    print(f"shoal: error: database: {type(exc).__name__}: {exc}".splitlines()[0],
+          file=sys.stderr)
+    return 1
+
+
+def stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll says POLLERR), rather than a
+    BrokenPipeError of the database's socket."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP)
+                   for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def reader_gone() -> int:
+    """The status for output nobody reads any more (the pipe's reader exited): what is
+    still buffered goes to /dev/null, so the interpreter's last flush cannot fail too
+    (the recipe of the Python docs, signal module, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
-from dataclasses import asdict
 from uuid import UUID
 
 from shoal.backend import DeadLetter, DeadLetterFilter
 from shoal.cli.common import Commands
+from shoal.cli.output import add_output_flag, as_data
 from shoal.client import Client
 
 
@@ -21,7 +20,7 @@ def register(commands: Commands) -> None:
     p.add_argument("--workflow", type=UUID, default=None)
     p.add_argument("--id", type=int, default=None, help="one task id")
     p.add_argument("--limit", type=int, default=100)
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    add_output_flag(p)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -40,7 +39,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def render_list(letters: Sequence[DeadLetter], output: str) -> str:
-    if output == "json":
-        return json.dumps([asdict(d) for d in letters], default=str, indent=2)
+    if output != "text":
+        return as_data(list(letters), output)
     return "\n".join(f"{d.id}\t{d.namespace}\t{d.name}\tattempts {d.attempts}/"
                      f"{d.max_attempts}\t{d.error}" for d in letters)

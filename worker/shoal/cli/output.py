@@ -1,4 +1,8 @@
-"""How listing commands print: a table for people (`-o table`) or JSON (`-o json`).
+"""How commands print: text for people (`-o text`, the default: a table where there are
+rows), or the same data as JSON (`-o json`) or YAML (`-o yaml`) for programs.
+
+One spelling for every command, kubectl's for the data formats; `-o table`, which
+some commands took before, is still accepted and means `text`.
 
 Rendering is pure (rows and the time in, text out), so docs/reference.md shows
 what the commands print from the same code (hack/gen_docs.py).
@@ -13,12 +17,24 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-OUTPUTS = ("table", "json")
+import yaml
+
+OUTPUTS = ("text", "json", "yaml")
+ALIASES = {"table": "text"}  # the older spelling of some commands
 
 
 def add_output_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", choices=OUTPUTS, default="table",
-                        help="table (default) or json")
+    parser.add_argument("-o", "--output", type=lambda v: ALIASES.get(v, v), choices=OUTPUTS,
+                        default="text",
+                        help="text (for people, the default), json or yaml")
+
+
+def as_data(items: Any, output: str) -> str:
+    """`items` (dataclasses, lists of them, plain data) as JSON or YAML (`output`)."""
+    text = as_json(items)
+    if output == "yaml":
+        return yaml.safe_dump(json.loads(text), sort_keys=False, allow_unicode=True).rstrip("\n")
+    return text
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from shoal.backend import Schedule, ScheduleStatus
 from shoal.cli.common import Commands
-from shoal.cli.output import add_output_flag, as_json, since, table, timestamp
+from shoal.cli.output import add_output_flag, as_data, since, table, timestamp
 from shoal.client import Client
 from shoal.worker.periodic import next_tick
 
@@ -36,8 +36,8 @@ def next_run(status: ScheduleStatus, now: datetime) -> datetime:
 
 
 def render(schedules: Sequence[ScheduleStatus], output: str, now: datetime) -> str:
-    if output == "json":
-        return as_json([asdict(s) | {"next_run": next_run(s, now)} for s in schedules])
+    if output != "text":
+        return as_data([asdict(s) | {"next_run": next_run(s, now)} for s in schedules], output)
     return table(("namespace", "name", "task", "cron", "timezone", "last tick", "last task",
                   "next run", "declared"),
                  ((s.namespace, s.name, s.task, s.cron, s.timezone, timestamp(s.last_tick),

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from shoal.backend import QueueDepth
 from shoal.cli.common import Commands
-from shoal.cli.output import add_output_flag, age, as_json, table
+from shoal.cli.output import add_output_flag, age, as_data, table
 from shoal.client import Client
 
 
@@ -28,8 +28,8 @@ async def run(args: argparse.Namespace) -> int:
 def render(depth: Sequence[QueueDepth], output: str) -> str:
     """READY: due and runnable; PAUSED: due, in a paused workflow; DELAYED: not due yet;
     BLOCKED: workflow steps waiting for their dependencies."""
-    if output == "json":
-        return as_json(list(depth))
+    if output != "text":
+        return as_data(list(depth), output)
     return table(("namespace", "name", "ready", "delayed", "paused", "running", "blocked",
                   "dead", "oldest ready"),
                  ((d.namespace, d.name, d.ready, d.delayed, d.paused, d.running, d.blocked,

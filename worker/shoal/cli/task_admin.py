@@ -11,7 +11,7 @@ from uuid import UUID
 
 from shoal.backend import CancelResult, DeadLetterFilter, TaskFilter, TaskRow, TaskSummary
 from shoal.cli.common import Commands, csv, duration
-from shoal.cli.output import add_output_flag, as_json, since, table, timestamp
+from shoal.cli.output import add_output_flag, as_data, since, table, timestamp
 from shoal.client import Client
 from shoal.errors import InvalidInput
 
@@ -87,8 +87,8 @@ async def list_tasks(args: argparse.Namespace) -> int:
 
 
 def render_list(tasks: Sequence[TaskSummary], output: str, now: datetime) -> str:
-    if output == "json":
-        return as_json(list(tasks))
+    if output != "text":
+        return as_data(list(tasks), output)
     return table(("id", "namespace", "name", "state", "priority", "attempts", "age",
                   "workflow", "error"),
                  ((t.id, t.namespace, t.name, t.state, t.priority,
@@ -105,8 +105,8 @@ async def show(args: argparse.Namespace) -> int:
 
 
 def render_task(task: TaskRow, output: str) -> str:
-    if output == "json":
-        return as_json(task)
+    if output != "text":
+        return as_data(task, output)
     times = ("run_at", "enqueued_at", "started_at", "finished_at")
     lines = []
     for name in TaskRow.__dataclass_fields__:

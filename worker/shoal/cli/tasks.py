@@ -25,6 +25,10 @@ def register(commands: Commands) -> None:
                         "letter (default: the task's definition, else 3)")
     p.add_argument("--timeout", default=None)
     p.add_argument("--key", default=None, help="idempotency key")
+    p.add_argument("--unique", default="forever", metavar="SCOPE",
+                   help="how long --key holds: forever (the default), active (until the "
+                        "task ended: succeeded, cancelled or dead), or a period such as 1h "
+                        "(one task per key per clock-aligned hour)")
     p.add_argument("--app", default=None, help="validate the name and payload against this app")
     p.add_argument("--force", action="store_true",
                    help="enqueue a task name no worker has served in the namespace yet")
@@ -41,6 +45,6 @@ async def enqueue(args: argparse.Namespace) -> int:
         (task_id,) = await client.enqueue_many([Job(
             args.task, payload, priority=args.priority, tags=args.tags, delay=args.delay,
             retries=args.retries, lease_expiries=args.lease_expiries, timeout=args.timeout,
-            idempotency_key=args.key)], force=args.force)
+            idempotency_key=args.key, unique=args.unique)], force=args.force)
     print(task_id)
     return 0

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 from uuid import UUID
 
 from shoal.backend import CommandRecord, WorkflowStatus
 from shoal.cli.common import Commands, read_text
+from shoal.cli.output import add_output_flag, as_data
 from shoal.client import Client, parse_workflow
 from shoal.worker import load_app
 
@@ -33,7 +32,7 @@ def register(commands: Commands) -> None:
 
     p = commands.add("status", status, "show a workflow's state and steps")
     p.add_argument("workflow_id", type=UUID)
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    add_output_flag(p)
 
 
 async def submit(args: argparse.Namespace) -> int:
@@ -67,8 +66,8 @@ async def status(args: argparse.Namespace) -> int:
 
 
 def render_status(found: WorkflowStatus, output: str) -> str:
-    if output == "json":
-        return json.dumps(asdict(found), default=str, indent=2)
+    if output != "text":
+        return as_data(found, output)
     done, total = found.progress
     lines = [f"workflow {found.name} ({found.id}): {found.state} {done}/{total}"]
     if found.message:

@@ -250,8 +250,10 @@ class Worker:
             try:
                 self.since = await self.clock.sync(self.backend)
                 await self.backend.check_migrated()
-                await self.backend.register_task_names(self.config.namespace,
-                                                       self.identity.task_names)
+                names = self.identity.task_names
+                await self.backend.register_task_names(
+                    self.config.namespace, names, [self.app.get(n).tags for n in names],
+                    [self.app.get(n).priority for n in names])
                 await self.heartbeat.beat()
             except (*TRANSIENT_ERRORS, SchemaNotMigrated) as exc:
                 delay = backoff.next()
