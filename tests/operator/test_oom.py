@@ -99,10 +99,10 @@ async def test_on_oom_killed_sends_the_retry_to_a_pool_with_more_memory(
     [task_id] = await backend.enqueue([NewTask("allocate", {"log": log.pod_path, "mib": 300},
                                                namespace=namespace, tags=("std",))])
     [done] = await settled(backend, [task_id], 2 * TTL)
-    assert (done.state, done.result, done.tags, done.expiries) == (
-        "succeeded", {"mib": 300}, ["highmem"], 1), done
     runs = [(e["event"], e["host"]) for e in log.events()]
-    assert runs == [("start", small_pod), ("start", big_pod), ("done", big_pod)], runs
+    assert runs == [("start", small_pod), ("start", big_pod), ("done", big_pod)], (runs, done)
+    assert (done.state, done.result, done.tags, done.expiries) == (
+        "succeeded", {"mib": 300}, ["highmem"], 1), (done.error, done)
     starts = log.events("start")
     assert starts[1]["t"] - starts[0]["t"] < TTL / 2, "the retry waited for the lease"
     [event] = await eventually(lambda: messages(kube, namespace, "small", "TaskOOMKilled"),
