@@ -1,7 +1,9 @@
 """The scaling simulator (issue 20): the pure `decide()` driven by a clock over arrival traces.
 
 What it models, per second of simulated time (`decide()` is evaluated every 1 s: Shoal
-wakes on enqueue within a second):
+wakes on enqueue within a second; a `Model` may instead evaluate as the operator does, on a
+finer tick after an enqueue and at its re-check interval, with the Flow read at most every
+5 s, as bench.scaling_replay does to compare with kind):
 
 - a trace of tasks (arrival time, duration, task name; periodic ticks and delayed tasks
   are known before they are due), generated from a seed: a burst, a diurnal curve (a day
@@ -105,6 +107,14 @@ class Model:
     max_replicas: int = 100
     stabilization: float = 300.0  # scaleDownStabilization, seconds
     pod_startup_time: float | None = None  # the spec's podStartupTime (None: startup's mean)
+    tick: float = 1.0  # seconds: the clock's step, and decide() at most this often
+    # None: decide() on every tick. Else as the operator: on a tick after an enqueue (it is
+    # woken by them), and this many seconds after its last evaluation (--recheck-interval).
+    recheck: float | None = None
+    # None: the Flow's measured part is fresh at every evaluation. Else as the operator's
+    # BacklogReader: the service times, arrivals, ready mix and long-running count are
+    # read again only once this old (FLOW_INTERVAL_SECONDS); the backlog is always fresh.
+    flow_interval: float | None = None
 
     @property
     def lead(self) -> float:
@@ -392,27 +402,32 @@ def simulate(trace: Trace, policy: Policy, seed: int, record: bool = False,
     nxt = 0
     run = Run(policy.name, len(arrival), 0, 0.0, 0.0)
 
+    read: list[tuple[float, list[float], list[int], int, list[int], list[int], int]] = []
+
     def flow_at(now: float, due_by_name: list[int]) -> Flow:
-        total = sum(fin_n)
-        overall = sum(fin_sum) / total if total else None
+        if model.flow_interval is None or not read or now - read[0][0] >= model.flow_interval:
+            read[:] = [(now, fin_sum[:], fin_n[:], len(arrived), arrived_by_name[:],
+                        ready_by_name[:], sum(1 for end, _, _, dur in in_flight
+                                              if now - (end - dur) > model.target_age))]
+        _, fin_sum_, fin_n_, n_arrived, arrived_by_name_, ready_by_name_, long_running = read[0]
+        total = sum(fin_n_)
+        overall = sum(fin_sum_) / total if total else None
         oldest = now - arrival[queue[0]] if queue else 0.0
         newest = max(0.0, now - arrival[queue[-1]]) if queue else 0.0
-        long_running = sum(1 for end, _, _, dur in in_flight
-                           if now - (end - dur) > model.target_age)
-        rate = len(arrived) / WINDOW
+        rate = n_arrived / WINDOW
         if overall is None:
             return Flow(oldest, None, rate, 0.0, len(queue), newest, long_running)
-        mean = [fin_sum[i] / fin_n[i] if fin_n[i] else overall for i in range(n_names)]
-        mix = [ready_by_name[i] + due_by_name[i] for i in range(n_names)]
+        mean = [fin_sum_[i] / fin_n_[i] if fin_n_[i] else overall for i in range(n_names)]
+        mix = [ready_by_name_[i] + due_by_name[i] for i in range(n_names)]
         if not sum(mix):
-            mix = arrived_by_name
+            mix = arrived_by_name_
         weight = sum(mix)
         service = (sum(m * s for m, s in zip(mix, mean, strict=True)) / weight if weight
                    else overall)
-        work = sum(c * s for c, s in zip(arrived_by_name, mean, strict=True)) / WINDOW
+        work = sum(c * s for c, s in zip(arrived_by_name_, mean, strict=True)) / WINDOW
         return Flow(oldest, service, rate, work, len(queue), newest, long_running)
 
-    now = 0.0
+    now, step, last_evaluation, enqueued = 0.0, 0, -math.inf, False
     while now < trace.horizon:
         # What finished by now (the finished-task window and the pods' in-flight counts).
         while in_flight and in_flight[0][0] <= now:
@@ -432,7 +447,10 @@ def simulate(trace: Trace, policy: Policy, seed: int, record: bool = False,
         current = len(alive)
         view = View(now, current, len(queue), len(in_flight), sum(due_by_name),
                     lambda: flow_at(now, due_by_name))  # noqa: B023 (used at once)
-        desired = policy.replicas(view)
+        if model.recheck is None or enqueued or now - last_evaluation >= model.recheck:
+            desired, last_evaluation = policy.replicas(view), now
+        else:
+            desired = current
         if desired > current:
             for _ in range(desired - current):
                 added = Pod(now, now + rng.uniform(*model.startup))
@@ -453,8 +471,10 @@ def simulate(trace: Trace, policy: Policy, seed: int, record: bool = False,
             run.times.append(now)
             run.replicas.append(len(alive))
             run.oldest.append(now - arrival[queue[0]] if queue else 0.0)
-        # Serve [now, now + 1): arrivals join the queue; free slots take the oldest task.
-        step_end = now + 1.0
+        # Serve [now, now + tick): arrivals join the queue; free slots take the oldest task.
+        step += 1
+        step_end = step * model.tick
+        enqueued = nxt < len(arrival) and arrival[nxt] < step_end
         while nxt < len(arrival) and arrival[nxt] < step_end:
             queue.append(nxt)
             ready_by_name[kind[nxt]] += 1
