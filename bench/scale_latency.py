@@ -22,27 +22,16 @@ import argparse
 import asyncio
 import math
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client, config
 
+from bench.kind_operator import demo_pool, operator_on_kind
 from shoal.backend import Backend, NewTask
 from shoal_operator.kube import Kube, KubeError, deployment_path, pods_path
 from tests.cluster.access import KubeAccess
-from tests.cluster.images import SHOAL_IMAGE
-from tests.cluster.kind import network_gateway
-from tests.cluster.postgres import PostgresServer
-from tests.cluster.setup import open_cluster
-from tests.operator.harness import (
-    OperatorProcess,
-    apply,
-    create_secret,
-    install_crds,
-    migrated_database,
-)
+from tests.operator.harness import apply
 from tests.support import wait_for
 
 NAMESPACE = "bench-scale"
@@ -50,19 +39,10 @@ POLL = 0.02
 
 
 def pool(name: str, min_replicas: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "shoal.dev/v1alpha1", "kind": "WorkerPool",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "app": "examples/tasks.py:app",
-            "template": {"image": SHOAL_IMAGE, "imagePullPolicy": "Never"},
-            "database": {"secretRef": {"name": "pg"}},
-            "tasks": {"namespace": f"{NAMESPACE}-{name}"},
-            "concurrency": 2, "claimTTL": "4s", "drainTimeout": "10s",
-            "scaling": {"minReplicas": min_replicas, "maxReplicas": 20,
-                        "scaleDownStabilization": "2s", "scaleUp": {"pods": 20, "period": "1s"}},
-        },
-    }
+    return demo_pool(
+        name, NAMESPACE, concurrency=2, claimTTL="4s", drainTimeout="10s",
+        scaling={"minReplicas": min_replicas, "maxReplicas": 20, "scaleDownStabilization": "2s",
+                 "scaleUp": {"pods": 20, "period": "1s"}})
 
 
 async def replicas_and_ready(k: Kube, name: str) -> tuple[int, int]:
@@ -150,27 +130,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--burst", type=int, default=8, help="tasks per burst (concurrency 2)")
     args = parser.parse_args()
-    with (
-        tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp,
-        open_cluster(Path(tmp), name="shoal-bench", nodes=1) as kube,
-        PostgresServer() as pg,
-    ):
-        dsn = migrated_database(pg, "bench")
-        install_crds(kube)
-        operator = OperatorProcess(kube, Path(tmp) / "operator.log").start()
-        try:
-            kube.kubectl("create", "namespace", NAMESPACE)
-            create_secret(kube, NAMESPACE, pg.dsn_for("bench", host=network_gateway()))
-            apply(kube, pool("burst", 1))
-            apply(kube, pool("zero", 0))
-            wait_for(lambda: kube.kubectl("get", "deploy", "burst", "zero", "-n", NAMESPACE
-                                          ).returncode == 0, 30, "the Deployments")
-            burst_results, zero_results = asyncio.run(
-                measure(kube, dsn, args.rounds, args.burst))
-        finally:
-            # The pools' finalizers need the operator: delete them while it runs.
-            kube.kubectl("delete", "namespace", NAMESPACE, "--timeout=60s")
-            operator.stop()
+    with operator_on_kind(NAMESPACE, "bench") as (kube, dsn):
+        apply(kube, pool("burst", 1))
+        apply(kube, pool("zero", 0))
+        wait_for(lambda: kube.kubectl("get", "deploy", "burst", "zero", "-n", NAMESPACE
+                                      ).returncode == 0, 30, "the Deployments")
+        burst_results, zero_results = asyncio.run(measure(kube, dsn, args.rounds, args.burst))
     print(summary("enqueue -> new replica count", [r for r, _ in burst_results], 2))
     print(summary("enqueue -> Ready pods       ", [r for _, r in burst_results]))
     print(summary("pool at 0: enqueue -> task started", zero_results, 3))

@@ -1,7 +1,9 @@
 """The scaling simulator (issue 20): the pure `decide()` driven by a clock over arrival traces.
 
 What it models, per second of simulated time (`decide()` is evaluated every 1 s: Shoal
-wakes on enqueue within a second):
+wakes on enqueue within a second; a `Model` may instead evaluate as the operator does, on a
+finer tick after an enqueue and at its re-check interval, with the Flow read at most every
+5 s, as bench.scaling_replay does to compare with kind):
 
 - a trace of tasks (arrival time, duration, task name; periodic ticks and delayed tasks
   are known before they are due), generated from a seed: a burst, a diurnal curve (a day
@@ -31,7 +33,8 @@ wakes on enqueue within a second):
 
 Policies, all with min 0 and max 100 replicas, concurrency 4, and the same rate limits
 (scale-up max(4 pods, 100 %) per 15 s, scale-down stabilization 300 s: Shoal's defaults,
-which are the HPA's):
+which are the HPA's; these and the start-up model are a `Model`'s defaults, which
+bench.scaling_replay sets to a kind run's):
 
 - count: Shoal by count, `targetTasksPerReplica` = k; for each trace the k with the fewest
   pod-seconds among those meeting the target for 99 % of tasks is searched (doubling from
@@ -85,15 +88,43 @@ from shoal_operator.pools.spec import Scaling
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs/scaling"
-CONCURRENCY = 4
-TARGET_AGE = 30.0
 WINDOW = 60.0
 FINISHED_CAP = 1000
 SERVICE_WINDOW = WINDOW  # as pools/flow.py: FLOW_WINDOW_SECONDS
-STARTUP = (8.0, 16.0)  # uniform start-up of a pod, seconds
-MAX_REPLICAS = 100
 TAIL = 600.0  # simulated after the last arrival: stragglers, scale-down
 SHARE = 0.99  # of tasks within the target
+
+
+@dataclass(frozen=True)
+class Model:
+    """One run's parameters: the pool's spec as the scaler reads it, and the pods'
+    start-up. The defaults are the four traces' (see the module docstring)."""
+
+    concurrency: int = 4  # slots per pod, and the count policy's first k
+    startup: tuple[float, float] = (8.0, 16.0)  # uniform start-up of a pod, seconds
+    target_age: float = 30.0  # targetQueueAge, seconds: what "waited too long" means
+    min_replicas: int = 0  # the pool starts with this many pods, Ready
+    max_replicas: int = 100
+    stabilization: float = 300.0  # scaleDownStabilization, seconds
+    pod_startup_time: float | None = None  # the spec's podStartupTime (None: startup's mean)
+    tick: float = 1.0  # seconds: the clock's step, and decide() at most this often
+    # None: decide() on every tick. Else as the operator: on a tick after an enqueue (it is
+    # woken by them), and this many seconds after its last evaluation (--recheck-interval).
+    recheck: float | None = None
+    # None: the Flow's measured part is fresh at every evaluation. Else as the operator's
+    # BacklogReader: the service times, arrivals, ready mix and long-running count are
+    # read again only once this old (FLOW_INTERVAL_SECONDS); the backlog is always fresh.
+    flow_interval: float | None = None
+
+    @property
+    def lead(self) -> float:
+        """The pods' start-up time as the scaler knows it (podStartupTime)."""
+        if self.pod_startup_time is not None:
+            return self.pod_startup_time
+        return sum(self.startup) / 2
+
+
+DEFAULT = Model()
 
 
 @dataclass(frozen=True)
@@ -106,16 +137,18 @@ class Trace:
     kind: list[int]  # index into names
     scheduled: list[bool]  # known before it is due (periodic tick)
     length: float
+    tail: float = TAIL  # simulated after the last arrival
 
     @property
     def horizon(self) -> float:
-        return self.length + TAIL
+        return self.length + self.tail
 
 
 def _poisson(rng: random.Random, rate: Callable[[float], float], peak: float, length: float
              ) -> list[float]:
     """Arrival times of a Poisson process of the given rate (thinning)."""
-    t, out = 0.0, []
+    t = 0.0
+    out: list[float] = []
     while True:
         t += rng.expovariate(peak)
         if t >= length:
@@ -133,12 +166,12 @@ def _pareto(rng: random.Random, low: float, alpha: float, cap: float) -> float:
 
 
 def _build(name: str, about: str, length: float,
-           rows: list[tuple[float, float, str, bool]]) -> Trace:
+           rows: list[tuple[float, float, str, bool]], tail: float = TAIL) -> Trace:
     rows.sort()
     names = tuple(sorted({r[2] for r in rows}))
     index = {n: i for i, n in enumerate(names)}
     return Trace(name, about, names, [r[0] for r in rows], [r[1] for r in rows],
-                 [index[r[2]] for r in rows], [r[3] for r in rows], length)
+                 [index[r[2]] for r in rows], [r[3] for r in rows], length, tail)
 
 
 def burst(seed: int, scale: float) -> Trace:
@@ -226,20 +259,24 @@ class View:
 
 class Policy:
     name = ""
+    model = DEFAULT
 
     def replicas(self, view: View) -> int:
         raise NotImplementedError
 
 
-def _scaling(**fields: object) -> Scaling:
-    return Scaling.model_validate({"minReplicas": 0, "maxReplicas": MAX_REPLICAS, **fields})
+def _scaling(model: Model, **fields: object) -> Scaling:
+    return Scaling.model_validate({
+        "minReplicas": model.min_replicas, "maxReplicas": model.max_replicas,
+        "scaleDownStabilization": f"{model.stabilization:g}s",
+        "podStartupTime": f"{model.lead:g}s", **fields})
 
 
 class ShoalCount(Policy):
-    def __init__(self, per_replica: int) -> None:
-        self.name, self.k = f"count k={per_replica}", per_replica
-        self.scaling = _scaling(podStartupTime=f"{sum(STARTUP) / 2:g}s")
-        self.state = ScalerState.starting(0, 0)
+    def __init__(self, per_replica: int, model: Model = DEFAULT) -> None:
+        self.name, self.k, self.model = f"count k={per_replica}", per_replica, model
+        self.scaling = _scaling(model)
+        self.state = ScalerState.starting(0, model.min_replicas)
         self.last: Decision | None = None
 
     def replicas(self, view: View) -> int:
@@ -252,17 +289,17 @@ class ShoalCount(Policy):
 class ShoalLatency(Policy):
     name = "latency"
 
-    def __init__(self, target: float) -> None:
-        self.scaling = _scaling(targetQueueAge=f"{target:g}s",
-                                podStartupTime=f"{sum(STARTUP) / 2:g}s")
-        self.state = ScalerState.starting(0, 0)
+    def __init__(self, model: Model = DEFAULT) -> None:
+        self.model = model
+        self.scaling = _scaling(model, targetQueueAge=f"{model.target_age:g}s")
+        self.state = ScalerState.starting(0, model.min_replicas)
         self.fallbacks = 0
 
     def replicas(self, view: View) -> int:
         flow = view.flow()
         obs = Observation(view.now, view.current, view.ready + view.running, due=view.due,
                           flow=flow)
-        d = decide(self.scaling, CONCURRENCY, obs, self.state)
+        d = decide(self.scaling, self.model.concurrency, obs, self.state)
         self.fallbacks += flow.service_seconds is None
         self.state = d.state
         return d.desired
@@ -275,9 +312,10 @@ class Keda(Policy):
 
     name = "keda"
 
-    def __init__(self, target: int, poll: float = 30.0, sync: float = 15.0,
+    def __init__(self, model: Model = DEFAULT, poll: float = 30.0, sync: float = 15.0,
                  cooldown: float = 300.0, stabilization: float = 300.0) -> None:
-        self.target, self.poll, self.sync = target, poll, sync
+        self.model, self.target = model, model.concurrency  # per replica: the concurrency
+        self.poll, self.sync = poll, sync
         self.cooldown, self.stabilization = cooldown, stabilization
         self.last_poll = self.last_sync = -math.inf
         self.last_active = -math.inf
@@ -299,7 +337,7 @@ class Keda(Policy):
         self.last_sync = now  # the HPA, 1..N
         ratio = depth / (self.target * current)
         rec = current if abs(ratio - 1) <= 0.1 else math.ceil(depth / self.target)
-        rec = min(max(rec, 1), MAX_REPLICAS)
+        rec = min(max(rec, 1), self.model.max_replicas)
         self.recs.append((now, rec))
         while self.recs[0][0] <= now - self.stabilization:
             self.recs.popleft()
@@ -318,25 +356,34 @@ class Run:
     times: list[float] = field(default_factory=list)
     replicas: list[int] = field(default_factory=list)
     oldest: list[float] = field(default_factory=list)
+    p50: float = 0.0
 
     @property
     def within(self) -> float:
         return 1 - self.late / self.tasks if self.tasks else 1.0
 
 
+def quantile(ordered: Sequence[float], q: float) -> float:
+    """The `q` quantile of sorted values, as the table reports it (0 when empty)."""
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else 0.0
+
+
 def simulate(trace: Trace, policy: Policy, seed: int, record: bool = False,
              history: Trace | None = None) -> Run:
-    """Replays `trace` under `policy`; see the module docstring for the model. `history`:
-    a trace whose first tasks are the service history at the start (None: none)."""
+    """Replays `trace` under `policy` with the policy's `Model` (see the module docstring;
+    the pool starts with its minReplicas pods, Ready). `history`: a trace whose first tasks
+    are the service history at the start (None: none)."""
+    model = policy.model
     rng = random.Random(seed)
     n_names = len(trace.names)
     arrival, duration, kind = trace.arrival, trace.duration, trace.kind
     scheduled_at = [[t for t, k, s in zip(arrival, kind, trace.scheduled, strict=True)
                      if s and k == i] for i in range(n_names)]
-    lead = sum(STARTUP) / 2
-    pods: list[Pod] = []
-    alive: list[int] = []  # indices of pods not removed
-    slots: list[tuple[float, int]] = []  # (free at, pod): the slots of live pods
+    lead = model.lead
+    pods = [Pod(0.0, 0.0) for _ in range(model.min_replicas)]
+    alive = list(range(len(pods)))  # indices of pods not removed
+    # (free at, pod): the slots of live pods
+    slots = [(0.0, i) for i in alive for _ in range(model.concurrency)]
     in_flight: list[tuple[float, int, int, float]] = []  # (finish, pod, name, duration)
     queue: deque[int] = deque()
     ready_by_name = [0] * n_names
@@ -355,26 +402,32 @@ def simulate(trace: Trace, policy: Policy, seed: int, record: bool = False,
     nxt = 0
     run = Run(policy.name, len(arrival), 0, 0.0, 0.0)
 
+    read: list[tuple[float, list[float], list[int], int, list[int], list[int], int]] = []
+
     def flow_at(now: float, due_by_name: list[int]) -> Flow:
-        total = sum(fin_n)
-        overall = sum(fin_sum) / total if total else None
+        if model.flow_interval is None or not read or now - read[0][0] >= model.flow_interval:
+            read[:] = [(now, fin_sum[:], fin_n[:], len(arrived), arrived_by_name[:],
+                        ready_by_name[:], sum(1 for end, _, _, dur in in_flight
+                                              if now - (end - dur) > model.target_age))]
+        _, fin_sum_, fin_n_, n_arrived, arrived_by_name_, ready_by_name_, long_running = read[0]
+        total = sum(fin_n_)
+        overall = sum(fin_sum_) / total if total else None
         oldest = now - arrival[queue[0]] if queue else 0.0
         newest = max(0.0, now - arrival[queue[-1]]) if queue else 0.0
-        long_running = sum(1 for end, _, _, dur in in_flight if now - (end - dur) > TARGET_AGE)
-        rate = len(arrived) / WINDOW
+        rate = n_arrived / WINDOW
         if overall is None:
             return Flow(oldest, None, rate, 0.0, len(queue), newest, long_running)
-        mean = [fin_sum[i] / fin_n[i] if fin_n[i] else overall for i in range(n_names)]
-        mix = [ready_by_name[i] + due_by_name[i] for i in range(n_names)]
+        mean = [fin_sum_[i] / fin_n_[i] if fin_n_[i] else overall for i in range(n_names)]
+        mix = [ready_by_name_[i] + due_by_name[i] for i in range(n_names)]
         if not sum(mix):
-            mix = arrived_by_name
+            mix = arrived_by_name_
         weight = sum(mix)
         service = (sum(m * s for m, s in zip(mix, mean, strict=True)) / weight if weight
                    else overall)
-        work = sum(c * s for c, s in zip(arrived_by_name, mean, strict=True)) / WINDOW
+        work = sum(c * s for c, s in zip(arrived_by_name_, mean, strict=True)) / WINDOW
         return Flow(oldest, service, rate, work, len(queue), newest, long_running)
 
-    now = 0.0
+    now, step, last_evaluation, enqueued = 0.0, 0, -math.inf, False
     while now < trace.horizon:
         # What finished by now (the finished-task window and the pods' in-flight counts).
         while in_flight and in_flight[0][0] <= now:
@@ -394,14 +447,17 @@ def simulate(trace: Trace, policy: Policy, seed: int, record: bool = False,
         current = len(alive)
         view = View(now, current, len(queue), len(in_flight), sum(due_by_name),
                     lambda: flow_at(now, due_by_name))  # noqa: B023 (used at once)
-        desired = policy.replicas(view)
+        if model.recheck is None or enqueued or now - last_evaluation >= model.recheck:
+            desired, last_evaluation = policy.replicas(view), now
+        else:
+            desired = current
         if desired > current:
             for _ in range(desired - current):
-                pod = Pod(now, now + rng.uniform(*STARTUP))
-                pods.append(pod)
+                added = Pod(now, now + rng.uniform(*model.startup))
+                pods.append(added)
                 alive.append(len(pods) - 1)
-                for _ in range(CONCURRENCY):
-                    heapq.heappush(slots, (pod.ready_at, len(pods) - 1))
+                for _ in range(model.concurrency):
+                    heapq.heappush(slots, (added.ready_at, len(pods) - 1))
         elif desired < current:
             # Pending pods first (newest first), then the idle ones: the pod-deletion-cost.
             alive.sort(key=lambda i: (pods[i].ready_at <= now, pods[i].in_flight,
@@ -415,8 +471,10 @@ def simulate(trace: Trace, policy: Policy, seed: int, record: bool = False,
             run.times.append(now)
             run.replicas.append(len(alive))
             run.oldest.append(now - arrival[queue[0]] if queue else 0.0)
-        # Serve [now, now + 1): arrivals join the queue; free slots take the oldest task.
-        step_end = now + 1.0
+        # Serve [now, now + tick): arrivals join the queue; free slots take the oldest task.
+        step += 1
+        step_end = step * model.tick
+        enqueued = nxt < len(arrival) and arrival[nxt] < step_end
         while nxt < len(arrival) and arrival[nxt] < step_end:
             queue.append(nxt)
             ready_by_name[kind[nxt]] += 1
@@ -441,12 +499,12 @@ def simulate(trace: Trace, policy: Policy, seed: int, record: bool = False,
 
     waits += [trace.horizon - arrival[t] for t in queue]  # never started: late
     waits.sort()
-    run.late = sum(1 for w in waits if w > TARGET_AGE)
-    run.p99 = waits[min(len(waits) - 1, int(len(waits) * 0.99))] if waits else 0.0
-    for pod in pods:
-        end = trace.horizon if pod.removed is None else (
-            pod.removed if pod.ready_at > pod.removed else max(pod.removed, pod.busy_until))
-        run.pod_seconds += min(end, trace.horizon) - pod.created
+    run.late = sum(1 for w in waits if w > model.target_age)
+    run.p50, run.p99 = quantile(waits, 0.5), quantile(waits, 0.99)
+    for each in pods:
+        end = trace.horizon if each.removed is None else (
+            each.removed if each.ready_at > each.removed else max(each.removed, each.busy_until))
+        run.pod_seconds += min(end, trace.horizon) - each.created
     return run
 
 
@@ -468,7 +526,7 @@ def tune_count(trace: Trace, seed: int) -> Tuned:
             tried[k] = simulate(trace, ShoalCount(k), seed)
         return tried[k].within >= SHARE
 
-    k = CONCURRENCY
+    k = DEFAULT.concurrency
     if ok(k):
         while k < 4096 and ok(k * 2):
             k *= 2
@@ -515,7 +573,7 @@ class Check:
 
 def check(make: Callable[[int, float], Trace], seed: int, scale: float) -> Check:
     trace = make(seed, scale)
-    latency = simulate(trace, ShoalLatency(TARGET_AGE), seed, history=make(seed + 1000, scale))
+    latency = simulate(trace, ShoalLatency(), seed, history=make(seed + 1000, scale))
     return Check(trace.name, seed, tune_count(trace, seed), latency)
 
 
@@ -540,21 +598,22 @@ def run_trace(make: Callable[[int, float], Trace], seed: int, scale: float) -> R
     """Every policy on the trace `make` builds from `seed`; the service history the latency
     policy starts with is the same trace's shape on another seed (the day before)."""
     trace, yesterday = make(seed, scale), make(seed + 1000, scale)
-    latency = simulate(trace, ShoalLatency(TARGET_AGE), seed, record=True, history=yesterday)
-    cold_policy = ShoalLatency(TARGET_AGE)
+    latency = simulate(trace, ShoalLatency(), seed, record=True, history=yesterday)
+    cold_policy = ShoalLatency()
     cold = simulate(trace, cold_policy, seed)
     count = tune_count(trace, seed)
     other = None
     if count.k is not None:
         again = make(seed + 500, scale)
         other = (simulate(again, ShoalCount(count.k), seed + 500),
-                 simulate(again, ShoalLatency(TARGET_AGE), seed + 500, history=yesterday))
+                 simulate(again, ShoalLatency(), seed + 500, history=yesterday))
     return Result(trace, count, latency, cold,
-                  simulate(trace, Keda(CONCURRENCY), seed, record=True),
+                  simulate(trace, Keda(), seed, record=True),
                   cold_policy.fallbacks, other, seed)
 
 
-HEADER = ("trace", "policy", "tasks", f"waited > {TARGET_AGE:g}s", "p99 wait s", "pod-seconds")
+HEADER = ("trace", "policy", "tasks", f"waited > {DEFAULT.target_age:g}s", "p99 wait s",
+          "pod-seconds")
 
 
 def _row(trace: str, label: str, run: Run) -> tuple[str, ...]:
@@ -582,19 +641,20 @@ def table(results: Sequence[Result], checks: Sequence[Check], command: str) -> s
         else:
             k, worst = r.count.tried[0]
             rows.append(_row(name, f"count: no k meets it (k={k})", worst))
-        rows.append(_row(name, f"latency (targetQueueAge {TARGET_AGE:g}s)", r.latency))
+        rows.append(_row(name, f"latency (targetQueueAge {DEFAULT.target_age:g}s)", r.latency))
         rows.append(_row(name, "latency, new pool (no history)", r.cold))
         rows.append(_row(name, "keda-like", r.keda))
+    m = DEFAULT
     out = [f"$ {command}", "",
-           f"Target: no ready task waits more than {TARGET_AGE:g} s, for {SHARE:.0%} of tasks. "
-           f"Concurrency {CONCURRENCY}, 0-{MAX_REPLICAS} replicas, pod start-up "
-           f"{STARTUP[0]:g}-{STARTUP[1]:g} s, scale-up max(4 pods, 100 %)/15 s, scale-down "
-           f"stabilization 300 s; decide() every 1 s; arrivals over {WINDOW:g} s, service "
-           f"times over the last {FINISHED_CAP:,} finished tasks.", ""]
+           f"Target: no ready task waits more than {m.target_age:g} s, for {SHARE:.0%} of tasks. "
+           f"Concurrency {m.concurrency}, 0-{m.max_replicas} replicas, pod start-up "
+           f"{m.startup[0]:g}-{m.startup[1]:g} s, scale-up max(4 pods, 100 %)/15 s, scale-down "
+           f"stabilization {m.stabilization:g} s; decide() every 1 s; arrivals over "
+           f"{WINDOW:g} s, service times over the last {FINISHED_CAP:,} finished tasks.", ""]
     out += _markdown(HEADER, rows)
     out += ["", "Traces:"]
     out += [f"- {r.trace.name}: {r.trace.about}; {r.trace.length / 60:g} min + "
-            f"{TAIL / 60:g} min tail; a new pool scales by count for its first "
+            f"{r.trace.tail / 60:g} min tail; a new pool scales by count for its first "
             f"{r.cold_fallbacks} s (until a task has finished)" for r in results]
     out += ["", "Count policy, k tried (share within target, pod-seconds):"]
     for r in results:
@@ -642,17 +702,17 @@ def plot(results: Sequence[Result], path: Path) -> None:
         twin.set_ylabel("arrivals/s (grey)", fontsize=8)
         top.set_zorder(twin.get_zorder() + 1)
         top.patch.set_visible(False)
-        bottom.axhline(TARGET_AGE, color="k", ls="--", lw=0.8)
+        bottom.axhline(DEFAULT.target_age, color="k", ls="--", lw=0.8)
         top.set_title(f"{r.trace.name}: {r.trace.about}", fontsize=8)
         top.set_ylabel("replicas")
         bottom.set_ylabel("oldest ready task, s")
         bottom.set_xlabel("minutes")
-        bottom.set_ylim(0, 2 * TARGET_AGE)
+        bottom.set_ylim(0, 2 * DEFAULT.target_age)
         for ax in (top, bottom):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="upper right")
     fig.suptitle(f"bench.scaling_sim: replicas and the oldest ready task's age (target "
-                 f"{TARGET_AGE:g} s, dashed)")
+                 f"{DEFAULT.target_age:g} s, dashed)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
