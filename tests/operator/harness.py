@@ -152,8 +152,8 @@ def events_for(kube: KubeAccess, namespace: str, name: str) -> list[dict[str, An
 def install_crds(kube: KubeAccess) -> None:
     """Every CRD in crds/, applied and Established."""
     kube.kubectl("apply", "-f", str(REPO / "crds"), check=True)
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all",
-                 check=True)
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f",
+                 str(REPO / "crds"), check=True)
 
 
 def migrated_database(server: PostgresServer | ExternalPostgres, name: str) -> str:
