@@ -650,7 +650,8 @@ def table(results: Sequence[Result], checks: Sequence[Check], command: str) -> s
            f"Concurrency {m.concurrency}, 0-{m.max_replicas} replicas, pod start-up "
            f"{m.startup[0]:g}-{m.startup[1]:g} s, scale-up max(4 pods, 100 %)/15 s, scale-down "
            f"stabilization {m.stabilization:g} s; decide() every 1 s; arrivals over "
-           f"{WINDOW:g} s, service times over the last {FINISHED_CAP:,} finished tasks.", ""]
+           f"{WINDOW:g} s, service times over the last {FINISHED_CAP:,} tasks finished "
+           f"within {SERVICE_WINDOW:g} s.", ""]
     out += _markdown(HEADER, rows)
     out += ["", "Traces:"]
     out += [f"- {r.trace.name}: {r.trace.about}; {r.trace.length / 60:g} min + "
