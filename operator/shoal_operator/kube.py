@@ -90,6 +90,15 @@ class Kube:
     async def get(self, path: str, query: Mapping[str, str] | None = None) -> Obj:
         return await self.request("GET", path, query=query)
 
+    async def find(self, path: str) -> Obj | None:
+        """The object at `path`; None when there is none (404)."""
+        try:
+            return await self.get(path)
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
+
     async def create(self, path: str, body: Obj) -> Obj:
         return await self.request("POST", path, body=body)
 

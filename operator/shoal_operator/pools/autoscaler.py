@@ -82,6 +82,7 @@ GATHER_SECONDS = 0.02  # the reads of one round that arrive this close share a s
 TICKER = "autoscaler"
 SCHEDULES_INTERVAL_SECONDS = 10.0  # periodic schedules are read at most this often
 
+
 def pool_tasks(spec: PoolSpec) -> PoolTasks:
     """The tasks a pool serves, and so counts: its task namespace, tags and names."""
     return PoolTasks(spec.tasks.namespace, tuple(spec.tasks.tags),

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal_operator.errors import InvalidPoolSpec
-from shoal_operator.kube import Kube, KubeError, deployment_path, workerpool_path
+from shoal_operator.kube import Kube, deployment_path, workerpool_path
 from shoal_operator.pools.lead import StartupClock
 from shoal_operator.pools.spec import PoolSpec
 
@@ -70,13 +70,9 @@ class PoolRegistry:
         known = self.pool(namespace, name)
         if known is not None:
             return known
-        try:
-            body = await kube.get(workerpool_path(namespace, name))
-        except KubeError as exc:
-            if exc.not_found:
-                return None
-            raise
-        self.observe(body)
+        body = await kube.find(workerpool_path(namespace, name))
+        if body is not None:
+            self.observe(body)
         return body
 
     def spec(self, body: Obj) -> PoolSpec:
@@ -125,11 +121,8 @@ class PoolRegistry:
         known = self.replicas(namespace, pool)
         if known is not None:
             return known
-        try:
-            deployment = await kube.get(deployment_path(namespace, pool))
-        except KubeError as exc:
-            if exc.not_found:
-                return None
-            raise
+        deployment = await kube.find(deployment_path(namespace, pool))
+        if deployment is None:
+            return None
         self.observe_deployment(namespace, pool, deployment)
         return self.replicas(namespace, pool)
