@@ -42,39 +42,57 @@ _election = """(SELECT term FROM won) AS term, l.holder,
     FROM {schema}.leaders l WHERE l.role = 'maintenance'"""
 
 
+# Tasks `t`, each with `runnable`: false for a task of a workflow that is not running
+# (paused, cancelling), whose claim waits for a command.
+_RUNNABLE_TASKS = """{schema}.tasks t
+    LEFT JOIN LATERAL (
+        SELECT t.workflow_id IS NULL OR EXISTS (
+            SELECT 1 FROM {schema}.workflows w WHERE w.id = t.workflow_id AND w.state = 'running')
+        AS runnable) r ON true"""
+# A task of a pool's backlog that is claimable now, and one that is not ready yet (it
+# waits for its run_at) but will be without anyone's command (see _backlog_counts).
+_READY = "t.state = 'ready' AND t.run_at <= now() AND runnable"
+_NOT_YET = "(t.state = 'delayed' OR t.state = 'ready' AND t.run_at > now()) AND runnable"
+
+
 def _backlog_counts(namespace: str, tags: str, names: str, lead: str) -> str:
     """A pool's backlog (see Queries.backlogs) as the select list and FROM of a query:
     tasks in `namespace` whose tags are a subset of `tags` and, unless `names` is
     NULL, whose name is among `names`; `lead` is the seconds ahead within which a
     not-yet-ready task counts as due (SQL expressions)."""
     return f"""
-        count(*) FILTER (WHERE t.state = 'ready' AND t.run_at <= now() AND runnable) AS ready,
+        count(*) FILTER (WHERE {_READY}) AS ready,
         count(*) FILTER (WHERE t.state = 'running') AS running,
         count(*) FILTER (WHERE t.state = 'delayed'
                          OR t.state = 'ready' AND (t.run_at > now() OR NOT runnable)) AS waiting,
         count(*) FILTER (WHERE t.state = 'dead') AS dead,
-        count(*) FILTER (WHERE (t.state = 'delayed' OR t.state = 'ready' AND t.run_at > now())
-                         AND runnable
+        count(*) FILTER (WHERE {_NOT_YET}
                          AND t.run_at <= now() + {lead} * interval '1 second') AS due,
-        coalesce(extract(epoch FROM now() - min(t.run_at) FILTER (
-            WHERE t.state = 'ready' AND t.run_at <= now() AND runnable)), 0)::float8
+        coalesce(extract(epoch FROM now() - min(t.run_at) FILTER (WHERE {_READY})), 0)::float8
             AS oldest_ready_seconds,
-        coalesce(extract(epoch FROM now() - max(t.run_at) FILTER (
-            WHERE t.state = 'ready' AND t.run_at <= now() AND runnable)), 0)::float8
+        coalesce(extract(epoch FROM now() - max(t.run_at) FILTER (WHERE {_READY})), 0)::float8
             AS newest_ready_seconds,
         extract(epoch FROM min(t.run_at) FILTER (
-            WHERE (t.state = 'delayed' OR t.state = 'ready' AND t.run_at > now())
-            AND runnable AND t.run_at > now() + {lead} * interval '1 second')
+            WHERE {_NOT_YET} AND t.run_at > now() + {lead} * interval '1 second')
             - now())::float8 AS next_due_seconds
-    FROM {{schema}}.tasks t
-    LEFT JOIN LATERAL (
-        SELECT t.workflow_id IS NULL OR EXISTS (
-            SELECT 1 FROM {{schema}}.workflows w WHERE w.id = t.workflow_id AND w.state = 'running')
-        AS runnable) r ON true
+    FROM {_RUNNABLE_TASKS}
     WHERE t.state IN ('delayed', 'ready', 'running', 'dead')
       AND t.namespace = {namespace}
       AND t.tags <@ {tags}
       AND ({names} IS NULL OR t.name = ANY({names}))"""
+
+
+def _pools(figure: str) -> str:
+    """The FROM of a statement over many pools (see driver._pool_arrays): row `s` is
+    pool i, with its namespace ($1[i]), its tags and names as JSON arrays ($2[i],
+    $3[i]; names NULL: any), a float8 `figure` ($4[i]) and `pool` (i); `p` has its
+    tags and names as text arrays."""
+    return f"""unnest($1::text[], $2::text[], $3::text[], $4::float8[])
+        WITH ORDINALITY AS s(namespace, tags, names, {figure}, pool)
+    CROSS JOIN LATERAL (
+        SELECT ARRAY(SELECT jsonb_array_elements_text(s.tags::jsonb)) AS tags,
+               CASE WHEN s.names IS NOT NULL
+                    THEN ARRAY(SELECT jsonb_array_elements_text(s.names::jsonb)) END AS names) p"""
 
 
 def _leading(term: str) -> str:
@@ -843,30 +861,23 @@ class Queries:
     # -- what the operator reads -------------------------------------------------------
 
     # The backlog of many pools in one statement (the operator reads every pool on
-    # one database per evaluation round). Pool i is ($1[i] namespace, $2[i] its tags
-    # as a JSON array, $3[i] its task names as a JSON array or NULL for any, $4[i]
-    # the lead in seconds): the tasks in its namespace whose tags are a subset of the
-    # pool's and whose name it runs. Ready: claimable now; waiting: delayed, or in a
-    # workflow that is not running; due: not yet ready but due within the lead (or
-    # overdue, waiting for a worker's scheduler); the oldest and the newest ready
-    # task's age; the seconds to the run_at of the next waiting task not yet due
-    # (NULL: none). One
-    # row per pool, `pool` its position.
+    # one database per evaluation round; pools as _pools has them, $4[i] the lead in
+    # seconds): the tasks in its namespace whose tags are a subset of the pool's and
+    # whose name it runs. Ready: claimable now; waiting: delayed, or in a workflow
+    # that is not running; due: not yet ready but due within the lead (or overdue,
+    # waiting for a worker's scheduler); the oldest and the newest ready task's age;
+    # the seconds to the run_at of the next waiting task not yet due (NULL: none).
+    # One row per pool, `pool` its position.
     backlogs = """
     SELECT s.pool, c.ready, c.running, c.waiting, c.dead, c.due, c.oldest_ready_seconds,
            c.newest_ready_seconds, c.next_due_seconds
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[])
-        WITH ORDINALITY AS s(namespace, tags, names, lead, pool)
-    CROSS JOIN LATERAL (
-        SELECT ARRAY(SELECT jsonb_array_elements_text(s.tags::jsonb)) AS tags,
-               CASE WHEN s.names IS NOT NULL
-                    THEN ARRAY(SELECT jsonb_array_elements_text(s.names::jsonb)) END AS names) p
+    FROM """ + _pools("lead") + """
     CROSS JOIN LATERAL (
         SELECT """ + _backlog_counts("s.namespace", "p.tags", "p.names", "s.lead") + """) c
     ORDER BY s.pool
     """
 
-    # What a latency target needs of each pool (same $1-$3 as `backlogs`, $4[i] its
+    # What a latency target needs of each pool (pools as _pools has them, $4[i] its
     # target in seconds), by task name: over the last $6 finished plain tasks of the
     # pool within $5 seconds (the tasks_finished index, newest first), how many
     # finished and their summed seconds from start to finish; how many became ready
@@ -876,12 +887,7 @@ class Queries:
     flows = """
     SELECT s.pool, f.name, f.finished, f.busy_seconds, f.arrivals, f.ready, f.long_running,
            f.span_seconds
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[])
-        WITH ORDINALITY AS s(namespace, tags, names, target, pool)
-    CROSS JOIN LATERAL (
-        SELECT ARRAY(SELECT jsonb_array_elements_text(s.tags::jsonb)) AS tags,
-               CASE WHEN s.names IS NOT NULL
-                    THEN ARRAY(SELECT jsonb_array_elements_text(s.names::jsonb)) END AS names) p
+    FROM """ + _pools("target") + """
     CROSS JOIN LATERAL (
         WITH recent AS (
             SELECT t.name, t.run_at, extract(epoch FROM t.finished_at - t.started_at) AS busy,
@@ -1031,21 +1037,16 @@ class Queries:
     # (only tasks whose tags are a subset), $3 names: NULL matches all.
     queue_depth = """
     SELECT t.namespace, t.name,
-        count(*) FILTER (WHERE t.state = 'ready' AND t.run_at <= now() AND runnable) AS ready,
+        count(*) FILTER (WHERE """ + _READY + """) AS ready,
         count(*) FILTER (WHERE t.state = 'delayed'
                          OR t.state = 'ready' AND t.run_at > now()) AS delayed,
         count(*) FILTER (WHERE t.state = 'ready' AND t.run_at <= now() AND NOT runnable) AS paused,
         count(*) FILTER (WHERE t.state = 'running') AS running,
         count(*) FILTER (WHERE t.state = 'blocked') AS blocked,
         count(*) FILTER (WHERE t.state = 'dead') AS dead,
-        extract(epoch FROM now() - min(t.run_at) FILTER (
-            WHERE t.state = 'ready' AND t.run_at <= now() AND runnable))::float8
+        extract(epoch FROM now() - min(t.run_at) FILTER (WHERE """ + _READY + """))::float8
             AS oldest_ready_seconds
-    FROM {schema}.tasks t
-    LEFT JOIN LATERAL (
-        SELECT t.workflow_id IS NULL OR EXISTS (
-            SELECT 1 FROM {schema}.workflows w WHERE w.id = t.workflow_id AND w.state = 'running')
-        AS runnable) r ON true
+    FROM """ + _RUNNABLE_TASKS + """
     WHERE t.state IN ('delayed', 'ready', 'running', 'blocked', 'dead')
       AND ($1::text IS NULL OR t.namespace = $1)
       AND ($2::text[] IS NULL OR t.tags <@ $2::text[])
