@@ -549,7 +549,8 @@ class Backend:
         start as usual once the retried steps they depend on succeed (or are
         cancelled again if a retried step dies again).
         """
-        for attempt in range(3):
+        races = 0
+        while True:
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
                     row = await conn.fetchrow(self.queries.retry_dead, *_dead_args(where))
@@ -560,9 +561,9 @@ class Backend:
             except asyncpg.UniqueViolationError:
                 # A task took a retried letter's active key between the statement's
                 # check and its update: again, and that letter stays dead.
-                if attempt == 2:
+                races += 1
+                if races == RETRY_DEAD_RACES:
                     raise
-        raise AssertionError("unreachable")
 
     # -- workflows -----------------------------------------------------------------
 
@@ -928,6 +929,7 @@ MAX_NAME = 200
 MAX_KEY = 1000
 UNIQUE_SCOPES = ("forever", "active")  # how long an idempotency key is held (NewTask)
 ENQUEUE_ROUNDS = 10  # enqueue statements per call at most (see `enqueue`)
+RETRY_DEAD_RACES = 3  # retry_dead_letters statements per call at most
 MAX_LIST = 100_000
 
 
