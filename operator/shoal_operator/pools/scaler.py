@@ -115,7 +115,10 @@ class Observation:
     paused: bool = False
     due: int = 0
     flow: Flow | None = None
-    startup_seconds: float | None = None  # the pods' start-up time (learned): `due`'s lead
+    # The pool's lead as the autoscaler resolved it (lead.lead_seconds: podStartupTime,
+    # else learned, else a default), which `due` was counted with; None: the spec's
+    # podStartupTime (callers without a StartupClock: the simulator, tests).
+    startup_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +241,7 @@ def decide(scaling: Scaling, target: int, obs: Observation, state: ScalerState) 
 
 
 def _lead(scaling: Scaling, obs: Observation) -> float | None:
-    """The pods' start-up time: as observed (learned), else as the spec says."""
+    """The pods' start-up time: the caller's lead, else the spec's podStartupTime."""
     return obs.startup_seconds if obs.startup_seconds is not None else scaling.pod_startup_seconds
 
 
